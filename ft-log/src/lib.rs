@@ -1,0 +1,1 @@
+//! ft-log: log entries and codec for record/replay (grows with issue 4).
