@@ -1,1 +1,171 @@
-fn main(){}
+//! The `ftvm` command line.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ftvm::clock::ClockMode;
+use ftvm::machine::{Vm, VmConfig};
+use ftvm::vcpu::VcpuEvent;
+
+#[derive(Parser)]
+#[command(name = "ftvm", version, about = "A fault-tolerant virtual machine monitor on KVM")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a guest on one vCPU with its serial console on stdin/stdout.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Kernel to boot: an ELF vmlinux (entered in 64-bit mode) or a bzImage.
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Initial ramdisk.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "")]
+    cmdline: String,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    mem: u64,
+    /// Guest time: 'host' (host monotonic time while running) or 'exits:NS' (NS
+    /// nanoseconds per synchronous exit; halts skip to the next timer: fully deterministic).
+    #[arg(long, default_value = "host")]
+    clock: ClockMode,
+    /// Write every synchronous exit (ordinal, reason, RIP, port/address, value) and every
+    /// injected interrupt to this file.
+    #[arg(long, value_name = "FILE")]
+    trace_exits: Option<PathBuf>,
+}
+
+/// Serial output straight to stdout, flushed at once so prompts appear.
+struct Stdout;
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut out = std::io::stdout().lock();
+        out.write_all(buf)?;
+        out.flush()?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush()
+    }
+}
+
+static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    STOP_REQUESTED.store(true, Ordering::SeqCst);
+}
+
+/// Bytes from our stdin, for the guest's serial port. The channel closes at end of input.
+fn spawn_stdin_reader() -> crossbeam_channel::Receiver<Vec<u8>> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let _ = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let mut buf = [0u8; 1024];
+            let mut stdin = std::io::stdin().lock();
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.send(buf[..n].to_vec()).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    rx
+}
+
+fn run(args: RunArgs) -> anyhow::Result<i32> {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        vmm_sys_util::signal::register_signal_handler(sig, on_stop_signal)
+            .context("cannot install signal handlers")?;
+    }
+    let config = VmConfig {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        mem_mib: args.mem,
+        clock: args.clock,
+        trace_exits: args.trace_exits,
+    };
+    let started = Instant::now();
+    let vm = Vm::boot(&config, Box::new(Stdout), Some(spawn_stdin_reader()))?;
+    vm.vcpu.resume();
+    loop {
+        if STOP_REQUESTED.load(Ordering::SeqCst) {
+            tracing::info!("stop requested by signal");
+            break;
+        }
+        if let Some(VcpuEvent::Stopped(_)) = vm.vcpu.next_event(Duration::from_millis(100)) {
+            break;
+        }
+    }
+    let report = vm.vcpu.finish();
+    let m = &report.metrics;
+    eprintln!(
+        "ftvm: {} after {} exits in {:.3} s (pio in/out {}/{}, mmio r/w {}/{}, hlt {}, interrupts {}, host kicks {})",
+        report.stop,
+        report.ordinal,
+        started.elapsed().as_secs_f64(),
+        m.pio_in,
+        m.pio_out,
+        m.mmio_read,
+        m.mmio_write,
+        m.hlt,
+        m.interrupts_injected,
+        m.host_exits
+    );
+    Ok(report.stop.exit_code())
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FTVM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+                let _ = e.print();
+                std::process::exit(if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand { 2 } else { 0 });
+            }
+            // One line: clap's first line names the problem; the usage follows in --help.
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("ftvm: error: {first} (see 'ftvm --help')");
+            std::process::exit(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("ftvm: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

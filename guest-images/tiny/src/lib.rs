@@ -1,0 +1,32 @@
+//! Tiny test guests for ftvm: flat 64-bit programs linked at 1 MiB and entered like a
+//! Linux `vmlinux`, each exercising one path of the machine in milliseconds.
+//!
+//! | guest | what it exercises |
+//! | --- | --- |
+//! | `timer` | PIT rate generator, PIC, interrupt delivery at HLT, EOI |
+//! | `serial` | 16550 receive interrupt, serial input and output, i8042 reset |
+//! | `io` | port reads (CMOS, PIT latch, i8042), MMIO reads/writes (system controller) |
+//! | `usermode` | a CPL3 busy loop with the timer running, TSS I/O bitmap, `int 0x80` |
+//! | `rdtsc` | native RDTSC, which no VMM can record on this host |
+//! | `bad-port`, `bad-mmio`, `triple-fault` | guests that misbehave; the VMM must stop cleanly |
+
+include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+
+/// Path of the ELF of the guest called `name`.
+pub fn guest(name: &str) -> Option<&'static str> {
+    GUESTS.iter().find(|(n, _)| *n == name).map(|(_, p)| *p)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_guest_is_an_elf_at_one_mib() {
+        assert!(super::GUESTS.len() >= 8);
+        for (name, path) in super::GUESTS {
+            let bytes = std::fs::read(path).unwrap();
+            assert_eq!(&bytes[..4], b"\x7fELF", "{name}");
+            let entry = u64::from_le_bytes(bytes[24..32].try_into().unwrap());
+            assert_eq!(entry, 0x10_0000, "{name} enters at 1 MiB");
+        }
+    }
+}

@@ -1,0 +1,36 @@
+# Shared helpers for ftvm's scripts (sourced, not run).
+
+log() { printf '[ftvm] %s\n' "$*" >&2; }
+
+# ensure_tools TOOL:PACKAGE... — install the Debian packages whose tools are missing.
+# Idempotent: does nothing (and needs no network) when every tool is present.
+ensure_tools() {
+    local missing=()
+    local pair tool pkg
+    for pair in "$@"; do
+        tool=${pair%%:*}
+        pkg=${pair#*:}
+        command -v "$tool" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing Debian packages: ${missing[*]}"
+    if [ "$(id -u)" -ne 0 ]; then
+        log "need root to install packages (run as root or install: ${missing[*]})"
+        return 1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# The tools every ftvm build and test needs.
+ensure_base_tools() {
+    ensure_tools as:binutils ld:binutils setpriv:util-linux
+    command -v cargo >/dev/null 2>&1 || { log "cargo (Rust toolchain) is required"; return 1; }
+}
+
+require_kvm() {
+    if [ ! -e /dev/kvm ]; then
+        log "/dev/kvm is missing: ftvm needs KVM on this host"
+        return 1
+    fi
+}

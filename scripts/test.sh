@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Run every ftvm test: unit tests, the tiny guests under KVM, bad-input and determinism
+# checks, the key/value workload. Installs what the tests need first (idempotently).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+ensure_base_tools
+require_kvm
+log "building and running the test suite"
+cargo build --workspace --all-targets --locked
+cargo test --workspace --locked -- --test-threads=2

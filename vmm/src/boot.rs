@@ -1,0 +1,272 @@
+//! Loading a kernel (ELF `vmlinux` or bzImage), its initrd and command line, and the Linux
+//! zero page, following the x86 64-bit boot protocol.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
+use linux_loader::loader::{BzImage, Elf, KernelLoader};
+use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
+
+use crate::layout;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("cannot open kernel {path}")]
+    OpenKernel {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a kernel: neither an ELF vmlinux ({elf}) nor a bzImage ({bzimage})")]
+    NotAKernel {
+        path: PathBuf,
+        elf: String,
+        bzimage: String,
+    },
+    #[error("cannot load kernel {path} into {mem_mib} MiB of guest memory: {reason}")]
+    KernelDoesNotFit {
+        path: PathBuf,
+        mem_mib: u64,
+        reason: String,
+    },
+    #[error("cannot read initrd {path}")]
+    ReadInitrd {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("initrd {path} ({size} bytes) does not fit in guest memory below {limit:#x} above the kernel")]
+    InitrdDoesNotFit { path: PathBuf, size: u64, limit: u64 },
+    #[error("kernel command line is {len} bytes; the limit is {max}")]
+    CmdlineTooLong { len: usize, max: usize },
+    #[error("kernel command line contains a NUL byte")]
+    CmdlineNul,
+    #[error("cannot write boot structures to guest memory")]
+    GuestMemory(#[from] vm_memory::GuestMemoryError),
+}
+
+/// What the vCPU needs to start the kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct BootInfo {
+    /// 64-bit entry point.
+    pub entry: GuestAddress,
+    pub kind: KernelKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelKind {
+    Elf,
+    BzImage,
+}
+
+/// Open the kernel image, so a bad path is reported before anything else is set up.
+pub fn open_kernel(path: &Path) -> Result<File, BootError> {
+    let open_err = |source| BootError::OpenKernel {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(open_err)?;
+    if file.metadata().map_err(open_err)?.is_dir() {
+        return Err(open_err(std::io::Error::new(
+            std::io::ErrorKind::IsADirectory,
+            "is a directory",
+        )));
+    }
+    Ok(file)
+}
+
+/// Read the initrd image.
+pub fn read_initrd(path: &Path) -> Result<Vec<u8>, BootError> {
+    std::fs::read(path).map_err(|source| BootError::ReadInitrd {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// What the loader found: entry point, the kernel's own setup header (bzImage) and where
+/// the loaded image ends.
+pub struct LoadedKernel {
+    pub info: BootInfo,
+    pub header: Option<linux_loader::loader::bootparam::setup_header>,
+    pub end: u64,
+}
+
+/// Load the kernel image: ELF first, then bzImage.
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    mut file: File,
+    path: &Path,
+    mem_mib: u64,
+) -> Result<LoadedKernel, BootError> {
+    let himem = Some(GuestAddress(layout::HIMEM_START));
+    let doesnt_fit = |reason: String| BootError::KernelDoesNotFit {
+        path: path.to_owned(),
+        mem_mib,
+        reason,
+    };
+    use linux_loader::loader::Error as LoaderError;
+    match Elf::load(mem, None, &mut file, himem) {
+        Ok(r) => {
+            let end = r.kernel_load.raw_value().max(r.kernel_end);
+            return Ok(LoadedKernel {
+                info: BootInfo {
+                    entry: r.kernel_load,
+                    kind: KernelKind::Elf,
+                },
+                header: r.setup_header,
+                end,
+            });
+        }
+        Err(LoaderError::Elf(linux_loader::loader::elf::Error::InvalidElfMagicNumber)) => {}
+        Err(e) => return Err(classify(path, e, doesnt_fit)),
+    }
+    match BzImage::load(mem, None, &mut file, himem) {
+        Ok(r) => Ok(LoadedKernel {
+            info: BootInfo {
+                // The 64-bit entry point sits 0x200 bytes into the protected-mode code.
+                entry: r.kernel_load.unchecked_add(0x200),
+                kind: KernelKind::BzImage,
+            },
+            header: r.setup_header,
+            end: r.kernel_end,
+        }),
+        Err(LoaderError::Bzimage(linux_loader::loader::bzimage::Error::InvalidBzImage))
+        | Err(LoaderError::Bzimage(linux_loader::loader::bzimage::Error::ReadBzImageHeader)) => {
+            Err(BootError::NotAKernel {
+                path: path.to_owned(),
+                elf: "bad ELF magic".into(),
+                bzimage: "no bzImage header".into(),
+            })
+        }
+        Err(e) => Err(classify(path, e, doesnt_fit)),
+    }
+}
+
+/// Errors past the magic number: a malformed image, or one that does not fit in memory.
+fn classify(
+    path: &Path,
+    e: linux_loader::loader::Error,
+    doesnt_fit: impl Fn(String) -> BootError,
+) -> BootError {
+    use linux_loader::loader::elf::Error as E;
+    use linux_loader::loader::Error as L;
+    match e {
+        L::Elf(E::ReadKernelImage) | L::Elf(E::InvalidProgramHeaderAddress) => {
+            doesnt_fit(e.to_string())
+        }
+        L::Bzimage(linux_loader::loader::bzimage::Error::ReadBzImageCompressedKernel) => {
+            doesnt_fit(e.to_string())
+        }
+        other => BootError::NotAKernel {
+            path: path.to_owned(),
+            elf: other.to_string(),
+            bzimage: "not tried: the file is an ELF".into(),
+        },
+    }
+}
+
+/// Load the initrd as high as the kernel allows, page aligned. Returns (address, size).
+pub fn load_initrd(
+    mem: &GuestMemoryMmap,
+    data: &[u8],
+    path: &Path,
+    kernel_end: u64,
+    initrd_addr_max: u64,
+) -> Result<(u64, u64), BootError> {
+    let size = data.len() as u64;
+    let ram_top = mem.last_addr().raw_value().min(layout::MMIO_HOLE_START - 1) + 1;
+    let limit = ram_top.min(initrd_addr_max.saturating_add(1));
+    let too_big = || BootError::InitrdDoesNotFit {
+        path: path.to_owned(),
+        size,
+        limit,
+    };
+    let addr = limit.checked_sub(size).ok_or_else(too_big)? & !0xfff;
+    if addr < kernel_end.max(layout::HIMEM_START) {
+        return Err(too_big());
+    }
+    mem.write_slice(data, GuestAddress(addr))?;
+    Ok((addr, size))
+}
+
+/// Write the command line (NUL terminated) at its fixed address.
+pub fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<(), BootError> {
+    if cmdline.as_bytes().contains(&0) {
+        return Err(BootError::CmdlineNul);
+    }
+    if cmdline.len() >= layout::CMDLINE_MAX {
+        return Err(BootError::CmdlineTooLong {
+            len: cmdline.len(),
+            max: layout::CMDLINE_MAX - 1,
+        });
+    }
+    let mut bytes = cmdline.as_bytes().to_vec();
+    bytes.push(0);
+    mem.write_slice(&bytes, GuestAddress(layout::CMDLINE_START))?;
+    Ok(())
+}
+
+/// The zero page as ByteValued (it is a packed plain-data struct).
+#[derive(Clone, Copy, Default)]
+#[repr(transparent)]
+struct ZeroPage(boot_params);
+
+// SAFETY: boot_params is a #[repr(C, packed)] struct of integers and arrays of integers
+// generated from the kernel's header: every bit pattern is valid and it has no padding.
+unsafe impl ByteValued for ZeroPage {}
+
+/// Write the zero page: setup header, command line and initrd pointers, e820 map.
+pub fn write_zero_page(
+    mem: &GuestMemoryMmap,
+    header: Option<linux_loader::loader::bootparam::setup_header>,
+    initrd: Option<(u64, u64)>,
+    cmdline_len: usize,
+) -> Result<(), BootError> {
+    let mut params = boot_params::default();
+    if let Some(hdr) = header {
+        params.hdr = hdr;
+    }
+    params.hdr.boot_flag = 0xaa55;
+    params.hdr.header = 0x5372_6448; // "HdrS"
+    params.hdr.type_of_loader = 0xff; // undefined boot loader
+    if params.hdr.kernel_alignment == 0 {
+        params.hdr.kernel_alignment = 0x0100_0000;
+    }
+    params.hdr.cmd_line_ptr = layout::CMDLINE_START as u32;
+    params.hdr.cmdline_size = cmdline_len as u32;
+    if let Some((addr, size)) = initrd {
+        params.hdr.ramdisk_image = addr as u32;
+        params.hdr.ramdisk_size = size as u32;
+    }
+    let mut entries = vec![(0u64, layout::EBDA_START, E820_RAM)];
+    for region in mem.iter() {
+        use vm_memory::GuestMemoryRegion;
+        let start = region.start_addr().raw_value().max(layout::HIMEM_START);
+        let end = region.last_addr().raw_value() + 1;
+        if end > start {
+            entries.push((start, end - start, E820_RAM));
+        }
+    }
+    for (i, (addr, size, type_)) in entries.iter().enumerate() {
+        params.e820_table[i] = boot_e820_entry {
+            addr: *addr,
+            size: *size,
+            type_: *type_,
+        };
+    }
+    params.e820_entries = entries.len() as u8;
+    mem.write_obj(ZeroPage(params), GuestAddress(layout::ZERO_PAGE_START))?;
+    Ok(())
+}
+
+const E820_RAM: u32 = 1;
+
+/// The highest address the initrd may end at, from the kernel's header (bzImage) or the
+/// protocol's default for kernels without one.
+pub fn initrd_addr_max(header: Option<&linux_loader::loader::bootparam::setup_header>) -> u64 {
+    match header.map(|h| h.initrd_addr_max) {
+        Some(max) if max != 0 => u64::from(max),
+        _ => 0x37ff_ffff,
+    }
+}

@@ -1,0 +1,27 @@
+//! Fixed guest-physical addresses of the boot structures (the same for every VM, so a
+//! snapshot from one host means the same thing on another).
+
+pub use crate::memory::{MMIO_HOLE_END, MMIO_HOLE_START};
+
+/// Global descriptor table used to enter 64-bit mode.
+pub const GDT_START: u64 = 0x500;
+/// An empty interrupt descriptor table: the kernel installs its own.
+pub const IDT_START: u64 = 0x520;
+/// Linux zero page (boot_params); RSI points here at entry.
+pub const ZERO_PAGE_START: u64 = 0x7000;
+/// Initial stack top.
+pub const BOOT_STACK_TOP: u64 = 0x8ff0;
+/// Identity page tables: PML4, one PDPT, four page directories (4 GiB of 2 MiB pages).
+pub const PML4_START: u64 = 0x9000;
+pub const PDPT_START: u64 = 0xa000;
+pub const PD_START: u64 = 0xb000;
+/// Kernel command line.
+pub const CMDLINE_START: u64 = 0x20000;
+pub const CMDLINE_MAX: usize = 4096;
+/// Low RAM ends here; the EBDA and BIOS area above are not RAM.
+pub const EBDA_START: u64 = 0x9fc00;
+/// Kernels load at 1 MiB or above.
+pub const HIMEM_START: u64 = 0x10_0000;
+/// The ftvm system controller (MMIO) at the start of the hole.
+pub const SYSCTL_START: u64 = 0xd000_0000;
+pub const SYSCTL_LEN: u64 = 0x1000;

@@ -1,0 +1,17 @@
+//! ftvm: a fault-tolerant virtual machine monitor on KVM.
+//!
+//! This crate holds the deterministic single-vCPU machine: guest memory and boot, the vCPU
+//! thread and its exit loop, the buses and the PC platform, and VM state saving.
+
+pub mod boot;
+pub mod bus;
+pub mod clock;
+pub mod cpu;
+pub mod kvm_ext;
+pub mod layout;
+pub mod machine;
+pub mod memory;
+pub mod platform;
+pub mod state;
+pub mod stop;
+pub mod vcpu;

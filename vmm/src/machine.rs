@@ -1,0 +1,183 @@
+//! Building a VM: KVM, guest memory, kernel, platform devices and the vCPU thread.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{Address, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::boot::{self, BootError, KernelKind};
+use crate::clock::{ClockMode, VmClock};
+use crate::cpu::{self, CpuError};
+use crate::memory::{self, MemoryError};
+use crate::platform::{ConsoleOut, Platform, PlatformError};
+use crate::vcpu::{VcpuError, VcpuHandle, VcpuParts};
+
+/// Wall-clock time (Unix seconds) that deterministic runs start at: 2026-01-01T00:00:00Z.
+pub const DETERMINISTIC_EPOCH: u64 = 1_767_225_600;
+
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub mem_mib: u64,
+    pub clock: ClockMode,
+    pub trace_exits: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot open /dev/kvm")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("KVM refused to {what}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Cpu(#[from] CpuError),
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("cannot create exit trace file {path}")]
+    Trace {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// A running (or paused) VM.
+pub struct Vm {
+    pub vcpu: VcpuHandle,
+    pub memory: GuestMemoryMmap,
+    pub clock: Arc<VmClock>,
+    pub kernel_kind: KernelKind,
+    // Kept alive for as long as the vCPU runs.
+    _vm_fd: VmFd,
+    _kvm: Kvm,
+}
+
+/// Register every RAM region with KVM.
+fn map_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|_| VmError::Kvm {
+                what: "map guest memory",
+                source: kvm_ioctls::Error::new(libc::EFAULT),
+            })?;
+        let desc = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region is a live mmap owned by `mem`, which the Vm keeps for as long
+        // as the VM fd exists, and the slots do not overlap.
+        unsafe { vm.set_user_memory_region(desc) }.map_err(kvm("map guest memory"))?;
+    }
+    Ok(())
+}
+
+impl Vm {
+    /// Create a VM, load the kernel and start the vCPU thread, paused.
+    pub fn boot(
+        config: &VmConfig,
+        console: ConsoleOut,
+        input_rx: Option<crossbeam_channel::Receiver<Vec<u8>>>,
+    ) -> Result<Self, VmError> {
+        // Everything the user named is checked before KVM is touched.
+        memory::check_size(config.mem_mib)?;
+        let kernel_file = boot::open_kernel(&config.kernel)?;
+        let initrd_data = match &config.initrd {
+            Some(path) => Some((path, boot::read_initrd(path)?)),
+            None => None,
+        };
+        let trace = match &config.trace_exits {
+            Some(path) => Some(Box::new(std::io::BufWriter::new(
+                std::fs::File::create(path).map_err(|source| VmError::Trace {
+                    path: path.clone(),
+                    source,
+                })?,
+            )) as Box<dyn std::io::Write + Send>),
+            None => None,
+        };
+        let kvm_sys = Kvm::new().map_err(VmError::OpenKvm)?;
+        let mem = memory::create(config.mem_mib)?;
+        let kernel = boot::load_kernel(&mem, kernel_file, &config.kernel, config.mem_mib)?;
+        let info = kernel.info;
+        let header = kernel.header;
+        let initrd = match &initrd_data {
+            Some((path, data)) => Some(boot::load_initrd(
+                &mem,
+                data,
+                path,
+                kernel.end,
+                boot::initrd_addr_max(header.as_ref()),
+            )?),
+            None => None,
+        };
+        boot::write_cmdline(&mem, &config.cmdline)?;
+        boot::write_zero_page(&mem, header, initrd, config.cmdline.len())?;
+        cpu::write_boot_tables(&mem)?;
+
+        let vm_fd = kvm_sys.create_vm().map_err(kvm("create a VM"))?;
+        vm_fd
+            .set_tss_address(0xfffb_d000)
+            .map_err(kvm("place the TSS"))?;
+        map_memory(&vm_fd, &mem)?;
+        let vcpu_fd = vm_fd.create_vcpu(0).map_err(kvm("create the vCPU"))?;
+        vcpu_fd
+            .set_cpuid2(&cpu::normalised_cpuid(&kvm_sys)?)
+            .map_err(kvm("set CPUID"))?;
+        cpu::setup_boot_registers(&vcpu_fd, info.entry)?;
+
+        let clock = Arc::new(VmClock::new(config.clock, 0));
+        let wall = match config.clock {
+            ClockMode::Host => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(DETERMINISTIC_EPOCH),
+            ClockMode::Exits { .. } => DETERMINISTIC_EPOCH,
+        };
+        let platform = Platform::new(clock.clone(), config.mem_mib, wall, console)?;
+        tracing::info!(
+            kernel = %config.kernel.display(),
+            kind = ?info.kind,
+            entry = format_args!("{:#x}", info.entry.raw_value()),
+            mem_mib = config.mem_mib,
+            "guest loaded"
+        );
+        let vcpu = VcpuHandle::spawn(VcpuParts {
+            fd: vcpu_fd,
+            platform,
+            clock: clock.clone(),
+            input_rx,
+            trace,
+            ordinal: 0,
+            halted: false,
+        })?;
+        Ok(Self {
+            vcpu,
+            memory: mem,
+            clock,
+            kernel_kind: info.kind,
+            _vm_fd: vm_fd,
+            _kvm: kvm_sys,
+        })
+    }
+}

@@ -1,0 +1,94 @@
+//! Guest physical memory: RAM below the MMIO hole and, for large guests, above 4 GiB.
+
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+/// Start of the 32-bit MMIO hole (devices live here, never RAM).
+pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+/// First address above the hole.
+pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
+/// Smallest guest that can hold the boot structures, a kernel at 1 MiB and a stack.
+pub const MIN_MEM_MIB: u64 = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("--mem {mib} MiB is too small: ftvm needs at least {MIN_MEM_MIB} MiB")]
+    TooSmall { mib: u64 },
+    #[error("--mem {mib} MiB is more than this host's {host_mib} MiB of RAM")]
+    TooLarge { mib: u64, host_mib: u64 },
+    #[error("cannot read the host's memory size from /proc/meminfo")]
+    HostSize(#[source] std::io::Error),
+    #[error("cannot map {mib} MiB of guest memory")]
+    Map {
+        mib: u64,
+        #[source]
+        source: vm_memory::mmap::FromRangesError,
+    },
+}
+
+/// The RAM ranges of a guest of `mib` MiB: (start, length).
+pub fn ram_ranges(mib: u64) -> Vec<(GuestAddress, usize)> {
+    let bytes = mib << 20;
+    let low = bytes.min(MMIO_HOLE_START);
+    let mut ranges = vec![(GuestAddress(0), low as usize)];
+    if bytes > low {
+        ranges.push((GuestAddress(MMIO_HOLE_END), (bytes - low) as usize));
+    }
+    ranges
+}
+
+/// Total RAM of this host in MiB.
+fn host_mem_mib() -> Result<u64, MemoryError> {
+    let info = std::fs::read_to_string("/proc/meminfo").map_err(MemoryError::HostSize)?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib / 1024)
+        .ok_or_else(|| {
+            MemoryError::HostSize(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "no MemTotal line",
+            ))
+        })
+}
+
+/// Check a requested size against the machine's limits and this host.
+pub fn check_size(mib: u64) -> Result<(), MemoryError> {
+    if mib < MIN_MEM_MIB {
+        return Err(MemoryError::TooSmall { mib });
+    }
+    let host_mib = host_mem_mib()?;
+    if mib > host_mib {
+        return Err(MemoryError::TooLarge { mib, host_mib });
+    }
+    Ok(())
+}
+
+/// Map the guest's RAM (anonymous, zeroed).
+pub fn create(mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    check_size(mib)?;
+    GuestMemoryMmap::from_ranges(&ram_ranges(mib)).map_err(|source| MemoryError::Map { mib, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_guest_is_one_range() {
+        assert_eq!(ram_ranges(64), vec![(GuestAddress(0), 64 << 20)]);
+    }
+
+    #[test]
+    fn large_guest_skips_the_hole() {
+        let r = ram_ranges(4096);
+        assert_eq!(r[0], (GuestAddress(0), MMIO_HOLE_START as usize));
+        assert_eq!(r[1], (GuestAddress(MMIO_HOLE_END), (1 << 30) as usize));
+    }
+
+    #[test]
+    fn sizes_are_checked() {
+        assert!(matches!(check_size(1), Err(MemoryError::TooSmall { mib: 1 })));
+        assert!(matches!(check_size(1 << 40), Err(MemoryError::TooLarge { .. })));
+        assert!(check_size(64).is_ok());
+    }
+}

@@ -1,0 +1,197 @@
+//! The PC platform of the deterministic machine: the legacy devices, their places on the
+//! buses, and the glue the vCPU loop uses (interrupt routing, serial input, stop requests).
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use ftvm_devices::{
+    Clock, Cmos, CmosState, I8042State, IrqLine, IrqLines, Pic, PicState, Pit, PitState,
+    Serial, SerialState, StateError, SysCtl, SysCtlState, I8042,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::bus::{lock, Bus, BusError};
+use crate::layout;
+use crate::stop::StopReason;
+
+/// Where the serial console's output goes.
+pub type ConsoleOut = Box<dyn Write + Send>;
+
+pub const SERIAL_IRQ: u8 = 4;
+pub const COM1_BASE: u64 = 0x3f8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    #[error("cannot place a device on the bus")]
+    Bus(#[from] BusError),
+    #[error("cannot restore the devices")]
+    State(#[from] StateError),
+}
+
+/// Every device state, saved together.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PlatformState {
+    pub pic: PicState,
+    pub pit: PitState,
+    pub cmos: CmosState,
+    pub serial: SerialState,
+    pub i8042: I8042State,
+    pub sysctl: SysCtlState,
+}
+
+pub struct Platform {
+    pub pio: Bus,
+    pub mmio: Bus,
+    pic: Arc<Mutex<Pic>>,
+    pit: Arc<Mutex<Pit>>,
+    cmos: Arc<Mutex<Cmos>>,
+    serial: Arc<Mutex<Serial<ConsoleOut>>>,
+    i8042: Arc<Mutex<I8042>>,
+    sysctl: Arc<Mutex<SysCtl>>,
+    irq_lines: Arc<IrqLines>,
+}
+
+impl Platform {
+    /// A freshly powered-on PC.
+    pub fn new(
+        clock: Arc<dyn Clock>,
+        mem_mib: u64,
+        wall_clock_unix_secs: u64,
+        console: ConsoleOut,
+    ) -> Result<Self, PlatformError> {
+        let irq_lines = IrqLines::new();
+        Self::assemble(
+            Pic::new(),
+            Pit::new(clock.clone()),
+            Cmos::new(clock, wall_clock_unix_secs, mem_mib << 20),
+            Serial::new(IrqLine::new(irq_lines.clone(), SERIAL_IRQ), console),
+            I8042::new(),
+            SysCtl::new(mem_mib as u32),
+            irq_lines,
+        )
+    }
+
+    /// Devices restored from a saved state (validated on the way in).
+    pub fn restore(
+        state: PlatformState,
+        clock: Arc<dyn Clock>,
+        console: ConsoleOut,
+    ) -> Result<Self, PlatformError> {
+        let irq_lines = IrqLines::new();
+        Self::assemble(
+            Pic::from_state(state.pic)?,
+            Pit::from_state(state.pit, clock.clone())?,
+            Cmos::from_state(state.cmos, clock)?,
+            Serial::from_state(
+                state.serial,
+                IrqLine::new(irq_lines.clone(), SERIAL_IRQ),
+                console,
+            )?,
+            I8042::from_state(state.i8042)?,
+            SysCtl::from_state(state.sysctl)?,
+            irq_lines,
+        )
+    }
+
+    fn assemble(
+        pic: Pic,
+        pit: Pit,
+        cmos: Cmos,
+        serial: Serial<ConsoleOut>,
+        i8042: I8042,
+        sysctl: SysCtl,
+        irq_lines: Arc<IrqLines>,
+    ) -> Result<Self, PlatformError> {
+        let pic = Arc::new(Mutex::new(pic));
+        let pit = Arc::new(Mutex::new(pit));
+        let cmos = Arc::new(Mutex::new(cmos));
+        let serial = Arc::new(Mutex::new(serial));
+        let i8042 = Arc::new(Mutex::new(i8042));
+        let sysctl = Arc::new(Mutex::new(sysctl));
+        let mut pio = Bus::new();
+        pio.insert(pic.clone(), 0x20, 2)?;
+        pio.insert(pic.clone(), 0xa0, 2)?;
+        pio.insert(pic.clone(), 0x4d0, 2)?;
+        pio.insert(pit.clone(), 0x40, 4)?;
+        pio.insert(pit.clone(), 0x61, 1)?;
+        pio.insert(cmos.clone(), 0x70, 2)?;
+        pio.insert(serial.clone(), COM1_BASE, 8)?;
+        pio.insert(i8042.clone(), 0x60, 1)?;
+        pio.insert(i8042.clone(), 0x64, 1)?;
+        let mut mmio = Bus::new();
+        mmio.insert(sysctl.clone(), layout::SYSCTL_START, layout::SYSCTL_LEN)?;
+        Ok(Self {
+            pio,
+            mmio,
+            pic,
+            pit,
+            cmos,
+            serial,
+            i8042,
+            sysctl,
+            irq_lines,
+        })
+    }
+
+    pub fn state(&self) -> PlatformState {
+        PlatformState {
+            pic: lock(&self.pic).state(),
+            pit: lock(&self.pit).state(),
+            cmos: lock(&self.cmos).state(),
+            serial: lock(&self.serial).state(),
+            i8042: lock(&self.i8042).state(),
+            sysctl: lock(&self.sysctl).state(),
+        }
+    }
+
+    /// A device asked to end the VM (power-off, reset).
+    pub fn stop_request(&self) -> Option<StopReason> {
+        if let Some(status) = lock(&self.sysctl).take_poweroff() {
+            return Some(StopReason::PowerOff { status });
+        }
+        if lock(&self.i8042).take_reset_request() {
+            return Some(StopReason::Reset);
+        }
+        None
+    }
+
+    /// Move pending serial input into the UART, as much as its FIFO takes.
+    pub fn feed_serial(&self, input: &mut VecDeque<u8>) {
+        if input.is_empty() {
+            return;
+        }
+        let mut serial = lock(&self.serial);
+        let (front, _) = input.as_slices();
+        let taken = serial.enqueue_input(front);
+        input.drain(..taken);
+    }
+
+    /// Raise timer edges that are due and move device IRQ edges into the PIC.
+    pub fn update_interrupts(&self) {
+        let mut pic = lock(&self.pic);
+        if lock(&self.pit).poll_irq0() {
+            pic.raise_irq(0);
+        }
+        let raised = self.irq_lines.take();
+        for irq in 0..16u8 {
+            if raised & (1 << irq) != 0 {
+                pic.raise_irq(irq);
+            }
+        }
+    }
+
+    pub fn interrupt_pending(&self) -> bool {
+        lock(&self.pic).has_pending_interrupt()
+    }
+
+    /// The INTA cycle: the vector to inject.
+    pub fn acknowledge(&self) -> Option<u8> {
+        lock(&self.pic).acknowledge()
+    }
+
+    /// When the next timer interrupt is due (virtual ns).
+    pub fn next_deadline_ns(&self) -> Option<u64> {
+        lock(&self.pit).next_irq0_deadline_ns()
+    }
+}

@@ -1,0 +1,67 @@
+//! Saved state of a paused VM: vCPU registers and events, device states, guest time.
+
+use kvm_bindings::{kvm_debugregs, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events, Msrs};
+use kvm_ioctls::VcpuFd;
+use serde::{Deserialize, Serialize};
+
+use crate::vcpu::VcpuError;
+
+/// MSRs saved with the vCPU (beyond those in the special registers).
+pub const SAVED_MSRS: [u32; 12] = [
+    0x174, 0x175, 0x176,             // SYSENTER CS/ESP/EIP
+    0xc000_0081, 0xc000_0082, 0xc000_0083, 0xc000_0084, // STAR, LSTAR, CSTAR, SYSCALL_MASK
+    0xc000_0102,                     // KERNEL_GS_BASE
+    0x277,                           // PAT
+    0x2ff,                           // MTRRdefType
+    0x1a0,                           // MISC_ENABLE
+    0xc000_0103,                     // TSC_AUX
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VcpuState {
+    pub regs: kvm_regs,
+    pub sregs: kvm_sregs,
+    pub fpu: kvm_fpu,
+    pub msrs: Vec<(u32, u64)>,
+    pub events: kvm_vcpu_events,
+    pub debugregs: kvm_debugregs,
+    /// Synchronous exits before this point.
+    pub ordinal: u64,
+    pub halted: bool,
+}
+
+fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
+    move |source| VcpuError::Kvm { what, source }
+}
+
+impl VcpuState {
+    pub fn save(fd: &VcpuFd, ordinal: u64, halted: bool) -> Result<Self, VcpuError> {
+        let entries: Vec<kvm_msr_entry> = SAVED_MSRS
+            .iter()
+            .map(|&index| kvm_msr_entry { index, ..Default::default() })
+            .collect();
+        let mut msrs = Msrs::from_entries(&entries).map_err(|_| VcpuError::Kvm {
+            what: "MSR list",
+            source: kvm_ioctls::Error::new(libc::EINVAL),
+        })?;
+        let n = fd.get_msrs(&mut msrs).map_err(kvm("MSRs"))?;
+        Ok(Self {
+            regs: fd.get_regs().map_err(kvm("registers"))?,
+            sregs: fd.get_sregs().map_err(kvm("special registers"))?,
+            fpu: fd.get_fpu().map_err(kvm("FPU state"))?,
+            msrs: msrs.as_slice()[..n].iter().map(|e| (e.index, e.data)).collect(),
+            events: fd.get_vcpu_events().map_err(kvm("pending events"))?,
+            debugregs: fd.get_debug_regs().map_err(kvm("debug registers"))?,
+            ordinal,
+            halted,
+        })
+    }
+}
+
+/// A whole paused VM apart from its memory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmState {
+    pub vcpu: VcpuState,
+    pub platform: crate::platform::PlatformState,
+    pub clock_ns: u64,
+}

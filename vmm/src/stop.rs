@@ -1,0 +1,69 @@
+//! Why a VM stopped, as reported to the user, and the process exit status for it.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum StopReason {
+    /// The guest wrote to the system controller's power-off register.
+    PowerOff { status: u32 },
+    /// The guest asked the keyboard controller for a CPU reset (how Linux reboots with
+    /// `reboot=k`, and how tiny guests end).
+    Reset,
+    /// Three nested faults: the CPU shut down.
+    TripleFault { rip: u64 },
+    /// HLT with interrupts disabled, or with nothing left that could ever wake it.
+    HaltedForever { rip: u64 },
+    /// A port or address with no device behind it.
+    UnknownIo { what: String, rip: u64, ordinal: u64 },
+    /// KVM could not emulate an instruction.
+    EmulationFailure { suberror: u32, rip: u64, data: Vec<u64> },
+    EntryFailure { reason: u64 },
+    UnexpectedExit(String),
+    Kvm(String),
+    /// The VMM was told to stop (signal, Finish command).
+    Finished,
+    VmmBug(String),
+}
+
+impl StopReason {
+    /// Process exit status: 0 when the guest ended itself normally, the guest's own
+    /// status for a power-off, 2 when the guest crashed, 3 when the VMM failed.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StopReason::PowerOff { status } => (*status).min(255) as i32,
+            StopReason::Reset | StopReason::Finished => 0,
+            StopReason::TripleFault { .. }
+            | StopReason::HaltedForever { .. }
+            | StopReason::UnknownIo { .. }
+            | StopReason::EmulationFailure { .. } => 2,
+            StopReason::EntryFailure { .. }
+            | StopReason::UnexpectedExit(_)
+            | StopReason::Kvm(_)
+            | StopReason::VmmBug(_) => 3,
+        }
+    }
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StopReason::PowerOff { status } => write!(f, "guest powered off with status {status}"),
+            StopReason::Reset => write!(f, "guest requested a reset"),
+            StopReason::TripleFault { rip } => write!(f, "guest triple-faulted (CPU shutdown) at rip {rip:#x}"),
+            StopReason::HaltedForever { rip } => write!(f, "guest halted at rip {rip:#x} with nothing that can wake it"),
+            StopReason::UnknownIo { what, rip, ordinal } => write!(
+                f,
+                "guest accessed a port or address with no device: {what} at rip {rip:#x} (exit {ordinal})"
+            ),
+            StopReason::EmulationFailure { suberror, rip, data } => write!(
+                f,
+                "KVM could not emulate the instruction at rip {rip:#x} (suberror {suberror}, data {data:x?})"
+            ),
+            StopReason::EntryFailure { reason } => write!(f, "KVM could not enter the guest (hardware reason {reason:#x})"),
+            StopReason::UnexpectedExit(e) => write!(f, "unexpected VM exit {e}"),
+            StopReason::Kvm(e) => write!(f, "{e}"),
+            StopReason::Finished => write!(f, "stopped by the VMM"),
+            StopReason::VmmBug(e) => write!(f, "internal error: {e}"),
+        }
+    }
+}

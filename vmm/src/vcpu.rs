@@ -1,0 +1,534 @@
+//! The vCPU thread: a small state machine (Running / Paused / Finished) driven over a
+//! channel, and the exit loop that routes exits to the buses and delivers interrupts.
+//!
+//! Interrupts reach the guest only at *synchronous* exits (port I/O, MMIO, HLT): exits the
+//! guest causes itself, at points that are the same on every run. Each one advances the
+//! exit ordinal. Exits the host causes (a signal kicking the vCPU out of KVM_RUN) never
+//! advance it and never deliver anything.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::Killable;
+
+use crate::clock::VmClock;
+use crate::platform::Platform;
+use crate::state::VcpuState;
+use crate::stop::StopReason;
+
+/// Commands the controller sends to the vCPU thread.
+pub enum VcpuCommand {
+    Resume,
+    Pause,
+    /// Save the vCPU and device state; answered only while paused.
+    SaveState(Sender<Result<crate::state::VmState, VcpuError>>),
+    /// Stop for good.
+    Finish,
+}
+
+/// What the vCPU thread reports back.
+#[derive(Debug)]
+pub enum VcpuEvent {
+    Resumed,
+    Paused,
+    /// The thread has ended; the report follows from `join`.
+    Stopped(StopReason),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("the vCPU must be paused to save its state")]
+    NotPaused,
+    #[error("the vCPU thread has stopped: {0}")]
+    Stopped(StopReason),
+    #[error("the vCPU did not pause within {0:?}")]
+    PauseTimeout(Duration),
+    #[error("cannot read the vCPU's {what}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot start the vCPU thread")]
+    Spawn(#[source] std::io::Error),
+    #[error("cannot install the vCPU kick signal handler")]
+    Signal(#[source] vmm_sys_util::errno::Error),
+}
+
+/// Counters the vCPU keeps over a run.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct VcpuMetrics {
+    pub pio_in: u64,
+    pub pio_out: u64,
+    pub mmio_read: u64,
+    pub mmio_write: u64,
+    pub hlt: u64,
+    pub interrupts_injected: u64,
+    /// KVM_RUN interrupted by the host (kicks); never counted as ordinals.
+    pub host_exits: u64,
+}
+
+/// What a finished vCPU thread hands back.
+#[derive(Debug)]
+pub struct VcpuReport {
+    pub stop: StopReason,
+    pub ordinal: u64,
+    pub metrics: VcpuMetrics,
+}
+
+/// Everything the vCPU thread owns.
+pub struct Vcpu {
+    fd: VcpuFd,
+    platform: Platform,
+    clock: Arc<VmClock>,
+    /// Synchronous exits so far.
+    ordinal: u64,
+    /// Stopped at HLT, waiting for an interrupt.
+    halted: bool,
+    /// RFLAGS.IF at the last exit.
+    if_flag: bool,
+    input: VecDeque<u8>,
+    input_rx: Option<Receiver<Vec<u8>>>,
+    commands: Receiver<VcpuCommand>,
+    events: Sender<VcpuEvent>,
+    trace: Option<Box<dyn Write + Send>>,
+    metrics: VcpuMetrics,
+}
+
+/// A synchronous exit, recorded for the trace before the next KVM_RUN.
+enum SyncExit {
+    PioIn(u16, usize),
+    PioOut(u16, u64),
+    MmioRead(u64, usize),
+    MmioWrite(u64, u64),
+    Hlt,
+}
+
+/// The guest-visible value of a short write, for traces and reports.
+fn value_of(data: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = data.len().min(8);
+    b[..n].copy_from_slice(&data[..n]);
+    u64::from_le_bytes(b)
+}
+
+pub struct VcpuParts {
+    pub fd: VcpuFd,
+    pub platform: Platform,
+    pub clock: Arc<VmClock>,
+    pub input_rx: Option<Receiver<Vec<u8>>>,
+    pub trace: Option<Box<dyn Write + Send>>,
+    /// Where a restored VM continues from (0 and not halted for a fresh boot).
+    pub ordinal: u64,
+    pub halted: bool,
+}
+
+/// The controller's side of a vCPU thread.
+pub struct VcpuHandle {
+    commands: Sender<VcpuCommand>,
+    events: Receiver<VcpuEvent>,
+    thread: Option<JoinHandle<VcpuReport>>,
+}
+
+/// The signal that kicks the vCPU thread out of KVM_RUN.
+fn kick_signal() -> i32 {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Nothing to do: being interrupted is the point (KVM_RUN returns EINTR).
+}
+
+impl VcpuHandle {
+    /// Start the vCPU thread, paused.
+    pub fn spawn(parts: VcpuParts) -> Result<Self, VcpuError> {
+        vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
+            .map_err(VcpuError::Signal)?;
+        let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+        let (evt_tx, evt_rx) = crossbeam_channel::unbounded();
+        let vcpu = Vcpu {
+            fd: parts.fd,
+            platform: parts.platform,
+            clock: parts.clock,
+            ordinal: parts.ordinal,
+            halted: parts.halted,
+            if_flag: false,
+            input: VecDeque::new(),
+            input_rx: parts.input_rx,
+            commands: cmd_rx,
+            events: evt_tx,
+            trace: parts.trace,
+            metrics: VcpuMetrics::default(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("vcpu0".into())
+            .spawn(move || vcpu.run())
+            .map_err(VcpuError::Spawn)?;
+        Ok(Self {
+            commands: cmd_tx,
+            events: evt_rx,
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, cmd: VcpuCommand) {
+        // A closed channel means the thread has stopped; the caller learns that from the
+        // events channel.
+        let _ = self.commands.send(cmd);
+    }
+
+    fn kick(&self) {
+        if let Some(t) = &self.thread {
+            // An error means the thread has already exited, which is what a kick wants.
+            let _ = t.kill(kick_signal());
+        }
+    }
+
+    pub fn resume(&self) {
+        self.send(VcpuCommand::Resume);
+    }
+
+    /// Pause and wait until the thread confirms.
+    pub fn pause(&self, timeout: Duration) -> Result<(), VcpuError> {
+        self.send(VcpuCommand::Pause);
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            // Kick repeatedly: a signal that lands just before KVM_RUN is lost.
+            self.kick();
+            match self.events.recv_timeout(Duration::from_millis(5)) {
+                Ok(VcpuEvent::Paused) => return Ok(()),
+                Ok(VcpuEvent::Stopped(r)) => return Err(VcpuError::Stopped(r)),
+                Ok(VcpuEvent::Resumed) => {}
+                Err(RecvTimeoutError::Timeout) if std::time::Instant::now() < deadline => {}
+                Err(RecvTimeoutError::Timeout) => return Err(VcpuError::PauseTimeout(timeout)),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(VcpuError::Stopped(StopReason::Finished))
+                }
+            }
+        }
+    }
+
+    /// Save the whole VM state (the vCPU must be paused).
+    pub fn save_state(&self) -> Result<crate::state::VmState, VcpuError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(VcpuCommand::SaveState(tx));
+        rx.recv_timeout(Duration::from_secs(10))
+            .map_err(|_| VcpuError::Stopped(StopReason::Finished))?
+    }
+
+    /// Wait for the next event from the thread.
+    pub fn next_event(&self, timeout: Duration) -> Option<VcpuEvent> {
+        self.events.recv_timeout(timeout).ok()
+    }
+
+    /// Stop the thread (if it still runs) and collect its report.
+    pub fn finish(mut self) -> VcpuReport {
+        self.send(VcpuCommand::Finish);
+        let thread = self.thread.take();
+        if let Some(t) = &thread {
+            while !t.is_finished() {
+                let _ = t.kill(kick_signal());
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        match thread.map(|t| t.join()) {
+            Some(Ok(report)) => report,
+            Some(Err(_)) | None => VcpuReport {
+                stop: StopReason::VmmBug("the vCPU thread panicked".into()),
+                ordinal: 0,
+                metrics: VcpuMetrics::default(),
+            },
+        }
+    }
+}
+
+/// What the thread does next.
+enum Mode {
+    Running,
+    Paused,
+}
+
+impl Vcpu {
+    fn run(mut self) -> VcpuReport {
+        let stop = self.state_machine();
+        self.clock.pause();
+        if let Some(t) = self.trace.as_mut() {
+            let _ = t.flush();
+        }
+        let _ = self.events.send(VcpuEvent::Stopped(stop.clone()));
+        VcpuReport {
+            stop,
+            ordinal: self.ordinal,
+            metrics: self.metrics,
+        }
+    }
+
+    fn state_machine(&mut self) -> StopReason {
+        let mut mode = Mode::Paused;
+        loop {
+            match mode {
+                Mode::Paused => match self.commands.recv() {
+                    Ok(cmd) => match self.on_command(cmd, &mut mode) {
+                        Some(stop) => return stop,
+                        None => continue,
+                    },
+                    Err(_) => return StopReason::Finished,
+                },
+                Mode::Running => {
+                    while let Ok(cmd) = self.commands.try_recv() {
+                        if let Some(stop) = self.on_command(cmd, &mut mode) {
+                            return stop;
+                        }
+                    }
+                    if !matches!(mode, Mode::Running) {
+                        continue;
+                    }
+                    let step = if self.halted {
+                        self.halted_step(&mut mode)
+                    } else {
+                        self.run_once()
+                    };
+                    if let Some(stop) = step {
+                        return stop;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: VcpuCommand, mode: &mut Mode) -> Option<StopReason> {
+        match cmd {
+            VcpuCommand::Resume => {
+                if matches!(mode, Mode::Paused) {
+                    self.clock.resume();
+                    *mode = Mode::Running;
+                }
+                let _ = self.events.send(VcpuEvent::Resumed);
+            }
+            VcpuCommand::Pause => {
+                if matches!(mode, Mode::Running) {
+                    self.clock.pause();
+                    *mode = Mode::Paused;
+                }
+                let _ = self.events.send(VcpuEvent::Paused);
+            }
+            VcpuCommand::SaveState(reply) => {
+                let result = match mode {
+                    Mode::Paused => self.save_state(),
+                    Mode::Running => Err(VcpuError::NotPaused),
+                };
+                let _ = reply.send(result);
+            }
+            VcpuCommand::Finish => return Some(StopReason::Finished),
+        }
+        None
+    }
+
+    fn save_state(&self) -> Result<crate::state::VmState, VcpuError> {
+        let vcpu = VcpuState::save(&self.fd, self.ordinal, self.halted)?;
+        Ok(crate::state::VmState {
+            vcpu,
+            platform: self.platform.state(),
+            clock_ns: ftvm_devices::Clock::now_ns(&*self.clock),
+        })
+    }
+
+    /// One KVM_RUN and the handling of its exit.
+    fn run_once(&mut self) -> Option<StopReason> {
+        let sync = match self.fd.run() {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                let len = data.len();
+                if !self.platform.pio.read(u64::from(port), data) {
+                    return Some(self.unknown_io(format!("read of {len} bytes from port {port:#x}")));
+                }
+                self.metrics.pio_in += 1;
+                SyncExit::PioIn(port, len)
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                let value = value_of(data);
+                let len = data.len();
+                if !self.platform.pio.write(u64::from(port), data) {
+                    return Some(self.unknown_io(format!(
+                        "write of {len} bytes ({value:#x}) to port {port:#x}"
+                    )));
+                }
+                self.metrics.pio_out += 1;
+                SyncExit::PioOut(port, value)
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                let len = data.len();
+                if !self.platform.mmio.read(addr, data) {
+                    return Some(self.unknown_io(format!("read of {len} bytes from address {addr:#x}")));
+                }
+                self.metrics.mmio_read += 1;
+                SyncExit::MmioRead(addr, len)
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                let value = value_of(data);
+                let len = data.len();
+                if !self.platform.mmio.write(addr, data) {
+                    return Some(self.unknown_io(format!(
+                        "write of {len} bytes ({value:#x}) to address {addr:#x}"
+                    )));
+                }
+                self.metrics.mmio_write += 1;
+                SyncExit::MmioWrite(addr, value)
+            }
+            Ok(VcpuExit::Hlt) => {
+                self.metrics.hlt += 1;
+                self.halted = true;
+                SyncExit::Hlt
+            }
+            Ok(VcpuExit::Shutdown) => {
+                return Some(StopReason::TripleFault { rip: self.rip() })
+            }
+            Ok(VcpuExit::InternalError) => {
+                let run = self.fd.get_kvm_run();
+                // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
+                // union member KVM filled in.
+                let internal = unsafe { run.__bindgen_anon_1.internal };
+                let n = (internal.ndata as usize).min(internal.data.len());
+                let data = internal.data[..n].to_vec();
+                return Some(StopReason::EmulationFailure {
+                    suberror: internal.suberror,
+                    rip: self.rip(),
+                    data,
+                });
+            }
+            Ok(VcpuExit::FailEntry(reason, _)) => {
+                return Some(StopReason::EntryFailure { reason })
+            }
+            Ok(VcpuExit::Intr) | Ok(VcpuExit::IrqWindowOpen) => {
+                self.metrics.host_exits += 1;
+                return None;
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.metrics.host_exits += 1;
+                return None;
+            }
+            Ok(other) => {
+                return Some(StopReason::UnexpectedExit(format!("{other:?}")))
+            }
+            Err(e) => return Some(StopReason::Kvm(format!("KVM_RUN failed: {e}"))),
+        };
+        self.if_flag = self.fd.get_kvm_run().if_flag != 0;
+        self.after_sync_exit(sync)
+    }
+
+    fn rip(&self) -> u64 {
+        self.fd.get_regs().map(|r| r.rip).unwrap_or(0)
+    }
+
+    fn unknown_io(&self, what: String) -> StopReason {
+        StopReason::UnknownIo {
+            what,
+            rip: self.rip(),
+            ordinal: self.ordinal + 1,
+        }
+    }
+
+    fn after_sync_exit(&mut self, exit: SyncExit) -> Option<StopReason> {
+        self.ordinal += 1;
+        self.clock.on_exit();
+        if self.trace.is_some() {
+            let rip = self.rip();
+            let line = match exit {
+                SyncExit::PioIn(p, n) => format!("{} pio-in {rip:#x} port={p:#x} len={n}", self.ordinal),
+                SyncExit::PioOut(p, v) => format!("{} pio-out {rip:#x} port={p:#x} value={v:#x}", self.ordinal),
+                SyncExit::MmioRead(a, n) => format!("{} mmio-read {rip:#x} addr={a:#x} len={n}", self.ordinal),
+                SyncExit::MmioWrite(a, v) => format!("{} mmio-write {rip:#x} addr={a:#x} value={v:#x}", self.ordinal),
+                SyncExit::Hlt => format!("{} hlt {rip:#x}", self.ordinal),
+            };
+            self.trace_line(&line);
+        }
+        if let Some(stop) = self.platform.stop_request() {
+            return Some(stop);
+        }
+        self.deliver();
+        None
+    }
+
+    fn trace_line(&mut self, line: &str) {
+        if let Some(t) = self.trace.as_mut() {
+            if writeln!(t, "{line}").is_err() {
+                tracing::warn!("cannot write the exit trace; tracing stops");
+                self.trace = None;
+            }
+        }
+    }
+
+    /// Move pending input and interrupt requests into the devices, and inject one
+    /// interrupt if the guest can take it now.
+    fn deliver(&mut self) {
+        if let Some(rx) = &self.input_rx {
+            while let Ok(bytes) = rx.try_recv() {
+                self.input.extend(bytes);
+            }
+        }
+        self.platform.feed_serial(&mut self.input);
+        self.platform.update_interrupts();
+        if !self.platform.interrupt_pending() {
+            return;
+        }
+        let ready = self.fd.get_kvm_run().ready_for_interrupt_injection != 0;
+        if !(ready && self.if_flag) {
+            return;
+        }
+        if let Some(vector) = self.platform.acknowledge() {
+            match crate::kvm_ext::inject_interrupt(&self.fd, vector) {
+                Ok(()) => {
+                    self.metrics.interrupts_injected += 1;
+                    self.halted = false;
+                    if self.trace.is_some() {
+                        let line = format!("{} irq vector={vector:#x}", self.ordinal);
+                        self.trace_line(&line);
+                    }
+                }
+                Err(e) => tracing::error!(vector, "KVM_INTERRUPT failed: {e}"),
+            }
+        }
+    }
+
+    /// The vCPU is halted: wait for a timer deadline, input or a command.
+    fn halted_step(&mut self, mode: &mut Mode) -> Option<StopReason> {
+        self.deliver();
+        if !self.halted {
+            return None;
+        }
+        if !self.if_flag {
+            return Some(StopReason::HaltedForever { rip: self.rip() });
+        }
+        let deadline = self.platform.next_deadline_ns();
+        let wait = match deadline {
+            Some(d) => self.clock.halt_until(d),
+            None if self.input_rx.is_none() && self.input.is_empty() => {
+                // No timer armed and no input left: nothing can ever wake this guest.
+                return Some(StopReason::HaltedForever { rip: self.rip() });
+            }
+            None => Duration::from_secs(3600),
+        };
+        if wait.is_zero() {
+            return None;
+        }
+        let never = crossbeam_channel::never();
+        let input = self.input_rx.as_ref().unwrap_or(&never);
+        crossbeam_channel::select! {
+            recv(self.commands) -> cmd => match cmd {
+                Ok(cmd) => return self.on_command(cmd, mode),
+                Err(_) => return Some(StopReason::Finished),
+            },
+            recv(input) -> bytes => match bytes {
+                Ok(bytes) => self.input.extend(bytes),
+                // End of input: stop listening, keep running on timers.
+                Err(_) => self.input_rx = None,
+            },
+            default(wait) => {}
+        }
+        None
+    }
+}
