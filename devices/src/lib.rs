@@ -9,6 +9,22 @@
 //! `restore()` to load it. State may come from a file or the network, so restoring
 //! validates it and reports what is wrong instead of panicking.
 
+pub mod cmos;
+pub mod i8042;
+pub mod pic;
+pub mod pit;
+pub mod serial;
+pub mod sysctl;
+#[cfg(test)]
+pub(crate) mod testing;
+
+pub use cmos::{Cmos, CmosState};
+pub use i8042::{I8042State, I8042};
+pub use pic::{Pic, PicState};
+pub use pit::{Pit, PitState};
+pub use serial::{Serial, SerialState};
+pub use sysctl::{SysCtl, SysCtlState};
+
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 

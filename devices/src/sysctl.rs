@@ -1,0 +1,166 @@
+//! ftvm's system controller: a 4 KiB MMIO page that identifies the machine and lets a
+//! guest power off with an exit status (what the tiny test guests and the stock guest's
+//! init use to end a run).
+//!
+//! Registers are 32-bit little endian. Accesses of 1, 2 or 4 bytes read the matching bytes
+//! of the register they fall in; 8-byte accesses and unaligned ones crossing a register
+//! read as all-ones and are ignored on write, as on a 32-bit device bus.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{BusDevice, StateError};
+
+pub const MAGIC: u32 = 0x4654_564d;
+pub const VERSION: u32 = 1;
+const REG_MAGIC: u64 = 0x0;
+const REG_VERSION: u64 = 0x4;
+const REG_MEM_MIB: u64 = 0x8;
+const REG_SCRATCH: u64 = 0xc;
+const REG_POWEROFF: u64 = 0x10;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SysCtlState {
+    pub mem_mib: u32,
+    pub scratch: u32,
+    pub poweroff: Option<u32>,
+}
+
+#[derive(Debug)]
+pub struct SysCtl {
+    mem_mib: u32,
+    scratch: u32,
+    poweroff: Option<u32>,
+}
+
+impl SysCtl {
+    pub fn new(mem_mib: u32) -> Self {
+        Self {
+            mem_mib,
+            scratch: 0,
+            poweroff: None,
+        }
+    }
+
+    pub fn state(&self) -> SysCtlState {
+        SysCtlState {
+            mem_mib: self.mem_mib,
+            scratch: self.scratch,
+            poweroff: self.poweroff,
+        }
+    }
+
+    pub fn from_state(state: SysCtlState) -> Result<Self, StateError> {
+        if state.mem_mib == 0 {
+            return Err(StateError::new("system controller", "zero memory size"));
+        }
+        Ok(Self {
+            mem_mib: state.mem_mib,
+            scratch: state.scratch,
+            poweroff: state.poweroff,
+        })
+    }
+
+    /// The exit status of a power-off the guest asked for, reported once.
+    pub fn take_poweroff(&mut self) -> Option<u32> {
+        self.poweroff.take()
+    }
+
+    fn register(&self, reg: u64) -> Option<u32> {
+        match reg {
+            REG_MAGIC => Some(MAGIC),
+            REG_VERSION => Some(VERSION),
+            REG_MEM_MIB => Some(self.mem_mib),
+            REG_SCRATCH => Some(self.scratch),
+            REG_POWEROFF => Some(0),
+            _ => None,
+        }
+    }
+}
+
+/// The register an access falls in and the byte offset within it, if it stays inside.
+fn split(offset: u64, len: usize) -> Option<(u64, usize)> {
+    let within = (offset % 4) as usize;
+    (matches!(len, 1 | 2 | 4) && within + len <= 4).then_some((offset - within as u64, within))
+}
+
+impl BusDevice for SysCtl {
+    fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
+        match split(offset, data.len()).and_then(|(reg, at)| Some((self.register(reg)?, at))) {
+            Some((value, at)) => {
+                let len = data.len();
+                data.copy_from_slice(&value.to_le_bytes()[at..at + len]);
+            }
+            None => data.fill(0xff),
+        }
+    }
+
+    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
+        let Some((reg, at)) = split(offset, data.len()) else { return };
+        let Some(old) = self.register(reg) else { return };
+        let mut bytes = old.to_le_bytes();
+        bytes[at..at + data.len()].copy_from_slice(data);
+        let value = u32::from_le_bytes(bytes);
+        match reg {
+            REG_SCRATCH => self.scratch = value,
+            REG_POWEROFF => self.poweroff = Some(value),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read32(s: &mut SysCtl, off: u64) -> u32 {
+        let mut b = [0; 4];
+        s.read(0, off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    #[test]
+    fn identifies_the_machine() {
+        let mut s = SysCtl::new(64);
+        assert_eq!(read32(&mut s, 0), MAGIC);
+        assert_eq!(read32(&mut s, 4), VERSION);
+        assert_eq!(read32(&mut s, 8), 64);
+        let mut b = [0u8; 1];
+        s.read(0, 1, &mut b);
+        assert_eq!(b[0], 0x56);
+        assert_eq!(read32(&mut s, 0x100), 0xffff_ffff);
+        let mut b = [0u8; 8];
+        s.read(0, 0, &mut b);
+        assert_eq!(b, [0xff; 8]);
+    }
+
+    #[test]
+    fn scratch_and_poweroff() {
+        let mut s = SysCtl::new(64);
+        s.write(0, 0xc, &0x1234_abcdu32.to_le_bytes());
+        assert_eq!(read32(&mut s, 0xc), 0x1234_abcd);
+        s.write(0, 0xd, &[0xff]);
+        assert_eq!(read32(&mut s, 0xc), 0x1234_ffcd);
+        assert_eq!(s.take_poweroff(), None);
+        s.write(0, 0x10, &7u32.to_le_bytes());
+        assert_eq!(s.take_poweroff(), Some(7));
+        assert_eq!(s.take_poweroff(), None);
+        s.write(0, 0, &0u32.to_le_bytes());
+        assert_eq!(read32(&mut s, 0), MAGIC, "read-only");
+    }
+
+    #[test]
+    fn state_round_trips_and_bad_state_is_rejected() {
+        let mut s = SysCtl::new(64);
+        s.write(0, 0xc, &5u32.to_le_bytes());
+        let json = serde_json::to_string(&s.state()).unwrap();
+        let mut r = SysCtl::from_state(serde_json::from_str(&json).unwrap()).unwrap();
+        assert_eq!(read32(&mut r, 0xc), 5);
+        assert!(SysCtl::from_state(SysCtlState { mem_mib: 0, scratch: 0, poweroff: None }).is_err());
+    }
+
+    #[test]
+    fn survives_random_access() {
+        let mut s = SysCtl::new(64);
+        crate::testing::hammer(&mut s, &[0], 0x1000);
+    }
+}
