@@ -102,11 +102,9 @@ impl Cmos {
     }
 
     pub fn from_state(state: CmosState, clock: Arc<dyn Clock>) -> Result<Self, StateError> {
-        let ram: [u8; 128] = state
-            .ram
-            .as_slice()
-            .try_into()
-            .map_err(|_| StateError::new("CMOS", format!("{} bytes of RAM, not 128", state.ram.len())))?;
+        let ram: [u8; 128] = state.ram.as_slice().try_into().map_err(|_| {
+            StateError::new("CMOS", format!("{} bytes of RAM, not 128", state.ram.len()))
+        })?;
         if state.index > 0x7f {
             return Err(StateError::new("CMOS", format!("index {:#x}", state.index)));
         }
@@ -148,7 +146,11 @@ impl Cmos {
             0x32 => (year / 100).clamp(0, 99) as u8,
             _ => return None,
         };
-        Some(if b & B_BINARY != 0 { value } else { to_bcd(value) })
+        Some(if b & B_BINARY != 0 {
+            value
+        } else {
+            to_bcd(value)
+        })
     }
 
     fn read_register(&mut self, reg: usize) -> u8 {
@@ -229,11 +231,17 @@ mod tests {
     fn bcd_date_and_time_follow_the_clock() {
         let clock = FakeClock::new();
         let mut c = Cmos::new(clock.clone(), EPOCH, 64 << 20);
-        assert_eq!((read(&mut c, 9), read(&mut c, 8), read(&mut c, 7)), (0x26, 0x01, 0x01));
+        assert_eq!(
+            (read(&mut c, 9), read(&mut c, 8), read(&mut c, 7)),
+            (0x26, 0x01, 0x01)
+        );
         assert_eq!(read(&mut c, 0x32), 0x20);
         assert_eq!(read(&mut c, 6), 5, "Thursday");
         clock.set((13 * 3600 + 45 * 60 + 30) * 1_000_000_000);
-        assert_eq!((read(&mut c, 4), read(&mut c, 2), read(&mut c, 0)), (0x13, 0x45, 0x30));
+        assert_eq!(
+            (read(&mut c, 4), read(&mut c, 2), read(&mut c, 0)),
+            (0x13, 0x45, 0x30)
+        );
         write(&mut c, 0x0b, B_BINARY); // binary, 12-hour
         assert_eq!(read(&mut c, 4), 0x80 | 1, "1 PM");
         assert_eq!(read(&mut c, 2), 45);
@@ -254,8 +262,14 @@ mod tests {
     fn memory_size_registers_and_nvram() {
         let clock = FakeClock::new();
         let mut c = Cmos::new(clock, EPOCH, 64 << 20);
-        assert_eq!(u16::from_le_bytes([read(&mut c, 0x30), read(&mut c, 0x31)]), 63 * 1024);
-        assert_eq!(u16::from_le_bytes([read(&mut c, 0x34), read(&mut c, 0x35)]), 48 * 16);
+        assert_eq!(
+            u16::from_le_bytes([read(&mut c, 0x30), read(&mut c, 0x31)]),
+            63 * 1024
+        );
+        assert_eq!(
+            u16::from_le_bytes([read(&mut c, 0x34), read(&mut c, 0x35)]),
+            48 * 16
+        );
         write(&mut c, 0x40, 0x5a);
         assert_eq!(read(&mut c, 0x40), 0x5a);
         write(&mut c, 0x0d, 0);

@@ -63,7 +63,10 @@ impl I8042 {
 
     pub fn from_state(state: I8042State) -> Result<Self, StateError> {
         if state.output.len() > OUTPUT_QUEUE_MAX {
-            return Err(StateError::new("i8042", format!("{} queued bytes", state.output.len())));
+            return Err(StateError::new(
+                "i8042",
+                format!("{} queued bytes", state.output.len()),
+            ));
         }
         if !matches!(state.pending_command, None | Some(0x60) | Some(0xd1)) {
             return Err(StateError::new("i8042", "unknown pending command"));
@@ -99,7 +102,7 @@ impl I8042 {
             0xa8 => self.command_byte &= !0x20,
             0xad => self.command_byte |= 0x10,
             0xae => self.command_byte &= !0x10,
-            0xd0 => self.reply(0x01),        // output port: reset line high
+            0xd0 => self.reply(0x01), // output port: reset line high
             0xfe => self.reset_requested = true,
             // Pulse output lines: bit 0 low pulses the reset line.
             0xf0..=0xfd if cmd & 1 == 0 => self.reset_requested = true,

@@ -55,7 +55,11 @@ impl ChipState {
         let line = self.priority(requested)?;
         // In-service lines of equal or higher priority block it (unless special mask mode,
         // where only the line itself is blocked).
-        let in_service = if self.special_mask { self.isr & !self.imr } else { self.isr };
+        let in_service = if self.special_mask {
+            self.isr & !self.imr
+        } else {
+            self.isr
+        };
         match self.priority(in_service) {
             Some(busy) if self.rank(busy) <= self.rank(line) => None,
             _ => Some(line),
@@ -197,7 +201,10 @@ impl ChipState {
             return Err(StateError::new(name, "priority_add above 7"));
         }
         if !matches!(self.init_step, 0 | 2 | 3 | 4) {
-            return Err(StateError::new(name, format!("init_step {}", self.init_step)));
+            return Err(StateError::new(
+                name,
+                format!("init_step {}", self.init_step),
+            ));
         }
         if self.vector_base & 7 != 0 {
             return Err(StateError::new(name, "vector_base not a multiple of 8"));
@@ -361,7 +368,16 @@ mod tests {
     /// The initialisation every OS does: vectors 0x20/0x28, cascade, 8086 mode.
     fn init(pic: &mut Pic, auto_eoi: bool) {
         let icw4 = if auto_eoi { 3 } else { 1 };
-        for (port, v) in [(0x20, 0x11), (0xa0, 0x11), (0x21, 0x20), (0xa1, 0x28), (0x21, 4), (0xa1, 2), (0x21, icw4), (0xa1, icw4)] {
+        for (port, v) in [
+            (0x20, 0x11),
+            (0xa0, 0x11),
+            (0x21, 0x20),
+            (0xa1, 0x28),
+            (0x21, 4),
+            (0xa1, 2),
+            (0x21, icw4),
+            (0xa1, icw4),
+        ] {
             out(pic, port, v);
         }
         out(pic, 0x21, 0);

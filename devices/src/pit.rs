@@ -82,7 +82,8 @@ impl ChannelState {
 
     /// Input clock ticks since counting started.
     fn elapsed(&self, now: u64) -> Option<u64> {
-        self.loaded_at_ns.map(|t| ns_to_ticks(now.saturating_sub(t)))
+        self.loaded_at_ns
+            .map(|t| ns_to_ticks(now.saturating_sub(t)))
     }
 
     fn counter(&self, now: u64) -> u16 {
@@ -438,7 +439,10 @@ mod tests {
         assert_eq!(read_latched(&mut pit, 0), 1193 - 100);
         assert!(!pit.poll_irq0());
         let deadline = pit.next_irq0_deadline_ns().unwrap();
-        assert!((1_000 + 999_000..1_000 + 1_001_000).contains(&deadline), "{deadline}");
+        assert!(
+            (1_000 + 999_000..1_000 + 1_001_000).contains(&deadline),
+            "{deadline}"
+        );
         clock.set(deadline);
         assert!(pit.poll_irq0());
         // Missed periods coalesce into one edge.
@@ -468,7 +472,11 @@ mod tests {
         clock.set(500);
         out(&mut pit, 0x43, 0x30);
         out(&mut pit, 0x43, 0xe2); // read back status of channel 0
-        assert_ne!(inb(&mut pit, 0x40) & 0x40, 0, "null count before a count is written");
+        assert_ne!(
+            inb(&mut pit, 0x40) & 0x40,
+            0,
+            "null count before a count is written"
+        );
         out(&mut pit, 0x40, 0xff);
         out(&mut pit, 0x40, 0xff);
         clock.set(500 + ticks_to_ns(2));
@@ -501,9 +509,17 @@ mod tests {
         out(&mut pit, 0x42, 10);
         out(&mut pit, 0x42, 0);
         out(&mut pit, PORT_61, 3);
-        assert_eq!(inb(&mut pit, PORT_61) & 0x23, 0x03, "gate and speaker on, output low");
+        assert_eq!(
+            inb(&mut pit, PORT_61) & 0x23,
+            0x03,
+            "gate and speaker on, output low"
+        );
         clock.set(2 * REFRESH_NS + ticks_to_ns(11));
-        assert_eq!(inb(&mut pit, PORT_61) & 0x20, 0x20, "terminal count reached");
+        assert_eq!(
+            inb(&mut pit, PORT_61) & 0x20,
+            0x20,
+            "terminal count reached"
+        );
     }
 
     #[test]
@@ -514,7 +530,8 @@ mod tests {
         out(&mut pit, 0x40, 0x04);
         clock.set(3_000_000);
         let json = serde_json::to_string(&pit.state()).unwrap();
-        let mut restored = Pit::from_state(serde_json::from_str(&json).unwrap(), clock.clone()).unwrap();
+        let mut restored =
+            Pit::from_state(serde_json::from_str(&json).unwrap(), clock.clone()).unwrap();
         assert_eq!(restored.poll_irq0(), pit.poll_irq0());
         assert_eq!(read_latched(&mut restored, 0), read_latched(&mut pit, 0));
         let mut bad = pit.state();

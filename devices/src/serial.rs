@@ -105,14 +105,28 @@ pub struct Serial<W: Write + Send> {
 impl<W: Write + Send> Serial<W> {
     pub fn new(irq: IrqLine, out: W) -> Self {
         Self {
-            uart: vm_superio::Serial::new(irq, LossyWriter { inner: out, lost: 0 }),
+            uart: vm_superio::Serial::new(
+                irq,
+                LossyWriter {
+                    inner: out,
+                    lost: 0,
+                },
+            ),
         }
     }
 
     pub fn from_state(state: SerialState, irq: IrqLine, out: W) -> Result<Self, StateError> {
         let state = vm_superio::serial::SerialState::try_from(state)?;
-        let uart = vm_superio::Serial::from_state(&state, irq, NoEvents, LossyWriter { inner: out, lost: 0 })
-            .map_err(|e| StateError::new("serial", format!("{e:?}")))?;
+        let uart = vm_superio::Serial::from_state(
+            &state,
+            irq,
+            NoEvents,
+            LossyWriter {
+                inner: out,
+                lost: 0,
+            },
+        )
+        .map_err(|e| StateError::new("serial", format!("{e:?}")))?;
         Ok(Self { uart })
     }
 
@@ -236,15 +250,24 @@ mod tests {
         s.write(0x3f8, 7, &[0x42]);
         s.enqueue_input(b"q");
         let json = serde_json::to_string(&s.state()).unwrap();
-        let mut r = Serial::from_state(serde_json::from_str(&json).unwrap(), IrqLine::new(IrqLines::new(), 4), Sink::default()).unwrap();
+        let mut r = Serial::from_state(
+            serde_json::from_str(&json).unwrap(),
+            IrqLine::new(IrqLines::new(), 4),
+            Sink::default(),
+        )
+        .unwrap();
         assert_eq!(reg(&mut r, 7), 0x42);
         assert_eq!(reg(&mut r, 0), b'q');
         let mut bad = s.state();
         bad.in_buffer = vec![0; 65];
-        assert!(Serial::from_state(bad, IrqLine::new(IrqLines::new(), 4), Sink::default()).is_err());
+        assert!(
+            Serial::from_state(bad, IrqLine::new(IrqLines::new(), 4), Sink::default()).is_err()
+        );
         let mut bad = s.state();
         bad.interrupt_identification = 0x0e;
-        assert!(Serial::from_state(bad, IrqLine::new(IrqLines::new(), 4), Sink::default()).is_err());
+        assert!(
+            Serial::from_state(bad, IrqLine::new(IrqLines::new(), 4), Sink::default()).is_err()
+        );
     }
 
     #[test]

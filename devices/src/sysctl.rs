@@ -95,8 +95,12 @@ impl BusDevice for SysCtl {
     }
 
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
-        let Some((reg, at)) = split(offset, data.len()) else { return };
-        let Some(old) = self.register(reg) else { return };
+        let Some((reg, at)) = split(offset, data.len()) else {
+            return;
+        };
+        let Some(old) = self.register(reg) else {
+            return;
+        };
         let mut bytes = old.to_le_bytes();
         bytes[at..at + data.len()].copy_from_slice(data);
         let value = u32::from_le_bytes(bytes);
@@ -155,7 +159,12 @@ mod tests {
         let json = serde_json::to_string(&s.state()).unwrap();
         let mut r = SysCtl::from_state(serde_json::from_str(&json).unwrap()).unwrap();
         assert_eq!(read32(&mut r, 0xc), 5);
-        assert!(SysCtl::from_state(SysCtlState { mem_mib: 0, scratch: 0, poweroff: None }).is_err());
+        assert!(SysCtl::from_state(SysCtlState {
+            mem_mib: 0,
+            scratch: 0,
+            poweroff: None
+        })
+        .is_err());
     }
 
     #[test]

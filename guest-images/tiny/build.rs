@@ -5,9 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn run(cmd: &mut Command) {
-    let status = cmd
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {:?} (are binutils installed?): {e}", cmd.get_program()));
+    let status = cmd.status().unwrap_or_else(|e| {
+        panic!(
+            "cannot run {:?} (are binutils installed?): {e}",
+            cmd.get_program()
+        )
+    });
     if !status.success() {
         panic!("{cmd:?} failed with {status}");
     }
@@ -35,7 +38,14 @@ fn main() {
             .arg(&obj)
             .arg(&path));
         run(Command::new("ld")
-            .args(["-m", "elf_x86_64", "-nostdlib", "-static", "--build-id=none", "-T"])
+            .args([
+                "-m",
+                "elf_x86_64",
+                "-nostdlib",
+                "-static",
+                "--build-id=none",
+                "-T",
+            ])
             .arg(asm.join("link.ld"))
             .arg("-o")
             .arg(&elf)

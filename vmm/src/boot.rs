@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::{BzImage, Elf, KernelLoader};
-use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
+use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::layout;
 
@@ -37,7 +37,11 @@ pub enum BootError {
         source: std::io::Error,
     },
     #[error("initrd {path} ({size} bytes) does not fit in guest memory below {limit:#x} above the kernel")]
-    InitrdDoesNotFit { path: PathBuf, size: u64, limit: u64 },
+    InitrdDoesNotFit {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
     #[error("kernel command line is {len} bytes; the limit is {max}")]
     CmdlineTooLong { len: usize, max: usize },
     #[error("kernel command line contains a NUL byte")]
@@ -252,7 +256,7 @@ pub fn write_zero_page(
         params.e820_table[i] = boot_e820_entry {
             addr: *addr,
             size: *size,
-            type_: *type_,
+            r#type: *type_,
         };
     }
     params.e820_entries = entries.len() as u8;

@@ -137,8 +137,14 @@ mod tests {
         assert!(bus.insert(dev.clone(), 0xf0, 0x10).is_ok());
         assert_eq!(
             bus.insert(dev.clone(), u64::MAX, 2),
-            Err(BusError::BadRange { base: u64::MAX, len: 2 })
+            Err(BusError::BadRange {
+                base: u64::MAX,
+                len: 2
+            })
         );
-        assert!(matches!(bus.insert(dev, 0x1000, 0), Err(BusError::BadRange { .. })));
+        assert!(matches!(
+            bus.insert(dev, 0x1000, 0),
+            Err(BusError::BadRange { .. })
+        ));
     }
 }

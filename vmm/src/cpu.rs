@@ -36,7 +36,8 @@ fn segment(entry: u64, index: u16) -> kvm_segment {
     let bit = |b: u32| ((entry >> b) & 1) as u8;
     kvm_segment {
         base: ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000),
-        limit: ((((entry >> 48) & 0xf) << 16) | (entry & 0xffff)) as u32 * if bit(55) == 1 { 4096 } else { 1 }
+        limit: ((((entry >> 48) & 0xf) << 16) | (entry & 0xffff)) as u32
+            * if bit(55) == 1 { 4096 } else { 1 }
             + if bit(55) == 1 { 4095 } else { 0 },
         selector: index * 8,
         type_: ((entry >> 40) & 0xf) as u8,
@@ -53,10 +54,10 @@ fn segment(entry: u64, index: u16) -> kvm_segment {
 }
 
 const GDT: [u64; 4] = [
-    0,                              // null
-    gdt_entry(0xa09b, 0, 0xfffff),  // 0x08: 64-bit code
-    gdt_entry(0xc093, 0, 0xfffff),  // 0x10: data
-    gdt_entry(0x808b, 0, 0xfffff),  // 0x18: TSS (only to make TR valid)
+    0,                             // null
+    gdt_entry(0xa09b, 0, 0xfffff), // 0x08: 64-bit code
+    gdt_entry(0xc093, 0, 0xfffff), // 0x10: data
+    gdt_entry(0x808b, 0, 0xfffff), // 0x18: TSS (only to make TR valid)
 ];
 
 const CR0_PE: u64 = 1;
@@ -141,36 +142,64 @@ pub fn setup_boot_registers(vcpu: &VcpuFd, entry: GuestAddress) -> Result<(), Cp
     })?;
     let set = vcpu.set_msrs(&msrs).map_err(kvm("MSRs"))?;
     if set != entries.len() {
-        tracing::warn!(set, wanted = entries.len(), "KVM accepted only some boot MSRs");
+        tracing::warn!(
+            set,
+            wanted = entries.len(),
+            "KVM accepted only some boot MSRs"
+        );
     }
     Ok(())
 }
 
 /// MSRs given a defined value at boot (and saved with the vCPU).
 pub const BOOT_MSRS: [(u32, u64); 9] = [
-    (0x174, 0),                 // IA32_SYSENTER_CS
-    (0x175, 0),                 // IA32_SYSENTER_ESP
-    (0x176, 0),                 // IA32_SYSENTER_EIP
-    (0xc000_0081, 0),           // STAR
-    (0xc000_0082, 0),           // LSTAR
-    (0xc000_0083, 0),           // CSTAR
-    (0xc000_0084, 0),           // SYSCALL_MASK
-    (0xc000_0102, 0),           // KERNEL_GS_BASE
-    (0x2ff, (1 << 11) | 6),     // MTRRdefType: enabled, write-back
+    (0x174, 0),             // IA32_SYSENTER_CS
+    (0x175, 0),             // IA32_SYSENTER_ESP
+    (0x176, 0),             // IA32_SYSENTER_EIP
+    (0xc000_0081, 0),       // STAR
+    (0xc000_0082, 0),       // LSTAR
+    (0xc000_0083, 0),       // CSTAR
+    (0xc000_0084, 0),       // SYSCALL_MASK
+    (0xc000_0102, 0),       // KERNEL_GS_BASE
+    (0x2ff, (1 << 11) | 6), // MTRRdefType: enabled, write-back
 ];
 
 /// Leaf 1 ECX bits hidden from the guest: features that are either non-deterministic
 /// (RDRAND), need an in-kernel LAPIC (x2APIC, TSC deadline) or fail in some hosts'
 /// instruction emulators (XSAVE, AVX, PCID, SSSE3/SSE4, PCLMULQDQ, CX16, POPCNT).
-const LEAF1_ECX_HIDDEN: u32 = (1 << 1) | (1 << 3) | (1 << 5) | (1 << 9) | (1 << 13) | (1 << 15)
-    | (1 << 17) | (1 << 19) | (1 << 20) | (1 << 21) | (1 << 23) | (1 << 24) | (1 << 26)
-    | (1 << 27) | (1 << 28) | (1 << 30);
+const LEAF1_ECX_HIDDEN: u32 = (1 << 1)
+    | (1 << 3)
+    | (1 << 5)
+    | (1 << 9)
+    | (1 << 13)
+    | (1 << 15)
+    | (1 << 17)
+    | (1 << 19)
+    | (1 << 20)
+    | (1 << 21)
+    | (1 << 23)
+    | (1 << 24)
+    | (1 << 26)
+    | (1 << 27)
+    | (1 << 28)
+    | (1 << 30);
 /// Leaf 1 EDX: no TSC (the guest must take time from devices) and no local APIC.
 const LEAF1_EDX_HIDDEN: u32 = (1 << 4) | (1 << 9);
 /// Leaf 7 EBX: FSGSBASE, TSC_ADJUST, AVX2, SMEP, INVPCID, RTM/HLE, MPX, AVX-512, RDSEED,
 /// SMAP, CLFLUSHOPT, and more that replay cannot follow.
-const LEAF7_EBX_HIDDEN: u32 = 1 | (1 << 1) | (1 << 4) | (1 << 5) | (1 << 7) | (1 << 10)
-    | (1 << 11) | (1 << 14) | (1 << 16) | (1 << 18) | (1 << 20) | (1 << 23) | (1 << 30)
+const LEAF7_EBX_HIDDEN: u32 = 1
+    | (1 << 1)
+    | (1 << 4)
+    | (1 << 5)
+    | (1 << 7)
+    | (1 << 10)
+    | (1 << 11)
+    | (1 << 14)
+    | (1 << 16)
+    | (1 << 18)
+    | (1 << 20)
+    | (1 << 23)
+    | (1 << 30)
     | (1 << 31);
 /// Leaf 0x8000_0001 EDX: RDTSCP.
 const EXT1_EDX_HIDDEN: u32 = 1 << 27;
@@ -227,10 +256,16 @@ mod tests {
     #[test]
     fn gdt_entries_decode_to_flat_segments() {
         let code = segment(GDT[1], 1);
-        assert_eq!((code.selector, code.l, code.db, code.dpl, code.present), (8, 1, 0, 0, 1));
+        assert_eq!(
+            (code.selector, code.l, code.db, code.dpl, code.present),
+            (8, 1, 0, 0, 1)
+        );
         assert_eq!((code.base, code.limit, code.type_), (0, 0xffff_ffff, 0xb));
         let data = segment(GDT[2], 2);
-        assert_eq!((data.selector, data.db, data.l, data.type_), (0x10, 1, 0, 3));
+        assert_eq!(
+            (data.selector, data.db, data.l, data.type_),
+            (0x10, 1, 0, 3)
+        );
         assert_eq!(gdt_entry(0xa09b, 0, 0xfffff), 0x00af_9b00_0000_ffff);
     }
 }

@@ -12,7 +12,11 @@ use ftvm::machine::{Vm, VmConfig};
 use ftvm::vcpu::VcpuEvent;
 
 #[derive(Parser)]
-#[command(name = "ftvm", version, about = "A fault-tolerant virtual machine monitor on KVM")]
+#[command(
+    name = "ftvm",
+    version,
+    about = "A fault-tolerant virtual machine monitor on KVM"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -146,9 +150,20 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
                 let _ = e.print();
-                std::process::exit(if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand { 2 } else { 0 });
+                std::process::exit(
+                    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                        2
+                    } else {
+                        0
+                    },
+                );
             }
             // One line: clap's first line names the problem; the usage follows in --help.
             let rendered = e.render().to_string();

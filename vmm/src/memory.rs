@@ -66,7 +66,8 @@ pub fn check_size(mib: u64) -> Result<(), MemoryError> {
 /// Map the guest's RAM (anonymous, zeroed).
 pub fn create(mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
     check_size(mib)?;
-    GuestMemoryMmap::from_ranges(&ram_ranges(mib)).map_err(|source| MemoryError::Map { mib, source })
+    GuestMemoryMmap::from_ranges(&ram_ranges(mib))
+        .map_err(|source| MemoryError::Map { mib, source })
 }
 
 #[cfg(test)]
@@ -87,8 +88,14 @@ mod tests {
 
     #[test]
     fn sizes_are_checked() {
-        assert!(matches!(check_size(1), Err(MemoryError::TooSmall { mib: 1 })));
-        assert!(matches!(check_size(1 << 40), Err(MemoryError::TooLarge { .. })));
+        assert!(matches!(
+            check_size(1),
+            Err(MemoryError::TooSmall { mib: 1 })
+        ));
+        assert!(matches!(
+            check_size(1 << 40),
+            Err(MemoryError::TooLarge { .. })
+        ));
         assert!(check_size(64).is_ok());
     }
 }

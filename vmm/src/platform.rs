@@ -6,8 +6,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use ftvm_devices::{
-    Clock, Cmos, CmosState, I8042State, IrqLine, IrqLines, Pic, PicState, Pit, PitState,
-    Serial, SerialState, StateError, SysCtl, SysCtlState, I8042,
+    Clock, Cmos, CmosState, I8042State, IrqLine, IrqLines, Pic, PicState, Pit, PitState, Serial,
+    SerialState, StateError, SysCtl, SysCtlState, I8042,
 };
 use serde::{Deserialize, Serialize};
 

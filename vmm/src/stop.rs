@@ -5,19 +5,35 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum StopReason {
     /// The guest wrote to the system controller's power-off register.
-    PowerOff { status: u32 },
+    PowerOff {
+        status: u32,
+    },
     /// The guest asked the keyboard controller for a CPU reset (how Linux reboots with
     /// `reboot=k`, and how tiny guests end).
     Reset,
     /// Three nested faults: the CPU shut down.
-    TripleFault { rip: u64 },
+    TripleFault {
+        rip: u64,
+    },
     /// HLT with interrupts disabled, or with nothing left that could ever wake it.
-    HaltedForever { rip: u64 },
+    HaltedForever {
+        rip: u64,
+    },
     /// A port or address with no device behind it.
-    UnknownIo { what: String, rip: u64, ordinal: u64 },
+    UnknownIo {
+        what: String,
+        rip: u64,
+        ordinal: u64,
+    },
     /// KVM could not emulate an instruction.
-    EmulationFailure { suberror: u32, rip: u64, data: Vec<u64> },
-    EntryFailure { reason: u64 },
+    EmulationFailure {
+        suberror: u32,
+        rip: u64,
+        data: Vec<u64>,
+    },
+    EntryFailure {
+        reason: u64,
+    },
     UnexpectedExit(String),
     Kvm(String),
     /// The VMM was told to stop (signal, Finish command).

@@ -344,7 +344,9 @@ impl Vcpu {
             Ok(VcpuExit::IoIn(port, data)) => {
                 let len = data.len();
                 if !self.platform.pio.read(u64::from(port), data) {
-                    return Some(self.unknown_io(format!("read of {len} bytes from port {port:#x}")));
+                    return Some(
+                        self.unknown_io(format!("read of {len} bytes from port {port:#x}")),
+                    );
                 }
                 self.metrics.pio_in += 1;
                 SyncExit::PioIn(port, len)
@@ -363,7 +365,9 @@ impl Vcpu {
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 let len = data.len();
                 if !self.platform.mmio.read(addr, data) {
-                    return Some(self.unknown_io(format!("read of {len} bytes from address {addr:#x}")));
+                    return Some(
+                        self.unknown_io(format!("read of {len} bytes from address {addr:#x}")),
+                    );
                 }
                 self.metrics.mmio_read += 1;
                 SyncExit::MmioRead(addr, len)
@@ -384,9 +388,7 @@ impl Vcpu {
                 self.halted = true;
                 SyncExit::Hlt
             }
-            Ok(VcpuExit::Shutdown) => {
-                return Some(StopReason::TripleFault { rip: self.rip() })
-            }
+            Ok(VcpuExit::Shutdown) => return Some(StopReason::TripleFault { rip: self.rip() }),
             Ok(VcpuExit::InternalError) => {
                 let run = self.fd.get_kvm_run();
                 // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
@@ -400,9 +402,7 @@ impl Vcpu {
                     data,
                 });
             }
-            Ok(VcpuExit::FailEntry(reason, _)) => {
-                return Some(StopReason::EntryFailure { reason })
-            }
+            Ok(VcpuExit::FailEntry(reason, _)) => return Some(StopReason::EntryFailure { reason }),
             Ok(VcpuExit::Intr) | Ok(VcpuExit::IrqWindowOpen) => {
                 self.metrics.host_exits += 1;
                 return None;
@@ -411,9 +411,7 @@ impl Vcpu {
                 self.metrics.host_exits += 1;
                 return None;
             }
-            Ok(other) => {
-                return Some(StopReason::UnexpectedExit(format!("{other:?}")))
-            }
+            Ok(other) => return Some(StopReason::UnexpectedExit(format!("{other:?}"))),
             Err(e) => return Some(StopReason::Kvm(format!("KVM_RUN failed: {e}"))),
         };
         self.if_flag = self.fd.get_kvm_run().if_flag != 0;
@@ -438,10 +436,19 @@ impl Vcpu {
         if self.trace.is_some() {
             let rip = self.rip();
             let line = match exit {
-                SyncExit::PioIn(p, n) => format!("{} pio-in {rip:#x} port={p:#x} len={n}", self.ordinal),
-                SyncExit::PioOut(p, v) => format!("{} pio-out {rip:#x} port={p:#x} value={v:#x}", self.ordinal),
-                SyncExit::MmioRead(a, n) => format!("{} mmio-read {rip:#x} addr={a:#x} len={n}", self.ordinal),
-                SyncExit::MmioWrite(a, v) => format!("{} mmio-write {rip:#x} addr={a:#x} value={v:#x}", self.ordinal),
+                SyncExit::PioIn(p, n) => {
+                    format!("{} pio-in {rip:#x} port={p:#x} len={n}", self.ordinal)
+                }
+                SyncExit::PioOut(p, v) => {
+                    format!("{} pio-out {rip:#x} port={p:#x} value={v:#x}", self.ordinal)
+                }
+                SyncExit::MmioRead(a, n) => {
+                    format!("{} mmio-read {rip:#x} addr={a:#x} len={n}", self.ordinal)
+                }
+                SyncExit::MmioWrite(a, v) => format!(
+                    "{} mmio-write {rip:#x} addr={a:#x} value={v:#x}",
+                    self.ordinal
+                ),
                 SyncExit::Hlt => format!("{} hlt {rip:#x}", self.ordinal),
             };
             self.trace_line(&line);

@@ -6,8 +6,17 @@ use common::*;
 /// Assert a failed run with exactly one line on stderr containing `needle`.
 fn assert_one_line_error(out: &std::process::Output, needle: &str) {
     let err = stderr(out);
-    assert_ne!(out.status.code(), Some(0), "expected failure, got {:?}: {err}", out.status);
-    assert!(out.status.code().is_some(), "killed by a signal: {:?}", out.status);
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "expected failure, got {:?}: {err}",
+        out.status
+    );
+    assert!(
+        out.status.code().is_some(),
+        "killed by a signal: {:?}",
+        out.status
+    );
     assert_eq!(err.lines().count(), 1, "want one line, got:\n{err}");
     assert!(err.starts_with("ftvm: error: "), "{err}");
     assert!(err.contains(needle), "want {needle:?} in: {err}");
@@ -23,7 +32,10 @@ fn temp_file(name: &str, contents: &[u8]) -> std::path::PathBuf {
 #[test]
 fn missing_kernel() {
     let out = run_ftvm(&["run", "--kernel", "/nonexistent/vmlinux"], b"");
-    assert_one_line_error(&out, "cannot open kernel /nonexistent/vmlinux: No such file");
+    assert_one_line_error(
+        &out,
+        "cannot open kernel /nonexistent/vmlinux: No such file",
+    );
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -68,7 +80,13 @@ fn truncated_elf_is_not_a_kernel() {
 #[test]
 fn missing_initrd() {
     let out = run_ftvm(
-        &["run", "--kernel", guest("timer"), "--initrd", "/nonexistent/initrd"],
+        &[
+            "run",
+            "--kernel",
+            guest("timer"),
+            "--initrd",
+            "/nonexistent/initrd",
+        ],
         b"",
     );
     assert_one_line_error(&out, "cannot read initrd /nonexistent/initrd: No such file");
@@ -82,7 +100,10 @@ fn memory_too_small() {
 
 #[test]
 fn memory_too_large_for_the_host() {
-    let out = run_ftvm(&["run", "--kernel", guest("timer"), "--mem", "99999999"], b"");
+    let out = run_ftvm(
+        &["run", "--kernel", guest("timer"), "--mem", "99999999"],
+        b"",
+    );
     assert_one_line_error(&out, "--mem 99999999 MiB is more than this host's");
 }
 

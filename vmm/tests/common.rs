@@ -56,7 +56,10 @@ pub fn stderr(o: &Output) -> String {
 /// Run a tiny guest and return its output, asserting the exit status.
 pub fn run_guest(name: &str, extra: &[&str], input: &[u8], status: i32) -> Output {
     require_kvm();
-    let mut args = vec!["run", "--kernel", guest(name), "--mem", "16"];
+    let mut args = vec!["run", "--kernel", guest(name)];
+    if !extra.contains(&"--mem") {
+        args.extend_from_slice(&["--mem", "16"]);
+    }
     args.extend_from_slice(extra);
     let out = run_ftvm(&args, input);
     assert_eq!(

@@ -4,12 +4,12 @@
 mod common;
 use common::*;
 
-fn trace(name: &str, run: usize) -> String {
+fn trace(name: &str, clock: &str, run: usize) -> String {
     let dir = std::env::temp_dir().join(format!("ftvm-det-{}-{name}-{run}", std::process::id()));
     let path = dir.with_extension("trace");
     run_guest(
         name,
-        &["--clock", "exits:2000", "--trace-exits", path.to_str().unwrap()],
+        &["--clock", clock, "--trace-exits", path.to_str().unwrap()],
         b"",
         0,
     );
@@ -18,11 +18,14 @@ fn trace(name: &str, run: usize) -> String {
     text
 }
 
-fn check_identical(name: &str) {
-    let a = trace(name, 1);
-    let b = trace(name, 2);
+fn check_identical(name: &str, clock: &str) {
+    let a = trace(name, clock, 1);
+    let b = trace(name, clock, 2);
     let irqs = a.lines().filter(|l| l.contains(" irq ")).count();
-    assert!(irqs >= 10, "{name}: expected timer interrupts in the trace, got {irqs}");
+    assert!(
+        irqs >= 5,
+        "{name}: expected timer interrupts in the trace, got {irqs}"
+    );
     assert!(a.lines().count() > 100, "{name}: trace too short");
     if a != b {
         let first = a
@@ -40,10 +43,12 @@ fn check_identical(name: &str) {
 
 #[test]
 fn timer_guest_is_deterministic() {
-    check_identical("timer");
+    check_identical("timer", "exits:2000");
 }
 
 #[test]
 fn usermode_guest_is_deterministic() {
-    check_identical("usermode");
+    // 100 us per exit: the guest's ~150 exits span enough virtual time for timer ticks,
+    // delivered at port exits made from CPL3.
+    check_identical("usermode", "exits:100000");
 }

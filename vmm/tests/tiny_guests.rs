@@ -9,7 +9,10 @@ fn timer_interrupts_wake_a_halted_guest() {
     let text = stdout(&out);
     assert!(text.contains("timer: start"), "{text}");
     for n in [10, 20, 30, 40, 50] {
-        assert!(text.contains(&format!("tick {n}\n")), "missing tick {n}: {text}");
+        assert!(
+            text.contains(&format!("tick {n}\n")),
+            "missing tick {n}: {text}"
+        );
     }
     assert!(text.contains("timer: done, ticks=50"), "{text}");
     let err = stderr(&out);
@@ -39,10 +42,16 @@ fn port_and_mmio_reads() {
     // Deterministic runs start at 2026-01-01.
     assert!(text.contains("cmos date: 26-01-01"), "{text}");
     assert!(text.contains("pit: latched"), "{text}");
-    assert!(text.contains("i8042 self-test: 0x0000000000000055"), "{text}");
+    assert!(
+        text.contains("i8042 self-test: 0x0000000000000055"),
+        "{text}"
+    );
     assert!(text.contains("sysctl magic: 0x000000004654564d"), "{text}");
     assert!(text.contains("sysctl memory: 64 MiB"), "{text}");
-    assert!(text.contains("sysctl scratch: 0x000000001234abcd"), "{text}");
+    assert!(
+        text.contains("sysctl scratch: 0x000000001234abcd"),
+        "{text}"
+    );
 }
 
 /// The xorshift the user-mode guest computes, to check its result independently.
@@ -69,7 +78,11 @@ fn user_mode_busy_loop_runs_with_the_timer_on() {
 #[test]
 fn rdtsc_runs_natively() {
     let out = run_guest("rdtsc", &[], b"", 0);
-    assert!(stdout(&out).contains("rdtsc: increasing"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("rdtsc: increasing"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
@@ -77,7 +90,10 @@ fn unknown_port_stops_the_vm_cleanly() {
     let out = run_guest("bad-port", &[], b"", 2);
     assert!(stdout(&out).contains("bad-port: reading port 0x1234"));
     let err = stderr(&out);
-    assert!(err.contains("no device: read of 1 bytes from port 0x1234"), "{err}");
+    assert!(
+        err.contains("no device: read of 1 bytes from port 0x1234"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -85,7 +101,10 @@ fn unknown_port_stops_the_vm_cleanly() {
 fn unknown_mmio_address_stops_the_vm_cleanly() {
     let out = run_guest("bad-mmio", &[], b"", 2);
     let err = stderr(&out);
-    assert!(err.contains("write of 4 bytes (0x5a5a) to address 0xe0000000"), "{err}");
+    assert!(
+        err.contains("write of 4 bytes (0x5a5a) to address 0xe0000000"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -125,12 +125,16 @@ set_gate:
     mov dword ptr [r8 + 12], 0
     ret
 
-# init_idt: every vector goes to `unexpected` until a guest installs its own handler.
+# init_idt: every vector goes to its stub in `vector_stubs` (which reports it and powers
+# off) until a guest installs its own handler.
 init_idt:
     push rbx
     xor ebx, ebx
 1:  mov edi, ebx
-    lea rsi, [rip + unexpected]
+    lea rsi, [rip + vector_stubs]
+    mov eax, ebx
+    shl eax, 4
+    add rsi, rax
     xor edx, edx
     call set_gate
     inc ebx
@@ -140,9 +144,34 @@ init_idt:
     pop rbx
     ret
 
+# One 16-byte stub per vector: push the vector number, go to `unexpected`.
+.balign 16
+vector_stubs:
+.set vec, 0
+.rept 256
+    .balign 16
+    .byte 0x68                 # push imm32
+    .long vec
+    jmp unexpected
+.set vec, vec + 1
+.endr
+
+# unexpected: print the vector and the two words above it (error code or RIP, and RIP or
+# CS) and power off with status 99.
 unexpected:
     lea rdi, [rip + msg_unexpected]
     call puts
+    mov rdi, qword ptr [rsp]
+    call puthex
+    mov edi, ' '
+    call putc
+    mov rdi, qword ptr [rsp + 8]
+    call puthex
+    mov edi, ' '
+    call putc
+    mov rdi, qword ptr [rsp + 16]
+    call puthex
+    call putnl
     mov edi, 99
     jmp poweroff
 
@@ -185,7 +214,7 @@ pic_eoi:
     ret
 
 .section .rodata
-msg_unexpected: .asciz "unexpected interrupt or exception\n"
+msg_unexpected: .asciz "unexpected interrupt or exception: vector "
 
 .section .data
 .balign 8

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Build the stock-kernel guest image: Debian's cloud kernel (bzImage and the ELF vmlinux
+# inside it) and a busybox initramfs whose /init runs the command given on the kernel
+# command line. Everything comes from Debian's packages (apt-get download). Idempotent:
+# cached under build/stock/, rebuilt only when missing.
+#
+# Output: build/stock/{bzImage,vmlinux,initramfs.cpio.gz}
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/../.." && pwd)
+out=${FTVM_STOCK_DIR:-$top/build/stock}
+. "$top/scripts/lib.sh"
+
+mkdir -p "$out/debs"
+ensure_tools dpkg-deb:dpkg python3:python3 lz4:lz4
+
+apt_ready() {
+    apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1 && apt-cache show busybox-static >/dev/null 2>&1
+}
+if ! apt_ready; then
+    log "refreshing Debian package lists"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+fi
+
+# fetch PACKAGE: download the .deb once into the cache.
+fetch() {
+    local pkg=$1
+    if ! ls "$out/debs/${pkg}"_*.deb >/dev/null 2>&1; then
+        log "downloading $pkg"
+        (cd "$out/debs" && apt-get download -q "$pkg" >&2)
+    fi
+    ls "$out/debs/${pkg}"_*.deb | head -n1
+}
+
+if [ ! -s "$out/bzImage" ]; then
+    # The meta package names the current cloud kernel; take that one.
+    kpkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+    [ -n "$kpkg" ] || { log "cannot find the cloud kernel behind linux-image-cloud-amd64"; exit 1; }
+    deb=$(fetch "$kpkg")
+    rm -rf "$out/kernel-pkg"
+    log "extracting $(basename "$deb")"
+    dpkg-deb -x "$deb" "$out/kernel-pkg"
+    cp "$(ls "$out"/kernel-pkg/boot/vmlinuz-* | head -n1)" "$out/bzImage.tmp"
+    echo "$kpkg" > "$out/kernel-version"
+    mv "$out/bzImage.tmp" "$out/bzImage"
+    rm -rf "$out/kernel-pkg"
+fi
+
+if [ ! -s "$out/vmlinux" ]; then
+    log "extracting the ELF vmlinux from the bzImage"
+    python3 "$here/extract-vmlinux.py" "$out/bzImage" "$out/vmlinux.tmp"
+    mv "$out/vmlinux.tmp" "$out/vmlinux"
+fi
+
+kv_bins=$( (find "$top/build/kv/bin" -type f 2>/dev/null || true) | sort | tr '\n' ' ')
+stamp=$(cat "$here/init" "$here/mkinitramfs.py" $kv_bins | sha256sum | cut -c1-16)
+if [ ! -s "$out/initramfs.cpio.gz" ] || [ "$(cat "$out/initramfs.stamp" 2>/dev/null)" != "$stamp" ]; then
+    deb=$(fetch busybox-static)
+    rm -rf "$out/busybox-pkg"
+    dpkg-deb -x "$deb" "$out/busybox-pkg"
+    log "building the busybox initramfs"
+    extra=()
+    [ -d "$top/build/kv/bin" ] && extra=(--bin-dir "$top/build/kv/bin")
+    python3 "$here/mkinitramfs.py" --busybox "$out/busybox-pkg/bin/busybox" \
+        --init "$here/init" "${extra[@]}" --output "$out/initramfs.cpio.gz.tmp"
+    mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
+    echo "$stamp" > "$out/initramfs.stamp"
+    rm -rf "$out/busybox-pkg"
+fi
+log "stock guest image ready in $out ($(cat "$out/kernel-version"))"
+ls -l "$out/bzImage" "$out/vmlinux" "$out/initramfs.cpio.gz" >&2
