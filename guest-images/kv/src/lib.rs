@@ -1,0 +1,18 @@
+//! ftvm's guest workload: the primary/backup key/value service of the replication lecture.
+//!
+//! - [`viewservice`]: the view service's state machine (pure, ticks for time);
+//! - [`kv`]: the key/value server's logic (pure), with the safety argument;
+//! - [`protocol`]: messages and framing;
+//! - [`net`]: TCP calls and server loop with fault injection;
+//! - [`vs_server`], [`server`], [`client`]: the view service, key/value server and client
+//!   over TCP, used by the `viewservice`, `kvserver` and `kvclient` binaries;
+//! - [`linearizability`]: a checker for recorded client histories.
+
+pub mod client;
+pub mod kv;
+pub mod linearizability;
+pub mod net;
+pub mod protocol;
+pub mod server;
+pub mod viewservice;
+pub mod vs_server;
