@@ -298,6 +298,6 @@ mod tests {
         let clock = FakeClock::new();
         clock.set(u64::MAX / 2);
         let mut c = Cmos::new(clock, u64::MAX / 4, u64::MAX);
-        crate::testing::hammer(&mut c, &[CMOS_BASE], 2);
+        crate::testing::hammer(&mut c, &[CMOS_BASE], 2, None);
     }
 }

@@ -221,6 +221,6 @@ mod tests {
     #[test]
     fn survives_random_access() {
         let mut k = I8042::new();
-        crate::testing::hammer(&mut k, &[DATA_PORT, COMMAND_PORT], 1);
+        crate::testing::hammer(&mut k, &[DATA_PORT, COMMAND_PORT], 1, None);
     }
 }

@@ -546,7 +546,7 @@ mod tests {
     fn survives_random_access() {
         let (mut pit, clock) = pit();
         clock.set(123_456_789);
-        crate::testing::hammer(&mut pit, &[PIT_BASE, PORT_61], 4);
+        crate::testing::hammer(&mut pit, &[PIT_BASE, PORT_61], 4, Some(&clock));
         let _ = pit.poll_irq0();
         let _ = pit.next_irq0_deadline_ns();
     }

@@ -273,6 +273,6 @@ mod tests {
     #[test]
     fn survives_random_access() {
         let mut s = Serial::new(IrqLine::new(IrqLines::new(), 4), Sink::default());
-        crate::testing::hammer(&mut s, &[0x3f8], 8);
+        crate::testing::hammer(&mut s, &[0x3f8], 8, None);
     }
 }

@@ -170,6 +170,6 @@ mod tests {
     #[test]
     fn survives_random_access() {
         let mut s = SysCtl::new(64);
-        crate::testing::hammer(&mut s, &[0], 0x1000);
+        crate::testing::hammer(&mut s, &[0], 0x1000, None);
     }
 }

@@ -17,6 +17,10 @@ impl FakeClock {
     pub fn set(&self, ns: u64) {
         self.0.store(ns, Ordering::SeqCst);
     }
+
+    pub fn advance(&self, ns: u64) {
+        self.0.fetch_add(ns, Ordering::SeqCst);
+    }
 }
 
 impl Clock for FakeClock {
@@ -25,23 +29,44 @@ impl Clock for FakeClock {
     }
 }
 
-/// Drive a device with 20,000 seeded pseudo-random accesses (offsets within `span` of
-/// each base, widths 1/2/4/8, any values): it must never panic.
-pub fn hammer(device: &mut dyn BusDevice, bases: &[u64], span: u64) {
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut next = || {
+/// A small deterministic pseudo-random generator (xorshift64), so tests need no crate.
+pub struct XorShift(u64);
+
+impl XorShift {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
+        self.0 = x;
         x
-    };
+    }
+}
+
+/// Drive a device with 20,000 seeded pseudo-random accesses (offsets within `span` of
+/// each base plus a little beyond, widths 1/2/4/8, any values): it must never panic.
+/// With a clock, time also moves forward by random steps (sometimes large ones).
+pub fn hammer(device: &mut dyn BusDevice, bases: &[u64], span: u64, clock: Option<&FakeClock>) {
+    let mut rng = XorShift::new(0x2545_f491_4f6c_dd1d);
     for _ in 0..20_000 {
-        let r = next();
+        let r = rng.next_u64();
         let base = bases[(r % bases.len() as u64) as usize];
         let offset = (r >> 8) % (span + 2);
         let width = [1usize, 2, 4, 8][((r >> 20) % 4) as usize];
-        let value = next().to_le_bytes();
-        if r >> 40 & 1 == 0 {
+        let value = rng.next_u64().to_le_bytes();
+        if let Some(clock) = clock {
+            let step = match (r >> 24) % 8 {
+                0 => rng.next_u64() % 10_000_000_000,
+                1..=3 => rng.next_u64() % 100_000,
+                _ => 0,
+            };
+            clock.advance(step);
+        }
+        if (r >> 40) & 1 == 0 {
             device.write(base, offset, &value[..width]);
         } else {
             let mut buf = [0u8; 8];
