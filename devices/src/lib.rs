@@ -9,6 +9,7 @@
 //! `restore()` to load it. State may come from a file or the network, so restoring
 //! validates it and reports what is wrong instead of panicking.
 
+pub mod absent;
 pub mod cmos;
 pub mod i8042;
 pub mod pic;
@@ -18,6 +19,7 @@ pub mod sysctl;
 #[cfg(test)]
 pub(crate) mod testing;
 
+pub use absent::{AbsentPorts, AbsentPortsState, ABSENT_PORT_RANGES};
 pub use cmos::{Cmos, CmosState};
 pub use i8042::{I8042State, I8042};
 pub use pic::{Pic, PicState};

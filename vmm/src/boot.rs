@@ -18,12 +18,8 @@ pub enum BootError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} is not a kernel: neither an ELF vmlinux ({elf}) nor a bzImage ({bzimage})")]
-    NotAKernel {
-        path: PathBuf,
-        elf: String,
-        bzimage: String,
-    },
+    #[error("{path} is not a kernel: {reason}")]
+    NotAKernel { path: PathBuf, reason: String },
     #[error("cannot load kernel {path} into {mem_mib} MiB of guest memory: {reason}")]
     KernelDoesNotFit {
         path: PathBuf,
@@ -139,8 +135,8 @@ pub fn load_kernel(
         | Err(LoaderError::Bzimage(linux_loader::loader::bzimage::Error::ReadBzImageHeader)) => {
             Err(BootError::NotAKernel {
                 path: path.to_owned(),
-                elf: "bad ELF magic".into(),
-                bzimage: "no bzImage header".into(),
+                reason: "neither an ELF vmlinux nor a bzImage (no ELF magic, no HdrS setup header)"
+                    .into(),
             })
         }
         Err(e) => Err(classify(path, e, doesnt_fit)),
@@ -164,8 +160,7 @@ fn classify(
         }
         other => BootError::NotAKernel {
             path: path.to_owned(),
-            elf: other.to_string(),
-            bzimage: "not tried: the file is an ELF".into(),
+            reason: other.to_string(),
         },
     }
 }

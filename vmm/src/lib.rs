@@ -6,9 +6,11 @@
 pub mod boot;
 pub mod bus;
 pub mod clock;
+pub mod compat;
 pub mod cpu;
 pub mod kvm_ext;
 pub mod layout;
+pub mod linux;
 pub mod machine;
 pub mod memory;
 pub mod platform;

@@ -164,6 +164,7 @@ impl Vm {
         );
         let vcpu = VcpuHandle::spawn(VcpuParts {
             fd: vcpu_fd,
+            memory: mem.clone(),
             platform,
             clock: clock.clone(),
             input_rx,

@@ -36,9 +36,14 @@ struct RunArgs {
     /// Initial ramdisk.
     #[arg(long)]
     initrd: Option<PathBuf>,
-    /// Kernel command line.
-    #[arg(long, default_value = "")]
+    /// Text appended to ftvm's default kernel command line (which keeps a Linux guest
+    /// deterministic: serial console, no APIC/ACPI/PCI, no TSC or paravirtual clock).
+    /// Put `-- COMMAND` last to hand a command to the guest's init.
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
     cmdline: String,
+    /// Use --cmdline exactly as given, without ftvm's default.
+    #[arg(long)]
+    no_default_cmdline: bool,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 256)]
     mem: u64,
@@ -103,7 +108,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     let config = VmConfig {
         kernel: args.kernel,
         initrd: args.initrd,
-        cmdline: args.cmdline,
+        cmdline: ftvm::linux::build_cmdline(&args.cmdline, !args.no_default_cmdline),
         mem_mib: args.mem,
         clock: args.clock,
         trace_exits: args.trace_exits,
@@ -123,7 +128,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     let report = vm.vcpu.finish();
     let m = &report.metrics;
     eprintln!(
-        "ftvm: {} after {} exits in {:.3} s (pio in/out {}/{}, mmio r/w {}/{}, hlt {}, interrupts {}, host kicks {})",
+        "ftvm: {} after {} exits in {:.3} s (pio in/out {}/{}, mmio r/w {}/{}, hlt {}, interrupts {}, host kicks {}; host repairs: {})",
         report.stop,
         report.ordinal,
         started.elapsed().as_secs_f64(),
@@ -133,7 +138,8 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         m.mmio_write,
         m.hlt,
         m.interrupts_injected,
-        m.host_exits
+        m.host_exits,
+        m.compat
     );
     Ok(report.stop.exit_code())
 }

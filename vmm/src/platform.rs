@@ -6,8 +6,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use ftvm_devices::{
-    Clock, Cmos, CmosState, I8042State, IrqLine, IrqLines, Pic, PicState, Pit, PitState, Serial,
-    SerialState, StateError, SysCtl, SysCtlState, I8042,
+    AbsentPorts, AbsentPortsState, Clock, Cmos, CmosState, I8042State, IrqLine, IrqLines, Pic,
+    PicState, Pit, PitState, Serial, SerialState, StateError, SysCtl, SysCtlState, I8042,
 };
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +38,7 @@ pub struct PlatformState {
     pub serial: SerialState,
     pub i8042: I8042State,
     pub sysctl: SysCtlState,
+    pub absent: AbsentPortsState,
 }
 
 pub struct Platform {
@@ -49,6 +50,7 @@ pub struct Platform {
     serial: Arc<Mutex<Serial<ConsoleOut>>>,
     i8042: Arc<Mutex<I8042>>,
     sysctl: Arc<Mutex<SysCtl>>,
+    absent: Arc<Mutex<AbsentPorts>>,
     irq_lines: Arc<IrqLines>,
 }
 
@@ -68,6 +70,7 @@ impl Platform {
             Serial::new(IrqLine::new(irq_lines.clone(), SERIAL_IRQ), console),
             I8042::new(),
             SysCtl::new(mem_mib as u32),
+            AbsentPorts::new(),
             irq_lines,
         )
     }
@@ -90,6 +93,7 @@ impl Platform {
             )?,
             I8042::from_state(state.i8042)?,
             SysCtl::from_state(state.sysctl)?,
+            AbsentPorts::from_state(state.absent)?,
             irq_lines,
         )
     }
@@ -101,6 +105,7 @@ impl Platform {
         serial: Serial<ConsoleOut>,
         i8042: I8042,
         sysctl: SysCtl,
+        absent: AbsentPorts,
         irq_lines: Arc<IrqLines>,
     ) -> Result<Self, PlatformError> {
         let pic = Arc::new(Mutex::new(pic));
@@ -109,6 +114,7 @@ impl Platform {
         let serial = Arc::new(Mutex::new(serial));
         let i8042 = Arc::new(Mutex::new(i8042));
         let sysctl = Arc::new(Mutex::new(sysctl));
+        let absent = Arc::new(Mutex::new(absent));
         let mut pio = Bus::new();
         pio.insert(pic.clone(), 0x20, 2)?;
         pio.insert(pic.clone(), 0xa0, 2)?;
@@ -119,6 +125,9 @@ impl Platform {
         pio.insert(serial.clone(), COM1_BASE, 8)?;
         pio.insert(i8042.clone(), 0x60, 1)?;
         pio.insert(i8042.clone(), 0x64, 1)?;
+        for &(base, len) in ftvm_devices::ABSENT_PORT_RANGES {
+            pio.insert(absent.clone(), base, len)?;
+        }
         let mut mmio = Bus::new();
         mmio.insert(sysctl.clone(), layout::SYSCTL_START, layout::SYSCTL_LEN)?;
         Ok(Self {
@@ -130,6 +139,7 @@ impl Platform {
             serial,
             i8042,
             sysctl,
+            absent,
             irq_lines,
         })
     }
@@ -142,7 +152,13 @@ impl Platform {
             serial: lock(&self.serial).state(),
             i8042: lock(&self.i8042).state(),
             sysctl: lock(&self.sysctl).state(),
+            absent: lock(&self.absent).state(),
         }
+    }
+
+    /// Accesses to legacy ports with nothing behind them.
+    pub fn absent_port_accesses(&self) -> u64 {
+        lock(&self.absent).accesses()
     }
 
     /// A device asked to end the VM (power-off, reset).

@@ -69,6 +69,8 @@ pub struct VcpuMetrics {
     pub mmio_write: u64,
     pub hlt: u64,
     pub interrupts_injected: u64,
+    /// Emulation failures repaired by the host-compatibility module (synchronous exits).
+    pub compat: crate::compat::CompatCounts,
     /// KVM_RUN interrupted by the host (kicks); never counted as ordinals.
     pub host_exits: u64,
 }
@@ -84,6 +86,7 @@ pub struct VcpuReport {
 /// Everything the vCPU thread owns.
 pub struct Vcpu {
     fd: VcpuFd,
+    memory: vm_memory::GuestMemoryMmap,
     platform: Platform,
     clock: Arc<VmClock>,
     /// Synchronous exits so far.
@@ -107,6 +110,8 @@ enum SyncExit {
     MmioRead(u64, usize),
     MmioWrite(u64, u64),
     Hlt,
+    /// An emulation failure the compat module repaired.
+    Repaired(crate::compat::Repair),
 }
 
 /// The guest-visible value of a short write, for traces and reports.
@@ -119,6 +124,7 @@ fn value_of(data: &[u8]) -> u64 {
 
 pub struct VcpuParts {
     pub fd: VcpuFd,
+    pub memory: vm_memory::GuestMemoryMmap,
     pub platform: Platform,
     pub clock: Arc<VmClock>,
     pub input_rx: Option<Receiver<Vec<u8>>>,
@@ -153,6 +159,7 @@ impl VcpuHandle {
         let (evt_tx, evt_rx) = crossbeam_channel::unbounded();
         let vcpu = Vcpu {
             fd: parts.fd,
+            memory: parts.memory,
             platform: parts.platform,
             clock: parts.clock,
             ordinal: parts.ordinal,
@@ -394,6 +401,20 @@ impl Vcpu {
                 // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
                 // union member KVM filled in.
                 let internal = unsafe { run.__bindgen_anon_1.internal };
+                if internal.suberror == crate::compat::SUBERROR_EMULATION {
+                    match crate::compat::repair_emulation_failure(
+                        &self.fd,
+                        &self.memory,
+                        &mut self.metrics.compat,
+                    ) {
+                        Ok(Some(repair)) => {
+                            self.if_flag = false; // no interrupt on top of a queued exception
+                            return self.after_sync_exit(SyncExit::Repaired(repair));
+                        }
+                        Ok(None) => {}
+                        Err(e) => return Some(StopReason::Kvm(e.to_string())),
+                    }
+                }
                 let n = (internal.ndata as usize).min(internal.data.len());
                 let data = internal.data[..n].to_vec();
                 return Some(StopReason::EmulationFailure {
@@ -450,6 +471,7 @@ impl Vcpu {
                     self.ordinal
                 ),
                 SyncExit::Hlt => format!("{} hlt {rip:#x}", self.ordinal),
+                SyncExit::Repaired(r) => format!("{} repaired {rip:#x} {r:?}", self.ordinal),
             };
             self.trace_line(&line);
         }

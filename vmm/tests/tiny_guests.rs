@@ -114,3 +114,13 @@ fn triple_fault_stops_the_vm_cleanly() {
     let err = stderr(&out);
     assert!(err.contains("triple-faulted"), "{err}");
 }
+
+#[test]
+fn bzimage_kernels_boot_at_their_64_bit_entry() {
+    let out = run_guest("timer.bzimage", &[], b"", 0);
+    assert!(
+        stdout(&out).contains("timer: done, ticks=50"),
+        "{}",
+        stdout(&out)
+    );
+}

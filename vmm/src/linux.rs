@@ -1,0 +1,52 @@
+//! The kernel command line ftvm gives a Linux guest by default.
+//!
+//! Every item is there to keep the guest deterministic on the user-space platform or
+//! bootable on hosts whose KVM emulates kernel mode (shared/HOST-KVM.md):
+//! - console on the emulated 16550, only one UART probed;
+//! - no local APIC or I/O APIC (there are none), no ACPI or PCI (there is no firmware);
+//! - no paravirtual clock, async page faults or steal time (KVM would write guest memory at
+//!   host-time moments), TSC hidden so the clock comes from the PIT (`clearcpuid=tsc` must
+//!   stay first: the kernel keeps only 127 characters of that list);
+//! - features some hosts' emulators cannot run hidden (XSAVE, SMAP, SSE4, ...);
+//! - `lpj` preset so no delay loop is calibrated against host time;
+//! - `reboot=k` so a reboot (or a panic, with `panic=-1`) reaches the keyboard controller
+//!   and ends the VM cleanly; `io_delay=none` spares an exit per legacy port access.
+
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 8250.nr_uarts=1 reboot=k panic=-1 nokaslr \
+acpi=off pci=off nolapic noapic no_timer_check mitigations=off cryptomgr.notests lpj=5000 \
+io_delay=none no-kvmclock no-kvmapf no-steal-acc tsc=unstable noxsave \
+clearcpuid=tsc,smap,smep,fsgsbase,pcid,invpcid,rdrand,rdseed,popcnt,rdtscp,serialize,clflushopt,rdpid,cx16,ssse3,sse4_1,sse4_2,pclmulqdq";
+
+/// The command line for a guest: ftvm's default followed by the user's additions, or
+/// exactly the user's text when the default is turned off. Parameters after a `--` in the
+/// user's part stay last (they go to init).
+pub fn build_cmdline(user: &str, use_default: bool) -> String {
+    let user = user.trim();
+    match (use_default, user.is_empty()) {
+        (false, _) => user.to_owned(),
+        (true, true) => DEFAULT_CMDLINE.to_owned(),
+        (true, false) => format!("{DEFAULT_CMDLINE} {user}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clearcpuid_list_fits_the_kernels_limit_with_tsc_first() {
+        let list = DEFAULT_CMDLINE
+            .split_whitespace()
+            .find_map(|p| p.strip_prefix("clearcpuid="))
+            .unwrap();
+        assert!(list.len() <= 127, "{} characters", list.len());
+        assert!(list.starts_with("tsc,"));
+    }
+
+    #[test]
+    fn user_text_is_appended_or_replaces() {
+        assert_eq!(build_cmdline("", true), DEFAULT_CMDLINE);
+        assert!(build_cmdline("quiet -- echo hi", true).ends_with(" quiet -- echo hi"));
+        assert_eq!(build_cmdline(" root=/dev/x ", false), "root=/dev/x");
+    }
+}
