@@ -1,5 +1,13 @@
-//! The i8042 keyboard controller (data 0x60, status/command 0x64) with no keyboard
-//! attached. It matters for one thing: the CPU reset line, which is how guests reboot.
+//! The i8042 keyboard controller (data 0x60, status/command 0x64) with no keyboard or
+//! mouse attached. It matters for one thing: the CPU reset line, which is how guests
+//! reboot (command 0xfe, or 0xd1 writing the output port with bit 0 clear). The rest is
+//! what an OS probe needs to conclude that a controller exists and nothing is behind it:
+//! the command byte, the self and interface tests, port enable/disable, the output port
+//! and the loopback commands.
+//!
+//! No interrupts are raised: with no device attached, the only bytes in the output buffer
+//! are replies to controller commands, which drivers poll for (Linux's i8042 driver does),
+//! and an IRQ for them could only race with that polling.
 
 use std::collections::VecDeque;
 
@@ -9,28 +17,53 @@ use crate::{BusDevice, StateError};
 
 pub const DATA_PORT: u64 = 0x60;
 pub const COMMAND_PORT: u64 = 0x64;
+/// Replies beyond this many unread bytes are dropped (a real controller has one).
 const OUTPUT_QUEUE_MAX: usize = 16;
+/// Status register bits.
 const STATUS_OUTPUT_FULL: u8 = 0x01;
 const STATUS_SYSTEM: u8 = 0x04;
 const STATUS_COMMAND: u8 = 0x08;
+const STATUS_UNLOCKED: u8 = 0x10;
+const STATUS_AUX_DATA: u8 = 0x20;
+/// Command byte bits.
+const CTR_SYSTEM: u8 = 0x04;
+const CTR_KBD_DISABLED: u8 = 0x10;
+const CTR_AUX_DISABLED: u8 = 0x20;
+/// Output port bit 0 is the CPU reset line (active low); bit 1 is the A20 gate.
+const OUTPUT_PORT_RESET: u8 = 0x01;
+/// Commands whose parameter comes through the data port.
+const COMMANDS_WITH_DATA: [u8; 5] = [0x60, 0xd1, 0xd2, 0xd3, 0xd4];
+
+/// A byte waiting in the output buffer, and whether it comes from the AUX (mouse) side.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OutputByte {
+    pub value: u8,
+    pub aux: bool,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct I8042State {
     pub command_byte: u8,
-    pub output: Vec<u8>,
-    /// The command waiting for its data byte (0x60 or 0xd1), if any.
+    pub output_port: u8,
+    pub output: Vec<OutputByte>,
+    /// The command waiting for its data byte, if any (0x60, 0xd1..=0xd4).
     pub pending_command: Option<u8>,
+    /// The last write went to the command port (status bit 3).
     pub last_was_command: bool,
     pub reset_requested: bool,
+    /// The last byte read from the data port, returned again when the buffer is empty.
+    pub last_output: u8,
 }
 
 #[derive(Debug)]
 pub struct I8042 {
     command_byte: u8,
-    output: VecDeque<u8>,
+    output_port: u8,
+    output: VecDeque<OutputByte>,
     pending_command: Option<u8>,
     last_was_command: bool,
     reset_requested: bool,
+    last_output: u8,
 }
 
 impl Default for I8042 {
@@ -40,24 +73,29 @@ impl Default for I8042 {
 }
 
 impl I8042 {
+    /// The state a BIOS leaves: self-test passed (system flag), interrupts off,
+    /// translation on, reset line high and A20 enabled.
     pub fn new() -> Self {
         Self {
-            // Keyboard interrupt off, system flag set, translation on.
-            command_byte: 0x44,
+            command_byte: 0x40 | CTR_SYSTEM,
+            output_port: 0x02 | OUTPUT_PORT_RESET,
             output: VecDeque::new(),
             pending_command: None,
             last_was_command: false,
             reset_requested: false,
+            last_output: 0,
         }
     }
 
     pub fn state(&self) -> I8042State {
         I8042State {
             command_byte: self.command_byte,
+            output_port: self.output_port,
             output: self.output.iter().copied().collect(),
             pending_command: self.pending_command,
             last_was_command: self.last_was_command,
             reset_requested: self.reset_requested,
+            last_output: self.last_output,
         }
     }
 
@@ -65,18 +103,28 @@ impl I8042 {
         if state.output.len() > OUTPUT_QUEUE_MAX {
             return Err(StateError::new(
                 "i8042",
-                format!("{} queued bytes", state.output.len()),
+                format!(
+                    "output holds {} bytes, at most {OUTPUT_QUEUE_MAX}",
+                    state.output.len()
+                ),
             ));
         }
-        if !matches!(state.pending_command, None | Some(0x60) | Some(0xd1)) {
-            return Err(StateError::new("i8042", "unknown pending command"));
+        if let Some(cmd) = state.pending_command {
+            if !COMMANDS_WITH_DATA.contains(&cmd) {
+                return Err(StateError::new(
+                    "i8042",
+                    format!("pending_command {cmd:#x} takes no data"),
+                ));
+            }
         }
         Ok(Self {
             command_byte: state.command_byte,
+            output_port: state.output_port,
             output: state.output.into(),
             pending_command: state.pending_command,
             last_was_command: state.last_was_command,
             reset_requested: state.reset_requested,
+            last_output: state.last_output,
         })
     }
 
@@ -85,27 +133,34 @@ impl I8042 {
         std::mem::take(&mut self.reset_requested)
     }
 
-    fn reply(&mut self, byte: u8) {
+    fn reply(&mut self, value: u8, aux: bool) {
         if self.output.len() < OUTPUT_QUEUE_MAX {
-            self.output.push_back(byte);
+            self.output.push_back(OutputByte { value, aux });
         }
     }
 
     fn command(&mut self, cmd: u8) {
         self.last_was_command = true;
+        // A new command abandons one still waiting for its data byte.
+        self.pending_command = None;
         match cmd {
-            0x20 => self.reply(self.command_byte),
-            0x60 | 0xd1 => self.pending_command = Some(cmd),
-            0xaa => self.reply(0x55),        // controller self-test passed
-            0xa9 | 0xab => self.reply(0x00), // port tests passed
-            0xa7 => self.command_byte |= 0x20,
-            0xa8 => self.command_byte &= !0x20,
-            0xad => self.command_byte |= 0x10,
-            0xae => self.command_byte &= !0x10,
-            0xd0 => self.reply(0x01), // output port: reset line high
-            0xfe => self.reset_requested = true,
-            // Pulse output lines: bit 0 low pulses the reset line.
-            0xf0..=0xfd if cmd & 1 == 0 => self.reset_requested = true,
+            0x20 => self.reply(self.command_byte, false),
+            c if COMMANDS_WITH_DATA.contains(&c) => self.pending_command = Some(c),
+            // Controller self-test passed; it also sets the system flag.
+            0xaa => {
+                self.command_byte |= CTR_SYSTEM;
+                self.reply(0x55, false);
+            }
+            // AUX and keyboard interface tests: no error (the lines are not stuck).
+            0xa9 | 0xab => self.reply(0x00, false),
+            0xa7 => self.command_byte |= CTR_AUX_DISABLED,
+            0xa8 => self.command_byte &= !CTR_AUX_DISABLED,
+            0xad => self.command_byte |= CTR_KBD_DISABLED,
+            0xae => self.command_byte &= !CTR_KBD_DISABLED,
+            0xd0 => self.reply(self.output_port, false),
+            // Pulse output lines 0..3 low for those bits clear in the low nibble; line 0
+            // is the reset line.
+            0xf0..=0xff if cmd & 1 == 0 => self.reset_requested = true,
             _ => {}
         }
     }
@@ -114,42 +169,66 @@ impl I8042 {
         self.last_was_command = false;
         match self.pending_command.take() {
             Some(0x60) => self.command_byte = value,
-            Some(_) if value & 1 == 0 => self.reset_requested = true,
-            Some(_) => {}
-            // A byte for the (absent) keyboard: it times out, like real hardware.
-            None => {}
+            Some(0xd1) => {
+                self.output_port = value;
+                if value & OUTPUT_PORT_RESET == 0 {
+                    self.reset_requested = true;
+                }
+            }
+            // Loopback: the byte comes back as if the keyboard (0xd2) or mouse (0xd3) sent it.
+            Some(0xd2) => self.reply(value, false),
+            Some(0xd3) => self.reply(value, true),
+            // 0xd4 (a byte for the mouse) and bytes for the keyboard: nobody is there to
+            // answer, and the driver's wait for an answer times out, as on hardware.
+            _ => {}
         }
     }
 
     fn status(&self) -> u8 {
-        let mut s = STATUS_SYSTEM;
-        if !self.output.is_empty() {
-            s |= STATUS_OUTPUT_FULL;
+        let mut status = STATUS_UNLOCKED;
+        // The system flag mirrors the command byte's.
+        if self.command_byte & CTR_SYSTEM != 0 {
+            status |= STATUS_SYSTEM;
+        }
+        if let Some(front) = self.output.front() {
+            status |= STATUS_OUTPUT_FULL;
+            if front.aux {
+                status |= STATUS_AUX_DATA;
+            }
         }
         if self.last_was_command {
-            s |= STATUS_COMMAND;
+            status |= STATUS_COMMAND;
         }
-        s
+        status
+    }
+
+    fn read_data(&mut self) -> u8 {
+        if let Some(byte) = self.output.pop_front() {
+            self.last_output = byte.value;
+        }
+        self.last_output
     }
 }
 
 impl BusDevice for I8042 {
-    fn read(&mut self, base: u64, _offset: u64, data: &mut [u8]) {
-        if data.len() != 1 {
+    fn read(&mut self, base: u64, offset: u64, data: &mut [u8]) {
+        if data.len() != 1 || offset != 0 {
             data.fill(0xff);
             return;
         }
         data[0] = match base {
-            DATA_PORT => self.output.pop_front().unwrap_or(0),
-            _ => self.status(),
+            DATA_PORT => self.read_data(),
+            COMMAND_PORT => self.status(),
+            _ => 0xff,
         };
     }
 
-    fn write(&mut self, base: u64, _offset: u64, data: &[u8]) {
-        let [value] = data else { return };
-        match base {
-            DATA_PORT => self.data(*value),
-            _ => self.command(*value),
+    fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
+        let &[value] = data else { return };
+        match (base, offset) {
+            (DATA_PORT, 0) => self.data(value),
+            (COMMAND_PORT, 0) => self.command(value),
+            _ => {}
         }
     }
 }
@@ -164,16 +243,87 @@ mod tests {
         b[0]
     }
 
+    fn cmd(k: &mut I8042, c: u8) {
+        k.write(COMMAND_PORT, 0, &[c]);
+    }
+
+    fn data(k: &mut I8042, v: u8) {
+        k.write(DATA_PORT, 0, &[v]);
+    }
+
+    #[test]
+    fn status_bits() {
+        let mut k = I8042::new();
+        assert_eq!(
+            inb(&mut k, COMMAND_PORT),
+            0x14,
+            "system flag, unlocked, empty"
+        );
+        cmd(&mut k, 0x20);
+        assert_eq!(
+            inb(&mut k, COMMAND_PORT),
+            0x1d,
+            "full, last write a command"
+        );
+        inb(&mut k, DATA_PORT);
+        data(&mut k, 0xf4); // a byte for the absent keyboard
+        assert_eq!(inb(&mut k, COMMAND_PORT), 0x14);
+    }
+
     #[test]
     fn self_test_and_command_byte() {
         let mut k = I8042::new();
-        k.write(COMMAND_PORT, 0, &[0xaa]);
+        cmd(&mut k, 0xaa);
         assert_eq!(inb(&mut k, COMMAND_PORT) & STATUS_OUTPUT_FULL, 1);
         assert_eq!(inb(&mut k, DATA_PORT), 0x55);
-        k.write(COMMAND_PORT, 0, &[0x60]);
-        k.write(DATA_PORT, 0, &[0x47]);
-        k.write(COMMAND_PORT, 0, &[0x20]);
+        assert_eq!(
+            inb(&mut k, DATA_PORT),
+            0x55,
+            "empty buffer repeats the last byte"
+        );
+        cmd(&mut k, 0x60);
+        data(&mut k, 0x47);
+        cmd(&mut k, 0x20);
         assert_eq!(inb(&mut k, DATA_PORT), 0x47);
+        assert_eq!(inb(&mut k, COMMAND_PORT) & STATUS_OUTPUT_FULL, 0);
+        cmd(&mut k, 0x60);
+        data(&mut k, 0x00);
+        assert_eq!(inb(&mut k, COMMAND_PORT) & STATUS_SYSTEM, 0);
+    }
+
+    #[test]
+    fn interface_tests_and_port_enables() {
+        let mut k = I8042::new();
+        for (c, bit, set) in [
+            (0xa7, CTR_AUX_DISABLED, true),
+            (0xa8, CTR_AUX_DISABLED, false),
+            (0xad, CTR_KBD_DISABLED, true),
+            (0xae, CTR_KBD_DISABLED, false),
+        ] {
+            cmd(&mut k, c);
+            cmd(&mut k, 0x20);
+            assert_eq!(inb(&mut k, DATA_PORT) & bit != 0, set, "command {c:#x}");
+        }
+        cmd(&mut k, 0xab);
+        cmd(&mut k, 0xa9);
+        assert_eq!([inb(&mut k, DATA_PORT), inb(&mut k, DATA_PORT)], [0, 0]);
+        cmd(&mut k, 0x12); // unknown: ignored
+        assert_eq!(inb(&mut k, COMMAND_PORT) & STATUS_OUTPUT_FULL, 0);
+    }
+
+    #[test]
+    fn loopback_commands() {
+        let mut k = I8042::new();
+        cmd(&mut k, 0xd3);
+        data(&mut k, 0x5a);
+        assert_eq!(inb(&mut k, COMMAND_PORT) & 0x21, 0x21, "AUX data");
+        assert_eq!(inb(&mut k, DATA_PORT), 0x5a);
+        cmd(&mut k, 0xd2);
+        data(&mut k, 0xa5);
+        assert_eq!(inb(&mut k, COMMAND_PORT) & 0x21, 0x01, "keyboard data");
+        assert_eq!(inb(&mut k, DATA_PORT), 0xa5);
+        cmd(&mut k, 0xd4);
+        data(&mut k, 0xff); // to the absent mouse
         assert_eq!(inb(&mut k, COMMAND_PORT) & STATUS_OUTPUT_FULL, 0);
     }
 
@@ -181,46 +331,91 @@ mod tests {
     fn reset_by_pulse_and_by_output_port() {
         let mut k = I8042::new();
         assert!(!k.take_reset_request());
-        k.write(COMMAND_PORT, 0, &[0xfe]);
+        cmd(&mut k, 0xfe);
         assert!(k.take_reset_request());
         assert!(!k.take_reset_request(), "reported once");
-        k.write(COMMAND_PORT, 0, &[0xd1]);
-        k.write(DATA_PORT, 0, &[0x01]);
+        cmd(&mut k, 0xff); // pulses no line
+        cmd(&mut k, 0xfd); // pulses line 1 only
         assert!(!k.take_reset_request());
-        k.write(COMMAND_PORT, 0, &[0xd1]);
-        k.write(DATA_PORT, 0, &[0xfe]);
+        cmd(&mut k, 0xf0); // pulses all four, the reset line included
         assert!(k.take_reset_request());
+        cmd(&mut k, 0xd1);
+        data(&mut k, 0x03);
+        assert!(!k.take_reset_request());
+        cmd(&mut k, 0xd0);
+        assert_eq!(inb(&mut k, DATA_PORT), 0x03);
+        cmd(&mut k, 0xd1);
+        data(&mut k, 0xfe);
+        assert!(k.take_reset_request());
+        // A command in between cancels the pending data byte.
+        cmd(&mut k, 0xd1);
+        cmd(&mut k, 0xae);
+        data(&mut k, 0x00);
+        assert!(!k.take_reset_request());
     }
 
     #[test]
     fn output_queue_is_bounded() {
         let mut k = I8042::new();
         for _ in 0..100 {
-            k.write(COMMAND_PORT, 0, &[0xaa]);
+            cmd(&mut k, 0xaa);
         }
         assert_eq!(k.state().output.len(), OUTPUT_QUEUE_MAX);
+        for _ in 0..OUTPUT_QUEUE_MAX {
+            assert_eq!(inb(&mut k, DATA_PORT), 0x55);
+        }
+        assert_eq!(inb(&mut k, COMMAND_PORT) & STATUS_OUTPUT_FULL, 0);
+    }
+
+    #[test]
+    fn other_ports_widths_read_all_ones() {
+        let mut k = I8042::new();
+        let mut w = [0; 2];
+        k.read(DATA_PORT, 0, &mut w);
+        assert_eq!(w, [0xff; 2]);
+        let mut b = [0];
+        k.read(COMMAND_PORT, 1, &mut b);
+        assert_eq!(b[0], 0xff);
+        k.write(COMMAND_PORT, 0, &[0xfe, 0x00]);
+        assert!(!k.take_reset_request(), "2-byte write ignored");
     }
 
     #[test]
     fn state_round_trips_and_bad_state_is_rejected() {
         let mut k = I8042::new();
-        k.write(COMMAND_PORT, 0, &[0xaa]);
-        k.write(COMMAND_PORT, 0, &[0x60]);
+        cmd(&mut k, 0xaa);
+        cmd(&mut k, 0xd3);
+        data(&mut k, 0x11);
+        cmd(&mut k, 0x60);
         let json = serde_json::to_string(&k.state()).unwrap();
         let mut r = I8042::from_state(serde_json::from_str(&json).unwrap()).unwrap();
-        r.write(DATA_PORT, 0, &[0x11]);
-        assert_eq!(inb(&mut r, DATA_PORT), 0x55);
+        assert_eq!(r.state(), k.state());
+        for dev in [&mut k, &mut r] {
+            data(dev, 0x45);
+        }
+        for port in [COMMAND_PORT, DATA_PORT, COMMAND_PORT, DATA_PORT, DATA_PORT] {
+            assert_eq!(inb(&mut r, port), inb(&mut k, port));
+        }
         let mut bad = k.state();
-        bad.output = vec![0; 17];
-        assert!(I8042::from_state(bad).is_err());
+        bad.output = vec![
+            OutputByte {
+                value: 0,
+                aux: false
+            };
+            17
+        ];
+        let err = I8042::from_state(bad).unwrap_err();
+        assert!(err.reason.contains("output"), "{err}");
         let mut bad = k.state();
         bad.pending_command = Some(0x20);
-        assert!(I8042::from_state(bad).is_err());
+        let err = I8042::from_state(bad).unwrap_err();
+        assert!(err.reason.contains("pending_command"), "{err}");
     }
 
     #[test]
     fn survives_random_access() {
         let mut k = I8042::new();
         crate::testing::hammer(&mut k, &[DATA_PORT, COMMAND_PORT], 1, None);
+        assert!(I8042::from_state(k.state()).is_ok());
     }
 }
