@@ -2,9 +2,21 @@
 //! guest power off with an exit status (what the tiny test guests and the stock guest's
 //! init use to end a run).
 //!
-//! Registers are 32-bit little endian. Accesses of 1, 2 or 4 bytes read the matching bytes
-//! of the register they fall in; 8-byte accesses and unaligned ones crossing a register
-//! read as all-ones and are ignored on write, as on a 32-bit device bus.
+//! Registers (32-bit little endian):
+//!
+//! | offset | register                                                    |
+//! | ------ | ----------------------------------------------------------- |
+//! | 0x0    | magic 0x4654564d ("MVTF" in memory), read-only              |
+//! | 0x4    | version (1), read-only                                      |
+//! | 0x8    | guest memory size in MiB, read-only                         |
+//! | 0xc    | scratch, read/write                                         |
+//! | 0x10   | power-off: a 32-bit write ends the VM with that exit status |
+//!
+//! Other offsets read as all-ones. Reads of 1, 2 or 4 bytes return the matching bytes of
+//! the register they fall in. Writes of 1 or 2 bytes update those bytes of the scratch
+//! register; the power-off register takes only a whole 32-bit write (a partial exit status
+//! means nothing). 8-byte accesses and unaligned ones crossing a register read as all-ones
+//! and are ignored on write, as on a 32-bit device bus.
 
 use serde::{Deserialize, Serialize};
 
@@ -50,8 +62,9 @@ impl SysCtl {
     }
 
     pub fn from_state(state: SysCtlState) -> Result<Self, StateError> {
+        // No machine runs without memory: a zero is a corrupt state.
         if state.mem_mib == 0 {
-            return Err(StateError::new("system controller", "zero memory size"));
+            return Err(StateError::new("system controller", "mem_mib is zero"));
         }
         Ok(Self {
             mem_mib: state.mem_mib,
@@ -106,7 +119,7 @@ impl BusDevice for SysCtl {
         let value = u32::from_le_bytes(bytes);
         match reg {
             REG_SCRATCH => self.scratch = value,
-            REG_POWEROFF => self.poweroff = Some(value),
+            REG_POWEROFF if data.len() == 4 => self.poweroff = Some(value),
             _ => {}
         }
     }
@@ -150,26 +163,73 @@ mod tests {
         assert_eq!(s.take_poweroff(), None);
         s.write(0, 0, &0u32.to_le_bytes());
         assert_eq!(read32(&mut s, 0), MAGIC, "read-only");
+        assert_eq!(read32(&mut s, 0x10), 0, "power-off reads as zero");
+    }
+
+    #[test]
+    fn poweroff_takes_only_a_whole_32_bit_write() {
+        let mut s = SysCtl::new(64);
+        s.write(0, 0x10, &[3]);
+        s.write(0, 0x12, &[0, 1]);
+        s.write(0, 0x10, &3u64.to_le_bytes());
+        assert_eq!(s.take_poweroff(), None);
+        s.write(0, 0x10, &0xdead_beefu32.to_le_bytes());
+        assert_eq!(s.take_poweroff(), Some(0xdead_beef));
+    }
+
+    #[test]
+    fn narrow_wide_and_unaligned_accesses() {
+        let mut s = SysCtl::new(0x1234);
+        let mut w = [0u8; 2];
+        s.read(0, 2, &mut w);
+        assert_eq!(u16::from_le_bytes(w), 0x4654);
+        s.read(0, 8, &mut w);
+        assert_eq!(u16::from_le_bytes(w), 0x1234);
+        s.read(0, 3, &mut w);
+        assert_eq!(w, [0xff; 2], "crosses two registers");
+        let mut b = [0u8; 4];
+        s.read(0, 0x14, &mut b);
+        assert_eq!(b, [0xff; 4]);
+        s.read(0, 0xffc, &mut b);
+        assert_eq!(b, [0xff; 4]);
+        s.read(0, u64::MAX, &mut b);
+        assert_eq!(b, [0xff; 4]);
+        let mut q = [0u8; 8];
+        s.read(0, 8, &mut q);
+        assert_eq!(q, [0xff; 8]);
+        s.write(0, 0xc, &u64::MAX.to_le_bytes());
+        assert_eq!(read32(&mut s, 0xc), 0, "8-byte write ignored");
+        s.write(0, 0xe, &[0x34, 0x12]);
+        assert_eq!(read32(&mut s, 0xc), 0x1234_0000);
+        let mut none: [u8; 0] = [];
+        s.read(0, 0, &mut none);
+        s.write(0, 0xc, &none);
+        s.write(0, 0xd, &[1, 2, 3]);
+        assert_eq!(read32(&mut s, 0xc), 0x1234_0000);
     }
 
     #[test]
     fn state_round_trips_and_bad_state_is_rejected() {
         let mut s = SysCtl::new(64);
         s.write(0, 0xc, &5u32.to_le_bytes());
+        s.write(0, 0x10, &9u32.to_le_bytes());
         let json = serde_json::to_string(&s.state()).unwrap();
         let mut r = SysCtl::from_state(serde_json::from_str(&json).unwrap()).unwrap();
+        assert_eq!(r.state(), s.state());
         assert_eq!(read32(&mut r, 0xc), 5);
-        assert!(SysCtl::from_state(SysCtlState {
-            mem_mib: 0,
-            scratch: 0,
-            poweroff: None
-        })
-        .is_err());
+        assert_eq!(read32(&mut r, 8), 64);
+        assert_eq!(r.take_poweroff(), Some(9), "a pending power-off survives");
+        let mut bad = s.state();
+        bad.mem_mib = 0;
+        let err = SysCtl::from_state(bad).unwrap_err();
+        assert!(err.reason.contains("mem_mib"), "{err}");
     }
 
     #[test]
     fn survives_random_access() {
         let mut s = SysCtl::new(64);
         crate::testing::hammer(&mut s, &[0], 0x1000, None);
+        let _ = s.take_poweroff();
+        assert!(SysCtl::from_state(s.state()).is_ok());
     }
 }
