@@ -14,10 +14,10 @@ class Cpio:
         self.buf = io.BytesIO()
         self.ino = 1
 
-    def add(self, name, mode, data=b""):
+    def add(self, name, mode, data=b"", rdev=(0, 0)):
         name_b = name.encode() + b"\0"
         hdr = "070701" + "".join(f"{v:08x}" for v in [
-            self.ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name_b), 0])
+            self.ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name_b), 0])
         self.ino += 1
         self.buf.write(hdr.encode() + name_b)
         self.buf.write(b"\0" * (-(110 + len(name_b)) % 4))
@@ -38,7 +38,8 @@ def main():
     c = Cpio()
     for d in ["bin", "sbin", "dev", "proc", "sys", "tmp", "etc", "root"]:
         c.add(d, stat.S_IFDIR | 0o755)
-    c.add("dev/console", stat.S_IFCHR | 0o600)  # rdev left 0: devtmpfs provides the real one
+    # The kernel opens /dev/console for init before devtmpfs is mounted: it must exist.
+    c.add("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1))
     c.add("bin/busybox", stat.S_IFREG | 0o755, open(a.busybox, "rb").read())
     for applet in APPLETS:
         c.add(f"bin/{applet}", stat.S_IFLNK | 0o777, b"busybox")

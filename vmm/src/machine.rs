@@ -1,17 +1,20 @@
 //! Building a VM: KVM, guest memory, kernel, platform devices and the vCPU thread.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use crate::boot::{self, BootError, KernelKind};
+use crate::boot::{self, BootError};
 use crate::clock::{ClockMode, VmClock};
+use crate::compat::syscall::SyscallProbe;
+use crate::compat::CompatError;
 use crate::cpu::{self, CpuError};
 use crate::memory::{self, MemoryError};
 use crate::platform::{ConsoleOut, Platform, PlatformError};
+use crate::snapshot::{self, SnapshotError};
 use crate::vcpu::{VcpuError, VcpuHandle, VcpuParts};
 
 /// Wall-clock time (Unix seconds) that deterministic runs start at: 2026-01-01T00:00:00Z.
@@ -47,6 +50,10 @@ pub enum VmError {
     Platform(#[from] PlatformError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    Compat(#[from] CompatError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     #[error("cannot create exit trace file {path}")]
     Trace {
         path: PathBuf,
@@ -62,9 +69,13 @@ fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 /// A running (or paused) VM.
 pub struct Vm {
     pub vcpu: VcpuHandle,
+    /// Setting this pauses the vCPU at its next synchronous exit.
+    pub pause_request: Arc<std::sync::atomic::AtomicBool>,
     pub memory: GuestMemoryMmap,
     pub clock: Arc<VmClock>,
-    pub kernel_kind: KernelKind,
+    pub mem_mib: u64,
+    /// Whether this host needed the SYSCALL-from-user repair.
+    pub syscall_probe: SyscallProbe,
     // Kept alive for as long as the vCPU runs.
     _vm_fd: VmFd,
     _kvm: Kvm,
@@ -93,12 +104,36 @@ fn map_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
     Ok(())
 }
 
+fn open_trace(path: Option<&Path>) -> Result<Option<Box<dyn std::io::Write + Send>>, VmError> {
+    let Some(path) = path else { return Ok(None) };
+    let file = std::fs::File::create(path).map_err(|source| VmError::Trace {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(Some(Box::new(std::io::BufWriter::new(file))))
+}
+
+/// A KVM VM with `mem` mapped and its one vCPU, with the normalised CPUID.
+fn create_vm(kvm_sys: &Kvm, mem: &GuestMemoryMmap) -> Result<(VmFd, kvm_ioctls::VcpuFd), VmError> {
+    let vm_fd = kvm_sys.create_vm().map_err(kvm("create a VM"))?;
+    vm_fd
+        .set_tss_address(0xfffb_d000)
+        .map_err(kvm("place the TSS"))?;
+    map_memory(&vm_fd, mem)?;
+    let vcpu_fd = vm_fd.create_vcpu(0).map_err(kvm("create the vCPU"))?;
+    vcpu_fd
+        .set_cpuid2(&cpu::normalised_cpuid(kvm_sys)?)
+        .map_err(kvm("set CPUID"))?;
+    Ok((vm_fd, vcpu_fd))
+}
+
 impl Vm {
     /// Create a VM, load the kernel and start the vCPU thread, paused.
     pub fn boot(
         config: &VmConfig,
         console: ConsoleOut,
         input_rx: Option<crossbeam_channel::Receiver<Vec<u8>>>,
+        pause_request: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<Self, VmError> {
         // Everything the user named is checked before KVM is touched.
         memory::check_size(config.mem_mib)?;
@@ -107,15 +142,7 @@ impl Vm {
             Some(path) => Some((path, boot::read_initrd(path)?)),
             None => None,
         };
-        let trace = match &config.trace_exits {
-            Some(path) => Some(Box::new(std::io::BufWriter::new(
-                std::fs::File::create(path).map_err(|source| VmError::Trace {
-                    path: path.clone(),
-                    source,
-                })?,
-            )) as Box<dyn std::io::Write + Send>),
-            None => None,
-        };
+        let trace = open_trace(config.trace_exits.as_deref())?;
         let kvm_sys = Kvm::new().map_err(VmError::OpenKvm)?;
         let mem = memory::create(config.mem_mib)?;
         let kernel = boot::load_kernel(&mem, kernel_file, &config.kernel, config.mem_mib)?;
@@ -135,15 +162,7 @@ impl Vm {
         boot::write_zero_page(&mem, header, initrd, config.cmdline.len())?;
         cpu::write_boot_tables(&mem)?;
 
-        let vm_fd = kvm_sys.create_vm().map_err(kvm("create a VM"))?;
-        vm_fd
-            .set_tss_address(0xfffb_d000)
-            .map_err(kvm("place the TSS"))?;
-        map_memory(&vm_fd, &mem)?;
-        let vcpu_fd = vm_fd.create_vcpu(0).map_err(kvm("create the vCPU"))?;
-        vcpu_fd
-            .set_cpuid2(&cpu::normalised_cpuid(&kvm_sys)?)
-            .map_err(kvm("set CPUID"))?;
+        let (vm_fd, vcpu_fd) = create_vm(&kvm_sys, &mem)?;
         cpu::setup_boot_registers(&vcpu_fd, info.entry)?;
 
         let clock = Arc::new(VmClock::new(config.clock, 0));
@@ -162,23 +181,111 @@ impl Vm {
             mem_mib = config.mem_mib,
             "guest loaded"
         );
+        Self::start(
+            kvm_sys,
+            vm_fd,
+            vcpu_fd,
+            mem,
+            config.mem_mib,
+            clock,
+            platform,
+            input_rx,
+            trace,
+            (0, false),
+            pause_request,
+        )
+    }
+
+    /// Continue a VM from the snapshot in `dir`.
+    pub fn restore(
+        dir: &Path,
+        console: ConsoleOut,
+        input_rx: Option<crossbeam_channel::Receiver<Vec<u8>>>,
+        trace_exits: Option<&Path>,
+        pause_request: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<Self, VmError> {
+        let trace = open_trace(trace_exits)?;
+        let kvm_sys = Kvm::new().map_err(VmError::OpenKvm)?;
+        let loaded = snapshot::load(dir)?;
+        let state = loaded.state;
+        let (vm_fd, vcpu_fd) = create_vm(&kvm_sys, &loaded.memory)?;
+        state.vcpu.restore(&vcpu_fd)?;
+        let clock = Arc::new(VmClock::new(loaded.manifest.clock, state.clock_ns));
+        let platform = Platform::restore(state.platform, clock.clone(), console)?;
+        tracing::info!(
+            snapshot = %dir.display(),
+            ordinal = state.vcpu.ordinal,
+            mem_mib = loaded.manifest.mem_mib,
+            "VM restored"
+        );
+        Self::start(
+            kvm_sys,
+            vm_fd,
+            vcpu_fd,
+            loaded.memory,
+            loaded.manifest.mem_mib,
+            clock,
+            platform,
+            input_rx,
+            trace,
+            (state.vcpu.ordinal, state.vcpu.halted),
+            pause_request,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        kvm_sys: Kvm,
+        vm_fd: VmFd,
+        vcpu_fd: kvm_ioctls::VcpuFd,
+        mem: GuestMemoryMmap,
+        mem_mib: u64,
+        clock: Arc<VmClock>,
+        platform: Platform,
+        input_rx: Option<crossbeam_channel::Receiver<Vec<u8>>>,
+        trace: Option<Box<dyn std::io::Write + Send>>,
+        (ordinal, halted): (u64, bool),
+        pause_request: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<Self, VmError> {
+        let syscall_probe = crate::compat::syscall::probe(&kvm_sys)?;
+        if syscall_probe == SyscallProbe::Broken {
+            tracing::info!("this host's KVM leaves SYSCALL from user mode at CPL3; repair armed");
+        }
         let vcpu = VcpuHandle::spawn(VcpuParts {
+            pause_request: pause_request.clone(),
+            syscall_repair: (syscall_probe == SyscallProbe::Broken)
+                .then(crate::compat::syscall::SyscallRepair::new),
             fd: vcpu_fd,
             memory: mem.clone(),
             platform,
             clock: clock.clone(),
             input_rx,
             trace,
-            ordinal: 0,
-            halted: false,
+            ordinal,
+            halted,
         })?;
         Ok(Self {
             vcpu,
+            pause_request,
             memory: mem,
+            mem_mib,
             clock,
-            kernel_kind: info.kind,
+            syscall_probe,
             _vm_fd: vm_fd,
             _kvm: kvm_sys,
         })
+    }
+
+    /// Pause the VM and save it to `dir`; it stays paused.
+    pub fn snapshot(&self, dir: &Path) -> Result<snapshot::Manifest, VmError> {
+        self.vcpu.pause(std::time::Duration::from_secs(10))?;
+        let state = self.vcpu.save_state()?;
+        Ok(snapshot::save(
+            dir,
+            &state,
+            &self.memory,
+            self.mem_mib,
+            self.clock.mode(),
+        )?)
     }
 }

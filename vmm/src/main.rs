@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ftvm::clock::ClockMode;
+use ftvm::console::WatchedConsole;
 use ftvm::machine::{Vm, VmConfig};
 use ftvm::vcpu::VcpuEvent;
 
@@ -31,8 +32,20 @@ enum Command {
 #[derive(clap::Args)]
 struct RunArgs {
     /// Kernel to boot: an ELF vmlinux (entered in 64-bit mode) or a bzImage.
-    #[arg(long)]
-    kernel: PathBuf,
+    #[arg(long, required_unless_present = "restore")]
+    kernel: Option<PathBuf>,
+    /// Continue the VM saved in this snapshot directory instead of booting a kernel.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd", "cmdline", "no_default_cmdline", "mem", "clock"])]
+    restore: Option<PathBuf>,
+    /// Save a snapshot to --snapshot-dir as soon as the guest prints TEXT on its console.
+    #[arg(long, value_name = "TEXT", requires = "snapshot_dir")]
+    snapshot_on: Option<String>,
+    /// Directory (must not exist) for the --snapshot-on snapshot.
+    #[arg(long, value_name = "DIR", requires = "snapshot_on")]
+    snapshot_dir: Option<PathBuf>,
+    /// Stop the VM once the --snapshot-on snapshot is saved (otherwise it runs on).
+    #[arg(long, requires = "snapshot_on")]
+    exit_after_snapshot: bool,
     /// Initial ramdisk.
     #[arg(long)]
     initrd: Option<PathBuf>,
@@ -105,30 +118,74 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         vmm_sys_util::signal::register_signal_handler(sig, on_stop_signal)
             .context("cannot install signal handlers")?;
     }
-    let config = VmConfig {
-        kernel: args.kernel,
-        initrd: args.initrd,
-        cmdline: ftvm::linux::build_cmdline(&args.cmdline, !args.no_default_cmdline),
-        mem_mib: args.mem,
-        clock: args.clock,
-        trace_exits: args.trace_exits,
+    let (snap_tx, snap_rx) = crossbeam_channel::bounded(1);
+    let pause_request = std::sync::Arc::new(AtomicBool::new(false));
+    let console: ftvm::platform::ConsoleOut = match &args.snapshot_on {
+        Some(text) => Box::new(WatchedConsole::new(
+            Stdout,
+            text,
+            snap_tx,
+            pause_request.clone(),
+        )),
+        None => Box::new(Stdout),
     };
     let started = Instant::now();
-    let vm = Vm::boot(&config, Box::new(Stdout), Some(spawn_stdin_reader()))?;
+    let input = Some(spawn_stdin_reader());
+    let vm = match (&args.restore, args.kernel) {
+        (Some(dir), _) => Vm::restore(
+            dir,
+            console,
+            input,
+            args.trace_exits.as_deref(),
+            pause_request,
+        )?,
+        (None, Some(kernel)) => {
+            let config = VmConfig {
+                kernel,
+                initrd: args.initrd,
+                cmdline: ftvm::linux::build_cmdline(&args.cmdline, !args.no_default_cmdline),
+                mem_mib: args.mem,
+                clock: args.clock,
+                trace_exits: args.trace_exits,
+            };
+            Vm::boot(&config, console, input, pause_request)?
+        }
+        (None, None) => anyhow::bail!("--kernel or --restore is required"),
+    };
     vm.vcpu.resume();
     loop {
         if STOP_REQUESTED.load(Ordering::SeqCst) {
             tracing::info!("stop requested by signal");
             break;
         }
-        if let Some(VcpuEvent::Stopped(_)) = vm.vcpu.next_event(Duration::from_millis(100)) {
+        crossbeam_channel::select! {
+            recv(snap_rx) -> _ => {
+                if let Some(dir) = &args.snapshot_dir {
+                    let t = Instant::now();
+                    let manifest = vm.snapshot(dir)?;
+                    eprintln!(
+                        "ftvm: snapshot saved to {} ({} MiB of RAM) in {:.2} s",
+                        dir.display(),
+                        manifest.mem_mib,
+                        t.elapsed().as_secs_f64()
+                    );
+                    if args.exit_after_snapshot {
+                        break;
+                    }
+                    vm.vcpu.resume();
+                }
+            }
+            default(Duration::from_millis(50)) => {}
+        }
+        if let Some(VcpuEvent::Stopped(_)) = vm.vcpu.next_event(Duration::ZERO) {
             break;
         }
     }
+    let syscall_probe = vm.syscall_probe;
     let report = vm.vcpu.finish();
     let m = &report.metrics;
     eprintln!(
-        "ftvm: {} after {} exits in {:.3} s (pio in/out {}/{}, mmio r/w {}/{}, hlt {}, interrupts {}, host kicks {}; host repairs: {})",
+        "ftvm: {} after {} exits in {:.3} s (pio in/out {}/{}, mmio r/w {}/{}, hlt {}, interrupts {}, host kicks {}; host repairs: {}; SYSCALL from user {:?})",
         report.stop,
         report.ordinal,
         started.elapsed().as_secs_f64(),
@@ -139,7 +196,8 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         m.hlt,
         m.interrupts_injected,
         m.host_exits,
-        m.compat
+        m.compat,
+        syscall_probe
     );
     Ok(report.stop.exit_code())
 }

@@ -71,6 +71,54 @@ impl VcpuState {
     }
 }
 
+impl VcpuState {
+    /// Load this state into a vCPU (special registers first: they set the mode).
+    pub fn restore(&self, fd: &VcpuFd) -> Result<(), VcpuError> {
+        fd.set_sregs(&self.sregs)
+            .map_err(kvm("special registers"))?;
+        fd.set_regs(&self.regs).map_err(kvm("registers"))?;
+        fd.set_fpu(&kvm_fpu::from(&self.fpu))
+            .map_err(kvm("FPU state"))?;
+        let entries: Vec<kvm_msr_entry> = self
+            .msrs
+            .iter()
+            .map(|&(index, data)| kvm_msr_entry {
+                index,
+                data,
+                ..Default::default()
+            })
+            .collect();
+        let msrs = Msrs::from_entries(&entries).map_err(|_| VcpuError::Kvm {
+            what: "MSR list",
+            source: kvm_ioctls::Error::new(libc::EINVAL),
+        })?;
+        fd.set_msrs(&msrs).map_err(kvm("MSRs"))?;
+        fd.set_vcpu_events(&self.events)
+            .map_err(kvm("pending events"))?;
+        fd.set_debug_regs(&self.debugregs)
+            .map_err(kvm("debug registers"))?;
+        Ok(())
+    }
+
+    /// Checks that do not need KVM (which checks the registers themselves on restore).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.msrs.len() > SAVED_MSRS.len() {
+            return Err(format!(
+                "{} MSRs, at most {} are saved",
+                self.msrs.len(),
+                SAVED_MSRS.len()
+            ));
+        }
+        if let Some((index, _)) = self.msrs.iter().find(|(i, _)| !SAVED_MSRS.contains(i)) {
+            return Err(format!("MSR {index:#x} is not one ftvm saves"));
+        }
+        if self.sregs.efer & (1 << 10) == 0 && self.regs.rip > u64::from(u32::MAX) {
+            return Err("RIP above 4 GiB outside long mode".into());
+        }
+        Ok(())
+    }
+}
+
 /// The x87/SSE state (kvm_fpu has no serde support of its own).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FpuState {
@@ -124,4 +172,11 @@ pub struct VmState {
     pub vcpu: VcpuState,
     pub platform: crate::platform::PlatformState,
     pub clock_ns: u64,
+}
+
+impl VmState {
+    /// Checks of the vCPU part; device states are checked when the devices are rebuilt.
+    pub fn validate(&self) -> Result<(), String> {
+        self.vcpu.validate()
+    }
 }

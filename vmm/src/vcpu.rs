@@ -85,6 +85,8 @@ pub struct VcpuReport {
 
 /// Everything the vCPU thread owns.
 pub struct Vcpu {
+    pause_request: Arc<std::sync::atomic::AtomicBool>,
+    syscall_repair: Option<crate::compat::syscall::SyscallRepair>,
     fd: VcpuFd,
     memory: vm_memory::GuestMemoryMmap,
     platform: Platform,
@@ -123,6 +125,11 @@ fn value_of(data: &[u8]) -> u64 {
 }
 
 pub struct VcpuParts {
+    /// Set by anyone (e.g. the console watcher) to make the vCPU pause itself at the next
+    /// synchronous exit, before the guest runs on.
+    pub pause_request: Arc<std::sync::atomic::AtomicBool>,
+    /// Present when this host needs the SYSCALL-from-user repair.
+    pub syscall_repair: Option<crate::compat::syscall::SyscallRepair>,
     pub fd: VcpuFd,
     pub memory: vm_memory::GuestMemoryMmap,
     pub platform: Platform,
@@ -157,14 +164,18 @@ impl VcpuHandle {
             .map_err(VcpuError::Signal)?;
         let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
         let (evt_tx, evt_rx) = crossbeam_channel::unbounded();
+        // A restored vCPU may be halted; whether it can be woken is in its RFLAGS.
+        let if_flag = parts.fd.get_regs().is_ok_and(|r| r.rflags & 0x200 != 0);
         let vcpu = Vcpu {
+            pause_request: parts.pause_request,
+            syscall_repair: parts.syscall_repair,
             fd: parts.fd,
             memory: parts.memory,
             platform: parts.platform,
             clock: parts.clock,
             ordinal: parts.ordinal,
             halted: parts.halted,
-            if_flag: false,
+            if_flag,
             input: VecDeque::new(),
             input_rx: parts.input_rx,
             commands: cmd_rx,
@@ -303,6 +314,14 @@ impl Vcpu {
                     if let Some(stop) = step {
                         return stop;
                     }
+                    if self
+                        .pause_request
+                        .swap(false, std::sync::atomic::Ordering::SeqCst)
+                    {
+                        self.clock.pause();
+                        mode = Mode::Paused;
+                        let _ = self.events.send(VcpuEvent::Paused);
+                    }
                 }
             }
         }
@@ -424,6 +443,17 @@ impl Vcpu {
                 });
             }
             Ok(VcpuExit::FailEntry(reason, _)) => return Some(StopReason::EntryFailure { reason }),
+            Ok(VcpuExit::Debug(arch)) if self.syscall_repair.is_some() => {
+                // The repair's own breakpoints: host artefacts, never ordinals.
+                let pc = arch.pc;
+                let repair = self.syscall_repair.as_mut()?;
+                match repair.on_debug_exit(&self.fd, &self.memory, pc) {
+                    Ok(true) => self.metrics.compat.syscall += 1,
+                    Ok(false) => {}
+                    Err(e) => return Some(StopReason::Kvm(e.to_string())),
+                }
+                return None;
+            }
             Ok(VcpuExit::Intr) | Ok(VcpuExit::IrqWindowOpen) => {
                 self.metrics.host_exits += 1;
                 return None;
@@ -478,6 +508,11 @@ impl Vcpu {
         if let Some(stop) = self.platform.stop_request() {
             return Some(stop);
         }
+        if let Some(repair) = self.syscall_repair.as_mut() {
+            if let Err(e) = repair.on_sync_exit(&self.fd, &self.memory, self.ordinal) {
+                return Some(StopReason::Kvm(e.to_string()));
+            }
+        }
         self.deliver();
         None
     }
@@ -504,7 +539,9 @@ impl Vcpu {
         if !self.platform.interrupt_pending() {
             return;
         }
-        let ready = self.fd.get_kvm_run().ready_for_interrupt_injection != 0;
+        // A vCPU halted in user space sits after its HLT with no interrupt shadow: it can
+        // always take one (and a restored vCPU has no kvm_run readiness from a last exit).
+        let ready = self.halted || self.fd.get_kvm_run().ready_for_interrupt_injection != 0;
         if !(ready && self.if_flag) {
             return;
         }

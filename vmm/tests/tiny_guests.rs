@@ -124,3 +124,26 @@ fn bzimage_kernels_boot_at_their_64_bit_entry() {
         stdout(&out)
     );
 }
+
+#[test]
+fn syscall_from_user_mode_reaches_the_kernel_at_cpl0() {
+    let out = run_guest("syscall", &[], b"", 0);
+    let text = stdout(&out);
+    assert!(!text.contains("at CPL3"), "{text}");
+    assert_eq!(
+        text.matches("arrived in the kernel at CPL0").count(),
+        2,
+        "{text}"
+    );
+    assert!(text.contains("back in user mode after sysret"), "{text}");
+    // On hosts that need the repair it ran once per SYSCALL; elsewhere never.
+    let err = stderr(&out);
+    if err.contains("SYSCALL from user Broken") {
+        assert!(err.contains("syscall 2;"), "{err}");
+    } else {
+        assert!(
+            err.contains("SYSCALL from user Works") && err.contains("syscall 0;"),
+            "{err}"
+        );
+    }
+}

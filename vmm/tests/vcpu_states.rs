@@ -53,7 +53,7 @@ fn pause_save_resume_finish() {
         clock: ClockMode::Host,
         trace_exits: None,
     };
-    let vm = Vm::boot(&config, Box::new(console.clone()), None).expect("boot");
+    let vm = Vm::boot(&config, Box::new(console.clone()), None, Default::default()).expect("boot");
 
     // Paused at creation: saving works and shows the entry point with nothing run yet.
     let state = vm.vcpu.save_state().expect("save while paused");
@@ -108,7 +108,13 @@ fn finish_stops_a_running_guest() {
     };
     // The serial guest waits for input forever (its input channel stays open).
     let (_input_tx, input_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
-    let vm = Vm::boot(&config, Box::new(Console::default()), Some(input_rx)).expect("boot");
+    let vm = Vm::boot(
+        &config,
+        Box::new(Console::default()),
+        Some(input_rx),
+        Default::default(),
+    )
+    .expect("boot");
     vm.vcpu.resume();
     std::thread::sleep(Duration::from_millis(50));
     let report = vm.vcpu.finish();

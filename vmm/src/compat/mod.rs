@@ -6,6 +6,9 @@
 //! - INT3 / INT n at CPL0 fail to emulate (KVM_EXIT_INTERNAL_ERROR, emulation): step RIP
 //!   past the instruction and inject the exception as the CPU would have raised it.
 //! - FWAIT fails to emulate: with no pending x87 exception it does nothing, so skip it.
+//! - SYSCALL from CPL3 leaves CS at the user selector: see [`syscall`].
+
+pub mod syscall;
 
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -23,7 +26,7 @@ pub enum CompatError {
     },
 }
 
-fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> CompatError {
+pub(crate) fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> CompatError {
     move |source| CompatError::Kvm { what, source }
 }
 
@@ -33,11 +36,12 @@ pub struct CompatCounts {
     pub int3: u64,
     pub int_n: u64,
     pub fwait: u64,
+    pub syscall: u64,
 }
 
 impl CompatCounts {
     pub fn total(&self) -> u64 {
-        self.int3 + self.int_n + self.fwait
+        self.int3 + self.int_n + self.fwait + self.syscall
     }
 }
 
@@ -45,8 +49,8 @@ impl std::fmt::Display for CompatCounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "int3 {}, int n {}, fwait {}",
-            self.int3, self.int_n, self.fwait
+            "int3 {}, int n {}, fwait {}, syscall {}",
+            self.int3, self.int_n, self.fwait, self.syscall
         )
     }
 }

@@ -1,0 +1,332 @@
+//! The SYSCALL-from-user repair (HOST-KVM.md item 4).
+//!
+//! On some hosts SYSCALL executed at CPL3 loads RIP = LSTAR, RCX, R11 and masks RFLAGS but
+//! leaves CS/SS at the user selectors, so the kernel's entry code is fetched at CPL3 and
+//! page-faults (the entry page is supervisor-only). The repair watches the guest's #PF
+//! handler with a hardware breakpoint (exact at CPL0); when the fault frame shows RIP ==
+//! LSTAR taken from CPL3, it discards the frame and completes the SYSCALL: kernel CS/SS
+//! from MSR_STAR, RSP and RFLAGS as they were at the SYSCALL. Any other page fault is
+//! stepped over (breakpoint off, one single-step, breakpoint on). This costs two debug
+//! exits per guest page fault, so it is armed only on hosts where a probe VM shows the bug.
+
+use kvm_bindings::{
+    kvm_guest_debug, kvm_guest_debug_arch, kvm_segment, kvm_userspace_memory_region,
+    KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
+};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+use super::{kvm, CompatError};
+
+const MSR_STAR: u32 = 0xc000_0081;
+const MSR_LSTAR: u32 = 0xc000_0082;
+/// Re-read the guest's IDT for its #PF handler every this many synchronous exits (the
+/// kernel installs its final IDT once, early in boot).
+const IDT_CHECK_INTERVAL: u64 = 512;
+
+/// What a probe VM showed about SYSCALL from CPL3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyscallProbe {
+    /// SYSCALL reached LSTAR at CPL0: no repair needed.
+    Works,
+    /// SYSCALL reached LSTAR at CPL3: the repair is needed.
+    Broken,
+}
+
+/// Run a two-page probe VM: user code `syscall` at CPL3, LSTAR pointing at `hlt`. A HLT
+/// exit means the CPU reached the kernel entry at CPL0; on the broken hosts the `hlt` runs
+/// at CPL3, faults with no IDT and the VM shuts down.
+pub fn probe(kvm_sys: &Kvm) -> Result<SyscallProbe, CompatError> {
+    const MEM: usize = 0x10_0000;
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]).map_err(|_| {
+        CompatError::Kvm {
+            what: "map probe memory",
+            source: kvm_ioctls::Error::new(libc::ENOMEM),
+        }
+    })?;
+    let vm = kvm_sys.create_vm().map_err(kvm("create the probe VM"))?;
+    let host = mem
+        .get_host_address(GuestAddress(0))
+        .map_err(|_| CompatError::Kvm {
+            what: "map probe memory",
+            source: kvm_ioctls::Error::new(libc::EFAULT),
+        })?;
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        flags: 0,
+        guest_phys_addr: 0,
+        memory_size: MEM as u64,
+        userspace_addr: host as u64,
+    };
+    // SAFETY: `mem` outlives the probe VM (both are dropped at the end of this function,
+    // the VM first) and the region is the whole of it.
+    unsafe { vm.set_user_memory_region(region) }.map_err(kvm("map probe memory"))?;
+    // Identity map of the first 2 MiB, user-accessible. PML4 0x1000, PDPT 0x2000, PD 0x3000.
+    let w = |v: u64, a: u64| mem.write_obj(v, GuestAddress(a));
+    let wrote = w(0x2007, 0x1000)
+        .and(w(0x3007, 0x2000))
+        .and(w(0x87, 0x3000))
+        .and(mem.write_slice(&[0x0f, 0x05], GuestAddress(0x5000))) // syscall
+        .and(mem.write_slice(&[0xf4], GuestAddress(0x6000))); // hlt
+    wrote.map_err(|_| CompatError::Kvm {
+        what: "write the probe program",
+        source: kvm_ioctls::Error::new(libc::EFAULT),
+    })?;
+    let mut vcpu = vm.create_vcpu(0).map_err(kvm("create the probe vCPU"))?;
+    let mut sregs = vcpu.get_sregs().map_err(kvm("read probe registers"))?;
+    let seg = |selector: u16, type_: u8, dpl: u8, l: u8, db: u8| kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_,
+        present: 1,
+        dpl,
+        db,
+        s: 1,
+        l,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    };
+    sregs.cs = seg(0x33, 0xb, 3, 1, 0);
+    sregs.ss = seg(0x2b, 0x3, 3, 0, 1);
+    sregs.ds = sregs.ss;
+    sregs.es = sregs.ss;
+    sregs.cr0 = 0x8000_0031;
+    sregs.cr3 = 0x1000;
+    sregs.cr4 = 0x20;
+    sregs.efer = 0x501; // SCE | LME | LMA
+    sregs.idt.limit = 0;
+    vcpu.set_sregs(&sregs).map_err(kvm("set probe registers"))?;
+    let regs = kvm_bindings::kvm_regs {
+        rip: 0x5000,
+        rsp: 0x8000,
+        rflags: 0x2,
+        ..Default::default()
+    };
+    vcpu.set_regs(&regs).map_err(kvm("set probe registers"))?;
+    let msrs = kvm_bindings::Msrs::from_entries(&[
+        kvm_bindings::kvm_msr_entry {
+            index: MSR_STAR,
+            data: (0x20u64 << 48) | (0x08u64 << 32),
+            ..Default::default()
+        },
+        kvm_bindings::kvm_msr_entry {
+            index: MSR_LSTAR,
+            data: 0x6000,
+            ..Default::default()
+        },
+    ])
+    .map_err(|_| CompatError::Kvm {
+        what: "build the probe MSR list",
+        source: kvm_ioctls::Error::new(libc::EINVAL),
+    })?;
+    vcpu.set_msrs(&msrs).map_err(kvm("set probe MSRs"))?;
+    for _ in 0..16 {
+        match vcpu.run() {
+            Ok(VcpuExit::Hlt) => return Ok(SyscallProbe::Works),
+            Ok(VcpuExit::Intr) => continue,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+            Ok(other) => {
+                tracing::debug!(exit = ?other, "SYSCALL probe did not reach CPL0");
+                return Ok(SyscallProbe::Broken);
+            }
+            Err(e) => {
+                return Err(CompatError::Kvm {
+                    what: "run the probe VM",
+                    source: e,
+                })
+            }
+        }
+    }
+    Ok(SyscallProbe::Broken)
+}
+
+/// Where the repair stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Breakpoint on the #PF handler at this address.
+    Armed(u64),
+    /// Stepping over the first instruction of the handler.
+    Stepping(u64),
+    /// No #PF handler known yet.
+    Idle,
+}
+
+/// The repair's state in the vCPU thread.
+#[derive(Debug)]
+pub struct SyscallRepair {
+    phase: Phase,
+    next_idt_check: u64,
+}
+
+/// Read `N` u64 words at guest virtual address `gva`.
+fn read_words<const N: usize>(fd: &VcpuFd, mem: &GuestMemoryMmap, gva: u64) -> Option<[u64; N]> {
+    let mut out = [0u64; N];
+    for (i, word) in out.iter_mut().enumerate() {
+        let addr = gva.checked_add(8 * i as u64)?;
+        let t = fd.translate_gva(addr).ok()?;
+        if t.valid == 0 {
+            return None;
+        }
+        *word = mem.read_obj(GuestAddress(t.physical_address)).ok()?;
+    }
+    Some(out)
+}
+
+fn read_msr(fd: &VcpuFd, index: u32) -> Result<u64, CompatError> {
+    let mut msrs = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+        index,
+        ..Default::default()
+    }])
+    .map_err(|_| CompatError::Kvm {
+        what: "build an MSR list",
+        source: kvm_ioctls::Error::new(libc::EINVAL),
+    })?;
+    fd.get_msrs(&mut msrs).map_err(kvm("read an MSR"))?;
+    Ok(msrs.as_slice()[0].data)
+}
+
+fn set_debug(fd: &VcpuFd, control: u32, dr0: u64) -> Result<(), CompatError> {
+    let mut debugreg = [0u64; 8];
+    if control & KVM_GUESTDBG_USE_HW_BP != 0 {
+        debugreg[0] = dr0;
+        debugreg[7] = 0x1; // DR0 enabled, execute, length 1
+    }
+    let dbg = kvm_guest_debug {
+        control,
+        pad: 0,
+        arch: kvm_guest_debug_arch { debugreg },
+    };
+    fd.set_guest_debug(&dbg).map_err(kvm("set guest debugging"))
+}
+
+impl Default for SyscallRepair {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SyscallRepair {
+    pub fn new() -> Self {
+        Self {
+            phase: Phase::Idle,
+            next_idt_check: 0,
+        }
+    }
+
+    /// The guest's #PF handler, from vector 14 of its IDT.
+    fn pf_handler(fd: &VcpuFd, mem: &GuestMemoryMmap) -> Result<Option<u64>, CompatError> {
+        let sregs = fd.get_sregs().map_err(kvm("read special registers"))?;
+        if sregs.idt.limit < 14 * 16 + 15 || sregs.cr0 & 0x8000_0000 == 0 {
+            return Ok(None);
+        }
+        let Some([low, high]) = read_words::<2>(fd, mem, sregs.idt.base + 14 * 16) else {
+            return Ok(None);
+        };
+        if low & (1 << 47) == 0 {
+            return Ok(None); // gate not present
+        }
+        let offset = (low & 0xffff) | ((low >> 32) & 0xffff_0000) | ((high & 0xffff_ffff) << 32);
+        Ok(Some(offset))
+    }
+
+    /// At a synchronous exit: keep the breakpoint on the guest's current #PF handler.
+    pub fn on_sync_exit(
+        &mut self,
+        fd: &VcpuFd,
+        mem: &GuestMemoryMmap,
+        ordinal: u64,
+    ) -> Result<(), CompatError> {
+        if ordinal < self.next_idt_check || matches!(self.phase, Phase::Stepping(_)) {
+            return Ok(());
+        }
+        self.next_idt_check = ordinal + IDT_CHECK_INTERVAL;
+        let handler = Self::pf_handler(fd, mem)?;
+        match (handler, self.phase) {
+            (Some(h), Phase::Armed(a)) if h == a => {}
+            (Some(h), _) => {
+                set_debug(fd, KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP, h)?;
+                self.phase = Phase::Armed(h);
+            }
+            (None, Phase::Armed(_)) => {
+                set_debug(fd, 0, 0)?;
+                self.phase = Phase::Idle;
+            }
+            (None, _) => {}
+        }
+        Ok(())
+    }
+
+    /// A debug exit. Returns true when it completed a broken SYSCALL.
+    pub fn on_debug_exit(
+        &mut self,
+        fd: &VcpuFd,
+        mem: &GuestMemoryMmap,
+        pc: u64,
+    ) -> Result<bool, CompatError> {
+        match self.phase {
+            Phase::Stepping(h) => {
+                set_debug(fd, KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP, h)?;
+                self.phase = Phase::Armed(h);
+                Ok(false)
+            }
+            Phase::Armed(h) if pc == h => {
+                let regs = fd.get_regs().map_err(kvm("read registers"))?;
+                let lstar = read_msr(fd, MSR_LSTAR)?;
+                // The #PF frame: error code, RIP, CS, RFLAGS, RSP, SS.
+                let frame = read_words::<6>(fd, mem, regs.rsp);
+                match frame {
+                    Some([_, rip, cs, rflags, rsp, _]) if rip == lstar && cs & 3 == 3 => {
+                        self.complete_syscall(fd, lstar, rflags, rsp)?;
+                        Ok(true)
+                    }
+                    _ => {
+                        set_debug(fd, KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP, 0)?;
+                        self.phase = Phase::Stepping(h);
+                        Ok(false)
+                    }
+                }
+            }
+            // A breakpoint or step we did not set up: nothing to do but continue.
+            _ => Ok(false),
+        }
+    }
+
+    fn complete_syscall(
+        &mut self,
+        fd: &VcpuFd,
+        lstar: u64,
+        rflags: u64,
+        rsp: u64,
+    ) -> Result<(), CompatError> {
+        let star = read_msr(fd, MSR_STAR)?;
+        let kernel_cs = ((star >> 32) & 0xfffc) as u16;
+        let mut regs = fd.get_regs().map_err(kvm("read registers"))?;
+        regs.rip = lstar;
+        regs.rsp = rsp;
+        regs.rflags = rflags;
+        fd.set_regs(&regs).map_err(kvm("complete SYSCALL"))?;
+        let mut sregs = fd.get_sregs().map_err(kvm("read special registers"))?;
+        let flat = |selector: u16, type_: u8, l: u8, db: u8| kvm_segment {
+            base: 0,
+            limit: 0xffff_ffff,
+            selector,
+            type_,
+            present: 1,
+            dpl: 0,
+            db,
+            s: 1,
+            l,
+            g: 1,
+            avl: 0,
+            unusable: 0,
+            padding: 0,
+        };
+        sregs.cs = flat(kernel_cs, 0xb, 1, 0);
+        sregs.ss = flat(kernel_cs + 8, 0x3, 0, 1);
+        fd.set_sregs(&sregs).map_err(kvm("complete SYSCALL"))?;
+        Ok(())
+    }
+}
