@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 ensure_base_tools
 require_kvm
+log "building the stock-kernel guest image (cached after the first run)"
+guest-images/stock/build.sh
 log "building and running the test suite"
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked -- --test-threads=2
