@@ -4,7 +4,7 @@
 # command line. Everything comes from Debian's packages (apt-get download). Idempotent:
 # cached under build/stock/, rebuilt only when missing.
 #
-# Output: build/stock/{bzImage,vmlinux,initramfs.cpio.gz}
+# Output: build/stock/{bzImage,vmlinux,initramfs.cpio}
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
@@ -54,7 +54,7 @@ fi
 
 kv_bins=$( (find "$top/build/kv/bin" -type f 2>/dev/null || true) | sort | tr '\n' ' ')
 stamp=$(cat "$here/init" "$here/mkinitramfs.py" $kv_bins | sha256sum | cut -c1-16)
-if [ ! -s "$out/initramfs.cpio.gz" ] || [ "$(cat "$out/initramfs.stamp" 2>/dev/null)" != "$stamp" ]; then
+if [ ! -s "$out/initramfs.cpio" ] || [ "$(cat "$out/initramfs.stamp" 2>/dev/null)" != "$stamp" ]; then
     deb=$(fetch busybox-static)
     rm -rf "$out/busybox-pkg"
     dpkg-deb -x "$deb" "$out/busybox-pkg"
@@ -62,10 +62,10 @@ if [ ! -s "$out/initramfs.cpio.gz" ] || [ "$(cat "$out/initramfs.stamp" 2>/dev/n
     extra=()
     [ -d "$top/build/kv/bin" ] && extra=(--bin-dir "$top/build/kv/bin")
     python3 "$here/mkinitramfs.py" --busybox "$out/busybox-pkg/bin/busybox" \
-        --init "$here/init" "${extra[@]}" --output "$out/initramfs.cpio.gz.tmp"
-    mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
+        --init "$here/init" "${extra[@]}" --output "$out/initramfs.cpio.tmp"
+    mv "$out/initramfs.cpio.tmp" "$out/initramfs.cpio"
     echo "$stamp" > "$out/initramfs.stamp"
     rm -rf "$out/busybox-pkg"
 fi
 log "stock guest image ready in $out ($(cat "$out/kernel-version"))"
-ls -l "$out/bzImage" "$out/vmlinux" "$out/initramfs.cpio.gz" >&2
+ls -l "$out/bzImage" "$out/vmlinux" "$out/initramfs.cpio" >&2

@@ -97,7 +97,7 @@ fn stock_kernel_boots_runs_commands_and_restores_from_a_snapshot() {
     require_kvm();
     let vmlinux = image("vmlinux");
     let bzimage = image("bzImage");
-    let initrd = image("initramfs.cpio.gz");
+    let initrd = image("initramfs.cpio");
     let snap = std::env::temp_dir().join(format!("ftvm-stock-snap-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&snap);
 
