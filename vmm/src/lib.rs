@@ -9,6 +9,7 @@ pub mod clock;
 pub mod compat;
 pub mod console;
 pub mod cpu;
+pub mod kicker;
 pub mod kvm_ext;
 pub mod layout;
 pub mod linux;

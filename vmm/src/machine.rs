@@ -251,7 +251,14 @@ impl Vm {
         if syscall_probe == SyscallProbe::Broken {
             tracing::info!("this host's KVM leaves SYSCALL from user mode at CPL3; repair armed");
         }
+        // Host time flows on its own, so events get a bounded delay; under the `exits`
+        // clock time only moves with exits and nothing is ever late.
+        let event_bound_ns = match clock.mode() {
+            ClockMode::Host => Some(crate::kicker::DEFAULT_EVENT_BOUND_NS),
+            ClockMode::Exits { .. } => None,
+        };
         let vcpu = VcpuHandle::spawn(VcpuParts {
+            event_bound_ns,
             pause_request: pause_request.clone(),
             syscall_repair: (syscall_probe == SyscallProbe::Broken)
                 .then(crate::compat::syscall::SyscallRepair::new),

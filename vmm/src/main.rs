@@ -185,7 +185,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     let report = vm.vcpu.finish();
     let m = &report.metrics;
     eprintln!(
-        "ftvm: {} after {} exits in {:.3} s (pio in/out {}/{}, mmio r/w {}/{}, hlt {}, interrupts {}, host kicks {}; host repairs: {}; SYSCALL from user {:?})",
+        "ftvm: {} after {} exits in {:.3} s (pio in/out {}/{}, mmio r/w {}/{}, hlt {}, interrupts {} ({} after a kick), host exits {}; host repairs: {}; SYSCALL from user {:?})",
         report.stop,
         report.ordinal,
         started.elapsed().as_secs_f64(),
@@ -195,6 +195,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         m.mmio_write,
         m.hlt,
         m.interrupts_injected,
+        m.kicked_injections,
         m.host_exits,
         m.compat,
         syscall_probe

@@ -73,6 +73,8 @@ pub struct VcpuMetrics {
     pub compat: crate::compat::CompatCounts,
     /// KVM_RUN interrupted by the host (kicks); never counted as ordinals.
     pub host_exits: u64,
+    /// Interrupts delivered at a kick because they waited longer than the event bound.
+    pub kicked_injections: u64,
 }
 
 /// What a finished vCPU thread hands back.
@@ -85,6 +87,9 @@ pub struct VcpuReport {
 
 /// Everything the vCPU thread owns.
 pub struct Vcpu {
+    kicker: Option<(crate::kicker::Kicker, u64)>,
+    /// Since when (virtual ns) an interrupt has been pending without a chance to inject.
+    pending_since: Option<u64>,
     pause_request: Arc<std::sync::atomic::AtomicBool>,
     syscall_repair: Option<crate::compat::syscall::SyscallRepair>,
     fd: VcpuFd,
@@ -125,6 +130,9 @@ fn value_of(data: &[u8]) -> u64 {
 }
 
 pub struct VcpuParts {
+    /// How long an event may wait for a synchronous exit before the vCPU is kicked
+    /// (None: never kick, as in the deterministic `exits` clock).
+    pub event_bound_ns: Option<u64>,
     /// Set by anyone (e.g. the console watcher) to make the vCPU pause itself at the next
     /// synchronous exit, before the guest runs on.
     pub pause_request: Arc<std::sync::atomic::AtomicBool>,
@@ -166,7 +174,17 @@ impl VcpuHandle {
         let (evt_tx, evt_rx) = crossbeam_channel::unbounded();
         // A restored vCPU may be halted; whether it can be woken is in its RFLAGS.
         let if_flag = parts.fd.get_regs().is_ok_and(|r| r.rflags & 0x200 != 0);
+        let kicker = match parts.event_bound_ns {
+            Some(bound) => Some((
+                crate::kicker::Kicker::spawn(parts.clock.clone(), kick_signal())
+                    .map_err(VcpuError::Spawn)?,
+                bound,
+            )),
+            None => None,
+        };
         let vcpu = Vcpu {
+            kicker,
+            pending_since: None,
             pause_request: parts.pause_request,
             syscall_repair: parts.syscall_repair,
             fd: parts.fd,
@@ -273,7 +291,12 @@ enum Mode {
 
 impl Vcpu {
     fn run(mut self) -> VcpuReport {
+        if let Some((k, _)) = &self.kicker {
+            k.register_current_thread();
+        }
         let stop = self.state_machine();
+        // Stop the kicker before this thread ends: it holds our pthread id.
+        self.kicker = None;
         self.clock.pause();
         if let Some(t) = self.trace.as_mut() {
             let _ = t.flush();
@@ -364,9 +387,53 @@ impl Vcpu {
         })
     }
 
+    /// Arm the kicker for the earliest moment an event will have waited too long.
+    fn arm_kicker(&mut self) {
+        let Some((kicker, bound)) = &self.kicker else {
+            return;
+        };
+        let timer = self
+            .platform
+            .next_deadline_ns()
+            .map(|d| d.saturating_add(*bound));
+        // While an interrupt window is requested KVM itself will exit for the pending one.
+        let window = self.fd.get_kvm_run().request_interrupt_window != 0;
+        let pending = self
+            .pending_since
+            .filter(|_| !window)
+            .map(|t| t.saturating_add(*bound));
+        match timer.into_iter().chain(pending).min() {
+            Some(at) => kicker.arm(at),
+            None => kicker.disarm(),
+        }
+    }
+
+    /// The vCPU was kicked out of KVM_RUN (or its requested interrupt window opened):
+    /// deliver what has waited too long. If the guest cannot take an interrupt right now
+    /// (IF=0, interrupt shadow), ask KVM to exit as soon as it can instead of kicking
+    /// again and again.
+    fn on_kick(&mut self) {
+        if self.kicker.is_none() {
+            return;
+        }
+        let run = self.fd.get_kvm_run();
+        run.request_interrupt_window = 0;
+        self.if_flag = run.if_flag != 0;
+        if self.deliver() {
+            self.metrics.kicked_injections += 1;
+        } else if self.pending_since.is_some() {
+            self.fd.get_kvm_run().request_interrupt_window = 1;
+        }
+    }
+
     /// One KVM_RUN and the handling of its exit.
     fn run_once(&mut self) -> Option<StopReason> {
-        let sync = match self.fd.run() {
+        self.arm_kicker();
+        let result = self.fd.run();
+        if let Some((k, _)) = &self.kicker {
+            k.disarm();
+        }
+        let sync = match result {
             Ok(VcpuExit::IoIn(port, data)) => {
                 let len = data.len();
                 if !self.platform.pio.read(u64::from(port), data) {
@@ -456,10 +523,12 @@ impl Vcpu {
             }
             Ok(VcpuExit::Intr) | Ok(VcpuExit::IrqWindowOpen) => {
                 self.metrics.host_exits += 1;
+                self.on_kick();
                 return None;
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 self.metrics.host_exits += 1;
+                self.on_kick();
                 return None;
             }
             Ok(other) => return Some(StopReason::UnexpectedExit(format!("{other:?}"))),
@@ -527,8 +596,8 @@ impl Vcpu {
     }
 
     /// Move pending input and interrupt requests into the devices, and inject one
-    /// interrupt if the guest can take it now.
-    fn deliver(&mut self) {
+    /// interrupt if the guest can take it now. Returns whether it injected one.
+    fn deliver(&mut self) -> bool {
         if let Some(rx) = &self.input_rx {
             while let Ok(bytes) = rx.try_recv() {
                 self.input.extend(bytes);
@@ -537,25 +606,35 @@ impl Vcpu {
         self.platform.feed_serial(&mut self.input);
         self.platform.update_interrupts();
         if !self.platform.interrupt_pending() {
-            return;
+            self.pending_since = None;
+            return false;
         }
         // A vCPU halted in user space sits after its HLT with no interrupt shadow: it can
         // always take one (and a restored vCPU has no kvm_run readiness from a last exit).
         let ready = self.halted || self.fd.get_kvm_run().ready_for_interrupt_injection != 0;
         if !(ready && self.if_flag) {
-            return;
+            if self.pending_since.is_none() {
+                self.pending_since = Some(ftvm_devices::Clock::now_ns(&*self.clock));
+            }
+            return false;
         }
-        if let Some(vector) = self.platform.acknowledge() {
-            match crate::kvm_ext::inject_interrupt(&self.fd, vector) {
-                Ok(()) => {
-                    self.metrics.interrupts_injected += 1;
-                    self.halted = false;
-                    if self.trace.is_some() {
-                        let line = format!("{} irq vector={vector:#x}", self.ordinal);
-                        self.trace_line(&line);
-                    }
+        self.pending_since = None;
+        let Some(vector) = self.platform.acknowledge() else {
+            return false;
+        };
+        match crate::kvm_ext::inject_interrupt(&self.fd, vector) {
+            Ok(()) => {
+                self.metrics.interrupts_injected += 1;
+                self.halted = false;
+                if self.trace.is_some() {
+                    let line = format!("{} irq vector={vector:#x}", self.ordinal);
+                    self.trace_line(&line);
                 }
-                Err(e) => tracing::error!(vector, "KVM_INTERRUPT failed: {e}"),
+                true
+            }
+            Err(e) => {
+                tracing::error!(vector, "KVM_INTERRUPT failed: {e}");
+                false
             }
         }
     }

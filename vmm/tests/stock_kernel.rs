@@ -15,7 +15,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 fn image(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/stock").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../build/stock")
+        .join(name);
     assert!(
         p.exists(),
         "{} is missing: run guest-images/stock/build.sh (scripts/test.sh does)",
@@ -55,7 +57,9 @@ fn run_timed(args: &[&str], input: &[u8], limit: Duration) -> Boot {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     text.extend_from_slice(&buf[..n]);
-                    if ready_at.is_none() && String::from_utf8_lossy(&text).contains("ftvm-init: ready") {
+                    if ready_at.is_none()
+                        && String::from_utf8_lossy(&text).contains("ftvm-init: ready")
+                    {
                         ready_at = Some(started.elapsed());
                     }
                 }
@@ -144,7 +148,13 @@ fn stock_kernel_boots_runs_commands_and_restores_from_a_snapshot() {
 
     // ELF boot: /init ran the command; the clock is not the TSC; the PIT's interrupts
     // (IRQ 0 through the XT-PIC, i.e. our user-space PIC) arrived.
-    assert_eq!(elf.status, Some(0), "ELF boot failed:\n{}\n{}", elf.stdout, elf.stderr);
+    assert_eq!(
+        elf.status,
+        Some(0),
+        "ELF boot failed:\n{}\n{}",
+        elf.stdout,
+        elf.stderr
+    );
     let ready = elf
         .stdout
         .lines()
@@ -158,12 +168,22 @@ fn stock_kernel_boots_runs_commands_and_restores_from_a_snapshot() {
         .lines()
         .find(|l| l.contains("XT-PIC") && l.contains("timer"))
         .unwrap_or_else(|| panic!("no PIT timer in /proc/interrupts:\n{}", elf.stdout));
-    let ticks: u64 = timer.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let ticks: u64 = timer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     assert!(ticks > 0, "{timer}");
     assert!(elf.stderr.contains("snapshot saved to"), "{}", elf.stderr);
 
     // bzImage boot: the same userland, ending with the shell's exit status.
-    assert_eq!(bz.status, Some(7), "bzImage boot:\n{}\n{}", bz.stdout, bz.stderr);
+    assert_eq!(
+        bz.status,
+        Some(7),
+        "bzImage boot:\n{}\n{}",
+        bz.stdout,
+        bz.stderr
+    );
     assert!(bz.stdout.contains("bzimage-ok"), "{}", bz.stdout);
 
     // Restore in a new process and run a second command there.
@@ -172,10 +192,23 @@ fn stock_kernel_boots_runs_commands_and_restores_from_a_snapshot() {
         b"echo second-$((7*7)); cat /proc/uptime\nexit 3\n",
         Duration::from_secs(600),
     );
-    assert_eq!(restored.status, Some(3), "restore:\n{}\n{}", restored.stdout, restored.stderr);
+    assert_eq!(
+        restored.status,
+        Some(3),
+        "restore:\n{}\n{}",
+        restored.stdout,
+        restored.stderr
+    );
     assert!(restored.stdout.contains("second-49"), "{}", restored.stdout);
-    assert!(!restored.stdout.contains("ftvm-init: ready"), "the restored VM booted again");
-    assert!(restored.stdout.contains("powering off with status 3"), "{}", restored.stdout);
+    assert!(
+        !restored.stdout.contains("ftvm-init: ready"),
+        "the restored VM booted again"
+    );
+    assert!(
+        restored.stdout.contains("powering off with status 3"),
+        "{}",
+        restored.stdout
+    );
 
     eprintln!(
         "stock kernel: to /init {:.0} s (ELF), {:.0} s (bzImage), both booting side by side; \

@@ -1,0 +1,117 @@
+//! Bounded event delay.
+//!
+//! Interrupts normally reach the guest only at synchronous exits. A guest that runs long
+//! without one (a user-mode loop, a kernel spinning with IF=1) would see its timer ticks
+//! and its console's transmit interrupts wait indefinitely. The kicker is a small thread
+//! that, when an event has waited longer than a bound, signals the vCPU thread out of
+//! KVM_RUN so the event can be delivered at that (host-chosen, so unrecorded) point. In a
+//! recording VMM the same point is where a checkpoint delta is taken (DESIGN.md section 2).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ftvm_devices::Clock;
+
+use crate::clock::VmClock;
+
+/// Default bound on how long an event may wait for a synchronous exit.
+pub const DEFAULT_EVENT_BOUND_NS: u64 = 5_000_000;
+const DISARMED: u64 = u64::MAX;
+
+struct Shared {
+    /// Virtual time at which to kick the vCPU (DISARMED: never).
+    kick_at_ns: AtomicU64,
+    /// pthread_t of the vCPU thread (0 until it registers).
+    target: AtomicU64,
+    stop: AtomicBool,
+    kicks: AtomicU64,
+}
+
+pub struct Kicker {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Kicker {
+    pub fn spawn(clock: Arc<VmClock>, signal: i32) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            kick_at_ns: AtomicU64::new(DISARMED),
+            target: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            kicks: AtomicU64::new(0),
+        });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("kicker".into())
+            .spawn(move || Self::run(&s, &clock, signal))?;
+        Ok(Self {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    fn run(s: &Shared, clock: &VmClock, signal: i32) {
+        while !s.stop.load(Ordering::SeqCst) {
+            let at = s.kick_at_ns.load(Ordering::SeqCst);
+            if at == DISARMED {
+                std::thread::park_timeout(Duration::from_millis(100));
+                continue;
+            }
+            let now = clock.now_ns();
+            if now < at {
+                std::thread::park_timeout(Duration::from_nanos(at - now));
+                continue;
+            }
+            let target = s.target.load(Ordering::SeqCst);
+            // Only kick if the vCPU is still in the same run (it disarms on every exit).
+            if target != 0
+                && s.kick_at_ns
+                    .compare_exchange(at, DISARMED, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            {
+                // SAFETY: `target` is the pthread_t the vCPU thread registered for itself;
+                // the vCPU thread outlives the kicker (the kicker is dropped first), and
+                // the signal has a handler that does nothing.
+                unsafe { libc::pthread_kill(target as libc::pthread_t, signal) };
+                s.kicks.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Called on the vCPU thread itself, once, before its first run.
+    pub fn register_current_thread(&self) {
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        self.shared.target.store(me as u64, Ordering::SeqCst);
+    }
+
+    /// Kick the vCPU if it is still running at virtual time `at_ns`.
+    pub fn arm(&self, at_ns: u64) {
+        let old = self.shared.kick_at_ns.swap(at_ns, Ordering::SeqCst);
+        if at_ns < old {
+            if let Some(t) = &self.thread {
+                t.thread().unpark();
+            }
+        }
+    }
+
+    pub fn disarm(&self) {
+        self.shared.kick_at_ns.store(DISARMED, Ordering::SeqCst);
+    }
+
+    pub fn kicks(&self) -> u64 {
+        self.shared.kicks.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Kicker {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
