@@ -1,0 +1,423 @@
+//! The log's byte format.
+//!
+//! A stream starts with a 12-byte header: the magic `FTVMLOG\0` and the format version
+//! (u32 LE). Then frames, each:
+//!
+//! | bytes | field |
+//! | --- | --- |
+//! | 4 | payload length (u32 LE) |
+//! | 1 | entry kind |
+//! | 4 | CRC32 of the kind byte and the payload |
+//! | n | payload: the entry, bincode (standard config) |
+//!
+//! The decoder is incremental (feed it bytes as they arrive), bounds every length before
+//! allocating, and reports damage with the number of the frame and its byte offset.
+
+use crate::entry::Entry;
+
+pub const MAGIC: &[u8; 8] = b"FTVMLOG\0";
+pub const FORMAT_VERSION: u32 = 1;
+pub const HEADER_LEN: usize = 12;
+pub const FRAME_HEADER_LEN: usize = 9;
+/// Largest payload accepted: a delta of 64k dirty pages.
+pub const MAX_PAYLOAD: usize = 64 * 4096 * 1024 + 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    #[error("not an ftvm log (bad magic)")]
+    BadMagic,
+    #[error("log format version {found}; this ftvm reads version {FORMAT_VERSION}")]
+    Version { found: u32 },
+    #[error("frame {frame} at byte {offset}: length {len} exceeds the {MAX_PAYLOAD}-byte limit")]
+    TooLarge { frame: u64, offset: u64, len: usize },
+    #[error("frame {frame} at byte {offset} ({kind}): checksum mismatch (stored {stored:08x}, computed {computed:08x})")]
+    Checksum {
+        frame: u64,
+        offset: u64,
+        kind: &'static str,
+        stored: u32,
+        computed: u32,
+    },
+    #[error("frame {frame} at byte {offset} ({kind}): undecodable payload: {reason}")]
+    Payload {
+        frame: u64,
+        offset: u64,
+        kind: &'static str,
+        reason: String,
+    },
+    #[error("frame {frame} at byte {offset}: header says {header_kind} but the payload is {payload_kind}")]
+    KindMismatch {
+        frame: u64,
+        offset: u64,
+        header_kind: &'static str,
+        payload_kind: &'static str,
+    },
+    #[error("log ends inside frame {frame} at byte {offset} ({have} of {need} bytes)")]
+    Truncated {
+        frame: u64,
+        offset: u64,
+        have: usize,
+        need: usize,
+    },
+    #[error("log ends inside its header ({have} of {HEADER_LEN} bytes)")]
+    TruncatedHeader { have: usize },
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_PAYLOAD>()
+}
+
+/// The stream header.
+pub fn encode_header() -> Vec<u8> {
+    let mut v = MAGIC.to_vec();
+    v.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    v
+}
+
+/// One frame for `entry`.
+pub fn encode_entry(entry: &Entry) -> Vec<u8> {
+    // Encoding plain data into a Vec cannot fail; an entry over the limit is a VMM bug
+    // caught by the decoder on the other side, so encode without the limit here.
+    let payload =
+        bincode::serde::encode_to_vec(entry, bincode::config::standard()).unwrap_or_default();
+    let kind = entry.kind();
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&[kind]);
+    hasher.update(&payload);
+    let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
+    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.push(kind);
+    frame.extend_from_slice(&hasher.finalize().to_le_bytes());
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+/// Incremental decoder: push bytes, pull entries.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already consumed.
+    pos: usize,
+    header_done: bool,
+    frames: u64,
+    /// Stream offset of buf[0].
+    base: u64,
+}
+
+impl Decoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        // Drop consumed bytes now and then so the buffer stays small.
+        if self.pos > 0 && self.pos >= self.buf.len() / 2 {
+            self.buf.drain(..self.pos);
+            self.base += self.pos as u64;
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Frames decoded so far.
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    /// Bytes consumed so far (header included).
+    pub fn consumed(&self) -> u64 {
+        self.base + self.pos as u64
+    }
+
+    fn avail(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    /// The next complete entry, `Ok(None)` if more bytes are needed.
+    pub fn next_entry(&mut self) -> Result<Option<Entry>, CodecError> {
+        if !self.header_done {
+            let a = self.avail();
+            if a.len() < HEADER_LEN {
+                if !MAGIC.starts_with(&a[..a.len().min(8)]) {
+                    return Err(CodecError::BadMagic);
+                }
+                return Ok(None);
+            }
+            if &a[..8] != MAGIC {
+                return Err(CodecError::BadMagic);
+            }
+            let found = u32::from_le_bytes([a[8], a[9], a[10], a[11]]);
+            if found != FORMAT_VERSION {
+                return Err(CodecError::Version { found });
+            }
+            self.pos += HEADER_LEN;
+            self.header_done = true;
+        }
+        let offset = self.consumed();
+        let frame = self.frames;
+        let a = self.avail();
+        if a.len() < FRAME_HEADER_LEN {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes([a[0], a[1], a[2], a[3]]) as usize;
+        if len > MAX_PAYLOAD {
+            return Err(CodecError::TooLarge { frame, offset, len });
+        }
+        if a.len() < FRAME_HEADER_LEN + len {
+            return Ok(None);
+        }
+        let kind = a[4];
+        let stored = u32::from_le_bytes([a[5], a[6], a[7], a[8]]);
+        let payload = &a[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len];
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&[kind]);
+        hasher.update(payload);
+        let computed = hasher.finalize();
+        let kind_name = Entry::kind_name(kind);
+        if computed != stored {
+            return Err(CodecError::Checksum {
+                frame,
+                offset,
+                kind: kind_name,
+                stored,
+                computed,
+            });
+        }
+        let (entry, used): (Entry, usize) = bincode::serde::decode_from_slice(payload, config())
+            .map_err(|e| CodecError::Payload {
+                frame,
+                offset,
+                kind: kind_name,
+                reason: e.to_string(),
+            })?;
+        if used != len {
+            return Err(CodecError::Payload {
+                frame,
+                offset,
+                kind: kind_name,
+                reason: format!("{} trailing bytes", len - used),
+            });
+        }
+        if entry.kind() != kind {
+            return Err(CodecError::KindMismatch {
+                frame,
+                offset,
+                header_kind: kind_name,
+                payload_kind: Entry::kind_name(entry.kind()),
+            });
+        }
+        self.pos += FRAME_HEADER_LEN + len;
+        self.frames += 1;
+        Ok(Some(entry))
+    }
+
+    /// At end of input: an error if a frame (or the header) was cut short.
+    pub fn finish(&self) -> Result<(), CodecError> {
+        let a = self.avail();
+        if !self.header_done {
+            return Err(CodecError::TruncatedHeader { have: a.len() });
+        }
+        if a.is_empty() {
+            return Ok(());
+        }
+        let need = if a.len() >= 4 {
+            FRAME_HEADER_LEN + u32::from_le_bytes([a[0], a[1], a[2], a[3]]) as usize
+        } else {
+            FRAME_HEADER_LEN
+        };
+        Err(CodecError::Truncated {
+            frame: self.frames,
+            offset: self.consumed(),
+            have: a.len(),
+            need,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::*;
+
+    fn sample() -> Vec<Entry> {
+        vec![
+            Entry::Exit(ExitRecord {
+                ordinal: 1,
+                time_ns: 1000,
+                kind: ExitKind::PioOut,
+                rip: 0x100010,
+                addr: 0x3f8,
+                size: 1,
+                value: b'h' as u64,
+            }),
+            Entry::SerialInput {
+                ordinal: 1,
+                bytes: b"ls\n".to_vec(),
+            },
+            Entry::Interrupt {
+                ordinal: 1,
+                vector: 0x20,
+            },
+            Entry::TimeSample {
+                ordinal: 2,
+                time_ns: 5_000_000,
+            },
+            Entry::Delta(Box::new(Delta {
+                ordinal: 2,
+                time_ns: 6_000_000,
+                vcpu: vec![1, 2, 3],
+                devices: vec![4, 5],
+                pages: vec![Page {
+                    gpa: 0x1000,
+                    data: vec![7; 4096],
+                }],
+            })),
+            Entry::Shutdown {
+                ordinal: 3,
+                reason: "power off".into(),
+                digest: Digest {
+                    memory_crc32: 1,
+                    vcpu_crc32: 2,
+                    devices_crc32: 3,
+                },
+            },
+        ]
+    }
+
+    fn stream(entries: &[Entry]) -> Vec<u8> {
+        let mut s = encode_header();
+        for e in entries {
+            s.extend(encode_entry(e));
+        }
+        s
+    }
+
+    fn decode_all(bytes: &[u8], chunk: usize) -> Result<Vec<Entry>, CodecError> {
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        for c in bytes.chunks(chunk.max(1)) {
+            d.push(c);
+            while let Some(e) = d.next_entry()? {
+                out.push(e);
+            }
+        }
+        d.finish()?;
+        Ok(out)
+    }
+
+    #[test]
+    fn round_trips_whole_and_byte_by_byte() {
+        let entries = sample();
+        let bytes = stream(&entries);
+        assert_eq!(decode_all(&bytes, bytes.len()).unwrap(), entries);
+        assert_eq!(decode_all(&bytes, 1).unwrap(), entries);
+        assert_eq!(decode_all(&bytes, 7).unwrap(), entries);
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_detected() {
+        let bytes = stream(&sample());
+        for i in 0..bytes.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut b = bytes.clone();
+                b[i] ^= bit;
+                match decode_all(&b, 64) {
+                    Err(_) => {}
+                    Ok(got) => panic!("flip at byte {i} undetected: {got:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn corruption_names_the_frame() {
+        let entries = sample();
+        let mut bytes = stream(&entries);
+        // Corrupt the payload of the third frame (the interrupt).
+        let mut off = HEADER_LEN;
+        for e in &entries[..2] {
+            off += encode_entry(e).len();
+        }
+        bytes[off + FRAME_HEADER_LEN] ^= 0xff;
+        let err = decode_all(&bytes, 100).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CodecError::Checksum {
+                    frame: 2,
+                    kind: "interrupt",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(&format!("frame 2 at byte {off}")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn truncation_is_reported_at_every_length() {
+        let bytes = stream(&sample());
+        for cut in 0..bytes.len() {
+            let r = decode_all(&bytes[..cut], 13);
+            let at_boundary = {
+                let mut b = HEADER_LEN;
+                let mut ends = vec![HEADER_LEN];
+                for e in sample() {
+                    b += encode_entry(&e).len();
+                    ends.push(b);
+                }
+                ends.contains(&cut)
+            };
+            assert_eq!(r.is_ok(), at_boundary, "cut at {cut}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn header_is_checked() {
+        assert_eq!(
+            decode_all(b"NOTALOG\0\x01\0\0\0", 100),
+            Err(CodecError::BadMagic)
+        );
+        let mut h = encode_header();
+        h[8] = 9;
+        assert_eq!(decode_all(&h, 100), Err(CodecError::Version { found: 9 }));
+    }
+
+    #[test]
+    fn huge_length_is_refused_before_allocating() {
+        let mut bytes = encode_header();
+        bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+        bytes.extend_from_slice(&[1, 0, 0, 0, 0]);
+        assert!(matches!(
+            decode_all(&bytes, 100),
+            Err(CodecError::TooLarge { frame: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_with_a_valid_checksum_is_a_payload_error() {
+        // A hostile or buggy peer can make the checksum match; decoding must still fail
+        // cleanly, including for length prefixes inside the payload that claim gigabytes.
+        let mut bytes = encode_header();
+        for payload in [
+            vec![0xffu8; 40],
+            vec![4, 0xff, 0xff, 0xff, 0xff, 0x0f],
+            vec![],
+        ] {
+            let kind = 3u8;
+            let mut h = crc32fast::Hasher::new();
+            h.update(&[kind]);
+            h.update(&payload);
+            bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            bytes.push(kind);
+            bytes.extend_from_slice(&h.finalize().to_le_bytes());
+            bytes.extend_from_slice(&payload);
+            let r = decode_all(&bytes, 100);
+            assert!(matches!(r, Err(CodecError::Payload { .. })), "{r:?}");
+            bytes.truncate(HEADER_LEN);
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Log entries. Every entry is tied to an *exit ordinal*: the number of synchronous exits
+//! the guest has made, the only notion of "when" that is the same on both VMMs.
+
+use serde::{Deserialize, Serialize};
+
+/// What kind of synchronous exit the guest made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitKind {
+    PioIn,
+    PioOut,
+    MmioRead,
+    MmioWrite,
+    Hlt,
+    /// An emulation failure the host-compatibility module repaired.
+    Repaired,
+}
+
+/// One synchronous exit as the recorder saw it: enough for the replayer to check its own
+/// guest did the same (reason, RIP, port/address, size, value written or returned) and the
+/// guest time the devices saw during it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    pub ordinal: u64,
+    pub time_ns: u64,
+    pub kind: ExitKind,
+    pub rip: u64,
+    /// Port or guest-physical address (0 for HLT and repairs).
+    pub addr: u64,
+    pub size: u8,
+    /// Value written by the guest (out, MMIO write) or returned to it (in, MMIO read).
+    pub value: u64,
+}
+
+/// One guest page (4 KiB) in a checkpoint delta.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page {
+    pub gpa: u64,
+    pub data: Vec<u8>,
+}
+
+/// A checkpoint delta: the whole machine state at a point the recorder chose (the guest
+/// had run too long without a synchronous exit, or the replayer needs to recover), as a
+/// difference from the previous delta. vCPU and device states are opaque to the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    pub ordinal: u64,
+    pub time_ns: u64,
+    pub vcpu: Vec<u8>,
+    pub devices: Vec<u8>,
+    pub pages: Vec<Page>,
+}
+
+/// A digest of a final machine state, to compare recorder and replayer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    pub memory_crc32: u32,
+    pub vcpu_crc32: u32,
+    pub devices_crc32: u32,
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "memory {:08x} vcpu {:08x} devices {:08x}",
+            self.memory_crc32, self.vcpu_crc32, self.devices_crc32
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Entry {
+    /// A synchronous exit (with the value a port or MMIO read returned).
+    Exit(ExitRecord),
+    /// Guest time moved while the vCPU was halted or kicked, at this ordinal.
+    TimeSample { ordinal: u64, time_ns: u64 },
+    /// Bytes moved into the serial port's receive FIFO at this ordinal.
+    SerialInput { ordinal: u64, bytes: Vec<u8> },
+    /// An interrupt injected at this ordinal (after the exit, or at a delta).
+    Interrupt { ordinal: u64, vector: u8 },
+    /// A checkpoint delta (boxed: it is large and rare).
+    Delta(Box<Delta>),
+    /// A network packet delivered to the guest (reserved for the virtio-net device).
+    Packet { ordinal: u64, data: Vec<u8> },
+    /// A disk request completed (reserved for the virtio-blk device).
+    DiskCompletion {
+        ordinal: u64,
+        request: u64,
+        status: u8,
+    },
+    /// The recorded run ended: why, and the digest of its final state.
+    Shutdown {
+        ordinal: u64,
+        reason: String,
+        digest: Digest,
+    },
+}
+
+impl Entry {
+    /// The ordinal this entry belongs to.
+    pub fn ordinal(&self) -> u64 {
+        match self {
+            Entry::Exit(e) => e.ordinal,
+            Entry::Delta(d) => d.ordinal,
+            Entry::TimeSample { ordinal, .. }
+            | Entry::SerialInput { ordinal, .. }
+            | Entry::Interrupt { ordinal, .. }
+            | Entry::Packet { ordinal, .. }
+            | Entry::DiskCompletion { ordinal, .. }
+            | Entry::Shutdown { ordinal, .. } => *ordinal,
+        }
+    }
+
+    /// A one-byte kind, stored in each frame header so a reader can tell what a damaged
+    /// frame was meant to be.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Entry::Exit(_) => 1,
+            Entry::TimeSample { .. } => 2,
+            Entry::SerialInput { .. } => 3,
+            Entry::Interrupt { .. } => 4,
+            Entry::Delta(_) => 5,
+            Entry::Packet { .. } => 6,
+            Entry::DiskCompletion { .. } => 7,
+            Entry::Shutdown { .. } => 8,
+        }
+    }
+
+    pub fn kind_name(kind: u8) -> &'static str {
+        match kind {
+            1 => "exit",
+            2 => "time sample",
+            3 => "serial input",
+            4 => "interrupt",
+            5 => "delta",
+            6 => "packet",
+            7 => "disk completion",
+            8 => "shutdown",
+            _ => "unknown",
+        }
+    }
+}
