@@ -1,0 +1,301 @@
+//! The exit loop: one KVM_RUN, routing its exit to the buses, counting synchronous exits,
+//! and delivering interrupts at them (or, after the event bound, at a kick).
+
+use std::time::Duration;
+
+use kvm_ioctls::VcpuExit;
+
+use super::{value_of, Mode, SyncExit, Vcpu};
+use crate::stop::StopReason;
+
+impl Vcpu {
+    /// Arm the kicker for the earliest moment an event will have waited too long.
+    pub(super) fn arm_kicker(&mut self) {
+        let Some((kicker, bound)) = &self.kicker else {
+            return;
+        };
+        let timer = self
+            .platform
+            .next_deadline_ns()
+            .map(|d| d.saturating_add(*bound));
+        // While an interrupt window is requested KVM itself will exit for the pending one.
+        let window = self.fd.get_kvm_run().request_interrupt_window != 0;
+        let pending = self
+            .pending_since
+            .filter(|_| !window)
+            .map(|t| t.saturating_add(*bound));
+        match timer.into_iter().chain(pending).min() {
+            Some(at) => kicker.arm(at),
+            None => kicker.disarm(),
+        }
+    }
+
+    /// The vCPU was kicked out of KVM_RUN (or its requested interrupt window opened):
+    /// deliver what has waited too long. If the guest cannot take an interrupt right now
+    /// (IF=0, interrupt shadow), ask KVM to exit as soon as it can instead of kicking
+    /// again and again.
+    pub(super) fn on_kick(&mut self) {
+        if self.kicker.is_none() {
+            return;
+        }
+        let run = self.fd.get_kvm_run();
+        run.request_interrupt_window = 0;
+        self.if_flag = run.if_flag != 0;
+        if self.deliver() {
+            self.metrics.kicked_injections += 1;
+        } else if self.pending_since.is_some() {
+            self.fd.get_kvm_run().request_interrupt_window = 1;
+        }
+    }
+
+    /// One KVM_RUN and the handling of its exit.
+    pub(super) fn run_once(&mut self) -> Option<StopReason> {
+        self.arm_kicker();
+        let result = self.fd.run();
+        if let Some((k, _)) = &self.kicker {
+            k.disarm();
+        }
+        let sync = match result {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                let len = data.len();
+                if !self.platform.pio.read(u64::from(port), data) {
+                    return Some(
+                        self.unknown_io(format!("read of {len} bytes from port {port:#x}")),
+                    );
+                }
+                self.metrics.pio_in += 1;
+                SyncExit::PioIn(port, len)
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                let value = value_of(data);
+                let len = data.len();
+                if !self.platform.pio.write(u64::from(port), data) {
+                    return Some(self.unknown_io(format!(
+                        "write of {len} bytes ({value:#x}) to port {port:#x}"
+                    )));
+                }
+                self.metrics.pio_out += 1;
+                SyncExit::PioOut(port, value)
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                let len = data.len();
+                if !self.platform.mmio.read(addr, data) {
+                    return Some(
+                        self.unknown_io(format!("read of {len} bytes from address {addr:#x}")),
+                    );
+                }
+                self.metrics.mmio_read += 1;
+                SyncExit::MmioRead(addr, len)
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                let value = value_of(data);
+                let len = data.len();
+                if !self.platform.mmio.write(addr, data) {
+                    return Some(self.unknown_io(format!(
+                        "write of {len} bytes ({value:#x}) to address {addr:#x}"
+                    )));
+                }
+                self.metrics.mmio_write += 1;
+                SyncExit::MmioWrite(addr, value)
+            }
+            Ok(VcpuExit::Hlt) => {
+                self.metrics.hlt += 1;
+                self.halted = true;
+                SyncExit::Hlt
+            }
+            Ok(VcpuExit::Shutdown) => return Some(StopReason::TripleFault { rip: self.rip() }),
+            Ok(VcpuExit::InternalError) => {
+                let run = self.fd.get_kvm_run();
+                // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
+                // union member KVM filled in.
+                let internal = unsafe { run.__bindgen_anon_1.internal };
+                if internal.suberror == crate::compat::SUBERROR_EMULATION {
+                    match crate::compat::repair_emulation_failure(
+                        &self.fd,
+                        &self.memory,
+                        &mut self.metrics.compat,
+                    ) {
+                        Ok(Some(repair)) => {
+                            self.if_flag = false; // no interrupt on top of a queued exception
+                            return self.after_sync_exit(SyncExit::Repaired(repair));
+                        }
+                        Ok(None) => {}
+                        Err(e) => return Some(StopReason::Kvm(e.to_string())),
+                    }
+                }
+                let n = (internal.ndata as usize).min(internal.data.len());
+                let data = internal.data[..n].to_vec();
+                return Some(StopReason::EmulationFailure {
+                    suberror: internal.suberror,
+                    rip: self.rip(),
+                    data,
+                });
+            }
+            Ok(VcpuExit::FailEntry(reason, _)) => return Some(StopReason::EntryFailure { reason }),
+            Ok(VcpuExit::Debug(arch)) if self.syscall_repair.is_some() => {
+                // The repair's own breakpoints: host artefacts, never ordinals.
+                let pc = arch.pc;
+                let repair = self.syscall_repair.as_mut()?;
+                match repair.on_debug_exit(&self.fd, &self.memory, pc) {
+                    Ok(true) => self.metrics.compat.syscall += 1,
+                    Ok(false) => {}
+                    Err(e) => return Some(StopReason::Kvm(e.to_string())),
+                }
+                return None;
+            }
+            Ok(VcpuExit::Intr) | Ok(VcpuExit::IrqWindowOpen) => {
+                self.metrics.host_exits += 1;
+                self.on_kick();
+                return None;
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.metrics.host_exits += 1;
+                self.on_kick();
+                return None;
+            }
+            Ok(other) => return Some(StopReason::UnexpectedExit(format!("{other:?}"))),
+            Err(e) => return Some(StopReason::Kvm(format!("KVM_RUN failed: {e}"))),
+        };
+        self.if_flag = self.fd.get_kvm_run().if_flag != 0;
+        self.after_sync_exit(sync)
+    }
+
+    pub(super) fn rip(&self) -> u64 {
+        self.fd.get_regs().map(|r| r.rip).unwrap_or(0)
+    }
+
+    pub(super) fn unknown_io(&self, what: String) -> StopReason {
+        StopReason::UnknownIo {
+            what,
+            rip: self.rip(),
+            ordinal: self.ordinal + 1,
+        }
+    }
+
+    pub(super) fn after_sync_exit(&mut self, exit: SyncExit) -> Option<StopReason> {
+        self.ordinal += 1;
+        self.clock.on_exit();
+        if self.trace.is_some() {
+            let rip = self.rip();
+            let line = match exit {
+                SyncExit::PioIn(p, n) => {
+                    format!("{} pio-in {rip:#x} port={p:#x} len={n}", self.ordinal)
+                }
+                SyncExit::PioOut(p, v) => {
+                    format!("{} pio-out {rip:#x} port={p:#x} value={v:#x}", self.ordinal)
+                }
+                SyncExit::MmioRead(a, n) => {
+                    format!("{} mmio-read {rip:#x} addr={a:#x} len={n}", self.ordinal)
+                }
+                SyncExit::MmioWrite(a, v) => format!(
+                    "{} mmio-write {rip:#x} addr={a:#x} value={v:#x}",
+                    self.ordinal
+                ),
+                SyncExit::Hlt => format!("{} hlt {rip:#x}", self.ordinal),
+                SyncExit::Repaired(r) => format!("{} repaired {rip:#x} {r:?}", self.ordinal),
+            };
+            self.trace_line(&line);
+        }
+        if let Some(stop) = self.platform.stop_request() {
+            return Some(stop);
+        }
+        if let Some(repair) = self.syscall_repair.as_mut() {
+            if let Err(e) = repair.on_sync_exit(&self.fd, &self.memory, self.ordinal) {
+                return Some(StopReason::Kvm(e.to_string()));
+            }
+        }
+        self.deliver();
+        None
+    }
+
+    pub(super) fn trace_line(&mut self, line: &str) {
+        if let Some(t) = self.trace.as_mut() {
+            if writeln!(t, "{line}").is_err() {
+                tracing::warn!("cannot write the exit trace; tracing stops");
+                self.trace = None;
+            }
+        }
+    }
+
+    /// Move pending input and interrupt requests into the devices, and inject one
+    /// interrupt if the guest can take it now. Returns whether it injected one.
+    pub(super) fn deliver(&mut self) -> bool {
+        if let Some(rx) = &self.input_rx {
+            while let Ok(bytes) = rx.try_recv() {
+                self.input.extend(bytes);
+            }
+        }
+        self.platform.feed_serial(&mut self.input);
+        self.platform.update_interrupts();
+        if !self.platform.interrupt_pending() {
+            self.pending_since = None;
+            return false;
+        }
+        // A vCPU halted in user space sits after its HLT with no interrupt shadow: it can
+        // always take one (and a restored vCPU has no kvm_run readiness from a last exit).
+        let ready = self.halted || self.fd.get_kvm_run().ready_for_interrupt_injection != 0;
+        if !(ready && self.if_flag) {
+            if self.pending_since.is_none() {
+                self.pending_since = Some(ftvm_devices::Clock::now_ns(&*self.clock));
+            }
+            return false;
+        }
+        self.pending_since = None;
+        let Some(vector) = self.platform.acknowledge() else {
+            return false;
+        };
+        match crate::kvm_ext::inject_interrupt(&self.fd, vector) {
+            Ok(()) => {
+                self.metrics.interrupts_injected += 1;
+                self.halted = false;
+                if self.trace.is_some() {
+                    let line = format!("{} irq vector={vector:#x}", self.ordinal);
+                    self.trace_line(&line);
+                }
+                true
+            }
+            Err(e) => {
+                tracing::error!(vector, "KVM_INTERRUPT failed: {e}");
+                false
+            }
+        }
+    }
+
+    /// The vCPU is halted: wait for a timer deadline, input or a command.
+    pub(super) fn halted_step(&mut self, mode: &mut Mode) -> Option<StopReason> {
+        self.deliver();
+        if !self.halted {
+            return None;
+        }
+        if !self.if_flag {
+            return Some(StopReason::HaltedForever { rip: self.rip() });
+        }
+        let deadline = self.platform.next_deadline_ns();
+        let wait = match deadline {
+            Some(d) => self.clock.halt_until(d),
+            None if self.input_rx.is_none() && self.input.is_empty() => {
+                // No timer armed and no input left: nothing can ever wake this guest.
+                return Some(StopReason::HaltedForever { rip: self.rip() });
+            }
+            None => Duration::from_secs(3600),
+        };
+        if wait.is_zero() {
+            return None;
+        }
+        let never = crossbeam_channel::never();
+        let input = self.input_rx.as_ref().unwrap_or(&never);
+        crossbeam_channel::select! {
+            recv(self.commands) -> cmd => match cmd {
+                Ok(cmd) => return self.on_command(cmd, mode),
+                Err(_) => return Some(StopReason::Finished),
+            },
+            recv(input) -> bytes => match bytes {
+                Ok(bytes) => self.input.extend(bytes),
+                // End of input: stop listening, keep running on timers.
+                Err(_) => self.input_rx = None,
+            },
+            default(wait) => {}
+        }
+        None
+    }
+}
