@@ -34,7 +34,7 @@ pub enum NetError {
     BadAddress(String),
     #[error("{0} is unreachable (injected partition)")]
     Blocked(String),
-    #[error("call to {addr} failed: {source}")]
+    #[error("call to {addr} failed")]
     Call {
         addr: String,
         #[source]

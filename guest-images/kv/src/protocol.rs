@@ -204,7 +204,7 @@ pub enum ProtocolError {
     Closed,
     #[error("frame of {0} bytes exceeds the maximum of {MAX_FRAME}")]
     TooLarge(usize),
-    #[error("i/o error: {0}")]
+    #[error("i/o error")]
     Io(#[from] io::Error),
     #[error("cannot decode message: {0}")]
     Decode(String),

@@ -18,13 +18,13 @@ use crate::protocol::{
 /// Errors of the server's startup.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: io::Error,
     },
-    #[error("cannot start the key/value server: {0}")]
+    #[error("cannot start the key/value server")]
     Start(#[from] io::Error),
 }
 
@@ -119,7 +119,14 @@ impl Node {
                     let answer = self.call(&to, &request);
                     if !core.transfer_done(&request, answer.as_ref()) {
                         self.maybe_wake(&mut core);
-                        return Response::err(ErrorCode::Retry, "state transfer to backup failed");
+                        return match answer {
+                            // The backup is in another view: maybe we are no longer primary.
+                            Some(Response::Err { detail, .. }) => Response::err(
+                                ErrorCode::WrongServer,
+                                format!("backup refused the state transfer: {detail}"),
+                            ),
+                            _ => Response::err(ErrorCode::Retry, "state transfer to backup failed"),
+                        };
                     }
                 }
                 Step::Forward { to, request } => {

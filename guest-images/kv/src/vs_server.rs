@@ -16,13 +16,13 @@ use crate::viewservice::ViewCore;
 /// Errors of the view service's startup.
 #[derive(Debug, thiserror::Error)]
 pub enum VsError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: io::Error,
     },
-    #[error("cannot start the view service: {0}")]
+    #[error("cannot start the view service")]
     Start(#[from] io::Error),
 }
 

@@ -1,1 +1,109 @@
-fn main() {}
+//! `kvclient`: a client of the primary/backup key/value service.
+//!
+//! `kvclient --vs 127.0.0.1:7000 put k v`, `get k`, `append k v`, `view`, `status ADDR`, and
+//! for tests `append-many --key k --tag c1 --count 100`, which appends `c1.0;`, `c1.1;`, ...
+//! one after the other and prints `appended N` at the end.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use ftvm_kv::client::{Clerk, ClerkConfig};
+use ftvm_kv::net::{Caller, Faults};
+use ftvm_kv::protocol::{Request, Response};
+
+#[derive(Parser)]
+#[command(
+    name = "kvclient",
+    version,
+    about = "Client of the primary/backup key/value service"
+)]
+struct Args {
+    /// The view service's address: numeric IP:PORT.
+    #[arg(long)]
+    vs: SocketAddr,
+    /// Give up an operation after this many milliseconds (0: never).
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+    /// Pause between attempts, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    retry_ms: u64,
+    /// Timeout of one call, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    rpc_timeout_ms: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the value of KEY ("" if missing).
+    Get { key: String },
+    /// Set KEY to VALUE.
+    Put { key: String, value: String },
+    /// Append VALUE to the value of KEY.
+    Append { key: String, value: String },
+    /// Print the current view.
+    View,
+    /// Print what the server at ADDR says about itself.
+    Status { addr: SocketAddr },
+    /// Append "TAG.0;", "TAG.1;", ... "TAG.(COUNT-1);" to KEY, one after the other.
+    AppendMany {
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        tag: String,
+        #[arg(long)]
+        count: u64,
+        /// Print each completed append.
+        #[arg(long)]
+        progress: bool,
+    },
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let mut config = ClerkConfig::new(args.vs.to_string());
+    config.op_timeout = (args.timeout_ms > 0).then(|| Duration::from_millis(args.timeout_ms));
+    config.retry_interval = Duration::from_millis(args.retry_ms);
+    config.rpc_timeout = Duration::from_millis(args.rpc_timeout_ms);
+    let mut clerk = Clerk::new(config.clone());
+    match args.command {
+        Command::Get { key } => println!("{}", clerk.get(&key)?),
+        Command::Put { key, value } => clerk.put(&key, &value)?,
+        Command::Append { key, value } => clerk.append(&key, &value)?,
+        Command::View => {
+            let caller = Caller::new(std::sync::Arc::new(Faults::default()), config.rpc_timeout);
+            let r = ftvm_kv::client::get_view(&caller, &config.vs)?;
+            println!("{} acked={}", r.view, r.acked);
+        }
+        Command::Status { addr } => {
+            let caller = Caller::new(std::sync::Arc::new(Faults::default()), config.rpc_timeout);
+            match caller.call(&addr.to_string(), &Request::Status)? {
+                Response::Status(s) => println!("{s:?}"),
+                other => anyhow::bail!("unexpected answer: {other:?}"),
+            }
+        }
+        Command::AppendMany {
+            key,
+            tag,
+            count,
+            progress,
+        } => {
+            for i in 0..count {
+                clerk.append(&key, &format!("{tag}.{i};"))?;
+                if progress {
+                    println!("ok {tag}.{i}");
+                }
+            }
+            println!("appended {count}");
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("kvclient: {e:#}");
+        std::process::exit(1);
+    }
+}
