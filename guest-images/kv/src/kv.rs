@@ -137,7 +137,7 @@ impl Store {
         } else {
             key.len()
         };
-        if self.bytes - old_len + new_len + key_bytes > MAX_STORE_BYTES {
+        if self.bytes.saturating_sub(old_len) + new_len + key_bytes > MAX_STORE_BYTES {
             return Err(format!("store full (maximum {MAX_STORE_BYTES} bytes)"));
         }
         Ok(())
@@ -154,7 +154,7 @@ impl Store {
                 let old = self.data.insert(key.clone(), value.clone());
                 self.bytes += value.len();
                 match old {
-                    Some(old) => self.bytes -= old.len(),
+                    Some(old) => self.bytes = self.bytes.saturating_sub(old.len()),
                     None => self.bytes += key.len(),
                 }
                 OpResult::Done
@@ -321,7 +321,7 @@ impl KvCore {
                 // Fresh primary of the first view: the empty store is the state.
                 self.state_view = Some(1);
                 self.store = Store::default();
-            } else if self.state_view == Some(prev) && prev + 1 == v {
+            } else if self.state_view == Some(prev) && prev.checked_add(1) == Some(v) {
                 // We held the state in the previous view (as its primary or synced backup).
                 self.state_view = Some(v);
             } else {

@@ -13,6 +13,9 @@ use crate::net::{bind_with_retry, Faults, Handler, Server, StopSignal};
 use crate::protocol::{ErrorCode, Request, Response};
 use crate::viewservice::ViewCore;
 
+/// Longest server name (address) accepted in a ping.
+pub const MAX_NAME: usize = 256;
+
 /// Errors of the view service's startup.
 #[derive(Debug, thiserror::Error)]
 pub enum VsError {
@@ -67,6 +70,12 @@ impl Handler for VsHandler {
     fn handle(&self, req: Request) -> Response {
         let mut core = self.0.core.lock().unwrap_or_else(|e| e.into_inner());
         match req {
+            Request::Ping { server, .. } if server.is_empty() || server.len() > MAX_NAME => {
+                Response::err(
+                    ErrorCode::BadRequest,
+                    format!("server name must be 1 to {MAX_NAME} bytes"),
+                )
+            }
             Request::Ping { server, viewnum } => {
                 let before = core.view().num;
                 let r = core.ping(&server, viewnum);
