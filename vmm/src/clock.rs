@@ -48,7 +48,13 @@ pub struct VmClock {
     base_ns: AtomicU64,
     /// Host mode: when the vCPU was last resumed (None while paused).
     running_since: Mutex<Option<Instant>>,
+    /// While set (not NOT_FROZEN), what devices see: a recording VMM freezes guest time at
+    /// each exit so that every device read during it sees the one value it logs, and a
+    /// replaying VMM sets it from the log.
+    frozen_ns: AtomicU64,
 }
+
+const NOT_FROZEN: u64 = u64::MAX;
 
 impl VmClock {
     pub fn new(mode: ClockMode, start_ns: u64) -> Self {
@@ -56,7 +62,21 @@ impl VmClock {
             mode,
             base_ns: AtomicU64::new(start_ns),
             running_since: Mutex::new(None),
+            frozen_ns: AtomicU64::new(NOT_FROZEN),
         }
+    }
+
+    /// Devices see `ns` until the next freeze (recording and replaying VMMs).
+    pub fn freeze(&self, ns: u64) {
+        self.frozen_ns
+            .store(ns.min(NOT_FROZEN - 1), Ordering::SeqCst);
+    }
+
+    /// Freeze at the current live time and return it.
+    pub fn freeze_now(&self) -> u64 {
+        let now = self.live_ns();
+        self.freeze(now);
+        now
     }
 
     pub fn mode(&self) -> ClockMode {
@@ -87,6 +107,12 @@ impl VmClock {
         }
     }
 
+    /// Move time forward to at least `ns` (a replayer following a log, so that a later
+    /// live phase continues from the logged time).
+    pub fn advance_to(&self, ns: u64) {
+        self.base_ns.fetch_max(ns, Ordering::SeqCst);
+    }
+
     /// The vCPU halts until `deadline_ns`. Returns how long the host should wait for it;
     /// in exits mode time jumps there at once and the host does not wait.
     pub fn halt_until(&self, deadline_ns: u64) -> std::time::Duration {
@@ -96,7 +122,7 @@ impl VmClock {
                 std::time::Duration::ZERO
             }
             ClockMode::Host => {
-                std::time::Duration::from_nanos(deadline_ns.saturating_sub(self.now_ns()))
+                std::time::Duration::from_nanos(deadline_ns.saturating_sub(self.live_ns()))
             }
         }
     }
@@ -104,6 +130,16 @@ impl VmClock {
 
 impl Clock for VmClock {
     fn now_ns(&self) -> u64 {
+        match self.frozen_ns.load(Ordering::SeqCst) {
+            NOT_FROZEN => self.live_ns(),
+            frozen => frozen,
+        }
+    }
+}
+
+impl VmClock {
+    /// Time as it flows, ignoring any freeze (for the kicker and for freezing).
+    pub fn live_ns(&self) -> u64 {
         let base = self.base_ns.load(Ordering::SeqCst);
         match self.mode {
             ClockMode::Exits { .. } => base,
@@ -142,6 +178,18 @@ mod tests {
         assert_eq!(c.now_ns(), 1000);
         assert_eq!(c.halt_until(10), std::time::Duration::ZERO); // never backwards
         assert_eq!(c.now_ns(), 1000);
+    }
+
+    #[test]
+    fn frozen_clock_shows_the_frozen_time() {
+        let c = VmClock::new(ClockMode::Exits { ns_per_exit: 10 }, 0);
+        c.on_exit();
+        c.freeze(5);
+        c.on_exit();
+        assert_eq!(c.now_ns(), 5);
+        assert_eq!(c.live_ns(), 20);
+        assert_eq!(c.freeze_now(), 20);
+        assert_eq!(c.now_ns(), 20);
     }
 
     #[test]

@@ -12,8 +12,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use ftvm_devices::Clock;
-
 use crate::clock::VmClock;
 
 /// Default bound on how long an event may wait for a synchronous exit.
@@ -59,7 +57,7 @@ impl Kicker {
                 std::thread::park_timeout(Duration::from_millis(100));
                 continue;
             }
-            let now = clock.now_ns();
+            let now = clock.live_ns();
             if now < at {
                 std::thread::park_timeout(Duration::from_nanos(at - now));
                 continue;

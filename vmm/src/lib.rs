@@ -16,6 +16,8 @@ pub mod linux;
 pub mod machine;
 pub mod memory;
 pub mod platform;
+pub mod record;
+pub mod replay;
 pub mod snapshot;
 pub mod state;
 pub mod stop;

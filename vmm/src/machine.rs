@@ -14,8 +14,10 @@ use crate::compat::CompatError;
 use crate::cpu::{self, CpuError};
 use crate::memory::{self, MemoryError};
 use crate::platform::{ConsoleOut, Platform, PlatformError};
+use crate::record::{RecordError, Recorder};
+use crate::replay::Replayer;
 use crate::snapshot::{self, SnapshotError};
-use crate::vcpu::{VcpuError, VcpuHandle, VcpuParts};
+use crate::vcpu::{LogMode, VcpuError, VcpuHandle, VcpuParts};
 
 /// Wall-clock time (Unix seconds) that deterministic runs start at: 2026-01-01T00:00:00Z.
 pub const DETERMINISTIC_EPOCH: u64 = 1_767_225_600;
@@ -54,6 +56,8 @@ pub enum VmError {
     Compat(#[from] CompatError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Record(RecordError),
     #[error("cannot create exit trace file {path}")]
     Trace {
         path: PathBuf,
@@ -64,6 +68,13 @@ pub enum VmError {
 
 fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
+}
+
+/// Whether the VM records its non-determinism to a log, replays one, or neither.
+pub enum LogSetup {
+    Off,
+    Record(Box<dyn std::io::Write + Send>),
+    Replay(Box<dyn std::io::Read + Send>),
 }
 
 /// A running (or paused) VM.
@@ -77,12 +88,13 @@ pub struct Vm {
     /// Whether this host needed the SYSCALL-from-user repair.
     pub syscall_probe: SyscallProbe,
     // Kept alive for as long as the vCPU runs.
-    _vm_fd: VmFd,
+    _vm_fd: Arc<VmFd>,
     _kvm: Kvm,
 }
 
-/// Register every RAM region with KVM.
-fn map_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+/// Register every RAM region with KVM (tracking dirty pages for checkpoint deltas when
+/// recording).
+fn map_memory(vm: &VmFd, mem: &GuestMemoryMmap, dirty_log: bool) -> Result<(), VmError> {
     for (slot, region) in mem.iter().enumerate() {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
@@ -92,7 +104,11 @@ fn map_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
             })?;
         let desc = kvm_userspace_memory_region {
             slot: slot as u32,
-            flags: 0,
+            flags: if dirty_log {
+                kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+            } else {
+                0
+            },
             guest_phys_addr: region.start_addr().raw_value(),
             memory_size: region.len(),
             userspace_addr: host as u64,
@@ -114,12 +130,16 @@ fn open_trace(path: Option<&Path>) -> Result<Option<Box<dyn std::io::Write + Sen
 }
 
 /// A KVM VM with `mem` mapped and its one vCPU, with the normalised CPUID.
-fn create_vm(kvm_sys: &Kvm, mem: &GuestMemoryMmap) -> Result<(VmFd, kvm_ioctls::VcpuFd), VmError> {
+fn create_vm(
+    kvm_sys: &Kvm,
+    mem: &GuestMemoryMmap,
+    dirty_log: bool,
+) -> Result<(VmFd, kvm_ioctls::VcpuFd), VmError> {
     let vm_fd = kvm_sys.create_vm().map_err(kvm("create a VM"))?;
     vm_fd
         .set_tss_address(0xfffb_d000)
         .map_err(kvm("place the TSS"))?;
-    map_memory(&vm_fd, mem)?;
+    map_memory(&vm_fd, mem, dirty_log)?;
     let vcpu_fd = vm_fd.create_vcpu(0).map_err(kvm("create the vCPU"))?;
     vcpu_fd
         .set_cpuid2(&cpu::normalised_cpuid(kvm_sys)?)
@@ -134,6 +154,7 @@ impl Vm {
         console: ConsoleOut,
         input_rx: Option<crossbeam_channel::Receiver<Vec<u8>>>,
         pause_request: Arc<std::sync::atomic::AtomicBool>,
+        log: LogSetup,
     ) -> Result<Self, VmError> {
         // Everything the user named is checked before KVM is touched.
         memory::check_size(config.mem_mib)?;
@@ -162,7 +183,7 @@ impl Vm {
         boot::write_zero_page(&mem, header, initrd, config.cmdline.len())?;
         cpu::write_boot_tables(&mem)?;
 
-        let (vm_fd, vcpu_fd) = create_vm(&kvm_sys, &mem)?;
+        let (vm_fd, vcpu_fd) = create_vm(&kvm_sys, &mem, matches!(log, LogSetup::Record(_)))?;
         cpu::setup_boot_registers(&vcpu_fd, info.entry)?;
 
         let clock = Arc::new(VmClock::new(config.clock, 0));
@@ -193,6 +214,7 @@ impl Vm {
             trace,
             (0, false),
             pause_request,
+            log,
         )
     }
 
@@ -203,12 +225,14 @@ impl Vm {
         input_rx: Option<crossbeam_channel::Receiver<Vec<u8>>>,
         trace_exits: Option<&Path>,
         pause_request: Arc<std::sync::atomic::AtomicBool>,
+        log: LogSetup,
     ) -> Result<Self, VmError> {
         let trace = open_trace(trace_exits)?;
         let kvm_sys = Kvm::new().map_err(VmError::OpenKvm)?;
         let loaded = snapshot::load(dir)?;
         let state = loaded.state;
-        let (vm_fd, vcpu_fd) = create_vm(&kvm_sys, &loaded.memory)?;
+        let (vm_fd, vcpu_fd) =
+            create_vm(&kvm_sys, &loaded.memory, matches!(log, LogSetup::Record(_)))?;
         state.vcpu.restore(&vcpu_fd)?;
         let clock = Arc::new(VmClock::new(loaded.manifest.clock, state.clock_ns));
         let platform = Platform::restore(state.platform, clock.clone(), console)?;
@@ -230,6 +254,7 @@ impl Vm {
             trace,
             (state.vcpu.ordinal, state.vcpu.halted),
             pause_request,
+            log,
         )
     }
 
@@ -246,7 +271,19 @@ impl Vm {
         trace: Option<Box<dyn std::io::Write + Send>>,
         (ordinal, halted): (u64, bool),
         pause_request: Arc<std::sync::atomic::AtomicBool>,
+        log: LogSetup,
     ) -> Result<Self, VmError> {
+        let vm_fd = Arc::new(vm_fd);
+        let replaying = matches!(log, LogSetup::Replay(_));
+        let log = match log {
+            LogSetup::Off => LogMode::Off,
+            LogSetup::Record(out) => LogMode::Record(Box::new(
+                Recorder::new(out, vm_fd.clone()).map_err(VmError::Record)?,
+            )),
+            LogSetup::Replay(source) => LogMode::Replay(Box::new(Replayer::new(source))),
+        };
+        // A replayer takes input and time only from its log.
+        let input_rx = if replaying { None } else { input_rx };
         let syscall_probe = crate::compat::syscall::probe(&kvm_sys)?;
         if syscall_probe == SyscallProbe::Broken {
             tracing::info!("this host's KVM leaves SYSCALL from user mode at CPL3; repair armed");
@@ -254,10 +291,11 @@ impl Vm {
         // Host time flows on its own, so events get a bounded delay; under the `exits`
         // clock time only moves with exits and nothing is ever late.
         let event_bound_ns = match clock.mode() {
-            ClockMode::Host => Some(crate::kicker::DEFAULT_EVENT_BOUND_NS),
-            ClockMode::Exits { .. } => None,
+            ClockMode::Host if !replaying => Some(crate::kicker::DEFAULT_EVENT_BOUND_NS),
+            _ => None,
         };
         let vcpu = VcpuHandle::spawn(VcpuParts {
+            log,
             event_bound_ns,
             pause_request: pause_request.clone(),
             syscall_repair: (syscall_probe == SyscallProbe::Broken)

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ftvm::clock::ClockMode;
 use ftvm::console::WatchedConsole;
-use ftvm::machine::{Vm, VmConfig};
+use ftvm::machine::{LogSetup, Vm, VmConfig};
 use ftvm::vcpu::VcpuEvent;
 
 #[derive(Parser)]
@@ -27,6 +27,26 @@ struct Cli {
 enum Command {
     /// Boot a guest on one vCPU with its serial console on stdin/stdout.
     Run(RunArgs),
+    /// Run a guest like `run` and write everything non-deterministic it sees to a log.
+    Record(LogArgs),
+    /// Run a second VM from the same start (same kernel flags or --restore) fed only by a
+    /// log: checks every exit against it and compares the final state.
+    Replay(LogArgs),
+}
+
+#[derive(clap::Args)]
+struct LogArgs {
+    /// The log file (written by `record`, read by `replay`).
+    #[arg(long, value_name = "FILE")]
+    log: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+enum Role {
+    Run,
+    Record(PathBuf),
+    Replay(PathBuf),
 }
 
 #[derive(clap::Args)]
@@ -113,7 +133,7 @@ fn spawn_stdin_reader() -> crossbeam_channel::Receiver<Vec<u8>> {
     rx
 }
 
-fn run(args: RunArgs) -> anyhow::Result<i32> {
+fn run(args: RunArgs, role: Role) -> anyhow::Result<i32> {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         vmm_sys_util::signal::register_signal_handler(sig, on_stop_signal)
             .context("cannot install signal handlers")?;
@@ -130,7 +150,21 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         None => Box::new(Stdout),
     };
     let started = Instant::now();
-    let input = Some(spawn_stdin_reader());
+    let log = match &role {
+        Role::Run => LogSetup::Off,
+        Role::Record(path) => LogSetup::Record(Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create log {}", path.display()))?,
+        ))),
+        Role::Replay(path) => LogSetup::Replay(Box::new(std::io::BufReader::new(
+            std::fs::File::open(path)
+                .with_context(|| format!("cannot open log {}", path.display()))?,
+        ))),
+    };
+    let input = match role {
+        Role::Replay(_) => None,
+        _ => Some(spawn_stdin_reader()),
+    };
     let vm = match (&args.restore, args.kernel) {
         (Some(dir), _) => Vm::restore(
             dir,
@@ -138,6 +172,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             input,
             args.trace_exits.as_deref(),
             pause_request,
+            log,
         )?,
         (None, Some(kernel)) => {
             let config = VmConfig {
@@ -148,7 +183,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
                 clock: args.clock,
                 trace_exits: args.trace_exits,
             };
-            Vm::boot(&config, console, input, pause_request)?
+            Vm::boot(&config, console, input, pause_request, log)?
         }
         (None, None) => anyhow::bail!("--kernel or --restore is required"),
     };
@@ -200,7 +235,52 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         m.compat,
         syscall_probe
     );
-    Ok(report.stop.exit_code())
+    match &report.log {
+        Some(log) => Ok(report_log(log, report.stop.exit_code())),
+        None => Ok(report.stop.exit_code()),
+    }
+}
+
+/// Print what a recording or replay measured; the exit status of a replay says whether
+/// it matched (0 or the guest's own status), failed to read its log (3) or ended in a
+/// different state (4).
+fn report_log(log: &ftvm::vcpu::LogReport, guest_code: i32) -> i32 {
+    let secs = log.guest_ns as f64 / 1e9;
+    let role = if log.recording { "record" } else { "replay" };
+    eprintln!(
+        "ftvm {role}: log {} over {:.3} s of guest time ({:.0} bytes/s)",
+        log.stats,
+        secs,
+        log.stats.bytes_per_second(secs)
+    );
+    if let Some(r) = &log.replay {
+        eprintln!(
+            "ftvm replay: {} exits verified, {} deltas applied ({} pages), {} divergences, {} exits skipped while recovering",
+            r.exits_verified, r.deltas_applied, r.delta_pages_applied, r.divergences, r.exits_skipped
+        );
+    }
+    if let Some(p) = &log.problem {
+        eprintln!("ftvm {role}: {p}");
+        return 3;
+    }
+    match (&log.digest, &log.recorded_digest) {
+        (Some(d), None) => {
+            eprintln!("ftvm record: final digest {d}");
+            guest_code
+        }
+        (Some(ours), Some(theirs)) if ours == theirs => {
+            eprintln!("ftvm replay: final digest {ours} matches the recording");
+            guest_code
+        }
+        (Some(ours), Some(theirs)) => {
+            eprintln!("ftvm replay: final state differs: recorded {theirs}, replayed {ours}");
+            4
+        }
+        _ => {
+            eprintln!("ftvm {role}: no final digest");
+            3
+        }
+    }
 }
 
 fn main() {
@@ -239,7 +319,9 @@ fn main() {
         }
     };
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(args, Role::Run),
+        Command::Record(a) => run(a.run, Role::Record(a.log)),
+        Command::Replay(a) => run(a.run, Role::Replay(a.log)),
     };
     match result {
         Ok(code) => std::process::exit(code),

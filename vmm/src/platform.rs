@@ -18,6 +18,20 @@ use crate::stop::StopReason;
 /// Where the serial console's output goes.
 pub type ConsoleOut = Box<dyn Write + Send>;
 
+/// The console writer, shared so that a serial device rebuilt from a state (a checkpoint
+/// delta being applied) keeps writing to the same place.
+#[derive(Clone)]
+pub struct SharedConsole(Arc<Mutex<ConsoleOut>>);
+
+impl Write for SharedConsole {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        lock(&self.0).write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        lock(&self.0).flush()
+    }
+}
+
 pub const SERIAL_IRQ: u8 = 4;
 pub const COM1_BASE: u64 = 0x3f8;
 
@@ -47,7 +61,9 @@ pub struct Platform {
     pic: Arc<Mutex<Pic>>,
     pit: Arc<Mutex<Pit>>,
     cmos: Arc<Mutex<Cmos>>,
-    serial: Arc<Mutex<Serial<ConsoleOut>>>,
+    serial: Arc<Mutex<Serial<SharedConsole>>>,
+    console: SharedConsole,
+    clock: Arc<dyn Clock>,
     i8042: Arc<Mutex<I8042>>,
     sysctl: Arc<Mutex<SysCtl>>,
     absent: Arc<Mutex<AbsentPorts>>,
@@ -63,11 +79,14 @@ impl Platform {
         console: ConsoleOut,
     ) -> Result<Self, PlatformError> {
         let irq_lines = IrqLines::new();
+        let console = SharedConsole(Arc::new(Mutex::new(console)));
         Self::assemble(
             Pic::new(),
             Pit::new(clock.clone()),
-            Cmos::new(clock, wall_clock_unix_secs, mem_mib << 20),
-            Serial::new(IrqLine::new(irq_lines.clone(), SERIAL_IRQ), console),
+            Cmos::new(clock.clone(), wall_clock_unix_secs, mem_mib << 20),
+            Serial::new(IrqLine::new(irq_lines.clone(), SERIAL_IRQ), console.clone()),
+            console,
+            clock,
             I8042::new(),
             SysCtl::new(mem_mib as u32),
             AbsentPorts::new(),
@@ -82,15 +101,18 @@ impl Platform {
         console: ConsoleOut,
     ) -> Result<Self, PlatformError> {
         let irq_lines = IrqLines::new();
+        let console = SharedConsole(Arc::new(Mutex::new(console)));
         Self::assemble(
             Pic::from_state(state.pic)?,
             Pit::from_state(state.pit, clock.clone())?,
-            Cmos::from_state(state.cmos, clock)?,
+            Cmos::from_state(state.cmos, clock.clone())?,
             Serial::from_state(
                 state.serial,
                 IrqLine::new(irq_lines.clone(), SERIAL_IRQ),
-                console,
+                console.clone(),
             )?,
+            console,
+            clock,
             I8042::from_state(state.i8042)?,
             SysCtl::from_state(state.sysctl)?,
             AbsentPorts::from_state(state.absent)?,
@@ -102,7 +124,9 @@ impl Platform {
         pic: Pic,
         pit: Pit,
         cmos: Cmos,
-        serial: Serial<ConsoleOut>,
+        serial: Serial<SharedConsole>,
+        console: SharedConsole,
+        clock: Arc<dyn Clock>,
         i8042: I8042,
         sysctl: SysCtl,
         absent: AbsentPorts,
@@ -137,6 +161,8 @@ impl Platform {
             pit,
             cmos,
             serial,
+            console,
+            clock,
             i8042,
             sysctl,
             absent,
@@ -172,15 +198,41 @@ impl Platform {
         None
     }
 
-    /// Move pending serial input into the UART, as much as its FIFO takes.
-    pub fn feed_serial(&self, input: &mut VecDeque<u8>) {
+    /// Move pending serial input into the UART, as much as its FIFO takes; returns the
+    /// bytes moved (what a recording VMM logs).
+    pub fn feed_serial(&self, input: &mut VecDeque<u8>) -> Vec<u8> {
         if input.is_empty() {
-            return;
+            return Vec::new();
         }
         let mut serial = lock(&self.serial);
         let (front, _) = input.as_slices();
         let taken = serial.enqueue_input(front);
-        input.drain(..taken);
+        input.drain(..taken).collect()
+    }
+
+    /// Replace every device's state in place (devices stay on the buses, the console
+    /// keeps its writer). The state is validated first; on error nothing changes.
+    pub fn load_state(&self, state: PlatformState) -> Result<(), PlatformError> {
+        let pic = Pic::from_state(state.pic)?;
+        let pit = Pit::from_state(state.pit, self.clock.clone())?;
+        let cmos = Cmos::from_state(state.cmos, self.clock.clone())?;
+        let serial = Serial::from_state(
+            state.serial,
+            IrqLine::new(self.irq_lines.clone(), SERIAL_IRQ),
+            self.console.clone(),
+        )?;
+        let i8042 = I8042::from_state(state.i8042)?;
+        let sysctl = SysCtl::from_state(state.sysctl)?;
+        let absent = AbsentPorts::from_state(state.absent)?;
+        *lock(&self.pic) = pic;
+        *lock(&self.pit) = pit;
+        *lock(&self.cmos) = cmos;
+        *lock(&self.serial) = serial;
+        *lock(&self.i8042) = i8042;
+        *lock(&self.sysctl) = sysctl;
+        *lock(&self.absent) = absent;
+        self.irq_lines.take();
+        Ok(())
     }
 
     /// Raise timer edges that are due and move device IRQ edges into the PIC.

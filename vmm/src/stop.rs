@@ -36,8 +36,11 @@ pub enum StopReason {
     },
     UnexpectedExit(String),
     Kvm(String),
-    /// The VMM was told to stop (signal, Finish command).
+    /// The VMM was told to stop (signal, Finish command), or a replay reached the end of
+    /// its log.
     Finished,
+    /// A log could not be written, or a replayed log is corrupt or ends early.
+    Log(String),
     VmmBug(String),
 }
 
@@ -53,6 +56,7 @@ impl StopReason {
             | StopReason::UnknownIo { .. }
             | StopReason::EmulationFailure { .. } => 2,
             StopReason::EntryFailure { .. }
+            | StopReason::Log(_)
             | StopReason::UnexpectedExit(_)
             | StopReason::Kvm(_)
             | StopReason::VmmBug(_) => 3,
@@ -79,6 +83,7 @@ impl fmt::Display for StopReason {
             StopReason::UnexpectedExit(e) => write!(f, "unexpected VM exit {e}"),
             StopReason::Kvm(e) => write!(f, "{e}"),
             StopReason::Finished => write!(f, "stopped by the VMM"),
+            StopReason::Log(e) => write!(f, "log: {e}"),
             StopReason::VmmBug(e) => write!(f, "internal error: {e}"),
         }
     }

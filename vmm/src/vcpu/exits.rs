@@ -41,20 +41,38 @@ impl Vcpu {
         let run = self.fd.get_kvm_run();
         run.request_interrupt_window = 0;
         self.if_flag = run.if_flag != 0;
+        let ready = run.ready_for_interrupt_injection != 0 && self.if_flag;
+        if !ready {
+            // Nothing may change at a point that is not logged: wait for the window.
+            let now = self.clock.live_ns();
+            let due = self.pending_since.is_some()
+                || self.platform.next_deadline_ns().is_some_and(|d| d <= now);
+            if due {
+                self.fd.get_kvm_run().request_interrupt_window = 1;
+            }
+            return;
+        }
+        // A recording VMM delivers at this unrecordable point only after logging the
+        // whole state here as a checkpoint delta.
+        self.record_kick_delta();
         if self.deliver() {
             self.metrics.kicked_injections += 1;
-        } else if self.pending_since.is_some() {
-            self.fd.get_kvm_run().request_interrupt_window = 1;
         }
     }
 
     /// One KVM_RUN and the handling of its exit.
     pub(super) fn run_once(&mut self) -> Option<StopReason> {
+        if self.replaying() {
+            if let Some(outcome) = self.replay_before_run() {
+                return outcome;
+            }
+        }
         self.arm_kicker();
         let result = self.fd.run();
         if let Some((k, _)) = &self.kicker {
             k.disarm();
         }
+        super::logged::freeze_for_exit(&mut self.log, &self.clock, self.ordinal + 1);
         let sync = match result {
             Ok(VcpuExit::IoIn(port, data)) => {
                 let len = data.len();
@@ -64,7 +82,7 @@ impl Vcpu {
                     );
                 }
                 self.metrics.pio_in += 1;
-                SyncExit::PioIn(port, len)
+                SyncExit::PioIn(port, len, value_of(data))
             }
             Ok(VcpuExit::IoOut(port, data)) => {
                 let value = value_of(data);
@@ -75,7 +93,7 @@ impl Vcpu {
                     )));
                 }
                 self.metrics.pio_out += 1;
-                SyncExit::PioOut(port, value)
+                SyncExit::PioOut(port, len, value)
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 let len = data.len();
@@ -85,7 +103,7 @@ impl Vcpu {
                     );
                 }
                 self.metrics.mmio_read += 1;
-                SyncExit::MmioRead(addr, len)
+                SyncExit::MmioRead(addr, len, value_of(data))
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 let value = value_of(data);
@@ -96,7 +114,7 @@ impl Vcpu {
                     )));
                 }
                 self.metrics.mmio_write += 1;
-                SyncExit::MmioWrite(addr, value)
+                SyncExit::MmioWrite(addr, len, value)
             }
             Ok(VcpuExit::Hlt) => {
                 self.metrics.hlt += 1;
@@ -178,16 +196,16 @@ impl Vcpu {
         if self.trace.is_some() {
             let rip = self.rip();
             let line = match exit {
-                SyncExit::PioIn(p, n) => {
+                SyncExit::PioIn(p, n, _) => {
                     format!("{} pio-in {rip:#x} port={p:#x} len={n}", self.ordinal)
                 }
-                SyncExit::PioOut(p, v) => {
+                SyncExit::PioOut(p, _, v) => {
                     format!("{} pio-out {rip:#x} port={p:#x} value={v:#x}", self.ordinal)
                 }
-                SyncExit::MmioRead(a, n) => {
+                SyncExit::MmioRead(a, n, _) => {
                     format!("{} mmio-read {rip:#x} addr={a:#x} len={n}", self.ordinal)
                 }
-                SyncExit::MmioWrite(a, v) => format!(
+                SyncExit::MmioWrite(a, _, v) => format!(
                     "{} mmio-write {rip:#x} addr={a:#x} value={v:#x}",
                     self.ordinal
                 ),
@@ -195,6 +213,9 @@ impl Vcpu {
                 SyncExit::Repaired(r) => format!("{} repaired {rip:#x} {r:?}", self.ordinal),
             };
             self.trace_line(&line);
+        }
+        if let Some(stop) = self.log_exit(&exit) {
+            return Some(stop);
         }
         if let Some(stop) = self.platform.stop_request() {
             return Some(stop);
@@ -220,12 +241,7 @@ impl Vcpu {
     /// Move pending input and interrupt requests into the devices, and inject one
     /// interrupt if the guest can take it now. Returns whether it injected one.
     pub(super) fn deliver(&mut self) -> bool {
-        if let Some(rx) = &self.input_rx {
-            while let Ok(bytes) = rx.try_recv() {
-                self.input.extend(bytes);
-            }
-        }
-        self.platform.feed_serial(&mut self.input);
+        self.deliver_input();
         self.platform.update_interrupts();
         if !self.platform.interrupt_pending() {
             self.pending_since = None;
@@ -234,6 +250,24 @@ impl Vcpu {
         // A vCPU halted in user space sits after its HLT with no interrupt shadow: it can
         // always take one (and a restored vCPU has no kvm_run readiness from a last exit).
         let ready = self.halted || self.fd.get_kvm_run().ready_for_interrupt_injection != 0;
+        // A replayer injects exactly where the log says, nowhere else.
+        let logged = self.logged_interrupt();
+        if self.replaying() {
+            let Some(want) = logged else { return false };
+            // kvm_run's readiness is stale after a delta was loaded (no KVM_RUN since);
+            // the recorder injected here, so only the guest's IF is left to check.
+            if !self.if_flag {
+                self.interrupt_diverged(format!("vector {want:#x}"), "guest cannot take it".into());
+                return false;
+            }
+            match self.platform.acknowledge() {
+                Some(v) if v == want => return self.inject(v),
+                other => {
+                    self.interrupt_diverged(format!("vector {want:#x}"), format!("{other:x?}"));
+                    return false;
+                }
+            }
+        }
         if !(ready && self.if_flag) {
             if self.pending_since.is_none() {
                 self.pending_since = Some(ftvm_devices::Clock::now_ns(&*self.clock));
@@ -244,6 +278,11 @@ impl Vcpu {
         let Some(vector) = self.platform.acknowledge() else {
             return false;
         };
+        self.log_interrupt(vector);
+        self.inject(vector)
+    }
+
+    fn inject(&mut self, vector: u8) -> bool {
         match crate::kvm_ext::inject_interrupt(&self.fd, vector) {
             Ok(()) => {
                 self.metrics.interrupts_injected += 1;
@@ -263,6 +302,10 @@ impl Vcpu {
 
     /// The vCPU is halted: wait for a timer deadline, input or a command.
     pub(super) fn halted_step(&mut self, mode: &mut Mode) -> Option<StopReason> {
+        if self.replaying() {
+            return self.replay_halted();
+        }
+        self.record_wake();
         self.deliver();
         if !self.halted {
             return None;

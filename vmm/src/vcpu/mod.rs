@@ -22,6 +22,9 @@ use crate::state::VcpuState;
 use crate::stop::StopReason;
 
 mod exits;
+mod logged;
+
+pub use logged::{LogMode, LogReport};
 
 /// Commands the controller sends to the vCPU thread.
 pub enum VcpuCommand {
@@ -83,12 +86,19 @@ pub struct VcpuMetrics {
 #[derive(Debug)]
 pub struct VcpuReport {
     pub stop: StopReason,
+    /// Record/replay results, when the run logged or replayed.
+    pub log: Option<LogReport>,
     pub ordinal: u64,
     pub metrics: VcpuMetrics,
 }
 
 /// Everything the vCPU thread owns.
 pub struct Vcpu {
+    log: LogMode,
+    /// A log write failed inside a step that cannot return it; stops the VM.
+    log_failure: Option<StopReason>,
+    /// Last guest time a recording logged (no duplicate time samples).
+    last_logged_time: u64,
     kicker: Option<(crate::kicker::Kicker, u64)>,
     /// Since when (virtual ns) an interrupt has been pending without a chance to inject.
     pending_since: Option<u64>,
@@ -114,10 +124,11 @@ pub struct Vcpu {
 
 /// A synchronous exit, recorded for the trace before the next KVM_RUN.
 enum SyncExit {
-    PioIn(u16, usize),
-    PioOut(u16, u64),
-    MmioRead(u64, usize),
-    MmioWrite(u64, u64),
+    /// Port or address, access size, value read or written.
+    PioIn(u16, usize, u64),
+    PioOut(u16, usize, u64),
+    MmioRead(u64, usize, u64),
+    MmioWrite(u64, usize, u64),
     Hlt,
     /// An emulation failure the compat module repaired.
     Repaired(crate::compat::Repair),
@@ -132,6 +143,7 @@ fn value_of(data: &[u8]) -> u64 {
 }
 
 pub struct VcpuParts {
+    pub log: LogMode,
     /// How long an event may wait for a synchronous exit before the vCPU is kicked
     /// (None: never kick, as in the deterministic `exits` clock).
     pub event_bound_ns: Option<u64>,
@@ -185,6 +197,9 @@ impl VcpuHandle {
             None => None,
         };
         let vcpu = Vcpu {
+            log: parts.log,
+            log_failure: None,
+            last_logged_time: u64::MAX,
             kicker,
             pending_since: None,
             pause_request: parts.pause_request,
@@ -278,6 +293,7 @@ impl VcpuHandle {
             Some(Ok(report)) => report,
             Some(Err(_)) | None => VcpuReport {
                 stop: StopReason::VmmBug("the vCPU thread panicked".into()),
+                log: None,
                 ordinal: 0,
                 metrics: VcpuMetrics::default(),
             },
@@ -299,6 +315,7 @@ impl Vcpu {
         let stop = self.state_machine();
         // Stop the kicker before this thread ends: it holds our pthread id.
         self.kicker = None;
+        let log = self.finish_log(&stop);
         self.clock.pause();
         if let Some(t) = self.trace.as_mut() {
             let _ = t.flush();
@@ -306,6 +323,7 @@ impl Vcpu {
         let _ = self.events.send(VcpuEvent::Stopped(stop.clone()));
         VcpuReport {
             stop,
+            log,
             ordinal: self.ordinal,
             metrics: self.metrics,
         }
@@ -331,7 +349,13 @@ impl Vcpu {
                     if !matches!(mode, Mode::Running) {
                         continue;
                     }
-                    let step = if self.halted {
+                    if let Some(stop) = self.log_failure.take() {
+                        return stop;
+                    }
+                    let recovering = matches!(&self.log, LogMode::Replay(r) if r.recovering);
+                    let step = if recovering {
+                        self.replay_recover()
+                    } else if self.halted {
                         self.halted_step(&mut mode)
                     } else {
                         self.run_once()

@@ -1,0 +1,141 @@
+//! The recording side: writes log entries, takes checkpoint deltas, computes digests.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use ft_log::{Delta, Digest, Entry, LogStats, Page};
+use kvm_ioctls::{VcpuFd, VmFd};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
+
+use crate::platform::Platform;
+use crate::state::VcpuState;
+
+const PAGE: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("cannot write the log")]
+    Write(#[source] std::io::Error),
+    #[error("cannot read the dirty page log of memory slot {slot}")]
+    DirtyLog {
+        slot: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot read guest memory for a delta")]
+    Memory(#[from] vm_memory::GuestMemoryError),
+    #[error("cannot save the vCPU for a delta")]
+    Vcpu(#[from] crate::vcpu::VcpuError),
+    #[error("cannot encode machine state: {0}")]
+    Encode(String),
+}
+
+/// Encode machine state for a delta (bincode, standard config).
+pub fn encode_state<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, RecordError> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .map_err(|e| RecordError::Encode(e.to_string()))
+}
+
+pub struct Recorder {
+    out: Box<dyn Write + Send>,
+    vm: Arc<VmFd>,
+    pub stats: LogStats,
+}
+
+impl Recorder {
+    /// Start a log on `out` (writes the stream header).
+    pub fn new(mut out: Box<dyn Write + Send>, vm: Arc<VmFd>) -> Result<Self, RecordError> {
+        let header = ft_log::encode_header();
+        out.write_all(&header).map_err(RecordError::Write)?;
+        let stats = LogStats {
+            bytes: header.len() as u64,
+            ..Default::default()
+        };
+        Ok(Self { out, vm, stats })
+    }
+
+    pub fn log(&mut self, entry: &Entry) -> Result<(), RecordError> {
+        let frame = ft_log::encode_entry(entry);
+        self.out.write_all(&frame).map_err(RecordError::Write)?;
+        self.stats.count(entry, frame.len());
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> Result<(), RecordError> {
+        self.out.flush().map_err(RecordError::Write)
+    }
+
+    /// A checkpoint delta: vCPU and devices now, and every page dirtied since the last.
+    pub fn take_delta(
+        &mut self,
+        fd: &VcpuFd,
+        mem: &GuestMemoryMmap,
+        platform: &Platform,
+        ordinal: u64,
+        time_ns: u64,
+        halted: bool,
+    ) -> Result<Delta, RecordError> {
+        let vcpu = encode_state(&VcpuState::save(fd, ordinal, halted)?)?;
+        let devices = encode_state(&platform.state())?;
+        let mut pages = Vec::new();
+        for (slot, region) in mem.iter().enumerate() {
+            let start = region.start_addr().raw_value();
+            let bitmap = self
+                .vm
+                .get_dirty_log(slot as u32, region.len() as usize)
+                .map_err(|source| RecordError::DirtyLog {
+                    slot: slot as u32,
+                    source,
+                })?;
+            for (w, word) in bitmap.iter().enumerate() {
+                let mut bits = *word;
+                while bits != 0 {
+                    let bit = bits.trailing_zeros() as u64;
+                    bits &= bits - 1;
+                    let gpa = start + (w as u64 * 64 + bit) * PAGE as u64;
+                    let mut data = vec![0u8; PAGE];
+                    mem.read_slice(&mut data, GuestAddress(gpa))?;
+                    pages.push(Page { gpa, data });
+                }
+            }
+        }
+        Ok(Delta {
+            ordinal,
+            time_ns,
+            vcpu,
+            devices,
+            pages,
+        })
+    }
+}
+
+/// A digest of the machine state: all of RAM, the vCPU's registers, the device states.
+pub fn digest(
+    fd: &VcpuFd,
+    mem: &GuestMemoryMmap,
+    platform: &Platform,
+) -> Result<Digest, RecordError> {
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for region in mem.iter() {
+        let start = region.start_addr().raw_value();
+        let len = region.len();
+        let mut done = 0u64;
+        while done < len {
+            let n = (buf.len() as u64).min(len - done) as usize;
+            mem.read_slice(&mut buf[..n], GuestAddress(start + done))?;
+            h.update(&buf[..n]);
+            done += n as u64;
+        }
+    }
+    let state = VcpuState::save(fd, 0, false)?;
+    let vcpu = encode_state(&(&state.regs, &state.sregs))?;
+    let devices = encode_state(&platform.state())?;
+    Ok(Digest {
+        memory_crc32: h.finalize(),
+        vcpu_crc32: crc32fast::hash(&vcpu),
+        devices_crc32: crc32fast::hash(&devices),
+    })
+}
