@@ -69,6 +69,8 @@ pub struct Faults {
     config: Mutex<FaultConfig>,
     unreachable: AtomicBool,
     rng: AtomicU64,
+    dropped_requests: AtomicU64,
+    dropped_replies: AtomicU64,
 }
 
 impl Default for Faults {
@@ -88,6 +90,8 @@ impl Faults {
             config: Mutex::new(FaultConfig::default()),
             unreachable: AtomicBool::new(false),
             rng: AtomicU64::new(seed | 1),
+            dropped_requests: AtomicU64::new(0),
+            dropped_replies: AtomicU64::new(0),
         }
     }
 
@@ -157,6 +161,14 @@ impl Faults {
         }
     }
 
+    /// How many incoming requests and replies were dropped so far.
+    pub fn dropped(&self) -> (u64, u64) {
+        (
+            self.dropped_requests.load(Ordering::Relaxed),
+            self.dropped_replies.load(Ordering::Relaxed),
+        )
+    }
+
     /// Decides the fate of one incoming request.
     pub fn fate(&self) -> Fate {
         let (dreq, drep) = {
@@ -164,8 +176,10 @@ impl Faults {
             (c.drop_requests_permille, c.drop_replies_permille)
         };
         if self.roll(dreq) {
+            self.dropped_requests.fetch_add(1, Ordering::Relaxed);
             Fate::DropRequest
         } else if self.roll(drep) {
+            self.dropped_replies.fetch_add(1, Ordering::Relaxed);
             Fate::DropReply
         } else {
             Fate::Serve

@@ -61,9 +61,18 @@ fn at_most_once_put_append_with_dropped_replies() {
         expected.push_str(&tok);
         ck.put("counter", &i.to_string()).unwrap();
     }
+    let (mut requests, mut replies) = (0, 0);
     for s in [&a, &b, &idle] {
+        let (q, p) = c.faults(s).dropped();
+        requests += q;
+        replies += p;
         c.faults(s).heal();
     }
+    // Each of these was a retry, by the client or (for forwards) by the primary's resync.
+    assert!(
+        requests > 0 && replies > 5,
+        "too few drops: {requests} {replies}"
+    );
     assert_eq!(ck.get("log").unwrap(), expected);
     assert_eq!(ck.get("counter").unwrap(), "39");
     // The backup agrees: let it take over and read again.
@@ -139,7 +148,9 @@ fn partitioned_old_primary_cannot_serve() {
     // A client with the old view asks A: refused (B, now in a newer view, rejects A's
     // forward or state transfer), not answered with the stale value.
     match direct(&a, 77, 1, get("k")) {
-        Response::Err { code, .. } => assert_eq!(code, ErrorCode::WrongServer),
+        Response::Err { code, .. } => {
+            assert!(matches!(code, ErrorCode::WrongServer | ErrorCode::Retry))
+        }
         r => panic!("stale primary answered a read: {r:?}"),
     }
     match direct(&a, 77, 2, put("k", "stale")) {
