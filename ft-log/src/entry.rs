@@ -70,6 +70,8 @@ impl std::fmt::Display for Digest {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Entry {
+    /// First entry of every log: the inputs fixed when the machine was created.
+    Start { wall_clock_unix_secs: u64 },
     /// A synchronous exit (with the value a port or MMIO read returned).
     Exit(ExitRecord),
     /// Guest time moved while the vCPU was halted or kicked, at this ordinal.
@@ -100,6 +102,7 @@ impl Entry {
     /// The ordinal this entry belongs to.
     pub fn ordinal(&self) -> u64 {
         match self {
+            Entry::Start { .. } => 0,
             Entry::Exit(e) => e.ordinal,
             Entry::Delta(d) => d.ordinal,
             Entry::TimeSample { ordinal, .. }
@@ -123,6 +126,7 @@ impl Entry {
             Entry::Packet { .. } => 6,
             Entry::DiskCompletion { .. } => 7,
             Entry::Shutdown { .. } => 8,
+            Entry::Start { .. } => 9,
         }
     }
 
@@ -136,6 +140,7 @@ impl Entry {
             6 => "packet",
             7 => "disk completion",
             8 => "shutdown",
+            9 => "start",
             _ => "unknown",
         }
     }

@@ -58,6 +58,8 @@ pub enum VmError {
     Snapshot(#[from] SnapshotError),
     #[error(transparent)]
     Record(RecordError),
+    #[error("cannot replay: {0}")]
+    Replay(String),
     #[error("cannot create exit trace file {path}")]
     Trace {
         path: PathBuf,
@@ -118,6 +120,41 @@ fn map_memory(vm: &VmFd, mem: &GuestMemoryMmap, dirty_log: bool) -> Result<(), V
         unsafe { vm.set_user_memory_region(desc) }.map_err(kvm("map guest memory"))?;
     }
     Ok(())
+}
+
+fn open_log(log: LogSetup, vm_fd: &Arc<VmFd>) -> Result<LogMode, VmError> {
+    Ok(match log {
+        LogSetup::Off => LogMode::Off,
+        LogSetup::Record(out) => LogMode::Record(Box::new(
+            Recorder::new(out, vm_fd.clone()).map_err(VmError::Record)?,
+        )),
+        LogSetup::Replay(source) => LogMode::Replay(Box::new(Replayer::new(source))),
+    })
+}
+
+/// The first entry of a log: a recorder writes the machine's start inputs, a replayer
+/// takes them from its log. Returns the wall-clock start to use.
+fn log_start(log: &mut LogMode, now_unix_secs: u64) -> Result<u64, VmError> {
+    match log {
+        LogMode::Off => Ok(now_unix_secs),
+        LogMode::Record(rec) => {
+            rec.log(&ft_log::Entry::Start {
+                wall_clock_unix_secs: now_unix_secs,
+            })
+            .map_err(VmError::Record)?;
+            Ok(now_unix_secs)
+        }
+        LogMode::Replay(r) => match r.pop() {
+            Ok(Some(ft_log::Entry::Start {
+                wall_clock_unix_secs,
+            })) => Ok(wall_clock_unix_secs),
+            Ok(other) => Err(VmError::Replay(format!(
+                "the log does not begin with a start record (found {:?})",
+                other.map(|e| ft_log::Entry::kind_name(e.kind()))
+            ))),
+            Err(e) => Err(VmError::Replay(e.to_string())),
+        },
+    }
 }
 
 fn open_trace(path: Option<&Path>) -> Result<Option<Box<dyn std::io::Write + Send>>, VmError> {
@@ -185,15 +222,19 @@ impl Vm {
 
         let (vm_fd, vcpu_fd) = create_vm(&kvm_sys, &mem, matches!(log, LogSetup::Record(_)))?;
         cpu::setup_boot_registers(&vcpu_fd, info.entry)?;
+        let vm_fd = Arc::new(vm_fd);
+        let mut log = open_log(log, &vm_fd)?;
 
         let clock = Arc::new(VmClock::new(config.clock, 0));
-        let wall = match config.clock {
+        let now = match config.clock {
             ClockMode::Host => std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(DETERMINISTIC_EPOCH),
             ClockMode::Exits { .. } => DETERMINISTIC_EPOCH,
         };
+        // The wall-clock time the guest starts from is an input like any other.
+        let wall = log_start(&mut log, now)?;
         let platform = Platform::new(clock.clone(), config.mem_mib, wall, console)?;
         tracing::info!(
             kernel = %config.kernel.display(),
@@ -234,6 +275,10 @@ impl Vm {
         let (vm_fd, vcpu_fd) =
             create_vm(&kvm_sys, &loaded.memory, matches!(log, LogSetup::Record(_)))?;
         state.vcpu.restore(&vcpu_fd)?;
+        let vm_fd = Arc::new(vm_fd);
+        let mut log = open_log(log, &vm_fd)?;
+        // The CMOS base is in the snapshot; logged anyway so every log starts alike.
+        log_start(&mut log, state.platform.cmos.base_unix_secs)?;
         let clock = Arc::new(VmClock::new(loaded.manifest.clock, state.clock_ns));
         let platform = Platform::restore(state.platform, clock.clone(), console)?;
         tracing::info!(
@@ -261,7 +306,7 @@ impl Vm {
     #[allow(clippy::too_many_arguments)]
     fn start(
         kvm_sys: Kvm,
-        vm_fd: VmFd,
+        vm_fd: Arc<VmFd>,
         vcpu_fd: kvm_ioctls::VcpuFd,
         mem: GuestMemoryMmap,
         mem_mib: u64,
@@ -271,17 +316,9 @@ impl Vm {
         trace: Option<Box<dyn std::io::Write + Send>>,
         (ordinal, halted): (u64, bool),
         pause_request: Arc<std::sync::atomic::AtomicBool>,
-        log: LogSetup,
+        log: LogMode,
     ) -> Result<Self, VmError> {
-        let vm_fd = Arc::new(vm_fd);
-        let replaying = matches!(log, LogSetup::Replay(_));
-        let log = match log {
-            LogSetup::Off => LogMode::Off,
-            LogSetup::Record(out) => LogMode::Record(Box::new(
-                Recorder::new(out, vm_fd.clone()).map_err(VmError::Record)?,
-            )),
-            LogSetup::Replay(source) => LogMode::Replay(Box::new(Replayer::new(source))),
-        };
+        let replaying = matches!(log, LogMode::Replay(_));
         // A replayer takes input and time only from its log.
         let input_rx = if replaying { None } else { input_rx };
         let syscall_probe = crate::compat::syscall::probe(&kvm_sys)?;

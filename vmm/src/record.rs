@@ -133,6 +133,7 @@ pub fn digest(
     let state = VcpuState::save(fd, 0, false)?;
     let vcpu = encode_state(&(&state.regs, &state.sregs))?;
     let devices = encode_state(&platform.state())?;
+    tracing::debug!(devices = ?platform.state(), "device state at the digest");
     Ok(Digest {
         memory_crc32: h.finalize(),
         vcpu_crc32: crc32fast::hash(&vcpu),

@@ -60,7 +60,8 @@ impl Replayer {
                 continue;
             }
             if self.eof {
-                return Ok(());
+                // Sticky: a log cut inside a frame says so on every later read too.
+                return Ok(self.decoder.finish()?);
             }
             let got = self.source.read(&mut buf).map_err(ReplayError::Read)?;
             if got == 0 {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ftvm::clock::ClockMode;
-use ftvm::machine::{Vm, VmConfig};
+use ftvm::machine::{LogSetup, Vm, VmConfig};
 use ftvm::stop::StopReason;
 use ftvm::vcpu::{VcpuError, VcpuEvent};
 
@@ -53,7 +53,14 @@ fn pause_save_resume_finish() {
         clock: ClockMode::Host,
         trace_exits: None,
     };
-    let vm = Vm::boot(&config, Box::new(console.clone()), None, Default::default()).expect("boot");
+    let vm = Vm::boot(
+        &config,
+        Box::new(console.clone()),
+        None,
+        Default::default(),
+        LogSetup::Off,
+    )
+    .expect("boot");
 
     // Paused at creation: saving works and shows the entry point with nothing run yet.
     let state = vm.vcpu.save_state().expect("save while paused");
@@ -113,6 +120,7 @@ fn finish_stops_a_running_guest() {
         Box::new(Console::default()),
         Some(input_rx),
         Default::default(),
+        LogSetup::Off,
     )
     .expect("boot");
     vm.vcpu.resume();
