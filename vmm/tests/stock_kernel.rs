@@ -189,7 +189,7 @@ fn stock_kernel_boots_runs_commands_and_restores_from_a_snapshot() {
     // Restore in a new process and run a second command there.
     let restored = run_timed(
         &["run", "--restore", snap.to_str().unwrap()],
-        b"echo second-$((7*7)); cat /proc/uptime\nexit 3\n",
+        b"echo second-$((7*7))\nsleep 1\necho third; cat /proc/uptime\nexit 3\n",
         Duration::from_secs(600),
     );
     assert_eq!(
@@ -200,6 +200,7 @@ fn stock_kernel_boots_runs_commands_and_restores_from_a_snapshot() {
         restored.stderr
     );
     assert!(restored.stdout.contains("second-49"), "{}", restored.stdout);
+    assert!(restored.stdout.contains("third"), "{}", restored.stdout);
     assert!(
         !restored.stdout.contains("ftvm-init: ready"),
         "the restored VM booted again"
