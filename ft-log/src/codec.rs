@@ -20,7 +20,8 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const HEADER_LEN: usize = 12;
 pub const FRAME_HEADER_LEN: usize = 9;
 /// Largest payload accepted: a delta of 64k dirty pages.
-pub const MAX_PAYLOAD: usize = 64 * 4096 * 1024 + 4096;
+/// Largest payload accepted: a full checkpoint of a 4 GiB guest, plus framing.
+pub const MAX_PAYLOAD: usize = (4 << 30) + (4 << 20);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
@@ -28,7 +29,9 @@ pub enum CodecError {
     BadMagic,
     #[error("log format version {found}; this ftvm reads version {FORMAT_VERSION}")]
     Version { found: u32 },
-    #[error("frame {frame} at byte {offset}: length {len} exceeds the {MAX_PAYLOAD}-byte limit")]
+    #[error(
+        "frame {frame} at byte {offset}: length {len} exceeds the limit of {MAX_PAYLOAD} bytes"
+    )]
     TooLarge { frame: u64, offset: u64, len: usize },
     #[error("frame {frame} at byte {offset} ({kind}): checksum mismatch (stored {stored:08x}, computed {computed:08x})")]
     Checksum {
@@ -265,6 +268,7 @@ mod tests {
             Entry::Delta(Box::new(Delta {
                 ordinal: 2,
                 time_ns: 6_000_000,
+                full: false,
                 vcpu: vec![1, 2, 3],
                 devices: vec![4, 5],
                 pages: vec![Page {

@@ -45,6 +45,9 @@ pub struct Page {
 pub struct Delta {
     pub ordinal: u64,
     pub time_ns: u64,
+    /// A full checkpoint: `pages` lists every non-zero page and all others are zero (the
+    /// final entry of a log, from which any diverged replayer can converge).
+    pub full: bool,
     pub vcpu: Vec<u8>,
     pub devices: Vec<u8>,
     pub pages: Vec<Page>,

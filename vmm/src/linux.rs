@@ -10,11 +10,15 @@
 //! - features some hosts' emulators cannot run hidden (XSAVE, SMAP, SSE4, ...);
 //! - `lpj` preset so no delay loop is calibrated against host time;
 //! - `reboot=k` so a reboot (or a panic, with `panic=-1`) reaches the keyboard controller
-//!   and ends the VM cleanly; `io_delay=none` spares an exit per legacy port access.
+//!   and ends the VM cleanly; `io_delay=none` spares an exit per legacy port access;
+//! - no address randomisation that draws on RDTSC, which some hosts cannot record:
+//!   `norandmaps` (user-space layouts at exec) and `randomize_kstack_offset=off` (the
+//!   kernel stack offset of every system call).
 
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 8250.nr_uarts=1 reboot=k panic=-1 nokaslr \
 acpi=off pci=off nolapic noapic no_timer_check mitigations=off cryptomgr.notests lpj=5000 \
-io_delay=none no-kvmclock no-kvmapf no-steal-acc tsc=unstable noxsave \
+io_delay=none norandmaps randomize_kstack_offset=off no-kvmclock no-kvmapf no-steal-acc \
+tsc=unstable noxsave \
 clearcpuid=tsc,smap,smep,fsgsbase,pcid,invpcid,rdrand,rdseed,popcnt,rdtscp,serialize,clflushopt,rdpid,cx16,ssse3,sse4_1,sse4_2,pclmulqdq";
 
 /// The command line for a guest: ftvm's default followed by the user's additions, or

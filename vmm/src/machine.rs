@@ -328,8 +328,9 @@ impl Vm {
         // Host time flows on its own, so events get a bounded delay; under the `exits`
         // clock time only moves with exits and nothing is ever late.
         let event_bound_ns = match clock.mode() {
-            ClockMode::Host if !replaying => Some(crate::kicker::DEFAULT_EVENT_BOUND_NS),
-            _ => None,
+            _ if replaying => Some(crate::kicker::REPLAY_STALL_NS),
+            ClockMode::Host => Some(crate::kicker::DEFAULT_EVENT_BOUND_NS),
+            ClockMode::Exits { .. } => None,
         };
         let vcpu = VcpuHandle::spawn(VcpuParts {
             log,

@@ -67,7 +67,9 @@ impl Recorder {
         self.out.flush().map_err(RecordError::Write)
     }
 
-    /// A checkpoint delta: vCPU and devices now, and every page dirtied since the last.
+    /// A checkpoint delta: vCPU and devices now, and every page dirtied since the last
+    /// (or, `full`, every non-zero page).
+    #[allow(clippy::too_many_arguments)]
     pub fn take_delta(
         &mut self,
         fd: &VcpuFd,
@@ -76,6 +78,7 @@ impl Recorder {
         ordinal: u64,
         time_ns: u64,
         halted: bool,
+        full: bool,
     ) -> Result<Delta, RecordError> {
         let vcpu = encode_state(&VcpuState::save(fd, ordinal, halted)?)?;
         let devices = encode_state(&platform.state())?;
@@ -89,6 +92,21 @@ impl Recorder {
                     slot: slot as u32,
                     source,
                 })?;
+            if full {
+                let mut data = vec![0u8; PAGE];
+                let mut gpa = start;
+                while gpa < start + region.len() {
+                    mem.read_slice(&mut data, GuestAddress(gpa))?;
+                    if data.iter().any(|&b| b != 0) {
+                        pages.push(Page {
+                            gpa,
+                            data: data.clone(),
+                        });
+                    }
+                    gpa += PAGE as u64;
+                }
+                continue;
+            }
             for (w, word) in bitmap.iter().enumerate() {
                 let mut bits = *word;
                 while bits != 0 {
@@ -104,6 +122,7 @@ impl Recorder {
         Ok(Delta {
             ordinal,
             time_ns,
+            full,
             vcpu,
             devices,
             pages,

@@ -14,6 +14,13 @@ impl Vcpu {
         let Some((kicker, bound)) = &self.kicker else {
             return;
         };
+        if self.replaying() {
+            // A replayer delivers nothing late; it only guards against a guest that,
+            // diverged, never makes the exit the log has next.
+            self.stall_deadline = self.clock.live_ns().saturating_add(*bound);
+            kicker.arm(self.stall_deadline);
+            return;
+        }
         let timer = self
             .platform
             .next_deadline_ns()
@@ -36,6 +43,13 @@ impl Vcpu {
     /// again and again.
     pub(super) fn on_kick(&mut self) {
         if self.kicker.is_none() {
+            return;
+        }
+        if self.replaying() {
+            // Kicks also come from pause requests: only a passed deadline is a stall.
+            if self.clock.live_ns() >= self.stall_deadline {
+                self.replay_stalled();
+            }
             return;
         }
         let run = self.fd.get_kvm_run();

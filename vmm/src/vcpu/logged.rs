@@ -94,6 +94,62 @@ fn describe(e: &ExitRecord) -> String {
     )
 }
 
+/// Zero every page of guest RAM that a full checkpoint does not list (and is not zero).
+fn zero_pages_not_in(
+    mem: &vm_memory::GuestMemoryMmap,
+    pages: &[ft_log::Page],
+) -> Result<(), String> {
+    use vm_memory::{Address, Bytes, GuestMemoryBackend, GuestMemoryRegion};
+    let listed: std::collections::HashSet<u64> = pages.iter().map(|p| p.gpa).collect();
+    let zero = [0u8; 4096];
+    let mut cur = [0u8; 4096];
+    for region in mem.iter() {
+        let start = region.start_addr().raw_value();
+        let mut gpa = start;
+        while gpa < start + region.len() {
+            if !listed.contains(&gpa) {
+                let at = vm_memory::GuestAddress(gpa);
+                mem.read_slice(&mut cur, at)
+                    .map_err(|e| format!("page {gpa:#x}: {e}"))?;
+                if cur != zero {
+                    mem.write_slice(&zero, at)
+                        .map_err(|e| format!("page {gpa:#x}: {e}"))?;
+                }
+            }
+            gpa += 4096;
+        }
+    }
+    Ok(())
+}
+
+/// Pages where guest memory differs from a full checkpoint (listed pages that differ, and
+/// unlisted pages that are not zero).
+fn differing_pages(mem: &vm_memory::GuestMemoryMmap, d: &Delta) -> usize {
+    use vm_memory::{Address, Bytes, GuestMemoryBackend, GuestMemoryRegion};
+    let listed: std::collections::HashMap<u64, &Vec<u8>> =
+        d.pages.iter().map(|p| (p.gpa, &p.data)).collect();
+    let mut cur = vec![0u8; 4096];
+    let mut n = 0;
+    for region in mem.iter() {
+        let start = region.start_addr().raw_value();
+        let mut gpa = start;
+        while gpa < start + region.len() {
+            if mem
+                .read_slice(&mut cur, vm_memory::GuestAddress(gpa))
+                .is_ok()
+            {
+                let differs = match listed.get(&gpa) {
+                    Some(data) => cur != **data,
+                    None => cur.iter().any(|&b| b != 0),
+                };
+                n += usize::from(differs);
+            }
+            gpa += 4096;
+        }
+    }
+    n
+}
+
 impl Vcpu {
     pub(super) fn replaying(&self) -> bool {
         matches!(self.log, LogMode::Replay(_))
@@ -241,6 +297,7 @@ impl Vcpu {
             self.ordinal,
             t,
             self.halted,
+            false,
         ) {
             Ok(d) => {
                 if let Err(e) = rec.log(&Entry::Delta(Box::new(d))) {
@@ -261,6 +318,9 @@ impl Vcpu {
         let (devices, _): (crate::platform::PlatformState, usize) =
             bincode::serde::decode_from_slice(&d.devices, cfg)
                 .map_err(|e| format!("delta devices: {e}"))?;
+        if d.full {
+            zero_pages_not_in(&self.memory, &d.pages)?;
+        }
         for page in &d.pages {
             use vm_memory::Bytes;
             self.memory
@@ -311,6 +371,25 @@ impl Vcpu {
             }
             Ok(None) => Some(Some(log_failed("the log ends without a shutdown record"))),
             Ok(Some(_)) => None,
+        }
+    }
+
+    /// Replay: the guest ran for the stall bound without the exit the log has next.
+    pub(super) fn replay_stalled(&mut self) {
+        let bound = self.kicker.as_ref().map_or(0, |(_, b)| *b);
+        let ordinal = self.ordinal;
+        if let LogMode::Replay(r) = &mut self.log {
+            let next = match r.peek(0) {
+                Ok(Some(e)) => Entry::kind_name(e.kind()).to_string(),
+                Ok(None) => "end of log".into(),
+                Err(e) => e.to_string(),
+            };
+            r.diverged(
+                ordinal,
+                "the replayed guest stopped making exits",
+                format!("next: {next}"),
+                format!("no exit for {:.1} s", bound as f64 / 1e9),
+            );
         }
     }
 
@@ -390,7 +469,7 @@ impl Vcpu {
     /// At the end of a run: the recorder logs a final delta and the digest; the replayer
     /// compares digests (recovering through the final delta if it had diverged).
     pub(super) fn finish_log(&mut self, stop: &StopReason) -> Option<LogReport> {
-        let guest_ns = self.clock.live_ns();
+        let guest_ns = self.clock.live_ns().saturating_sub(self.start_ns);
         match std::mem::replace(&mut self.log, LogMode::Off) {
             LogMode::Off => None,
             LogMode::Record(mut rec) => {
@@ -405,6 +484,7 @@ impl Vcpu {
                         self.ordinal,
                         t,
                         self.halted,
+                        true,
                     ),
                     &ours,
                 ) {
@@ -442,6 +522,45 @@ impl Vcpu {
                 // What is left: the final delta (if not consumed) and the shutdown record.
                 loop {
                     match r.pop() {
+                        Ok(Some(Entry::Delta(d))) if !r.recovering => {
+                            // In step so far: compare our state with the recorder's final
+                            // one before the final delta is loaded.
+                            let recorded_now = match r.peek(0) {
+                                Ok(Some(Entry::Shutdown { digest, .. })) => Some(*digest),
+                                _ => None,
+                            };
+                            let mine = digest(&self.fd, &self.memory, &self.platform).ok();
+                            if mine.is_some() && recorded_now.is_some() && mine != recorded_now {
+                                // State that never showed at an exit diverged (on hosts that
+                                // cannot trap RDTSC: the kernel's entropy pool). Report it,
+                                // then recover through the final delta like any divergence.
+                                let differing = differing_pages(&self.memory, &d);
+                                let total = d.pages.len();
+                                r.diverged(
+                                    self.ordinal,
+                                    "final state differs without having shown at an exit",
+                                    format!("{}", recorded_now.unwrap_or(mine.unwrap_or(Digest { memory_crc32: 0, vcpu_crc32: 0, devices_crc32: 0 }))),
+                                    format!(
+                                        "{} ({differing} pages differ from the recorder's final {total} non-zero pages)",
+                                        mine.map(|m| m.to_string()).unwrap_or_default()
+                                    ),
+                                );
+                                self.log = LogMode::Replay(r);
+                                let applied = self.apply_delta(*d);
+                                let LogMode::Replay(back) =
+                                    std::mem::replace(&mut self.log, LogMode::Off)
+                                else {
+                                    unreachable!("just put it back");
+                                };
+                                r = back;
+                                r.recovering = false;
+                                if let Err(e) = applied {
+                                    problem = Some(e);
+                                }
+                            } else {
+                                ours = mine;
+                            }
+                        }
                         Ok(Some(Entry::Delta(d))) => {
                             if r.recovering {
                                 self.log = LogMode::Replay(r);
@@ -456,8 +575,6 @@ impl Vcpu {
                                     problem = Some(e);
                                 }
                                 r.recovering = false;
-                            } else if ours.is_none() {
-                                ours = digest(&self.fd, &self.memory, &self.platform).ok();
                             }
                         }
                         Ok(Some(Entry::Shutdown {

@@ -95,6 +95,10 @@ pub struct VcpuReport {
 /// Everything the vCPU thread owns.
 pub struct Vcpu {
     log: LogMode,
+    /// Replay: live time by which the current run must have made an exit.
+    stall_deadline: u64,
+    /// Guest time when this VMM started running the guest (a restored VM starts late).
+    start_ns: u64,
     /// A log write failed inside a step that cannot return it; stops the VM.
     log_failure: Option<StopReason>,
     /// Last guest time a recording logged (no duplicate time samples).
@@ -197,6 +201,8 @@ impl VcpuHandle {
             None => None,
         };
         let vcpu = Vcpu {
+            stall_deadline: u64::MAX,
+            start_ns: parts.clock.live_ns(),
             log: parts.log,
             log_failure: None,
             last_logged_time: u64::MAX,
