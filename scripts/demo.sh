@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job: install what ftvm needs, build it, and boot guests on the deterministic
-# machine with their serial consoles on this terminal.
+# The main job: install what ftvm needs, build it and the guest images, show the
+# deterministic machine on tiny guests, record and replay one, and end with Debian's stock
+# cloud kernel booted to its busybox userland, its console on this terminal.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -10,12 +11,22 @@ require_kvm
 log "building ftvm (release)"
 cargo build --release --locked -p ftvm -p ftvm-test-guests
 ftvm=target/release/ftvm
-guest() { ls target/release/build/ftvm-test-guests-*/out/"$1".elf | head -n1; }
+guest() { ls -t target/release/build/ftvm-test-guests-*/out/"$1".elf | head -n1; }
 
 log "booting the timer guest: PIT interrupts through the PIC, HLT between them"
-"$ftvm" run --kernel "$(guest timer)" --mem 16
+"$ftvm" run --kernel "$(guest timer)" --mem 16 </dev/null
 log "booting the serial guest, typing 'hello from the host.' into its console"
 printf 'hello from the host.' | "$ftvm" run --kernel "$(guest serial)" --mem 16
-log "booting the user-mode guest: a CPL3 busy loop with the timer running"
-"$ftvm" run --kernel "$(guest usermode)" --mem 16
-log "done"
+log "recording the user-mode guest (a CPL3 busy loop with the timer on), then replaying it"
+log_file=$(mktemp /tmp/ftvm-demo-XXXXXX.log)
+"$ftvm" record --log "$log_file" --kernel "$(guest usermode)" --mem 16 </dev/null
+"$ftvm" replay --log "$log_file" --kernel "$(guest usermode)" --mem 16
+rm -f "$log_file"
+
+log "fetching and building the stock guest image (Debian cloud kernel + busybox)"
+guest-images/stock/build.sh
+log "booting the stock kernel on the user-space PIC/PIT platform"
+log "(on hosts whose KVM emulates kernel mode this takes several minutes)"
+log "at the '# ' prompt type commands; 'exit 0' powers the guest off"
+exec "$ftvm" run --kernel build/stock/vmlinux --initrd build/stock/initramfs.cpio --mem 256 \
+    --cmdline '-- echo hello from the stock kernel; uname -a; cat /proc/interrupts'
