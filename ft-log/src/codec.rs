@@ -20,8 +20,9 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const HEADER_LEN: usize = 12;
 pub const FRAME_HEADER_LEN: usize = 9;
 /// Largest payload accepted: a delta of 64k dirty pages.
-/// Largest payload accepted: a full checkpoint of a 4 GiB guest, plus framing.
-pub const MAX_PAYLOAD: usize = (4 << 30) + (4 << 20);
+/// Largest payload accepted: a full checkpoint of up to 1 GiB of non-zero guest memory,
+/// plus its framing. Anything longer is damage (or an attack), refused before allocating.
+pub const MAX_PAYLOAD: usize = (1 << 30) + (4 << 20);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
