@@ -288,6 +288,43 @@ pub struct PicState {
     pub slave: ChipState,
 }
 
+impl PicState {
+    /// Undo the acknowledge (INTA) of `vector` in a saved state: the request goes back from
+    /// in-service to requested, as if the CPU had never taken it. A VMM saving a vCPU that
+    /// was handed an interrupt it has not taken yet gives it back this way, so a restored
+    /// machine delivers it again instead of depending on the host to keep the injection.
+    /// Returns false if `vector` is not one of this PIC's.
+    pub fn give_back(&mut self, vector: u8) -> bool {
+        let in_range = |chip: &ChipState| {
+            let base = chip.vector_base & 0xf8;
+            (base..base.wrapping_add(8)).contains(&vector) && base.checked_add(8).is_some()
+        };
+        let undo = |chip: &mut ChipState, line: u8| {
+            let bit = 1u8 << line;
+            // A spurious vector (line 7 never in service) took nothing: nothing to undo.
+            if !chip.auto_eoi && chip.isr & bit == 0 {
+                return;
+            }
+            chip.irr |= bit;
+            if !chip.auto_eoi {
+                chip.isr &= !bit;
+            }
+        };
+        if in_range(&self.slave) {
+            let line = vector - (self.slave.vector_base & 0xf8);
+            undo(&mut self.slave, line);
+            undo(&mut self.master, 2);
+            true
+        } else if in_range(&self.master) {
+            let line = vector - (self.master.vector_base & 0xf8);
+            undo(&mut self.master, line);
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// The PIC pair.
 #[derive(Debug)]
 pub struct Pic {
@@ -356,6 +393,18 @@ impl Pic {
     fn update_cascade(&mut self) {
         let out = self.slave.pending(false).is_some();
         self.master.set_level(CASCADE_LINE, out);
+    }
+
+    /// ISA lines (0-15) with an unmasked request latched (IRR), whatever is in service.
+    /// The slave's lines count only while the master's cascade line is unmasked.
+    pub fn requested_lines(&self) -> u16 {
+        let master = self.master.irr & !self.master.imr;
+        let slave = if self.master.imr & (1 << CASCADE_LINE) == 0 {
+            self.slave.irr & !self.slave.imr
+        } else {
+            0
+        };
+        u16::from(master) | u16::from(slave) << 8
     }
 
     /// Whether an unmasked request would interrupt the CPU now (the master's INT output).
@@ -804,6 +853,45 @@ mod tests {
             let err = Pic::from_state(bad).unwrap_err();
             assert!(err.reason.contains(field), "{err}");
         }
+    }
+
+    #[test]
+    fn giving_back_an_acknowledged_vector_delivers_it_again() {
+        let mut pic = Pic::new();
+        init(&mut pic, false);
+        pic.raise_irq(4);
+        assert_eq!(pic.acknowledge(), Some(0x24));
+        let mut state = pic.state();
+        assert!(state.give_back(0x24));
+        let mut restored = Pic::from_state(state).unwrap();
+        assert_eq!(restored.acknowledge(), Some(0x24));
+        // A slave vector also releases the cascade line.
+        pic.raise_irq(10);
+        out(&mut pic, 0x20, 0x64); // EOI for IRQ4 first
+        assert_eq!(pic.acknowledge(), Some(0x2a));
+        let mut state = pic.state();
+        assert!(state.give_back(0x2a));
+        assert_eq!(state.master.isr & 0x04, 0);
+        let mut restored = Pic::from_state(state).unwrap();
+        assert_eq!(restored.acknowledge(), Some(0x2a));
+        assert!(!pic.state().give_back(0x80));
+    }
+
+    #[test]
+    fn requested_lines_show_latched_unmasked_requests() {
+        let mut pic = Pic::new();
+        init(&mut pic, false);
+        pic.raise_irq(0);
+        pic.raise_irq(4);
+        assert_eq!(pic.requested_lines(), 0b1_0001);
+        assert_eq!(pic.acknowledge(), Some(0x20));
+        // IRQ4 stays requested while IRQ0 is in service, though it cannot interrupt yet.
+        assert_eq!(pic.requested_lines(), 0b1_0000);
+        assert!(!pic.has_pending_interrupt());
+        pic.raise_irq(10);
+        assert_eq!(pic.requested_lines(), 0b100_0001_0100); // and the cascade line
+        out(&mut pic, 0x21, 0x10); // mask IRQ4
+        assert_eq!(pic.requested_lines(), 0b100_0000_0100);
     }
 
     #[test]

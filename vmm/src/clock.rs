@@ -113,6 +113,16 @@ impl VmClock {
         self.base_ns.fetch_max(ns, Ordering::SeqCst);
     }
 
+    /// A replaying backup goes live: time flows again from where the log left it (the
+    /// replay's own wall time, and the failover, do not show in the guest).
+    pub fn go_live(&self) {
+        let at = self.now_ns();
+        let mut since = crate::bus::lock(&self.running_since);
+        self.base_ns.store(at, Ordering::SeqCst);
+        self.frozen_ns.store(NOT_FROZEN, Ordering::SeqCst);
+        *since = Some(Instant::now());
+    }
+
     /// The vCPU halts until `deadline_ns`. Returns how long the host should wait for it;
     /// in exits mode time jumps there at once and the host does not wait.
     pub fn halt_until(&self, deadline_ns: u64) -> std::time::Duration {
@@ -190,6 +200,21 @@ mod tests {
         assert_eq!(c.live_ns(), 20);
         assert_eq!(c.freeze_now(), 20);
         assert_eq!(c.now_ns(), 20);
+    }
+
+    #[test]
+    fn going_live_continues_from_the_replayed_time() {
+        let c = VmClock::new(ClockMode::Host, 0);
+        c.resume();
+        c.freeze(5_000);
+        c.advance_to(5_000);
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        c.go_live();
+        let t = c.now_ns();
+        // Not the 3 ms the replay took on the host.
+        assert!((5_000..5_000 + 2_000_000).contains(&t), "{t}");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(c.now_ns() >= t + 2_000_000);
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod bus;
 pub mod clock;
 pub mod compat;
 pub mod console;
+pub mod ft;
 pub mod cpu;
 pub mod kicker;
 pub mod kvm_ext;

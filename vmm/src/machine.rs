@@ -1,6 +1,7 @@
 //! Building a VM: KVM, guest memory, kernel, platform devices and the vCPU thread.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use kvm_bindings::kvm_userspace_memory_region;
@@ -77,6 +78,32 @@ pub enum LogSetup {
     Off,
     Record(Box<dyn std::io::Write + Send>),
     Replay(Box<dyn std::io::Read + Send>),
+    /// A backup following its primary's live log, publishing what it has verified.
+    LiveReplay(
+        Box<dyn std::io::Read + Send>,
+        Arc<crate::replay::LiveCounters>,
+    ),
+}
+
+/// What the fault-tolerant roles add to a VM (all off for `run`, `record`, `replay`).
+#[derive(Default)]
+pub struct FtHooks {
+    /// Track dirty pages from the start (state transfer, later checkpoint deltas).
+    pub dirty_log: bool,
+    /// Serial input for a backup once it goes live.
+    pub live_input: Option<crossbeam_channel::Receiver<Vec<u8>>>,
+    /// Set to ask the recording vCPU for a checkpoint delta at its next exit.
+    pub delta_request: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Where the vCPU publishes its exit ordinal (for the output rule).
+    pub exit_ordinal: Option<Arc<AtomicU64>>,
+}
+
+/// What a restored VM is connected to.
+pub struct Resources<'a> {
+    pub console: ConsoleOut,
+    pub input_rx: Option<crossbeam_channel::Receiver<Vec<u8>>>,
+    pub trace_exits: Option<&'a Path>,
+    pub pause_request: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A running (or paused) VM.
@@ -89,8 +116,10 @@ pub struct Vm {
     pub mem_mib: u64,
     /// Whether this host needed the SYSCALL-from-user repair.
     pub syscall_probe: SyscallProbe,
-    // Kept alive for as long as the vCPU runs.
-    _vm_fd: Arc<VmFd>,
+    /// The vCPU's last exit ordinal (see FtHooks::exit_ordinal).
+    pub exit_ordinal: Arc<AtomicU64>,
+    /// The VM (dirty page log for state transfer); kept alive while the vCPU runs.
+    pub vm_fd: Arc<VmFd>,
     _kvm: Kvm,
 }
 
@@ -129,6 +158,9 @@ fn open_log(log: LogSetup, vm_fd: &Arc<VmFd>) -> Result<LogMode, VmError> {
             Recorder::new(out, vm_fd.clone()).map_err(VmError::Record)?,
         )),
         LogSetup::Replay(source) => LogMode::Replay(Box::new(Replayer::new(source))),
+        LogSetup::LiveReplay(source, verified) => {
+            LogMode::Replay(Box::new(Replayer::live(source, verified)))
+        }
     })
 }
 
@@ -193,6 +225,25 @@ impl Vm {
         pause_request: Arc<std::sync::atomic::AtomicBool>,
         log: LogSetup,
     ) -> Result<Self, VmError> {
+        Self::boot_with(
+            config,
+            console,
+            input_rx,
+            pause_request,
+            log,
+            FtHooks::default(),
+        )
+    }
+
+    /// `boot`, with the hooks of a fault-tolerant role.
+    pub fn boot_with(
+        config: &VmConfig,
+        console: ConsoleOut,
+        input_rx: Option<crossbeam_channel::Receiver<Vec<u8>>>,
+        pause_request: Arc<std::sync::atomic::AtomicBool>,
+        log: LogSetup,
+        hooks: FtHooks,
+    ) -> Result<Self, VmError> {
         // Everything the user named is checked before KVM is touched.
         memory::check_size(config.mem_mib)?;
         let kernel_file = boot::open_kernel(&config.kernel)?;
@@ -220,7 +271,8 @@ impl Vm {
         boot::write_zero_page(&mem, header, initrd, config.cmdline.len())?;
         cpu::write_boot_tables(&mem)?;
 
-        let (vm_fd, vcpu_fd) = create_vm(&kvm_sys, &mem, matches!(log, LogSetup::Record(_)))?;
+        let dirty_log = hooks.dirty_log || matches!(log, LogSetup::Record(_));
+        let (vm_fd, vcpu_fd) = create_vm(&kvm_sys, &mem, dirty_log)?;
         cpu::setup_boot_registers(&vcpu_fd, info.entry)?;
         let vm_fd = Arc::new(vm_fd);
         let mut log = open_log(log, &vm_fd)?;
@@ -256,6 +308,7 @@ impl Vm {
             (0, false),
             pause_request,
             log,
+            hooks,
         )
     }
 
@@ -268,38 +321,87 @@ impl Vm {
         pause_request: Arc<std::sync::atomic::AtomicBool>,
         log: LogSetup,
     ) -> Result<Self, VmError> {
-        let trace = open_trace(trace_exits)?;
-        let kvm_sys = Kvm::new().map_err(VmError::OpenKvm)?;
+        Self::restore_with(
+            dir,
+            console,
+            input_rx,
+            trace_exits,
+            pause_request,
+            log,
+            FtHooks::default(),
+        )
+    }
+
+    /// `restore`, with the hooks of a fault-tolerant role.
+    #[allow(clippy::too_many_arguments)]
+    pub fn restore_with(
+        dir: &Path,
+        console: ConsoleOut,
+        input_rx: Option<crossbeam_channel::Receiver<Vec<u8>>>,
+        trace_exits: Option<&Path>,
+        pause_request: Arc<std::sync::atomic::AtomicBool>,
+        log: LogSetup,
+        hooks: FtHooks,
+    ) -> Result<Self, VmError> {
         let loaded = snapshot::load(dir)?;
-        let state = loaded.state;
-        let (vm_fd, vcpu_fd) =
-            create_vm(&kvm_sys, &loaded.memory, matches!(log, LogSetup::Record(_)))?;
+        tracing::info!(snapshot = %dir.display(), "snapshot loaded");
+        Self::from_state(
+            loaded.memory,
+            loaded.state,
+            loaded.manifest.mem_mib,
+            loaded.manifest.clock,
+            Resources {
+                console,
+                input_rx,
+                trace_exits,
+                pause_request,
+            },
+            log,
+            hooks,
+        )
+    }
+
+    /// Continue a VM from its memory and (validated) state: a snapshot read back, or the
+    /// state a primary transferred to its backup.
+    pub fn from_state(
+        memory: GuestMemoryMmap,
+        state: crate::state::VmState,
+        mem_mib: u64,
+        clock_mode: ClockMode,
+        res: Resources<'_>,
+        log: LogSetup,
+        hooks: FtHooks,
+    ) -> Result<Self, VmError> {
+        let trace = open_trace(res.trace_exits)?;
+        let kvm_sys = Kvm::new().map_err(VmError::OpenKvm)?;
+        let dirty_log = hooks.dirty_log || matches!(log, LogSetup::Record(_));
+        let (vm_fd, vcpu_fd) = create_vm(&kvm_sys, &memory, dirty_log)?;
         state.vcpu.restore(&vcpu_fd)?;
         let vm_fd = Arc::new(vm_fd);
         let mut log = open_log(log, &vm_fd)?;
-        // The CMOS base is in the snapshot; logged anyway so every log starts alike.
+        // The CMOS base is in the state; logged anyway so every log starts alike.
         log_start(&mut log, state.platform.cmos.base_unix_secs)?;
-        let clock = Arc::new(VmClock::new(loaded.manifest.clock, state.clock_ns));
-        let platform = Platform::restore(state.platform, clock.clone(), console)?;
+        let clock = Arc::new(VmClock::new(clock_mode, state.clock_ns));
+        let platform = Platform::restore(state.platform, clock.clone(), res.console)?;
         tracing::info!(
-            snapshot = %dir.display(),
             ordinal = state.vcpu.ordinal,
-            mem_mib = loaded.manifest.mem_mib,
+            mem_mib,
             "VM restored"
         );
         Self::start(
             kvm_sys,
             vm_fd,
             vcpu_fd,
-            loaded.memory,
-            loaded.manifest.mem_mib,
+            memory,
+            mem_mib,
             clock,
             platform,
-            input_rx,
+            res.input_rx,
             trace,
             (state.vcpu.ordinal, state.vcpu.halted),
-            pause_request,
+            res.pause_request,
             log,
+            hooks,
         )
     }
 
@@ -317,6 +419,7 @@ impl Vm {
         (ordinal, halted): (u64, bool),
         pause_request: Arc<std::sync::atomic::AtomicBool>,
         log: LogMode,
+        hooks: FtHooks,
     ) -> Result<Self, VmError> {
         let replaying = matches!(log, LogMode::Replay(_));
         // A replayer takes input and time only from its log.
@@ -332,7 +435,17 @@ impl Vm {
             ClockMode::Host => Some(crate::kicker::DEFAULT_EVENT_BOUND_NS),
             ClockMode::Exits { .. } => None,
         };
+        // Host time can outrun a slow guest; exits time cannot.
+        let tick_gap_ns = match clock.mode() {
+            ClockMode::Host => Some(crate::kicker::BUSY_TICK_GAP_NS),
+            ClockMode::Exits { .. } => None,
+        };
+        let exit_ordinal = hooks.exit_ordinal.unwrap_or_default();
         let vcpu = VcpuHandle::spawn(VcpuParts {
+            live_input: hooks.live_input,
+            delta_request: hooks.delta_request,
+            exit_ordinal: exit_ordinal.clone(),
+            tick_gap_ns,
             log,
             event_bound_ns,
             pause_request: pause_request.clone(),
@@ -354,7 +467,8 @@ impl Vm {
             mem_mib,
             clock,
             syscall_probe,
-            _vm_fd: vm_fd,
+            exit_ordinal,
+            vm_fd,
             _kvm: kvm_sys,
         })
     }

@@ -32,6 +32,72 @@ enum Command {
     /// Run a second VM from the same start (same kernel flags or --restore) fed only by a
     /// log: checks every exit against it and compares the final state.
     Replay(LogArgs),
+    /// Run a guest as the primary of a fault-tolerant pair: it runs at once, and is
+    /// protected as soon as a backup joins (`ftvm backup --primary` this --listen address).
+    Primary(PrimaryArgs),
+    /// Join a primary as its backup: receive its state, replay its log, and take over
+    /// (go live) when it fails.
+    Backup(BackupArgs),
+    /// Show the role, epoch, log lag, held output and failovers of a pair's VMMs.
+    Status(NamedVm),
+    /// Print the guest's console stream (every byte once, whichever VMM wrote it).
+    Console(ConsoleArgs),
+}
+
+#[derive(clap::Args)]
+struct NamedVm {
+    /// Directory both VMMs of the pair can reach (NFS or local): test-and-set, console
+    /// stream, status files.
+    #[arg(long, value_name = "DIR")]
+    shared_dir: PathBuf,
+    /// Name of the VM (its files in the shared directory start with it).
+    #[arg(long, default_value = "vm")]
+    name: String,
+}
+
+#[derive(clap::Args)]
+struct ConsoleArgs {
+    #[command(flatten)]
+    vm: NamedVm,
+    /// Keep printing as the stream grows (until interrupted).
+    #[arg(long)]
+    follow: bool,
+}
+
+#[derive(clap::Args)]
+struct PairArgs {
+    #[command(flatten)]
+    vm: NamedVm,
+    /// Milliseconds of silence after which the peer counts as failed.
+    #[arg(long, default_value_t = 1000, value_name = "MS", value_parser = clap::value_parser!(u64).range(20..=600_000))]
+    peer_timeout: u64,
+    /// Size of the log buffer on each side of the channel, in KiB (the primary's guest
+    /// stalls when it is full).
+    #[arg(long, default_value_t = 16384, value_name = "KIB", value_parser = clap::value_parser!(u64).range(64..=4_194_304))]
+    buffer: u64,
+}
+
+#[derive(clap::Args)]
+struct PrimaryArgs {
+    #[command(flatten)]
+    pair: PairArgs,
+    /// Address to accept a backup on (HOST:PORT).
+    #[arg(long, value_name = "ADDR")]
+    listen: String,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(clap::Args)]
+struct BackupArgs {
+    #[command(flatten)]
+    pair: PairArgs,
+    /// The primary's --listen address.
+    #[arg(long, value_name = "ADDR")]
+    primary: String,
+    /// Address to accept a new backup on once this one has gone live (re-protection).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -134,10 +200,7 @@ fn spawn_stdin_reader() -> crossbeam_channel::Receiver<Vec<u8>> {
 }
 
 fn run(args: RunArgs, role: Role) -> anyhow::Result<i32> {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        vmm_sys_util::signal::register_signal_handler(sig, on_stop_signal)
-            .context("cannot install signal handlers")?;
-    }
+    install_stop_signals()?;
     let (snap_tx, snap_rx) = crossbeam_channel::bounded(1);
     let pause_request = std::sync::Arc::new(AtomicBool::new(false));
     let console: ftvm::platform::ConsoleOut = match &args.snapshot_on {
@@ -165,7 +228,7 @@ fn run(args: RunArgs, role: Role) -> anyhow::Result<i32> {
         Role::Replay(_) => None,
         _ => Some(spawn_stdin_reader()),
     };
-    let vm = match (&args.restore, args.kernel) {
+    let mut vm = match (&args.restore, args.kernel) {
         (Some(dir), _) => Vm::restore(
             dir,
             console,
@@ -218,6 +281,15 @@ fn run(args: RunArgs, role: Role) -> anyhow::Result<i32> {
     }
     let syscall_probe = vm.syscall_probe;
     let report = vm.vcpu.finish();
+    Ok(summarise(&report, started, syscall_probe))
+}
+
+/// Print what a run did; returns its exit status.
+fn summarise(
+    report: &ftvm::vcpu::VcpuReport,
+    started: Instant,
+    syscall_probe: ftvm::compat::syscall::SyscallProbe,
+) -> i32 {
     let m = &report.metrics;
     eprintln!(
         "ftvm: {} after {} exits in {:.3} s (pio in/out {}/{}, mmio r/w {}/{}, hlt {}, interrupts {} ({} after a kick), host exits {}; host repairs: {}; SYSCALL from user {:?})",
@@ -236,8 +308,113 @@ fn run(args: RunArgs, role: Role) -> anyhow::Result<i32> {
         syscall_probe
     );
     match &report.log {
-        Some(log) => Ok(report_log(log, report.stop.exit_code())),
-        None => Ok(report.stop.exit_code()),
+        Some(log) => report_log(log, report.stop.exit_code()),
+        None => report.stop.exit_code(),
+    }
+}
+
+fn install_stop_signals() -> anyhow::Result<()> {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        vmm_sys_util::signal::register_signal_handler(sig, on_stop_signal)
+            .context("cannot install signal handlers")?;
+    }
+    Ok(())
+}
+
+fn ft_options(pair: PairArgs, listen: Option<String>) -> anyhow::Result<ftvm::ft::FtOptions> {
+    Ok(ftvm::ft::FtOptions {
+        shared: ftvm::ft::shared::SharedDir::new(&pair.vm.shared_dir, &pair.vm.name)?,
+        listen,
+        peer_timeout: Duration::from_millis(pair.peer_timeout),
+        buffer_bytes: (pair.buffer as usize) << 10,
+    })
+}
+
+/// Exit status of a pair member: the guest's, or 5 when it halted after losing its peer
+/// and the test-and-set.
+fn pair_outcome(outcome: ftvm::ft::Outcome, started: Instant) -> i32 {
+    let probe = ftvm::compat::syscall::SyscallProbe::Works;
+    match outcome {
+        ftvm::ft::Outcome::Stopped(report) => summarise(&report, started, probe),
+        ftvm::ft::Outcome::Halted(why, report) => {
+            eprintln!("ftvm: halted: {why}");
+            summarise(&report, started, probe);
+            5
+        }
+    }
+}
+
+fn primary(args: PrimaryArgs) -> anyhow::Result<i32> {
+    install_stop_signals()?;
+    let run = args.run;
+    if run.snapshot_on.is_some() || run.trace_exits.is_some() {
+        anyhow::bail!("--snapshot-on and --trace-exits are for 'run', not for a primary");
+    }
+    let opts = ft_options(args.pair, Some(args.listen))?;
+    let started = Instant::now();
+    let config = run.kernel.map(|kernel| VmConfig {
+        kernel,
+        initrd: run.initrd,
+        cmdline: ftvm::linux::build_cmdline(&run.cmdline, !run.no_default_cmdline),
+        mem_mib: run.mem,
+        clock: run.clock,
+        trace_exits: None,
+    });
+    let outcome = ftvm::ft::run_primary(
+        config.as_ref(),
+        run.restore.as_deref(),
+        opts,
+        spawn_stdin_reader(),
+        &STOP_REQUESTED,
+    )?;
+    Ok(pair_outcome(outcome, started))
+}
+
+fn backup(args: BackupArgs) -> anyhow::Result<i32> {
+    install_stop_signals()?;
+    let opts = ft_options(args.pair, args.listen)?;
+    let started = Instant::now();
+    let outcome = ftvm::ft::run_backup(&args.primary, opts, spawn_stdin_reader(), &STOP_REQUESTED)?;
+    Ok(pair_outcome(outcome, started))
+}
+
+fn status(vm: NamedVm) -> anyhow::Result<i32> {
+    let shared = ftvm::ft::shared::SharedDir::new(&vm.shared_dir, &vm.name)?;
+    match shared.current_owner()? {
+        Some((epoch, holder)) => println!("{}: epoch {epoch} owned by {holder}", vm.name),
+        None => anyhow::bail!("no VM '{}' in {}", vm.name, vm.shared_dir.display()),
+    }
+    let now = ftvm::ft::status::now_unix_ms();
+    for path in shared.status_files()? {
+        match ftvm::ft::status::StatusReport::read(&path) {
+            Ok(r) => println!("{}", r.render(now)),
+            Err(e) => println!("unreadable status {e}"),
+        }
+    }
+    Ok(0)
+}
+
+fn console(args: ConsoleArgs) -> anyhow::Result<i32> {
+    install_stop_signals()?;
+    let shared = ftvm::ft::shared::SharedDir::new(&args.vm.shared_dir, &args.vm.name)?;
+    let path = shared.console_path();
+    let mut file = std::fs::File::open(&path)
+        .with_context(|| format!("cannot open the console stream {}", path.display()))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut out = std::io::stdout().lock();
+    loop {
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n > 0 {
+            out.write_all(&buf[..n])?;
+            out.flush()?;
+            continue;
+        }
+        if !args.follow || STOP_REQUESTED.load(Ordering::SeqCst) {
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -322,6 +499,10 @@ fn main() {
         Command::Run(args) => run(args, Role::Run),
         Command::Record(a) => run(a.run, Role::Record(a.log)),
         Command::Replay(a) => run(a.run, Role::Replay(a.log)),
+        Command::Primary(a) => primary(a),
+        Command::Backup(a) => backup(a),
+        Command::Status(a) => status(a),
+        Command::Console(a) => console(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

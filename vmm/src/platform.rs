@@ -235,18 +235,30 @@ impl Platform {
         Ok(())
     }
 
-    /// Raise timer edges that are due and move device IRQ edges into the PIC.
-    pub fn update_interrupts(&self) {
+    /// Raise timer edges that are due (unless `timer` is false: the timer is held back)
+    /// and move device IRQ edges into the PIC. Returns whether a timer edge was raised.
+    ///
+    /// A due timer edge also waits while another line is requested: the PIC's fixed
+    /// priority gives IRQ0 every tie, and a guest whose tick handler takes about a tick
+    /// period (an emulated kernel) would otherwise see nothing but timer interrupts, its
+    /// UART's transmit interrupt never (measured: a restored stock kernel's console went
+    /// silent for good after a `sleep`). The PIT keeps the edge; it is raised once the
+    /// other request has been taken. Everything this looks at is guest state, so a replay
+    /// decides alike.
+    pub fn update_interrupts(&self, timer: bool) -> bool {
         let mut pic = lock(&self.pic);
-        if lock(&self.pit).poll_irq0() {
-            pic.raise_irq(0);
-        }
         let raised = self.irq_lines.take();
         for irq in 0..16u8 {
             if raised & (1 << irq) != 0 {
                 pic.raise_irq(irq);
             }
         }
+        let others_waiting = pic.requested_lines() & !1 != 0;
+        let ticked = timer && !others_waiting && lock(&self.pit).poll_irq0();
+        if ticked {
+            pic.raise_irq(0);
+        }
+        ticked
     }
 
     pub fn interrupt_pending(&self) -> bool {

@@ -42,6 +42,8 @@ pub struct Recorder {
     out: Box<dyn Write + Send>,
     vm: Arc<VmFd>,
     pub stats: LogStats,
+    /// Shared with a primary's controller (status).
+    counters: Option<Arc<crate::replay::LiveCounters>>,
 }
 
 impl Recorder {
@@ -53,13 +55,27 @@ impl Recorder {
             bytes: header.len() as u64,
             ..Default::default()
         };
-        Ok(Self { out, vm, stats })
+        Ok(Self {
+            out,
+            vm,
+            stats,
+            counters: None,
+        })
+    }
+
+    /// Count deltas where a controller can see them.
+    pub fn with_counters(mut self, counters: Arc<crate::replay::LiveCounters>) -> Self {
+        self.counters = Some(counters);
+        self
     }
 
     pub fn log(&mut self, entry: &Entry) -> Result<(), RecordError> {
         let frame = ft_log::encode_entry(entry);
         self.out.write_all(&frame).map_err(RecordError::Write)?;
         self.stats.count(entry, frame.len());
+        if let (Entry::Delta(_), Some(c)) = (entry, &self.counters) {
+            c.deltas.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(())
     }
 

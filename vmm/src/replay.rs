@@ -3,6 +3,8 @@
 
 use std::collections::VecDeque;
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use ft_log::{CodecError, Decoder, Entry, LogStats};
 
@@ -12,6 +14,20 @@ pub enum ReplayError {
     Read(#[source] std::io::Error),
     #[error("corrupt log: {0}")]
     Codec(#[from] CodecError),
+}
+
+/// What a live recording or replay shares with its controller while it runs (for the
+/// output rule, status and resynchronisation).
+#[derive(Debug, Default)]
+pub struct LiveCounters {
+    /// Replay: exit ordinal through which everything has been executed and checked (what
+    /// a backup acknowledges). Record: unused.
+    pub verified: AtomicU64,
+    /// Checkpoint deltas logged (record) or applied (replay).
+    pub deltas: AtomicU64,
+    pub divergences: AtomicU64,
+    /// Replay: diverged and waiting for a delta (a backup asks its primary for one).
+    pub recovering: AtomicBool,
 }
 
 /// Counters of a replay.
@@ -34,6 +50,11 @@ pub struct Replayer {
     pub stats: ReplayStats,
     /// A divergence was found: skip to the next delta.
     pub recovering: bool,
+    /// A live log from a primary (not a file): its end is where the backup goes live, and
+    /// a frame cut short by the primary's death is dropped, not an error.
+    live: bool,
+    /// Shared with the backup's controller.
+    counters: Arc<LiveCounters>,
 }
 
 impl Replayer {
@@ -46,7 +67,44 @@ impl Replayer {
             log_stats: LogStats::default(),
             stats: ReplayStats::default(),
             recovering: false,
+            live: false,
+            counters: Arc::default(),
         }
+    }
+
+    /// A replayer of a primary's live log, publishing its progress in `counters`.
+    pub fn live(source: Box<dyn Read + Send>, counters: Arc<LiveCounters>) -> Self {
+        Self {
+            live: true,
+            counters,
+            ..Self::new(source)
+        }
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live
+    }
+
+    /// Everything through exit `ordinal` has been executed and checked.
+    pub fn set_verified(&mut self, ordinal: u64) {
+        self.counters.verified.store(ordinal, Ordering::SeqCst);
+    }
+
+    /// A delta was applied: in step with the recorder again.
+    pub fn delta_applied(&mut self) {
+        self.counters.deltas.fetch_add(1, Ordering::Relaxed);
+        self.set_recovering(false);
+    }
+
+    pub fn set_recovering(&mut self, on: bool) {
+        self.recovering = on;
+        self.counters.recovering.store(on, Ordering::SeqCst);
+    }
+
+    /// A live log has ended (the primary is gone and this backup won the right to go
+    /// live) and every whole entry in it has been taken.
+    pub fn live_log_ended(&mut self) -> Result<bool, ReplayError> {
+        Ok(self.live && self.peek(0)?.is_none())
     }
 
     /// Decode until `n` entries are buffered or the log ends.
@@ -60,12 +118,22 @@ impl Replayer {
                 continue;
             }
             if self.eof {
+                if self.live {
+                    // The frame the primary was sending when it died never counted.
+                    return Ok(());
+                }
                 // Sticky: a log cut inside a frame says so on every later read too.
                 return Ok(self.decoder.finish()?);
             }
             let got = self.source.read(&mut buf).map_err(ReplayError::Read)?;
             if got == 0 {
                 self.eof = true;
+                if self.live {
+                    if let Err(e) = self.decoder.finish() {
+                        tracing::info!("the primary's last frame was cut short ({e}); dropped");
+                    }
+                    return Ok(());
+                }
                 self.decoder.finish()?;
             } else {
                 self.decoder.push(&buf[..got]);
@@ -91,7 +159,8 @@ impl Replayer {
     /// Record a divergence (reported at once) and start recovering.
     pub fn diverged(&mut self, ordinal: u64, what: &str, recorded: String, replayed: String) {
         self.stats.divergences += 1;
-        self.recovering = true;
+        self.counters.divergences.fetch_add(1, Ordering::Relaxed);
+        self.set_recovering(true);
         tracing::warn!(
             "divergence at exit {ordinal}: {what}: recorded {recorded}, replayed {replayed}; \
              recovering from the next checkpoint delta"

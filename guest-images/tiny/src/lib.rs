@@ -9,6 +9,7 @@
 //! | `usermode` | a CPL3 busy loop with the timer running, TSS I/O bitmap, `int 0x80` |
 //! | `rdtsc` | native RDTSC, which no VMM can record on this host |
 //! | `syscall` | SYSCALL from CPL3 into a supervisor-only entry page, SYSRET back |
+//! | `counter` | a console counter paced by the PIT, for failover tests (every number exactly once) |
 //! | `bad-port`, `bad-mmio`, `triple-fault` | guests that misbehave; the VMM must stop cleanly |
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));

@@ -21,16 +21,21 @@ impl Vcpu {
             kicker.arm(self.stall_deadline);
             return;
         }
+        // After a kicked delivery the guest gets at least one more bound of run time
+        // before the next kick: on hosts where its tick handler takes about a tick period,
+        // kicking at every overdue edge would leave it nothing but timer interrupts, and
+        // the PIC's fixed priority would starve every other line (the UART first).
+        let earliest = self.last_kick_delivery_ns.saturating_add(*bound);
         let timer = self
             .platform
             .next_deadline_ns()
-            .map(|d| d.saturating_add(*bound));
+            .map(|d| d.max(earliest).saturating_add(*bound));
         // While an interrupt window is requested KVM itself will exit for the pending one.
         let window = self.fd.get_kvm_run().request_interrupt_window != 0;
         let pending = self
             .pending_since
             .filter(|_| !window)
-            .map(|t| t.saturating_add(*bound));
+            .map(|t| t.max(earliest).saturating_add(*bound));
         match timer.into_iter().chain(pending).min() {
             Some(at) => kicker.arm(at),
             None => kicker.disarm(),
@@ -71,6 +76,7 @@ impl Vcpu {
         self.record_kick_delta();
         if self.deliver() {
             self.metrics.kicked_injections += 1;
+            self.last_kick_delivery_ns = self.clock.live_ns();
         }
     }
 
@@ -206,6 +212,7 @@ impl Vcpu {
 
     pub(super) fn after_sync_exit(&mut self, exit: SyncExit) -> Option<StopReason> {
         self.ordinal += 1;
+        self.publish_ordinal();
         self.clock.on_exit();
         if self.trace.is_some() {
             let rip = self.rip();
@@ -231,6 +238,7 @@ impl Vcpu {
         if let Some(stop) = self.log_exit(&exit) {
             return Some(stop);
         }
+        self.record_requested_delta();
         if let Some(stop) = self.platform.stop_request() {
             return Some(stop);
         }
@@ -256,7 +264,20 @@ impl Vcpu {
     /// interrupt if the guest can take it now. Returns whether it injected one.
     pub(super) fn deliver(&mut self) -> bool {
         self.deliver_input();
-        self.platform.update_interrupts();
+        // While the guest is busy, the timer line rises at most once per tick gap of guest
+        // time: where its tick handler takes about a tick period (an emulated kernel), an
+        // overdue tick at every chance would leave it nothing but timer interrupts, and
+        // the PIC's fixed priority would starve every other line (the UART first). A
+        // halted guest gets every tick. Guest time and the halted flag are both logged,
+        // so a replay makes the same choices.
+        let now = ftvm_devices::Clock::now_ns(&*self.clock);
+        let timer = match self.tick_gap_ns {
+            Some(gap) => self.halted || now >= self.last_tick_ns.saturating_add(gap),
+            None => true,
+        };
+        if self.platform.update_interrupts(timer) {
+            self.last_tick_ns = now;
+        }
         if !self.platform.interrupt_pending() {
             self.pending_since = None;
             return false;

@@ -179,6 +179,7 @@ impl Vcpu {
                             );
                         } else {
                             r.stats.exits_verified += 1;
+                            r.set_verified(mine.ordinal);
                         }
                     }
                     Ok(other) => {
@@ -284,6 +285,48 @@ impl Vcpu {
         }
     }
 
+    /// A live backup's log has ended: it has replayed everything its primary sent and
+    /// won the test-and-set. From here the guest runs on live time and live input, and
+    /// events are delivered as on any live VM.
+    pub(super) fn go_live(&mut self) {
+        let replayed = match std::mem::replace(&mut self.log, LogMode::Off) {
+            LogMode::Replay(r) => r.stats.clone(),
+            other => {
+                self.log = other;
+                return;
+            }
+        };
+        self.clock.go_live();
+        self.input_rx = self.live_input.take();
+        if let Some((_, bound)) = self.kicker.as_mut() {
+            *bound = crate::kicker::DEFAULT_EVENT_BOUND_NS;
+        }
+        self.stall_deadline = u64::MAX;
+        self.pending_since = None;
+        tracing::info!(
+            ordinal = self.ordinal,
+            verified = replayed.exits_verified,
+            "replayed the whole log; the guest is live"
+        );
+        let _ = self.events.send(super::VcpuEvent::WentLive {
+            ordinal: self.ordinal,
+            replay: replayed,
+        });
+        self.deliver();
+    }
+
+    /// Recording, asked (by a backup that diverged) for a checkpoint delta: take one at
+    /// this exit, where nothing else is pending.
+    pub(super) fn record_requested_delta(&mut self) {
+        let asked = self
+            .delta_request
+            .as_ref()
+            .is_some_and(|r| r.swap(false, std::sync::atomic::Ordering::SeqCst));
+        if asked && matches!(self.log, LogMode::Record(_)) {
+            self.record_kick_delta();
+        }
+    }
+
     /// Recording, kicked vCPU about to get an event: log a checkpoint delta first.
     pub(super) fn record_kick_delta(&mut self) {
         let LogMode::Record(rec) = &mut self.log else {
@@ -339,7 +382,11 @@ impl Vcpu {
         if let LogMode::Replay(r) = &mut self.log {
             r.stats.deltas_applied += 1;
             r.stats.delta_pages_applied += d.pages.len() as u64;
+            // The machine is now exactly the recorder's at this point.
+            r.set_verified(d.ordinal);
+            r.delta_applied();
         }
+        self.publish_ordinal();
         Ok(())
     }
 
@@ -349,7 +396,9 @@ impl Vcpu {
         let LogMode::Replay(r) = &mut self.log else {
             return None;
         };
-        let is_final = matches!(r.peek(1), Ok(Some(Entry::Shutdown { .. })));
+        let delta_here = matches!(r.peek(0), Ok(Some(Entry::Delta(d))) if d.ordinal == self.ordinal);
+        // Only a delta needs to look further ahead (a live log may not have more yet).
+        let is_final = delta_here && matches!(r.peek(1), Ok(Some(Entry::Shutdown { .. })));
         match r.peek(0) {
             Err(e) => Some(Some(log_failed(e))),
             Ok(Some(Entry::Delta(d))) if d.ordinal == self.ordinal && !is_final => {
@@ -439,7 +488,7 @@ impl Vcpu {
                     let Ok(Some(Entry::Delta(d))) = r.pop() else {
                         return Some(log_failed("delta vanished"));
                     };
-                    r.recovering = false;
+                    r.set_recovering(false);
                     let is_final = matches!(r.peek(0), Ok(Some(Entry::Shutdown { .. })));
                     if let Err(e) = self.apply_delta(*d) {
                         return Some(log_failed(e));
@@ -553,7 +602,7 @@ impl Vcpu {
                                     unreachable!("just put it back");
                                 };
                                 r = back;
-                                r.recovering = false;
+                                r.set_recovering(false);
                                 if let Err(e) = applied {
                                     problem = Some(e);
                                 }
@@ -574,7 +623,7 @@ impl Vcpu {
                                 if let Err(e) = applied {
                                     problem = Some(e);
                                 }
-                                r.recovering = false;
+                                r.set_recovering(false);
                             }
                         }
                         Ok(Some(Entry::Shutdown {

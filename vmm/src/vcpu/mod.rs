@@ -32,6 +32,9 @@ pub enum VcpuCommand {
     Pause,
     /// Save the vCPU and device state; answered only while paused.
     SaveState(Sender<Result<crate::state::VmState, VcpuError>>),
+    /// Start (or stop) logging from here: a backup has joined (or been lost). Answered
+    /// only while paused, with the log mode it replaced.
+    SetLog(LogMode, Sender<Result<LogMode, VcpuError>>),
     /// Stop for good.
     Finish,
 }
@@ -43,6 +46,11 @@ pub enum VcpuEvent {
     Paused,
     /// The thread has ended; the report follows from `join`.
     Stopped(StopReason),
+    /// A live backup replayed all of its primary's log and now runs the guest live.
+    WentLive {
+        ordinal: u64,
+        replay: crate::replay::ReplayStats,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +67,8 @@ pub enum VcpuError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    #[error("cannot reload the devices: {0}")]
+    Restore(String),
     #[error("cannot start the vCPU thread")]
     Spawn(#[source] std::io::Error),
     #[error("cannot install the vCPU kick signal handler")]
@@ -95,6 +105,19 @@ pub struct VcpuReport {
 /// Everything the vCPU thread owns.
 pub struct Vcpu {
     log: LogMode,
+    /// Serial input to switch to when a live backup goes live.
+    live_input: Option<Receiver<Vec<u8>>>,
+    /// Set by a primary whose backup asked for a checkpoint delta (it diverged).
+    delta_request: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// The ordinal of the last synchronous exit, for whoever tags output with the exit
+    /// that produced it (the output rule).
+    exit_ordinal: Arc<std::sync::atomic::AtomicU64>,
+    /// Least guest time between timer edges while the guest is busy (None: no limit).
+    tick_gap_ns: Option<u64>,
+    /// Guest time of the last timer edge raised.
+    last_tick_ns: u64,
+    /// Live time of the last interrupt delivered at a kick.
+    last_kick_delivery_ns: u64,
     /// Replay: live time by which the current run must have made an exit.
     stall_deadline: u64,
     /// Guest time when this VMM started running the guest (a restored VM starts late).
@@ -147,6 +170,14 @@ fn value_of(data: &[u8]) -> u64 {
 }
 
 pub struct VcpuParts {
+    /// See `Vcpu::live_input`.
+    pub live_input: Option<Receiver<Vec<u8>>>,
+    /// See `Vcpu::delta_request`.
+    pub delta_request: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// See `Vcpu::exit_ordinal`.
+    pub exit_ordinal: Arc<std::sync::atomic::AtomicU64>,
+    /// See `Vcpu::tick_gap_ns`.
+    pub tick_gap_ns: Option<u64>,
     pub log: LogMode,
     /// How long an event may wait for a synchronous exit before the vCPU is kicked
     /// (None: never kick, as in the deterministic `exits` clock).
@@ -200,7 +231,16 @@ impl VcpuHandle {
             )),
             None => None,
         };
+        parts
+            .exit_ordinal
+            .store(parts.ordinal, std::sync::atomic::Ordering::SeqCst);
         let vcpu = Vcpu {
+            live_input: parts.live_input,
+            delta_request: parts.delta_request,
+            exit_ordinal: parts.exit_ordinal,
+            tick_gap_ns: parts.tick_gap_ns,
+            last_tick_ns: 0,
+            last_kick_delivery_ns: 0,
             stall_deadline: u64::MAX,
             start_ns: parts.clock.live_ns(),
             log: parts.log,
@@ -262,7 +302,7 @@ impl VcpuHandle {
             match self.events.recv_timeout(Duration::from_millis(5)) {
                 Ok(VcpuEvent::Paused) => return Ok(()),
                 Ok(VcpuEvent::Stopped(r)) => return Err(VcpuError::Stopped(r)),
-                Ok(VcpuEvent::Resumed) => {}
+                Ok(VcpuEvent::Resumed) | Ok(VcpuEvent::WentLive { .. }) => {}
                 Err(RecvTimeoutError::Timeout) if std::time::Instant::now() < deadline => {}
                 Err(RecvTimeoutError::Timeout) => return Err(VcpuError::PauseTimeout(timeout)),
                 Err(RecvTimeoutError::Disconnected) => {
@@ -280,13 +320,21 @@ impl VcpuHandle {
             .map_err(|_| VcpuError::Stopped(StopReason::Finished))?
     }
 
+    /// Replace the log mode (the vCPU must be paused); returns the previous one.
+    pub fn set_log(&self, log: LogMode) -> Result<LogMode, VcpuError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(VcpuCommand::SetLog(log, tx));
+        rx.recv_timeout(Duration::from_secs(10))
+            .map_err(|_| VcpuError::Stopped(StopReason::Finished))?
+    }
+
     /// Wait for the next event from the thread.
     pub fn next_event(&self, timeout: Duration) -> Option<VcpuEvent> {
         self.events.recv_timeout(timeout).ok()
     }
 
     /// Stop the thread (if it still runs) and collect its report.
-    pub fn finish(mut self) -> VcpuReport {
+    pub fn finish(&mut self) -> VcpuReport {
         self.send(VcpuCommand::Finish);
         let thread = self.thread.take();
         if let Some(t) = &thread {
@@ -358,6 +406,13 @@ impl Vcpu {
                     if let Some(stop) = self.log_failure.take() {
                         return stop;
                     }
+                    if let LogMode::Replay(r) = &mut self.log {
+                        match r.live_log_ended() {
+                            Ok(true) => self.go_live(),
+                            Ok(false) => {}
+                            Err(e) => return StopReason::Log(e.to_string()),
+                        }
+                    }
                     let recovering = matches!(&self.log, LogMode::Replay(r) if r.recovering);
                     let step = if recovering {
                         self.replay_recover()
@@ -405,16 +460,53 @@ impl Vcpu {
                 };
                 let _ = reply.send(result);
             }
+            VcpuCommand::SetLog(log, reply) => {
+                let result = match mode {
+                    Mode::Paused => {
+                        // A recording that starts here owes nothing to earlier exits.
+                        self.last_logged_time = u64::MAX;
+                        Ok(std::mem::replace(&mut self.log, log))
+                    }
+                    Mode::Running => Err(VcpuError::NotPaused),
+                };
+                let _ = reply.send(result);
+            }
             VcpuCommand::Finish => return Some(StopReason::Finished),
         }
         None
     }
 
+    /// Tell the output rule which exit the guest is at.
+    pub(super) fn publish_ordinal(&self) {
+        self.exit_ordinal
+            .store(self.ordinal, std::sync::atomic::Ordering::SeqCst);
+    }
+
     fn save_state(&self) -> Result<crate::state::VmState, VcpuError> {
-        let vcpu = VcpuState::save(&self.fd, self.ordinal, self.halted)?;
+        let mut vcpu = VcpuState::save(&self.fd, self.ordinal, self.halted)?;
+        let mut platform = self.platform.state();
+        // An interrupt handed to KVM that the guest has not taken yet is given back to the
+        // PIC in the saved state: the restored machine delivers it again rather than
+        // relying on the host to carry the injection over (this host's KVM does not).
+        if vcpu.events.interrupt.injected != 0 && platform.pic.give_back(vcpu.events.interrupt.nr) {
+            vcpu.events.interrupt.injected = 0;
+            vcpu.events.interrupt.nr = 0;
+            // The same on this machine, so that it and one built from the state (a backup
+            // after a state transfer) go on identically: both deliver it again at their
+            // next exit, which the primary logs.
+            self.fd
+                .set_vcpu_events(&vcpu.events)
+                .map_err(|source| VcpuError::Kvm {
+                    what: "pending events",
+                    source,
+                })?;
+            self.platform
+                .load_state(platform.clone())
+                .map_err(|e| VcpuError::Restore(e.to_string()))?;
+        }
         Ok(crate::state::VmState {
             vcpu,
-            platform: self.platform.state(),
+            platform,
             clock_ns: ftvm_devices::Clock::now_ns(&*self.clock),
         })
     }

@@ -1,0 +1,57 @@
+# A counter on the serial console: "count N" once every 4 PIT ticks (1 kHz), from 0 to
+# LAST, then power off with status 0. The fault-tolerance tests watch it across a failover:
+# every number must appear exactly once, in order.
+.include "lib.S"
+.set LAST, 600
+.set EVERY, 4
+
+.section .text
+main:
+    mov edi, 0x20
+    lea rsi, [rip + on_timer]
+    xor edx, edx
+    call set_gate
+    mov edi, 0xfe           # unmask IRQ0 only
+    mov esi, 0xff
+    call pic_init
+    mov edi, 1193           # about 1 kHz
+    call pit_init
+    lea rdi, [rip + msg_start]
+    call puts
+1:  sti
+    hlt
+    cli
+    mov rax, qword ptr [rip + ticks]
+    cmp rax, EVERY
+    jb 1b
+    mov qword ptr [rip + ticks], 0
+    lea rdi, [rip + msg_count]
+    call puts
+    mov rdi, qword ptr [rip + count]
+    call putdec
+    call putnl
+    mov rax, qword ptr [rip + count]
+    inc rax
+    mov qword ptr [rip + count], rax
+    cmp rax, LAST
+    jbe 1b
+    lea rdi, [rip + msg_done]
+    call puts
+    xor edi, edi
+    call poweroff
+
+on_timer:
+    push rax
+    inc qword ptr [rip + ticks]
+    call pic_eoi
+    pop rax
+    iretq
+
+.section .rodata
+msg_start: .asciz "counter: start\n"
+msg_count: .asciz "count "
+msg_done: .asciz "counter: done\n"
+
+.section .data
+ticks: .quad 0
+count: .quad 0

@@ -1,0 +1,19 @@
+//! Fault tolerance: a primary and a backup VMM of one guest (DESIGN.md section 3).
+//!
+//! - [`pipe`]: the bounded log buffer on each side of the channel;
+//! - [`link`]: the TCP logging channel, heartbeats and the failure verdict;
+//! - [`transfer`]: the state transfer that starts a backup (and re-protects a primary);
+//! - [`console`]: the console under the output rule, and its exactly-once stream;
+//! - [`shared`]: the shared directory's atomic test-and-set;
+//! - [`status`]: what `ftvm status` shows;
+//! - [`node`]: the controller that owns it all and moves between roles.
+
+pub mod console;
+pub mod link;
+pub mod node;
+pub mod pipe;
+pub mod shared;
+pub mod status;
+pub mod transfer;
+
+pub use node::{run_backup, run_primary, FtError, FtOptions, Outcome};

@@ -1,0 +1,124 @@
+//! What each VMM of a pair reports about itself: a small JSON file in the shared
+//! directory, rewritten a few times a second, which `ftvm status` reads and prints.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StatusReport {
+    pub vm: String,
+    pub pid: u32,
+    pub host: String,
+    /// primary, primary (alone), backup, going live, halted, stopped
+    pub role: String,
+    pub epoch: u64,
+    pub peer: Option<String>,
+    /// Exits this VMM's guest has made.
+    pub ordinal: u64,
+    /// Primary: the backup's last acknowledged exit. Backup: the last exit it verified.
+    pub acked: u64,
+    /// Primary: exits not yet acknowledged.
+    pub lag_exits: u64,
+    /// Log bytes buffered on this side of the channel, and the buffer's size.
+    pub buffer_fill: u64,
+    pub buffer_capacity: u64,
+    /// Log bytes through this side's pipe so far (sent or replayed).
+    pub log_bytes: u64,
+    pub held_output_bytes: u64,
+    pub released_output_bytes: u64,
+    pub output_delay_avg_ms: f64,
+    pub output_delay_max_ms: f64,
+    pub deltas: u64,
+    pub divergences: u64,
+    pub last_failover: Option<String>,
+    pub updated_unix_ms: u64,
+}
+
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl StatusReport {
+    /// Write atomically (temp file and rename) so a reader never sees half a report.
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("status.tmp");
+        let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)
+    }
+
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// One human-readable block; `now_ms` to say how fresh it is.
+    pub fn render(&self, now_ms: u64) -> String {
+        let age = now_ms.saturating_sub(self.updated_unix_ms) as f64 / 1000.0;
+        let fresh = if age > 5.0 {
+            format!("  (stale: last update {age:.0} s ago, the VMM is probably gone)")
+        } else {
+            String::new()
+        };
+        let pct = if self.buffer_capacity > 0 {
+            100.0 * self.buffer_fill as f64 / self.buffer_capacity as f64
+        } else {
+            0.0
+        };
+        format!(
+            "{vm} pid {pid} on {host}: {role}, epoch {epoch}{fresh}\n  \
+             peer {peer}; exit {ord}, acked {acked}, lag {lag} exits\n  \
+             log {log} bytes, buffer {fill}/{cap} bytes ({pct:.0}%)\n  \
+             output held {held} bytes, released {rel} bytes, delay avg {avg:.2} ms max {max:.2} ms\n  \
+             deltas {deltas}, divergences {div}; last failover: {fo}",
+            vm = self.vm,
+            pid = self.pid,
+            host = self.host,
+            role = self.role,
+            epoch = self.epoch,
+            peer = self.peer.as_deref().unwrap_or("none"),
+            ord = self.ordinal,
+            acked = self.acked,
+            lag = self.lag_exits,
+            log = self.log_bytes,
+            fill = self.buffer_fill,
+            cap = self.buffer_capacity,
+            held = self.held_output_bytes,
+            rel = self.released_output_bytes,
+            avg = self.output_delay_avg_ms,
+            max = self.output_delay_max_ms,
+            deltas = self.deltas,
+            div = self.divergences,
+            fo = self.last_failover.as_deref().unwrap_or("none"),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_says_when_stale() {
+        let path = std::env::temp_dir().join(format!("ftvm-status-{}.status", std::process::id()));
+        let r = StatusReport {
+            vm: "vm".into(),
+            role: "backup".into(),
+            epoch: 3,
+            updated_unix_ms: 10_000,
+            ..Default::default()
+        };
+        r.write(&path).unwrap();
+        assert_eq!(StatusReport::read(&path).unwrap(), r);
+        assert!(r.render(11_000).contains("backup, epoch 3"));
+        assert!(!r.render(11_000).contains("stale"));
+        assert!(r.render(60_000).contains("stale"));
+        std::fs::write(&path, b"{not json").unwrap();
+        assert!(StatusReport::read(&path).is_err());
+        let _ = std::fs::remove_file(&path);
+    }
+}

@@ -1,0 +1,324 @@
+//! State transfer from a running primary to a joining backup, as in live migration: all
+//! non-zero guest memory is sent while the guest runs, then the pages it dirtied meanwhile
+//! (KVM's dirty log), round after round until few are left; then the primary pauses
+//! briefly, sends the last dirty pages and the machine state, starts logging to the
+//! channel and resumes. Every operation of the guest is thus before the transfer (in the
+//! state) or after it (in the log).
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ft_log::channel::{encode_channel_header, MessageDecoder, ToBackup};
+use ft_log::Page;
+use serde::{Deserialize, Serialize};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use super::link::{recv, send, LinkError};
+use super::pipe::Pipe;
+use crate::clock::ClockMode;
+use crate::machine::Vm;
+use crate::record::Recorder;
+use crate::replay::LiveCounters;
+use crate::state::VmState;
+use crate::vcpu::LogMode;
+
+const PAGE: usize = 4096;
+/// Pages per message.
+const BATCH: usize = 256;
+/// Pre-copy rounds at most, and the dirty set small enough to stop early.
+const MAX_ROUNDS: usize = 8;
+const FEW_PAGES: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("cannot read the dirty page log")]
+    DirtyLog(#[source] kvm_ioctls::Error),
+    #[error("guest memory")]
+    Memory(#[from] vm_memory::GuestMemoryError),
+    #[error("the VM")]
+    Vcpu(#[from] crate::vcpu::VcpuError),
+    #[error("cannot start logging")]
+    Record(#[from] crate::record::RecordError),
+    #[error("the primary sent an invalid {what}: {reason}")]
+    Invalid { what: &'static str, reason: String },
+    #[error("the state transfer did not complete within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Everything about the machine that is not its memory, as a primary sends it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MachineState {
+    pub vm: VmState,
+    pub clock: ClockMode,
+    pub mem_mib: u64,
+    /// Where the console stream stands at the state.
+    pub console_offset: u64,
+}
+
+/// What the primary measured of a transfer.
+#[derive(Debug, Default, Clone)]
+pub struct TransferReport {
+    pub rounds: usize,
+    pub pages_sent: u64,
+    pub final_pages: u64,
+    pub paused_for: Duration,
+    pub took: Duration,
+    pub ordinal: u64,
+}
+
+/// Page numbers (gpa) dirtied since the last call, for every memory slot.
+fn dirty_pages(vm: &Vm) -> Result<Vec<u64>, TransferError> {
+    let mut out = Vec::new();
+    for (slot, region) in vm.memory.iter().enumerate() {
+        let start = region.start_addr().raw_value();
+        let bitmap = vm
+            .vm_fd
+            .get_dirty_log(slot as u32, region.len() as usize)
+            .map_err(TransferError::DirtyLog)?;
+        for (w, word) in bitmap.iter().enumerate() {
+            let mut bits = *word;
+            while bits != 0 {
+                let bit = u64::from(bits.trailing_zeros());
+                bits &= bits - 1;
+                out.push(start + (w as u64 * 64 + bit) * PAGE as u64);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn send_pages(
+    out: &mut impl Write,
+    mem: &GuestMemoryMmap,
+    gpas: impl Iterator<Item = u64>,
+    skip_zero: bool,
+) -> Result<u64, TransferError> {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut sent = 0;
+    for gpa in gpas {
+        let mut data = vec![0u8; PAGE];
+        mem.read_slice(&mut data, GuestAddress(gpa))?;
+        if skip_zero && data.iter().all(|&b| b == 0) {
+            continue;
+        }
+        batch.push(Page { gpa, data });
+        if batch.len() == BATCH {
+            sent += batch.len() as u64;
+            send(out, &ToBackup::Pages(std::mem::take(&mut batch)))?;
+        }
+    }
+    if !batch.is_empty() {
+        sent += batch.len() as u64;
+        send(out, &ToBackup::Pages(batch))?;
+    }
+    Ok(sent)
+}
+
+fn all_pages(mem: &GuestMemoryMmap) -> Vec<u64> {
+    let mut out = Vec::new();
+    for region in mem.iter() {
+        let start = region.start_addr().raw_value();
+        out.extend((0..region.len() / PAGE as u64).map(|i| start + i * PAGE as u64));
+    }
+    out
+}
+
+/// Primary: transfer the running VM to the backup on `stream` and start logging into
+/// `log`. The VM is left running (it was running before).
+pub fn send_state(
+    vm: &Vm,
+    stream: &mut TcpStream,
+    hello: ToBackup,
+    log: &Pipe,
+    counters: Arc<LiveCounters>,
+    sink: &super::console::ConsoleSink,
+) -> Result<TransferReport, TransferError> {
+    let started = Instant::now();
+    let mut report = TransferReport::default();
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, stream.try_clone().map_err(LinkError::from)?);
+    out.write_all(&encode_channel_header())
+        .map_err(LinkError::from)?;
+    send(&mut out, &hello)?;
+    // Round 0: everything, from a clean dirty log on.
+    dirty_pages(vm)?;
+    report.pages_sent += send_pages(&mut out, &vm.memory, all_pages(&vm.memory).into_iter(), true)?;
+    report.rounds = 1;
+    loop {
+        let dirty = dirty_pages(vm)?;
+        tracing::info!(round = report.rounds, pages = dirty.len(), "state transfer: dirty pages");
+        if dirty.len() <= FEW_PAGES || report.rounds >= MAX_ROUNDS {
+            // Too few to be worth another round: send them with the final pause.
+            let pause = Instant::now();
+            vm.vcpu.pause(Duration::from_secs(10))?;
+            let mut last = dirty;
+            last.extend(dirty_pages(vm)?);
+            last.sort_unstable();
+            last.dedup();
+            report.final_pages = send_pages(&mut out, &vm.memory, last.into_iter(), false)?;
+            report.pages_sent += report.final_pages;
+            let state = vm.vcpu.save_state()?;
+            report.ordinal = state.vcpu.ordinal;
+            let mut rec = Recorder::new(Box::new(log.clone()), vm.vm_fd.clone())?
+                .with_counters(counters);
+            rec.log(&ft_log::Entry::Start {
+                wall_clock_unix_secs: state.platform.cmos.base_unix_secs,
+            })?;
+            // Output from here on waits for the backup; what came before is in the state.
+            sink.set_alone(false);
+            let machine = MachineState {
+                vm: state,
+                clock: vm.clock.mode(),
+                mem_mib: vm.mem_mib,
+                console_offset: sink.offset(),
+            };
+            let bytes = serde_json::to_vec(&machine).map_err(|e| TransferError::Invalid {
+                what: "machine state (ours)",
+                reason: e.to_string(),
+            })?;
+            send(
+                &mut out,
+                &ToBackup::Machine {
+                    ordinal: report.ordinal,
+                    state: bytes,
+                },
+            )?;
+            out.flush().map_err(LinkError::from)?;
+            // Logging starts exactly where the state ends.
+            vm.vcpu.set_log(LogMode::Record(Box::new(rec)))?;
+            vm.vcpu.resume();
+            report.paused_for = pause.elapsed();
+            break;
+        }
+        report.pages_sent += send_pages(&mut out, &vm.memory, dirty.into_iter(), false)?;
+        report.rounds += 1;
+    }
+    report.took = started.elapsed();
+    Ok(report)
+}
+
+/// What a backup received: the machine to build, and the channel's hello.
+pub struct Received {
+    pub memory: GuestMemoryMmap,
+    pub machine: MachineState,
+    pub epoch: u64,
+    pub console_offset: u64,
+    pub pages: u64,
+}
+
+/// Backup: receive the primary's state from `stream` (whose read timeout bounds each wait).
+pub fn receive_state(
+    stream: &mut TcpStream,
+    dec: &mut MessageDecoder<ToBackup>,
+    vm_name: &str,
+    limit: Duration,
+) -> Result<Received, TransferError> {
+    let deadline = Instant::now() + limit;
+    let mut next = |stream: &mut TcpStream| -> Result<ToBackup, TransferError> {
+        loop {
+            if let Some(m) = recv(stream, dec)? {
+                return Ok(m);
+            }
+            if Instant::now() > deadline {
+                return Err(TransferError::Timeout(limit));
+            }
+        }
+    };
+    let (epoch, mem_mib, console_offset) = match next(stream)? {
+        ToBackup::Hello {
+            vm_name: name,
+            epoch,
+            mem_mib,
+            console_offset,
+        } => {
+            if name != vm_name {
+                return Err(TransferError::Invalid {
+                    what: "hello",
+                    reason: format!("it runs VM '{name}', this backup is for '{vm_name}'"),
+                });
+            }
+            crate::memory::check_size(mem_mib).map_err(|e| TransferError::Invalid {
+                what: "memory size",
+                reason: e.to_string(),
+            })?;
+            (epoch, mem_mib, console_offset)
+        }
+        _ => {
+            return Err(TransferError::Invalid {
+                what: "first message",
+                reason: "not a hello".into(),
+            })
+        }
+    };
+    let memory = crate::memory::create(mem_mib).map_err(|e| TransferError::Invalid {
+        what: "memory size",
+        reason: e.to_string(),
+    })?;
+    let mut pages = 0u64;
+    let started = Instant::now();
+    loop {
+        match next(stream)? {
+            ToBackup::Pages(batch) => {
+                for p in batch {
+                    if p.data.len() != PAGE || p.gpa % PAGE as u64 != 0 {
+                        return Err(TransferError::Invalid {
+                            what: "page",
+                            reason: format!("{} bytes at {:#x}", p.data.len(), p.gpa),
+                        });
+                    }
+                    memory
+                        .write_slice(&p.data, GuestAddress(p.gpa))
+                        .map_err(|e| TransferError::Invalid {
+                            what: "page",
+                            reason: format!("{:#x}: {e}", p.gpa),
+                        })?;
+                    pages += 1;
+                    if pages % 16384 == 0 {
+                        tracing::info!(
+                            mib = pages * PAGE as u64 >> 20,
+                            secs = started.elapsed().as_secs_f64(),
+                            "state transfer: received"
+                        );
+                    }
+                }
+            }
+            ToBackup::Machine { ordinal, state } => {
+                let machine: MachineState =
+                    serde_json::from_slice(&state).map_err(|e| TransferError::Invalid {
+                        what: "machine state",
+                        reason: e.to_string(),
+                    })?;
+                machine.vm.validate().map_err(|reason| TransferError::Invalid {
+                    what: "machine state",
+                    reason,
+                })?;
+                if machine.mem_mib != mem_mib || machine.vm.vcpu.ordinal != ordinal {
+                    return Err(TransferError::Invalid {
+                        what: "machine state",
+                        reason: format!(
+                            "{} MiB at exit {} after a hello of {mem_mib} MiB at exit {ordinal}",
+                            machine.mem_mib, machine.vm.vcpu.ordinal
+                        ),
+                    });
+                }
+                return Ok(Received {
+                    memory,
+                    machine,
+                    epoch,
+                    console_offset,
+                    pages,
+                });
+            }
+            ToBackup::Heartbeat => {}
+            ToBackup::Log(_) | ToBackup::Hello { .. } => {
+                return Err(TransferError::Invalid {
+                    what: "message",
+                    reason: "log or hello before the machine state".into(),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! A primary and a backup as separate processes, on the `counter` tiny guest: the console
+//! stream (the observer's view) must show every number exactly once, in order, whatever
+//! is killed or cut and whenever.
+
+mod common;
+use common::*;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The counter guest prints "count 0" .. "count LAST".
+const LAST: u64 = 1000;
+const TIMEOUT_MS: &str = "300";
+
+struct Vmm {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Vmm {
+    fn start(args: &[&str]) -> Self {
+        let mut child = ftvm()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ftvm");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let s = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                s.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Self { child, stderr }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Wait until stderr contains `text`; panics after `limit`.
+    fn wait_for(&mut self, text: &str, limit: Duration) {
+        let t = Instant::now();
+        while !self.stderr().contains(text) {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(50));
+                panic!("exited with {s} before '{text}':\n{}", self.stderr());
+            }
+            assert!(t.elapsed() < limit, "no '{text}' within {limit:?}:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn wait(&mut self, limit: Duration) -> i32 {
+        let t = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(50)); // let stderr drain
+                return s.code().unwrap_or(-1);
+            }
+            if t.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("still running after {limit:?}:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn shared_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ftvm-ft-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn primary(dir: &Path, port: u16) -> Vmm {
+    Vmm::start(&[
+        "primary",
+        "--shared-dir",
+        dir.to_str().unwrap(),
+        "--name",
+        "counter",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--peer-timeout",
+        TIMEOUT_MS,
+        "--kernel",
+        guest("counter"),
+        "--mem",
+        "16",
+    ])
+}
+
+fn backup(dir: &Path, primary_port: u16, listen: Option<u16>) -> Vmm {
+    let primary = format!("127.0.0.1:{primary_port}");
+    let listen = listen.map(|p| format!("127.0.0.1:{p}"));
+    let mut args = vec![
+        "backup",
+        "--shared-dir",
+        dir.to_str().unwrap(),
+        "--name",
+        "counter",
+        "--primary",
+        &primary,
+        "--peer-timeout",
+        TIMEOUT_MS,
+    ];
+    if let Some(l) = &listen {
+        args.extend(["--listen", l]);
+    }
+    Vmm::start(&args)
+}
+
+fn console(dir: &Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(dir.join("counter.console")).unwrap_or_default())
+        .into_owned()
+}
+
+/// Every number once, in order, from 0 to LAST, and nothing else but the banners.
+fn check_counter(text: &str) {
+    let mut next = 0;
+    for line in text.lines() {
+        if let Some(n) = line.strip_prefix("count ") {
+            let n: u64 = n
+                .parse()
+                .unwrap_or_else(|_| panic!("garbled line '{line}' in:\n{text}"));
+            assert_eq!(n, next, "expected count {next}, got '{line}'");
+            next += 1;
+        } else {
+            assert!(
+                line == "counter: start" || line == "counter: done",
+                "unexpected line '{line}'"
+            );
+        }
+    }
+    assert_eq!(next, LAST + 1, "the count stopped early:\n{text}");
+    assert_eq!(text.matches("counter: start").count(), 1);
+    assert!(text.ends_with("counter: done\n"), "{text}");
+}
+
+/// Largest count in the stream so far.
+fn last_count(text: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("count ")?.parse().ok())
+        .last()
+}
+
+#[test]
+fn the_counter_survives_killing_the_primary_at_twenty_moments() {
+    require_kvm();
+    let mut failover_ms = Vec::new();
+    for round in 0..20u64 {
+        let dir = shared_dir(&format!("kill{round}"));
+        let port = free_port();
+        let mut p = primary(&dir, port);
+        p.wait_for("waiting for a backup", Duration::from_secs(30));
+        let mut b = backup(&dir, port, None);
+        p.wait_for("protected:", Duration::from_secs(30));
+        // Spread the kill moments over the run (and a little pseudo-randomness).
+        let delay = (round * 97 + round * round * 13) % 1500;
+        std::thread::sleep(Duration::from_millis(delay));
+        let before = console(&dir);
+        p.kill();
+        let killed = Instant::now();
+        // Kill to the first new number in the stream.
+        let seen = last_count(&before);
+        let mut first_new = None;
+        while first_new.is_none() && killed.elapsed() < Duration::from_secs(20) {
+            if last_count(&console(&dir)) > seen {
+                first_new = Some(killed.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let status = b.wait(Duration::from_secs(60));
+        let err = b.stderr();
+        assert_eq!(status, 0, "backup after the kill at {delay} ms:\n{err}");
+        let text = console(&dir);
+        check_counter(&text);
+        if last_count(&before).unwrap_or(0) < LAST {
+            assert!(err.contains("going live"), "{err}");
+            assert!(err.contains("live at exit"), "{err}");
+            failover_ms.push(first_new.map_or(0.0, |d| d.as_secs_f64() * 1e3));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    assert!(failover_ms.len() >= 15, "too few kills landed mid-run: {failover_ms:?}");
+    failover_ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    eprintln!(
+        "failover (kill to the next number on the console, peer timeout {TIMEOUT_MS} ms): \
+         median {:.0} ms, max {:.0} ms over {} kills",
+        failover_ms[failover_ms.len() / 2],
+        failover_ms[failover_ms.len() - 1],
+        failover_ms.len()
+    );
+}
+
+#[test]
+fn a_lost_backup_is_replaced_and_the_new_pair_fails_over_again() {
+    require_kvm();
+    let dir = shared_dir("reprotect");
+    let port = free_port();
+    let port2 = free_port();
+    let mut p = primary(&dir, port);
+    p.wait_for("waiting for a backup", Duration::from_secs(30));
+    let mut b1 = backup(&dir, port, None);
+    p.wait_for("protected:", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(200));
+    b1.kill();
+    p.wait_for("went on alone", Duration::from_secs(10));
+    assert!(p.stderr().contains("epoch 2"), "{}", p.stderr());
+    // A new backup joins the running primary, and takes over when it dies.
+    let mut b2 = backup(&dir, port, Some(port2));
+    p.wait_for("protected:", Duration::from_secs(30));
+    assert_eq!(p.stderr().matches("protected:").count(), 2);
+    std::thread::sleep(Duration::from_millis(300));
+    p.kill();
+    b2.wait_for("live at exit", Duration::from_secs(20));
+    assert!(b2.stderr().contains("won epoch 3"), "{}", b2.stderr());
+    // And it accepts a third backup in turn.
+    let mut b3 = backup(&dir, port2, None);
+    b2.wait_for("protected:", Duration::from_secs(30));
+    assert_eq!(b2.wait(Duration::from_secs(60)), 0, "{}", b2.stderr());
+    let _ = b3.wait(Duration::from_secs(30));
+    check_counter(&console(&dir));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Forwards between a backup and its primary until told to go silent: then both
+/// connections stay open but nothing passes, as in a network partition.
+fn partition_proxy(listen: u16, to: u16, cut: Arc<std::sync::atomic::AtomicBool>) {
+    let l = TcpListener::bind(("127.0.0.1", listen)).unwrap();
+    std::thread::spawn(move || {
+        let Ok((a, _)) = l.accept() else { return };
+        let b = TcpStream::connect(("127.0.0.1", to)).unwrap();
+        for (mut from, mut to) in [
+            (a.try_clone().unwrap(), b.try_clone().unwrap()),
+            (b, a),
+        ] {
+            let cut = cut.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                while let Ok(n) = from.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if cut.load(std::sync::atomic::Ordering::SeqCst) {
+                        // Swallow, and keep the connection open.
+                        std::thread::sleep(Duration::from_secs(3600));
+                    }
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn cutting_the_channel_leaves_exactly_one_running() {
+    require_kvm();
+    let dir = shared_dir("cut");
+    let port = free_port();
+    let proxy = free_port();
+    let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    partition_proxy(proxy, port, cut.clone());
+    let mut p = primary(&dir, port);
+    p.wait_for("waiting for a backup", Duration::from_secs(30));
+    let mut b = backup(&dir, proxy, None);
+    p.wait_for("protected:", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(400));
+    cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sp = p.wait(Duration::from_secs(60));
+    let sb = b.wait(Duration::from_secs(60));
+    let (pe, be) = (p.stderr(), b.stderr());
+    // One halted (status 5, having lost the test-and-set), the other finished the guest.
+    let mut statuses = [sp, sb];
+    statuses.sort();
+    assert_eq!(statuses, [0, 5], "primary {sp}:\n{pe}\nbackup {sb}:\n{be}");
+    let loser = if sp == 5 { &pe } else { &be };
+    assert!(loser.contains("lost the test-and-set for epoch 2"), "{loser}");
+    check_counter(&console(&dir));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_peers_and_settings_are_refused_clearly() {
+    require_kvm();
+    let dir = shared_dir("bad");
+    let d = dir.to_str().unwrap();
+    // Nobody at the primary's address.
+    let port = free_port();
+    let out = run_ftvm(
+        &["backup", "--shared-dir", d, "--primary", &format!("127.0.0.1:{port}")],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot reach the primary"), "{}", stderr(&out));
+    // A shared directory that does not exist, and a bad name.
+    let out = run_ftvm(
+        &["primary", "--shared-dir", "/nonexistent/ftvm", "--listen", "127.0.0.1:0", "--kernel", guest("counter")],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    let out = run_ftvm(
+        &["primary", "--shared-dir", d, "--name", "a/b", "--listen", "127.0.0.1:0", "--kernel", guest("counter")],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("VM name 'a/b'"), "{}", stderr(&out));
+
+    // A running primary: garbage on its port, a backup for another VM, a second primary
+    // of the same name: all refused, and the guest runs to the end undisturbed.
+    let mut p = primary(&dir, port);
+    p.wait_for("waiting for a backup", Duration::from_secs(30));
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    p.wait_for("could not join", Duration::from_secs(20));
+    let out = run_ftvm(
+        &["backup", "--shared-dir", d, "--name", "other", "--primary", &format!("127.0.0.1:{port}")],
+        b"",
+    );
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = run_ftvm(
+        &["primary", "--shared-dir", d, "--name", "counter", "--listen", "127.0.0.1:0", "--kernel", guest("counter")],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("already has an owner"), "{}", stderr(&out));
+    let status = ftvm()
+        .args(["status", "--shared-dir", d, "--name", "counter"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("epoch 1 owned by primary"), "{text}");
+    assert!(text.contains("primary (alone)"), "{text}");
+    assert_eq!(p.wait(Duration::from_secs(60)), 0, "{}", p.stderr());
+    check_counter(&console(&dir));
+    let _ = std::fs::remove_dir_all(&dir);
+}
