@@ -72,6 +72,12 @@ impl VmClock {
             .store(ns.min(NOT_FROZEN - 1), Ordering::SeqCst);
     }
 
+    /// Devices see time flow again (a VMM that stops recording: nobody freezes it any
+    /// more at each exit).
+    pub fn unfreeze(&self) {
+        self.frozen_ns.store(NOT_FROZEN, Ordering::SeqCst);
+    }
+
     /// Freeze at the current live time and return it.
     pub fn freeze_now(&self) -> u64 {
         let now = self.live_ns();

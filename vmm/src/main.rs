@@ -281,18 +281,18 @@ fn run(args: RunArgs, role: Role) -> anyhow::Result<i32> {
     }
     let syscall_probe = vm.syscall_probe;
     let report = vm.vcpu.finish();
-    Ok(summarise(&report, started, syscall_probe))
+    Ok(summarise(&report, started, Some(syscall_probe)))
 }
 
 /// Print what a run did; returns its exit status.
 fn summarise(
     report: &ftvm::vcpu::VcpuReport,
     started: Instant,
-    syscall_probe: ftvm::compat::syscall::SyscallProbe,
+    syscall_probe: Option<ftvm::compat::syscall::SyscallProbe>,
 ) -> i32 {
     let m = &report.metrics;
     eprintln!(
-        "ftvm: {} after {} exits in {:.3} s (pio in/out {}/{}, mmio r/w {}/{}, hlt {}, interrupts {} ({} after a kick), host exits {}; host repairs: {}; SYSCALL from user {:?})",
+        "ftvm: {} after {} exits in {:.3} s (pio in/out {}/{}, mmio r/w {}/{}, hlt {}, interrupts {} ({} after a kick), host exits {}; host repairs: {}; SYSCALL from user {})",
         report.stop,
         report.ordinal,
         started.elapsed().as_secs_f64(),
@@ -305,7 +305,7 @@ fn summarise(
         m.kicked_injections,
         m.host_exits,
         m.compat,
-        syscall_probe
+        syscall_probe.map_or_else(|| "(see the role's log)".to_string(), |p| format!("{p:?}"))
     );
     match &report.log {
         Some(log) => report_log(log, report.stop.exit_code()),
@@ -333,7 +333,7 @@ fn ft_options(pair: PairArgs, listen: Option<String>) -> anyhow::Result<ftvm::ft
 /// Exit status of a pair member: the guest's, or 5 when it halted after losing its peer
 /// and the test-and-set.
 fn pair_outcome(outcome: ftvm::ft::Outcome, started: Instant) -> i32 {
-    let probe = ftvm::compat::syscall::SyscallProbe::Works;
+    let probe = None;
     match outcome {
         ftvm::ft::Outcome::Stopped(report) => summarise(&report, started, probe),
         ftvm::ft::Outcome::Halted(why, report) => {

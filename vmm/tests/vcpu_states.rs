@@ -53,7 +53,7 @@ fn pause_save_resume_finish() {
         clock: ClockMode::Host,
         trace_exits: None,
     };
-    let vm = Vm::boot(
+    let mut vm = Vm::boot(
         &config,
         Box::new(console.clone()),
         None,
@@ -115,7 +115,7 @@ fn finish_stops_a_running_guest() {
     };
     // The serial guest waits for input forever (its input channel stays open).
     let (_input_tx, input_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
-    let vm = Vm::boot(
+    let mut vm = Vm::boot(
         &config,
         Box::new(Console::default()),
         Some(input_rx),

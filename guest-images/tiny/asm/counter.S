@@ -2,7 +2,7 @@
 # LAST, then power off with status 0. The fault-tolerance tests watch it across a failover:
 # every number must appear exactly once, in order.
 .include "lib.S"
-.set LAST, 600
+.set LAST, 1000
 .set EVERY, 4
 
 .section .text

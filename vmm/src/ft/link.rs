@@ -69,6 +69,18 @@ pub fn recv<M: serde::de::DeserializeOwned>(
     }
 }
 
+/// An error with its sources, on one line (for the failure verdict and status).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 pub fn send<M: serde::Serialize>(stream: &mut impl Write, m: &M) -> Result<(), LinkError> {
     stream.write_all(&encode_message(m))?;
     Ok(())
@@ -205,7 +217,7 @@ impl Link {
                     }
                 })();
                 if let Err(e) = r {
-                    h.fail(e.to_string());
+                    h.fail(chain(&e));
                 }
             })?;
         let h = health.clone();
@@ -234,7 +246,7 @@ impl Link {
                     Ok(())
                 })();
                 if let Err(e) = r {
-                    h.fail(e.to_string());
+                    h.fail(chain(&e));
                 }
             })?;
         health.heard();
@@ -295,7 +307,7 @@ impl Link {
                     Ok(())
                 })();
                 if let Err(e) = r {
-                    h.fail(e.to_string());
+                    h.fail(chain(&e));
                 }
             })?;
         let h = health.clone();
@@ -329,7 +341,7 @@ impl Link {
                     Ok(())
                 })();
                 if let Err(e) = r {
-                    h.fail(e.to_string());
+                    h.fail(chain(&e));
                 }
             })?;
         health.heard();

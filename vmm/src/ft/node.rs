@@ -213,6 +213,16 @@ pub fn run_backup(
         delta_request: Some(delta_request.clone()),
         exit_ordinal: Some(exit_ordinal.clone()),
     };
+    // The channel runs first: building the VM already reads the log's first entry.
+    stream.set_read_timeout(None).map_err(connect)?;
+    let link = Link::backup(
+        stream,
+        dec,
+        pipe.clone(),
+        sink.clone(),
+        counters.clone(),
+        opts.peer_timeout,
+    )?;
     let vm = Vm::from_state(
         got.memory,
         got.machine.vm,
@@ -226,15 +236,6 @@ pub fn run_backup(
         },
         LogSetup::LiveReplay(Box::new(pipe.clone()), counters.clone()),
         hooks,
-    )?;
-    stream.set_read_timeout(None).map_err(connect)?;
-    let link = Link::backup(
-        stream,
-        dec,
-        pipe.clone(),
-        sink.clone(),
-        counters.clone(),
-        opts.peer_timeout,
     )?;
     let who = format!("backup pid {} on {}", std::process::id(), hostname());
     let mut node = Node::new(vm, opts, sink, delta_request, got.epoch, Role::Backup, listener, who);
@@ -279,6 +280,15 @@ impl Node {
 
     fn run(mut self, stop: &AtomicBool) -> Result<Outcome, FtError> {
         let outcome = self.main_loop(stop);
+        let o = self.sink.stats();
+        eprintln!(
+            "ftvm: output rule: {} bytes released in {} releases, delay avg {:.2} ms, max {:.2} ms; {} bytes dropped unacknowledged",
+            o.bytes_released,
+            o.releases,
+            o.mean_delay_ns() as f64 / 1e6,
+            o.max_delay_ns as f64 / 1e6,
+            o.bytes_discarded
+        );
         self.write_status(match &outcome {
             Ok(Outcome::Halted(..)) => "halted",
             _ => "stopped",
@@ -567,11 +577,7 @@ impl Node {
             log_bytes: if backup { read } else { written },
             held_output_bytes: self.sink.held_bytes(),
             released_output_bytes: stats.bytes_released,
-            output_delay_avg_ms: if stats.releases > 0 {
-                stats.total_delay_ns as f64 / stats.releases as f64 / 1e6
-            } else {
-                0.0
-            },
+            output_delay_avg_ms: stats.mean_delay_ns() as f64 / 1e6,
             output_delay_max_ms: stats.max_delay_ns as f64 / 1e6,
             deltas: self.counters.deltas.load(Ordering::Relaxed),
             divergences: self.counters.divergences.load(Ordering::Relaxed),

@@ -465,6 +465,10 @@ impl Vcpu {
                     Mode::Paused => {
                         // A recording that starts here owes nothing to earlier exits.
                         self.last_logged_time = u64::MAX;
+                        if matches!(log, LogMode::Off) {
+                            // Time froze at the last logged exit; it flows again.
+                            self.clock.unfreeze();
+                        }
                         Ok(std::mem::replace(&mut self.log, log))
                     }
                     Mode::Running => Err(VcpuError::NotPaused),
