@@ -65,7 +65,7 @@ pub enum ToBackup {
         state: Vec<u8>,
     },
     /// The next bytes of the log stream (ft-log's own format), in order.
-    Log(Vec<u8>),
+    Log(#[serde(with = "serde_bytes")] Vec<u8>),
     Heartbeat,
 }
 

@@ -35,6 +35,8 @@ pub struct ExitRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Page {
     pub gpa: u64,
+    /// As bytes, not as a sequence of u8 (the same encoding, encoded as one copy).
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 

@@ -16,8 +16,6 @@ use crate::clock::VmClock;
 
 /// Default bound on how long an event may wait for a synchronous exit.
 pub const DEFAULT_EVENT_BOUND_NS: u64 = 5_000_000;
-/// Least guest time between timer edges while the guest is busy (see Vcpu::deliver).
-pub const BUSY_TICK_GAP_NS: u64 = 10_000_000;
 /// How long a replaying guest may run without the exit its log has next before that is
 /// called a divergence (a diverged guest spinning forever would otherwise hang the replay).
 pub const REPLAY_STALL_NS: u64 = 10_000_000_000;

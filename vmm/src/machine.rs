@@ -435,17 +435,11 @@ impl Vm {
             ClockMode::Host => Some(crate::kicker::DEFAULT_EVENT_BOUND_NS),
             ClockMode::Exits { .. } => None,
         };
-        // Host time can outrun a slow guest; exits time cannot.
-        let tick_gap_ns = match clock.mode() {
-            ClockMode::Host => Some(crate::kicker::BUSY_TICK_GAP_NS),
-            ClockMode::Exits { .. } => None,
-        };
         let exit_ordinal = hooks.exit_ordinal.unwrap_or_default();
         let vcpu = VcpuHandle::spawn(VcpuParts {
             live_input: hooks.live_input,
             delta_request: hooks.delta_request,
             exit_ordinal: exit_ordinal.clone(),
-            tick_gap_ns,
             log,
             event_bound_ns,
             pause_request: pause_request.clone(),

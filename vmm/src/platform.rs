@@ -235,8 +235,7 @@ impl Platform {
         Ok(())
     }
 
-    /// Raise timer edges that are due (unless `timer` is false: the timer is held back)
-    /// and move device IRQ edges into the PIC. Returns whether a timer edge was raised.
+    /// Move device IRQ edges into the PIC and raise the timer edge if one is due.
     ///
     /// A due timer edge also waits while another line is requested: the PIC's fixed
     /// priority gives IRQ0 every tie, and a guest whose tick handler takes about a tick
@@ -245,7 +244,7 @@ impl Platform {
     /// silent for good after a `sleep`). The PIT keeps the edge; it is raised once the
     /// other request has been taken. Everything this looks at is guest state, so a replay
     /// decides alike.
-    pub fn update_interrupts(&self, timer: bool) -> bool {
+    pub fn update_interrupts(&self) {
         let mut pic = lock(&self.pic);
         let raised = self.irq_lines.take();
         for irq in 0..16u8 {
@@ -254,11 +253,9 @@ impl Platform {
             }
         }
         let others_waiting = pic.requested_lines() & !1 != 0;
-        let ticked = timer && !others_waiting && lock(&self.pit).poll_irq0();
-        if ticked {
+        if !others_waiting && lock(&self.pit).poll_irq0() {
             pic.raise_irq(0);
         }
-        ticked
     }
 
     pub fn interrupt_pending(&self) -> bool {

@@ -272,6 +272,8 @@ fn stock_kernel_boots_runs_commands_and_restores_from_a_snapshot() {
     }
     let _ = std::fs::remove_file(&log);
 
+    failover_from_the_snapshot(&snap);
+
     eprintln!(
         "stock kernel: to /init {:.0} s (ELF), {:.0} s (bzImage), both booting side by side; \
          PIT ticks by then {ticks}",
@@ -282,4 +284,104 @@ fn stock_kernel_boots_runs_commands_and_restores_from_a_snapshot() {
         eprintln!("{name}: {}", b.stderr.lines().last().unwrap_or(""));
     }
     let _ = std::fs::remove_dir_all(&snap);
+}
+
+/// A primary restored from the snapshot, a backup joining it by state transfer, a shell
+/// loop printing numbers, SIGKILL of the primary mid-loop: the console stream shows every
+/// number once, in order, and the backup, live, runs the guest to its power-off.
+fn failover_from_the_snapshot(snap: &Path) {
+    let dir = std::env::temp_dir().join(format!("ftvm-stock-ft-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.to_str().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let spawn = |args: &[&str]| {
+        ftvm()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ftvm")
+    };
+    let collect = |child: &mut std::process::Child| {
+        let mut err = child.stderr.take().unwrap();
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let t = text.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut err, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                t.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        text
+    };
+    let wait_for = |text: &std::sync::Arc<std::sync::Mutex<String>>, what: &str, limit: u64| {
+        let t = Instant::now();
+        while !text.lock().unwrap().contains(what) {
+            assert!(
+                t.elapsed() < Duration::from_secs(limit),
+                "no '{what}':\n{}",
+                text.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let mut primary = spawn(&[
+        "primary", "--shared-dir", d, "--name", "stock", "--listen", &addr,
+        "--restore", snap.to_str().unwrap(),
+    ]);
+    let perr = collect(&mut primary);
+    wait_for(&perr, "waiting for a backup", 60);
+    let mut backup = spawn(&["backup", "--shared-dir", d, "--name", "stock", "--primary", &addr]);
+    let berr = collect(&mut backup);
+    wait_for(&perr, "protected:", 300);
+    let t = Instant::now();
+    primary
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"i=0; while [ $i -lt 25 ]; do echo n-$i; i=$((i+1)); sleep 0.2; done; exit 0\n")
+        .unwrap();
+    let console = dir.join("stock.console");
+    let read = || String::from_utf8_lossy(&std::fs::read(&console).unwrap_or_default()).into_owned();
+    while !read().contains("n-8\n") {
+        assert!(t.elapsed() < Duration::from_secs(300), "no n-8:\n{}\n{}", read(), perr.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = primary.kill();
+    let _ = primary.wait();
+    let status = loop {
+        if let Some(s) = backup.try_wait().unwrap() {
+            break s.code();
+        }
+        if t.elapsed() > Duration::from_secs(600) {
+            let _ = backup.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let (be, text) = (berr.lock().unwrap().clone(), read());
+    assert_eq!(status, Some(0), "backup:\n{be}\nconsole:\n{text}");
+    assert!(be.contains("live at exit"), "{be}");
+    let numbers: Vec<&str> = text.lines().filter(|l| l.starts_with("n-")).collect();
+    let want: Vec<String> = (0..25).map(|i| format!("n-{i}")).collect();
+    assert_eq!(numbers, want, "console:\n{text}");
+    assert!(text.contains("powering off with status 0"), "{text}");
+    for line in be.lines().filter(|l| l.contains("state transfer") || l.contains("live at") || l.contains("output rule")) {
+        eprintln!("stock failover, backup: {line}");
+    }
+    for line in perr.lock().unwrap().lines().filter(|l| l.contains("protected")) {
+        eprintln!("stock failover, primary: {line}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

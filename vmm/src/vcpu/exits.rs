@@ -153,6 +153,12 @@ impl Vcpu {
                         &self.memory,
                         &mut self.metrics.compat,
                     ) {
+                        // A skipped FWAIT is a host artefact, not an execution point: this
+                        // host's emulator fails on it only in some FPU states of its own
+                        // (a replay of the same guest took the repair where the recording
+                        // ran straight through), so it must neither count as an ordinal
+                        // nor deliver anything.
+                        Ok(Some(crate::compat::Repair::Skipped)) => return None,
                         Ok(Some(repair)) => {
                             self.if_flag = false; // no interrupt on top of a queued exception
                             return self.after_sync_exit(SyncExit::Repaired(repair));
@@ -264,20 +270,7 @@ impl Vcpu {
     /// interrupt if the guest can take it now. Returns whether it injected one.
     pub(super) fn deliver(&mut self) -> bool {
         self.deliver_input();
-        // While the guest is busy, the timer line rises at most once per tick gap of guest
-        // time: where its tick handler takes about a tick period (an emulated kernel), an
-        // overdue tick at every chance would leave it nothing but timer interrupts, and
-        // the PIC's fixed priority would starve every other line (the UART first). A
-        // halted guest gets every tick. Guest time and the halted flag are both logged,
-        // so a replay makes the same choices.
-        let now = ftvm_devices::Clock::now_ns(&*self.clock);
-        let timer = match self.tick_gap_ns {
-            Some(gap) => self.halted || now >= self.last_tick_ns.saturating_add(gap),
-            None => true,
-        };
-        if self.platform.update_interrupts(timer) {
-            self.last_tick_ns = now;
-        }
+        self.platform.update_interrupts();
         if !self.platform.interrupt_pending() {
             self.pending_since = None;
             return false;

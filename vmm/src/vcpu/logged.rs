@@ -290,7 +290,19 @@ impl Vcpu {
     /// events are delivered as on any live VM.
     pub(super) fn go_live(&mut self) {
         let replayed = match std::mem::replace(&mut self.log, LogMode::Off) {
-            LogMode::Replay(r) => r.stats.clone(),
+            LogMode::Replay(r) => {
+                if r.recovering {
+                    // The primary died before the checkpoint that would have repaired
+                    // the divergence. Nothing it output past the divergence was released
+                    // (this backup never acknowledged it), but the guest's own state may
+                    // be off: say so loudly rather than pretend.
+                    tracing::error!(
+                        ordinal = self.ordinal,
+                        "going live from a diverged replay: the primary died before the resynchronising checkpoint arrived; the guest's state may be inconsistent"
+                    );
+                }
+                r.stats.clone()
+            }
             other => {
                 self.log = other;
                 return;
@@ -323,12 +335,25 @@ impl Vcpu {
             .as_ref()
             .is_some_and(|r| r.swap(false, std::sync::atomic::Ordering::SeqCst));
         if asked && matches!(self.log, LogMode::Record(_)) {
-            self.record_kick_delta();
+            // Full: the backup also needs back the pages it wrote while diverged.
+            tracing::info!(ordinal = self.ordinal, "the backup diverged: full checkpoint");
+            self.record_delta(true);
         }
     }
 
     /// Recording, kicked vCPU about to get an event: log a checkpoint delta first.
     pub(super) fn record_kick_delta(&mut self) {
+        self.record_delta(false);
+    }
+
+    fn record_delta(&mut self, full: bool) {
+        if !matches!(self.log, LogMode::Record(_)) {
+            return;
+        }
+        if let Err(e) = self.settle() {
+            self.log_failure = Some(log_failed(e));
+            return;
+        }
         let LogMode::Record(rec) = &mut self.log else {
             return;
         };
@@ -340,7 +365,7 @@ impl Vcpu {
             self.ordinal,
             t,
             self.halted,
-            false,
+            full,
         ) {
             Ok(d) => {
                 if let Err(e) = rec.log(&Entry::Delta(Box::new(d))) {
@@ -353,6 +378,8 @@ impl Vcpu {
 
     /// Load a delta into the machine: vCPU, devices, pages.
     fn apply_delta(&mut self, d: Delta) -> Result<(), String> {
+        // Our own last exit's I/O would otherwise complete on top of the loaded state.
+        self.settle().map_err(|e| e.to_string())?;
         let cfg = bincode::config::standard();
         let (vcpu, _): (crate::state::VcpuState, usize) =
             bincode::serde::decode_from_slice(&d.vcpu, cfg)
@@ -396,6 +423,7 @@ impl Vcpu {
         let LogMode::Replay(r) = &mut self.log else {
             return None;
         };
+        let live = r.is_live();
         let delta_here = matches!(r.peek(0), Ok(Some(Entry::Delta(d))) if d.ordinal == self.ordinal);
         // Only a delta needs to look further ahead (a live log may not have more yet).
         let is_final = delta_here && matches!(r.peek(1), Ok(Some(Entry::Shutdown { .. })));
@@ -418,6 +446,8 @@ impl Vcpu {
             Ok(Some(Entry::Shutdown { ordinal, .. })) if *ordinal == self.ordinal => {
                 Some(Some(StopReason::Finished))
             }
+            // A live log that ends here: the guest goes live (see Vcpu::go_live).
+            Ok(None) if live => Some(None),
             Ok(None) => Some(Some(log_failed("the log ends without a shutdown record"))),
             Ok(Some(_)) => None,
         }
@@ -447,6 +477,7 @@ impl Vcpu {
         let LogMode::Replay(r) = &mut self.log else {
             return None;
         };
+        let live = r.is_live();
         match r.peek(0) {
             Err(e) => Some(log_failed(e)),
             Ok(Some(Entry::TimeSample { ordinal, time_ns })) if *ordinal == self.ordinal => {
@@ -467,6 +498,8 @@ impl Vcpu {
             Ok(Some(Entry::Delta(_))) | Ok(Some(Entry::Shutdown { .. })) => {
                 self.replay_before_run().unwrap_or(None)
             }
+            // A live log that ends here: the guest goes live.
+            Ok(None) if live => None,
             Ok(other) => {
                 let recorded = format!("{other:?}");
                 r.diverged(self.ordinal, "halted here", recorded, "halted".into());
@@ -481,14 +514,24 @@ impl Vcpu {
             let LogMode::Replay(r) = &mut self.log else {
                 return None;
             };
+            let live = r.is_live();
             match r.peek(0) {
                 Err(e) => return Some(log_failed(e)),
+                // The primary died before the checkpoint came: the guest goes live.
+                Ok(None) if live => return None,
                 Ok(None) => return Some(log_failed("the log ends without a shutdown record")),
+                // A live backup recovers only from a full checkpoint (which its primary
+                // takes when asked): a dirty-page delta lists the pages the primary wrote,
+                // not those the diverged backup wrote on its own.
+                Ok(Some(Entry::Delta(d))) if live && !d.full => {
+                    let _ = r.pop();
+                }
                 Ok(Some(Entry::Delta(_))) => {
                     let Ok(Some(Entry::Delta(d))) = r.pop() else {
                         return Some(log_failed("delta vanished"));
                     };
                     r.set_recovering(false);
+                    tracing::info!(ordinal = d.ordinal, full = d.full, pages = d.pages.len(), "recovered from a checkpoint");
                     let is_final = matches!(r.peek(0), Ok(Some(Entry::Shutdown { .. })));
                     if let Err(e) = self.apply_delta(*d) {
                         return Some(log_failed(e));
@@ -519,6 +562,12 @@ impl Vcpu {
     /// compares digests (recovering through the final delta if it had diverged).
     pub(super) fn finish_log(&mut self, stop: &StopReason) -> Option<LogReport> {
         let guest_ns = self.clock.live_ns().saturating_sub(self.start_ns);
+        if !matches!(self.log, LogMode::Off) {
+            // Both sides digest (and the recorder checkpoints) the settled state.
+            if let Err(e) = self.settle() {
+                tracing::warn!("cannot settle the vCPU for the final state: {e}");
+            }
+        }
         match std::mem::replace(&mut self.log, LogMode::Off) {
             LogMode::Off => None,
             LogMode::Record(mut rec) => {

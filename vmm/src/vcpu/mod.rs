@@ -112,10 +112,6 @@ pub struct Vcpu {
     /// The ordinal of the last synchronous exit, for whoever tags output with the exit
     /// that produced it (the output rule).
     exit_ordinal: Arc<std::sync::atomic::AtomicU64>,
-    /// Least guest time between timer edges while the guest is busy (None: no limit).
-    tick_gap_ns: Option<u64>,
-    /// Guest time of the last timer edge raised.
-    last_tick_ns: u64,
     /// Live time of the last interrupt delivered at a kick.
     last_kick_delivery_ns: u64,
     /// Replay: live time by which the current run must have made an exit.
@@ -176,8 +172,6 @@ pub struct VcpuParts {
     pub delta_request: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// See `Vcpu::exit_ordinal`.
     pub exit_ordinal: Arc<std::sync::atomic::AtomicU64>,
-    /// See `Vcpu::tick_gap_ns`.
-    pub tick_gap_ns: Option<u64>,
     pub log: LogMode,
     /// How long an event may wait for a synchronous exit before the vCPU is kicked
     /// (None: never kick, as in the deterministic `exits` clock).
@@ -238,8 +232,6 @@ impl VcpuHandle {
             live_input: parts.live_input,
             delta_request: parts.delta_request,
             exit_ordinal: parts.exit_ordinal,
-            tick_gap_ns: parts.tick_gap_ns,
-            last_tick_ns: 0,
             last_kick_delivery_ns: 0,
             stall_deadline: u64::MAX,
             start_ns: parts.clock.live_ns(),
@@ -486,7 +478,23 @@ impl Vcpu {
             .store(self.ordinal, std::sync::atomic::Ordering::SeqCst);
     }
 
-    fn save_state(&self) -> Result<crate::state::VmState, VcpuError> {
+    /// Complete the last exit's I/O inside KVM (see kvm_ext::complete_pending_io) so
+    /// that the vCPU state read or written next is the one the guest continues from.
+    pub(super) fn settle(&mut self) -> Result<(), VcpuError> {
+        match crate::kvm_ext::complete_pending_io(&mut self.fd) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(VcpuError::Restore(
+                "the vCPU made another exit while its last I/O completed".into(),
+            )),
+            Err(source) => Err(VcpuError::Kvm {
+                what: "the state after the last exit",
+                source,
+            }),
+        }
+    }
+
+    fn save_state(&mut self) -> Result<crate::state::VmState, VcpuError> {
+        self.settle()?;
         let mut vcpu = VcpuState::save(&self.fd, self.ordinal, self.halted)?;
         let mut platform = self.platform.state();
         // An interrupt handed to KVM that the guest has not taken yet is given back to the
