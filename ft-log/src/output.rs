@@ -200,6 +200,20 @@ impl OutputGate {
         &self.stats
     }
 
+    /// The console stream is really at `offset`: a replay that had diverged was put back
+    /// in step by a checkpoint, and what it holds came from the diverged stretch (never
+    /// verified, so never to be released). Drops that and continues at `offset`.
+    /// Returns how many bytes were dropped.
+    pub fn rebase(&mut self, offset: u64) -> u64 {
+        let n = self.bytes.len() as u64;
+        self.bytes.clear();
+        self.chunks.clear();
+        self.next = offset;
+        self.stats.bytes_held = 0;
+        self.stats.bytes_discarded += n;
+        n
+    }
+
     /// Discard everything held (a VMM that lost the test-and-set must never emit it).
     /// Returns how many bytes were dropped. They stay counted in [`OutputGate::offset`]:
     /// the guest did produce them.

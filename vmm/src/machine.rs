@@ -96,6 +96,8 @@ pub struct FtHooks {
     pub delta_request: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Where the vCPU publishes its exit ordinal (for the output rule).
     pub exit_ordinal: Option<Arc<AtomicU64>>,
+    /// Where the platform keeps the guest's console position (for the output rule).
+    pub console_position: Option<Arc<AtomicU64>>,
 }
 
 /// What a restored VM is connected to.
@@ -287,7 +289,13 @@ impl Vm {
         };
         // The wall-clock time the guest starts from is an input like any other.
         let wall = log_start(&mut log, now)?;
-        let platform = Platform::new(clock.clone(), config.mem_mib, wall, console)?;
+        let platform = Platform::new(
+            clock.clone(),
+            config.mem_mib,
+            wall,
+            console,
+            hooks.console_position.clone().unwrap_or_default(),
+        )?;
         tracing::info!(
             kernel = %config.kernel.display(),
             kind = ?info.kind,
@@ -382,7 +390,12 @@ impl Vm {
         // The CMOS base is in the state; logged anyway so every log starts alike.
         log_start(&mut log, state.platform.cmos.base_unix_secs)?;
         let clock = Arc::new(VmClock::new(clock_mode, state.clock_ns));
-        let platform = Platform::restore(state.platform, clock.clone(), res.console)?;
+        let platform = Platform::restore(
+            state.platform,
+            clock.clone(),
+            res.console,
+            hooks.console_position.clone().unwrap_or_default(),
+        )?;
         tracing::info!(
             ordinal = state.vcpu.ordinal,
             mem_mib,

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ftvm_devices::{
@@ -19,16 +20,24 @@ use crate::stop::StopReason;
 pub type ConsoleOut = Box<dyn Write + Send>;
 
 /// The console writer, shared so that a serial device rebuilt from a state (a checkpoint
-/// delta being applied) keeps writing to the same place.
+/// delta being applied) keeps writing to the same place. It counts the bytes the guest
+/// wrote (its position in the console stream): part of the machine state, so that a
+/// backup put back in step by a checkpoint knows where the primary's console stands.
 #[derive(Clone)]
-pub struct SharedConsole(Arc<Mutex<ConsoleOut>>);
+pub struct SharedConsole {
+    out: Arc<Mutex<ConsoleOut>>,
+    position: Arc<AtomicU64>,
+}
 
 impl Write for SharedConsole {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        lock(&self.0).write(buf)
+        let r = lock(&self.out).write(buf);
+        // The guest wrote the bytes whatever became of them.
+        self.position.fetch_add(buf.len() as u64, Ordering::SeqCst);
+        r.map(|_| buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        lock(&self.0).flush()
+        lock(&self.out).flush()
     }
 }
 
@@ -53,6 +62,9 @@ pub struct PlatformState {
     pub i8042: I8042State,
     pub sysctl: SysCtlState,
     pub absent: AbsentPortsState,
+    /// Bytes the guest has written to its console so far (older snapshots: 0).
+    #[serde(default)]
+    pub console_bytes: u64,
 }
 
 pub struct Platform {
@@ -77,9 +89,14 @@ impl Platform {
         mem_mib: u64,
         wall_clock_unix_secs: u64,
         console: ConsoleOut,
+        position: Arc<AtomicU64>,
     ) -> Result<Self, PlatformError> {
         let irq_lines = IrqLines::new();
-        let console = SharedConsole(Arc::new(Mutex::new(console)));
+        position.store(0, Ordering::SeqCst);
+        let console = SharedConsole {
+            out: Arc::new(Mutex::new(console)),
+            position,
+        };
         Self::assemble(
             Pic::new(),
             Pit::new(clock.clone()),
@@ -99,9 +116,14 @@ impl Platform {
         state: PlatformState,
         clock: Arc<dyn Clock>,
         console: ConsoleOut,
+        position: Arc<AtomicU64>,
     ) -> Result<Self, PlatformError> {
         let irq_lines = IrqLines::new();
-        let console = SharedConsole(Arc::new(Mutex::new(console)));
+        position.store(state.console_bytes, Ordering::SeqCst);
+        let console = SharedConsole {
+            out: Arc::new(Mutex::new(console)),
+            position,
+        };
         Self::assemble(
             Pic::from_state(state.pic)?,
             Pit::from_state(state.pit, clock.clone())?,
@@ -179,6 +201,7 @@ impl Platform {
             i8042: lock(&self.i8042).state(),
             sysctl: lock(&self.sysctl).state(),
             absent: lock(&self.absent).state(),
+            console_bytes: self.console.position.load(Ordering::SeqCst),
         }
     }
 
@@ -231,6 +254,9 @@ impl Platform {
         *lock(&self.i8042) = i8042;
         *lock(&self.sysctl) = sysctl;
         *lock(&self.absent) = absent;
+        self.console
+            .position
+            .store(state.console_bytes, Ordering::SeqCst);
         self.irq_lines.take();
         Ok(())
     }

@@ -25,6 +25,9 @@ pub struct ConsoleSink {
     started: Instant,
     /// A write to the console stream failed (reported once).
     file_failed: AtomicBool,
+    /// The guest's console position (the platform's count) where this stream began: a
+    /// pair started from a snapshot starts its stream empty.
+    base: AtomicU64,
 }
 
 impl ConsoleSink {
@@ -37,7 +40,17 @@ impl ConsoleSink {
             stdout_from: AtomicU64::new(if stdout { 0 } else { u64::MAX }),
             started: Instant::now(),
             file_failed: AtomicBool::new(false),
+            base: AtomicU64::new(0),
         })
+    }
+
+    /// The stream began at the guest's console position `base`.
+    pub fn set_base(&self, base: u64) {
+        self.base.store(base, Ordering::SeqCst);
+    }
+
+    pub fn base(&self) -> u64 {
+        self.base.load(Ordering::SeqCst)
     }
 
     fn now_ns(&self) -> u64 {
@@ -70,10 +83,17 @@ impl ConsoleSink {
         let _ = out.flush();
     }
 
-    /// The guest wrote `bytes` at exit `ordinal`.
-    pub fn produce(&self, ordinal: u64, bytes: &[u8]) {
+    /// The guest wrote `bytes` at exit `ordinal`, at `position` in its console stream
+    /// (None: right after what it wrote before).
+    pub fn produce(&self, ordinal: u64, bytes: &[u8], position: Option<u64>) {
         let now = self.now_ns();
         let mut gate = self.gate();
+        let position = position.map(|p| p.saturating_sub(self.base()));
+        if let Some(p) = position.filter(|&p| p != gate.offset()) {
+            // Only after a checkpoint put a diverged replay back in step.
+            let dropped = gate.rebase(p);
+            tracing::info!(position = p, dropped, "console stream rebased on a checkpoint");
+        }
         if let Some(r) = gate.hold(ordinal, bytes, now) {
             self.emit(std::slice::from_ref(&r));
         }
@@ -126,11 +146,17 @@ impl ConsoleSink {
         self.gate().stats().clone()
     }
 
-    /// The serial device's writer: tags each write with the exit producing it.
-    pub fn writer(self: &Arc<Self>, exit_ordinal: Arc<AtomicU64>) -> GatedConsole {
+    /// The serial device's writer: tags each write with the exit producing it and its
+    /// position in the console stream (the platform's count, which checkpoints carry).
+    pub fn writer(
+        self: &Arc<Self>,
+        exit_ordinal: Arc<AtomicU64>,
+        position: Arc<AtomicU64>,
+    ) -> GatedConsole {
         GatedConsole {
             sink: self.clone(),
             exit_ordinal,
+            position,
         }
     }
 }
@@ -139,12 +165,15 @@ pub struct GatedConsole {
     sink: Arc<ConsoleSink>,
     /// The vCPU's last completed exit; the write belongs to the one being handled.
     exit_ordinal: Arc<AtomicU64>,
+    /// Bytes the guest wrote before this write (the platform counts them after it).
+    position: Arc<AtomicU64>,
 }
 
 impl Write for GatedConsole {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let ordinal = self.exit_ordinal.load(Ordering::SeqCst) + 1;
-        self.sink.produce(ordinal, buf);
+        let position = self.position.load(Ordering::SeqCst);
+        self.sink.produce(ordinal, buf, Some(position));
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -166,8 +195,10 @@ mod tests {
         let file = File::create(&path).unwrap();
         let sink = ConsoleSink::new(0, Some(file), false);
         let ordinal = Arc::new(AtomicU64::new(4));
-        let mut w = sink.writer(ordinal.clone());
+        let position = Arc::new(AtomicU64::new(0));
+        let mut w = sink.writer(ordinal.clone(), position.clone());
         w.write_all(b"one\n").unwrap(); // exit 5
+        position.store(4, Ordering::SeqCst);
         ordinal.store(9, Ordering::SeqCst);
         w.write_all(b"two\n").unwrap(); // exit 10
         assert_eq!(std::fs::read(&path).unwrap(), b"");
@@ -191,15 +222,33 @@ mod tests {
             Some(std::fs::OpenOptions::new().write(true).open(&path).unwrap()),
             false,
         );
-        backup.produce(1, b"0\n1\n");
+        backup.produce(1, b"0\n1\n", None);
         backup.ack(1);
-        primary.produce(1, b"0\n1\n");
-        primary.produce(2, b"2\n");
+        primary.produce(1, b"0\n1\n", None);
+        primary.produce(2, b"2\n", None);
         primary.ack(1); // the primary dies before exit 2 is acked
         backup.set_alone(true);
-        backup.produce(2, b"2\n3\n"); // live now: its own exit 2
+        backup.produce(2, b"2\n3\n", None); // live now: its own exit 2
         assert_eq!(std::fs::read(&path).unwrap(), b"0\n1\n2\n3\n");
         assert_eq!(primary.discard(), 2);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_checkpoint_rebases_what_a_diverged_replay_held() {
+        let path = temp("rebase");
+        let sink = ConsoleSink::new(0, Some(File::create(&path).unwrap()), false);
+        sink.produce(1, b"ok\n", Some(0));
+        sink.ack(1);
+        sink.produce(2, b"diverged\n", Some(3)); // never verified
+        // A checkpoint says the primary's console is at 6 ("ok\nab" with "ab" released
+        // by the primary itself): the held bytes go, the stream goes on at 6.
+        sink.produce(5, b"c\n", Some(6));
+        sink.ack(5);
+        let text = std::fs::read(&path).unwrap();
+        assert_eq!(&text[..3], b"ok\n");
+        assert_eq!(&text[6..], b"c\n");
+        assert_eq!(sink.offset(), 8);
         let _ = std::fs::remove_file(&path);
     }
 }

@@ -171,13 +171,13 @@ impl Link {
             .then(|| LinkError::Timeout(self.timeout).to_string())
     }
 
-    /// Stop the threads and drop the connection.
+    /// Drop the connection and tell the threads to stop. They are not waited for: a
+    /// backup's receiver may be blocked handing the log to a full pipe, which only the
+    /// replay (or the pipe's close or abort) frees.
     pub fn shutdown(mut self) {
         self.health.stop.store(true, Ordering::SeqCst);
         let _ = self.stream.shutdown(Shutdown::Both);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+        self.threads.clear();
     }
 
     /// Primary side, after the state transfer: ship `log` to the backup, release output

@@ -131,20 +131,24 @@ pub fn run_primary(
     let sink = ConsoleSink::new(0, Some(opts.shared.open_console()?), true);
     sink.set_alone(true);
     let exit_ordinal = Arc::new(AtomicU64::new(0));
+    let position = Arc::new(AtomicU64::new(0));
     let delta_request = Arc::new(AtomicBool::new(false));
     let hooks = FtHooks {
         dirty_log: true,
         live_input: None,
         delta_request: Some(delta_request.clone()),
         exit_ordinal: Some(exit_ordinal.clone()),
+        console_position: Some(position.clone()),
     };
-    let console = Box::new(sink.writer(exit_ordinal));
+    let console = Box::new(sink.writer(exit_ordinal, position.clone()));
     let pause = Arc::new(AtomicBool::new(false));
     let vm = match (config, restore) {
         (_, Some(dir)) => Vm::restore_with(dir, console, Some(input), None, pause, LogSetup::Off, hooks)?,
         (Some(c), None) => Vm::boot_with(c, console, Some(input), pause, LogSetup::Off, hooks)?,
         (None, None) => unreachable!("the command line requires --kernel or --restore"),
     };
+    // The stream starts empty even when the guest (restored) has printed before.
+    sink.set_base(position.load(Ordering::SeqCst));
     eprintln!(
         "ftvm: primary of '{}' in epoch {epoch}; waiting for a backup on {}",
         opts.shared.name(),
@@ -200,6 +204,7 @@ pub fn run_backup(
         got.epoch
     );
     let sink = ConsoleSink::new(got.machine.console_offset, Some(opts.shared.open_console()?), false);
+    sink.set_base(got.machine.console_base);
     let exit_ordinal = Arc::new(AtomicU64::new(0));
     let delta_request = Arc::new(AtomicBool::new(false));
     let counters = Arc::new(LiveCounters::default());
@@ -207,11 +212,13 @@ pub fn run_backup(
         .verified
         .store(got.machine.vm.vcpu.ordinal, Ordering::SeqCst);
     let pipe = Pipe::new(opts.buffer_bytes);
+    let position = Arc::new(AtomicU64::new(0));
     let hooks = FtHooks {
         dirty_log: true,
         live_input: Some(input),
         delta_request: Some(delta_request.clone()),
         exit_ordinal: Some(exit_ordinal.clone()),
+        console_position: Some(position.clone()),
     };
     // The channel runs first: building the VM already reads the log's first entry.
     stream.set_read_timeout(None).map_err(connect)?;
@@ -229,7 +236,7 @@ pub fn run_backup(
         got.machine.mem_mib,
         got.machine.clock,
         Resources {
-            console: Box::new(sink.writer(exit_ordinal)),
+            console: Box::new(sink.writer(exit_ordinal, position)),
             input_rx: None,
             trace_exits: None,
             pause_request: Arc::new(AtomicBool::new(false)),
@@ -581,6 +588,7 @@ impl Node {
             output_delay_max_ms: stats.max_delay_ns as f64 / 1e6,
             deltas: self.counters.deltas.load(Ordering::Relaxed),
             divergences: self.counters.divergences.load(Ordering::Relaxed),
+            recovering: backup && self.counters.recovering.load(Ordering::SeqCst),
             last_failover: self.last_failover.clone(),
             updated_unix_ms: now_unix_ms(),
         };

@@ -31,6 +31,9 @@ pub struct StatusReport {
     pub output_delay_max_ms: f64,
     pub deltas: u64,
     pub divergences: u64,
+    /// Backup: diverged, waiting for the checkpoint that puts it back in step.
+    #[serde(default)]
+    pub recovering: bool,
     pub last_failover: Option<String>,
     pub updated_unix_ms: u64,
 }
@@ -74,7 +77,7 @@ impl StatusReport {
              peer {peer}; exit {ord}, acked {acked}, lag {lag} exits\n  \
              log {log} bytes, buffer {fill}/{cap} bytes ({pct:.0}%)\n  \
              output held {held} bytes, released {rel} bytes, delay avg {avg:.2} ms max {max:.2} ms\n  \
-             deltas {deltas}, divergences {div}; last failover: {fo}",
+             deltas {deltas}, divergences {div}{rec}; last failover: {fo}",
             vm = self.vm,
             pid = self.pid,
             host = self.host,
@@ -93,6 +96,7 @@ impl StatusReport {
             max = self.output_delay_max_ms,
             deltas = self.deltas,
             div = self.divergences,
+            rec = if self.recovering { " (recovering now)" } else { "" },
             fo = self.last_failover.as_deref().unwrap_or("none"),
         )
     }

@@ -57,6 +57,8 @@ pub struct MachineState {
     pub mem_mib: u64,
     /// Where the console stream stands at the state.
     pub console_offset: u64,
+    /// The guest's console position where the stream began.
+    pub console_base: u64,
 }
 
 /// What the primary measured of a transfer.
@@ -174,6 +176,7 @@ pub fn send_state(
                 clock: vm.clock.mode(),
                 mem_mib: vm.mem_mib,
                 console_offset: sink.offset(),
+                console_base: sink.base(),
             };
             let bytes = serde_json::to_vec(&machine).map_err(|e| TransferError::Invalid {
                 what: "machine state (ours)",
