@@ -23,6 +23,26 @@ log_file=$(mktemp /tmp/ftvm-demo-XXXXXX.log)
 "$ftvm" replay --log "$log_file" --kernel "$(guest usermode)" --mem 16
 rm -f "$log_file"
 
+log "fault tolerance: the counter guest under a primary and a backup; the primary's power is pulled"
+shared=$(mktemp -d /tmp/ftvm-demo-shared-XXXXXX)
+port=$((20000 + RANDOM % 20000))
+"$ftvm" primary --shared-dir "$shared" --name counter --listen "127.0.0.1:$port" \
+    --peer-timeout 300 --kernel "$(guest counter)" --mem 16 </dev/null >/dev/null &
+primary_pid=$!
+sleep 0.5
+"$ftvm" backup --shared-dir "$shared" --name counter --primary "127.0.0.1:$port" \
+    --peer-timeout 300 </dev/null >/dev/null &
+backup_pid=$!
+sleep 1.5
+"$ftvm" status --shared-dir "$shared" --name counter
+log "SIGKILL to the primary (pulling its power)"
+kill -9 "$primary_pid"
+wait "$backup_pid" || true
+"$ftvm" status --shared-dir "$shared" --name counter
+log "the guest's console stream, as an observer saw it (every number once, in order):"
+"$ftvm" console --shared-dir "$shared" --name counter | tail -n 4
+rm -rf "$shared"
+
 log "fetching and building the stock guest image (Debian cloud kernel + busybox)"
 guest-images/stock/build.sh
 log "booting the stock kernel on the user-space PIC/PIT platform"
