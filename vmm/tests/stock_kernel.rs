@@ -137,8 +137,9 @@ fn stock_kernel_boots_runs_commands_and_restores_from_a_snapshot() {
                     initrd.to_str().unwrap(),
                     "--cmdline",
                     // Input typed before init opens the console is lost, so the command
-                    // powers the VM off itself, through the system controller.
-                    "-- echo bzimage-ok; devmem 0xd0000010 32 7",
+                    // powers the VM off itself, through the system controller (after a
+                    // moment for the tty to send the line it queued).
+                    "-- echo bzimage-ok; sleep 1; devmem 0xd0000010 32 7",
                 ],
                 b"",
                 BOOT_LIMIT,
