@@ -396,11 +396,7 @@ impl Vm {
             res.console,
             hooks.console_position.clone().unwrap_or_default(),
         )?;
-        tracing::info!(
-            ordinal = state.vcpu.ordinal,
-            mem_mib,
-            "VM restored"
-        );
+        tracing::info!(ordinal = state.vcpu.ordinal, mem_mib, "VM restored");
         Self::start(
             kvm_sys,
             vm_fd,

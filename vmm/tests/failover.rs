@@ -39,7 +39,9 @@ impl Vmm {
                 if n == 0 {
                     break;
                 }
-                s.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                s.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         Self { child, stderr }
@@ -62,7 +64,11 @@ impl Vmm {
                 std::thread::sleep(Duration::from_millis(50));
                 panic!("exited with {s} before '{text}':\n{}", self.stderr());
             }
-            assert!(t.elapsed() < limit, "no '{text}' within {limit:?}:\n{}", self.stderr());
+            assert!(
+                t.elapsed() < limit,
+                "no '{text}' within {limit:?}:\n{}",
+                self.stderr()
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -178,8 +184,12 @@ fn check_counter(text: &str) {
 /// The primary's mean output-rule delay from its status file (ms), if it wrote one.
 fn primary_output_delay(dir: &Path) -> Option<f64> {
     for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
         if v["role"] == "primary" {
             return v["output_delay_avg_ms"].as_f64();
         }
@@ -252,7 +262,10 @@ fn the_counter_survives_killing_the_primary_at_twenty_moments() {
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
-    assert!(failover_ms.len() >= 15, "too few kills landed mid-run: {failover_ms:?}");
+    assert!(
+        failover_ms.len() >= 15,
+        "too few kills landed mid-run: {failover_ms:?}"
+    );
     let median_max = |mut v: Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));
         (v[v.len() / 2], v[v.len() - 1])
@@ -308,10 +321,7 @@ fn partition_proxy(listen: u16, to: u16, cut: Arc<std::sync::atomic::AtomicBool>
     std::thread::spawn(move || {
         let Ok((a, _)) = l.accept() else { return };
         let b = TcpStream::connect(("127.0.0.1", to)).unwrap();
-        for (mut from, mut to) in [
-            (a.try_clone().unwrap(), b.try_clone().unwrap()),
-            (b, a),
-        ] {
+        for (mut from, mut to) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)] {
             let cut = cut.clone();
             std::thread::spawn(move || {
                 let mut buf = [0u8; 65536];
@@ -354,7 +364,10 @@ fn cutting_the_channel_leaves_exactly_one_running() {
     statuses.sort();
     assert_eq!(statuses, [0, 5], "primary {sp}:\n{pe}\nbackup {sb}:\n{be}");
     let loser = if sp == 5 { &pe } else { &be };
-    assert!(loser.contains("lost the test-and-set for epoch 2"), "{loser}");
+    assert!(
+        loser.contains("lost the test-and-set for epoch 2"),
+        "{loser}"
+    );
     check_counter(&console(&dir));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -367,20 +380,48 @@ fn bad_peers_and_settings_are_refused_clearly() {
     // Nobody at the primary's address.
     let port = free_port();
     let out = run_ftvm(
-        &["backup", "--shared-dir", d, "--primary", &format!("127.0.0.1:{port}")],
+        &[
+            "backup",
+            "--shared-dir",
+            d,
+            "--primary",
+            &format!("127.0.0.1:{port}"),
+        ],
         b"",
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("cannot reach the primary"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot reach the primary"),
+        "{}",
+        stderr(&out)
+    );
     // A shared directory that does not exist, and a bad name.
     let out = run_ftvm(
-        &["primary", "--shared-dir", "/nonexistent/ftvm", "--listen", "127.0.0.1:0", "--kernel", guest("counter")],
+        &[
+            "primary",
+            "--shared-dir",
+            "/nonexistent/ftvm",
+            "--listen",
+            "127.0.0.1:0",
+            "--kernel",
+            guest("counter"),
+        ],
         b"",
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
     let out = run_ftvm(
-        &["primary", "--shared-dir", d, "--name", "a/b", "--listen", "127.0.0.1:0", "--kernel", guest("counter")],
+        &[
+            "primary",
+            "--shared-dir",
+            d,
+            "--name",
+            "a/b",
+            "--listen",
+            "127.0.0.1:0",
+            "--kernel",
+            guest("counter"),
+        ],
         b"",
     );
     assert_eq!(out.status.code(), Some(1));
@@ -394,16 +435,38 @@ fn bad_peers_and_settings_are_refused_clearly() {
     s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
     p.wait_for("could not join", Duration::from_secs(20));
     let out = run_ftvm(
-        &["backup", "--shared-dir", d, "--name", "other", "--primary", &format!("127.0.0.1:{port}")],
+        &[
+            "backup",
+            "--shared-dir",
+            d,
+            "--name",
+            "other",
+            "--primary",
+            &format!("127.0.0.1:{port}"),
+        ],
         b"",
     );
     assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
     let out = run_ftvm(
-        &["primary", "--shared-dir", d, "--name", "counter", "--listen", "127.0.0.1:0", "--kernel", guest("counter")],
+        &[
+            "primary",
+            "--shared-dir",
+            d,
+            "--name",
+            "counter",
+            "--listen",
+            "127.0.0.1:0",
+            "--kernel",
+            guest("counter"),
+        ],
         b"",
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("already has an owner"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already has an owner"),
+        "{}",
+        stderr(&out)
+    );
     let status = ftvm()
         .args(["status", "--shared-dir", d, "--name", "counter"])
         .output()

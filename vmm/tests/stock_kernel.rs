@@ -320,7 +320,9 @@ fn failover_from_the_snapshot(snap: &Path) {
                 if n == 0 {
                     break;
                 }
-                t.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                t.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         text
@@ -337,12 +339,27 @@ fn failover_from_the_snapshot(snap: &Path) {
         }
     };
     let mut primary = spawn(&[
-        "primary", "--shared-dir", d, "--name", "stock", "--listen", &addr,
-        "--restore", snap.to_str().unwrap(),
+        "primary",
+        "--shared-dir",
+        d,
+        "--name",
+        "stock",
+        "--listen",
+        &addr,
+        "--restore",
+        snap.to_str().unwrap(),
     ]);
     let perr = collect(&mut primary);
     wait_for(&perr, "waiting for a backup", 60);
-    let mut backup = spawn(&["backup", "--shared-dir", d, "--name", "stock", "--primary", &addr]);
+    let mut backup = spawn(&[
+        "backup",
+        "--shared-dir",
+        d,
+        "--name",
+        "stock",
+        "--primary",
+        &addr,
+    ]);
     let berr = collect(&mut backup);
     wait_for(&perr, "protected:", 300);
     let t = Instant::now();
@@ -359,7 +376,12 @@ fn failover_from_the_snapshot(snap: &Path) {
     };
     let has_line = |text: &str, line: &str| text.lines().any(|l| l == line);
     while !has_line(&read(), "n-8") {
-        assert!(t.elapsed() < Duration::from_secs(300), "no n-8:\n{}\n{}", read(), perr.lock().unwrap());
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "no n-8:\n{}\n{}",
+            read(),
+            perr.lock().unwrap()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // The stock kernel's replay on this host diverges every few hundred exits (see the
@@ -390,7 +412,10 @@ fn failover_from_the_snapshot(snap: &Path) {
     let want: Vec<String> = (0..numbers.len()).map(|i| format!("n-{i}")).collect();
     assert_eq!(numbers, want, "console:\n{text}");
     assert!(numbers.len() >= 9, "console:\n{text}");
-    assert!(!text.contains('\0'), "a hole in the console stream:\n{text:?}");
+    assert!(
+        !text.contains('\0'),
+        "a hole in the console stream:\n{text:?}"
+    );
     eprintln!(
         "stock failover: backup ended with {status:?}; the console stream shows n-0..n-{} once each{}",
         numbers.len() - 1,
@@ -400,10 +425,17 @@ fn failover_from_the_snapshot(snap: &Path) {
             "; the live guest did not finish the loop"
         }
     );
-    for line in be.lines().filter(|l| l.contains("state transfer") || l.contains("live at") || l.contains("output rule")) {
+    for line in be.lines().filter(|l| {
+        l.contains("state transfer") || l.contains("live at") || l.contains("output rule")
+    }) {
         eprintln!("stock failover, backup: {line}");
     }
-    for line in perr.lock().unwrap().lines().filter(|l| l.contains("protected")) {
+    for line in perr
+        .lock()
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("protected"))
+    {
         eprintln!("stock failover, primary: {line}");
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -92,7 +92,11 @@ impl ConsoleSink {
         if let Some(p) = position.filter(|&p| p != gate.offset()) {
             // Only after a checkpoint put a diverged replay back in step.
             let dropped = gate.rebase(p);
-            tracing::info!(position = p, dropped, "console stream rebased on a checkpoint");
+            tracing::info!(
+                position = p,
+                dropped,
+                "console stream rebased on a checkpoint"
+            );
         }
         if let Some(r) = gate.hold(ordinal, bytes, now) {
             self.emit(std::slice::from_ref(&r));
@@ -241,8 +245,8 @@ mod tests {
         sink.produce(1, b"ok\n", Some(0));
         sink.ack(1);
         sink.produce(2, b"diverged\n", Some(3)); // never verified
-        // A checkpoint says the primary's console is at 6 ("ok\nab" with "ab" released
-        // by the primary itself): the held bytes go, the stream goes on at 6.
+                                                 // A checkpoint says the primary's console is at 6 ("ok\nab" with "ab" released
+                                                 // by the primary itself): the held bytes go, the stream goes on at 6.
         sink.produce(5, b"c\n", Some(6));
         sink.ack(5);
         let text = std::fs::read(&path).unwrap();

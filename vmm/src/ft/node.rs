@@ -76,7 +76,9 @@ enum Role {
     Primary,
     Backup,
     /// A backup that won the test-and-set, replaying the rest of the log.
-    GoingLive { since: Instant },
+    GoingLive {
+        since: Instant,
+    },
 }
 
 struct Node {
@@ -143,7 +145,9 @@ pub fn run_primary(
     let console = Box::new(sink.writer(exit_ordinal, position.clone()));
     let pause = Arc::new(AtomicBool::new(false));
     let vm = match (config, restore) {
-        (_, Some(dir)) => Vm::restore_with(dir, console, Some(input), None, pause, LogSetup::Off, hooks)?,
+        (_, Some(dir)) => {
+            Vm::restore_with(dir, console, Some(input), None, pause, LogSetup::Off, hooks)?
+        }
         (Some(c), None) => Vm::boot_with(c, console, Some(input), pause, LogSetup::Off, hooks)?,
         (None, None) => unreachable!("the command line requires --kernel or --restore"),
     };
@@ -152,9 +156,20 @@ pub fn run_primary(
     eprintln!(
         "ftvm: primary of '{}' in epoch {epoch}; waiting for a backup on {}",
         opts.shared.name(),
-        opts.listen.as_deref().unwrap_or("(no --listen: unprotected)")
+        opts.listen
+            .as_deref()
+            .unwrap_or("(no --listen: unprotected)")
     );
-    let node = Node::new(vm, opts, sink, delta_request, epoch, Role::Primary, listener, who);
+    let node = Node::new(
+        vm,
+        opts,
+        sink,
+        delta_request,
+        epoch,
+        Role::Primary,
+        listener,
+        who,
+    );
     node.vm.vcpu.resume();
     node.run(stop)
 }
@@ -190,11 +205,19 @@ pub fn run_backup(
         vm_name: opts.shared.name().to_owned(),
     }));
     std::io::Write::write_all(&mut stream, &hello).map_err(connect)?;
-    eprintln!("ftvm: backup of '{}': receiving state from {primary}", opts.shared.name());
+    eprintln!(
+        "ftvm: backup of '{}': receiving state from {primary}",
+        opts.shared.name()
+    );
     let t = Instant::now();
     let mut dec = MessageDecoder::<ToBackup>::new();
     // The primary finishes any transfer in progress first; a big guest takes a while.
-    let got = transfer::receive_state(&mut stream, &mut dec, opts.shared.name(), Duration::from_secs(900))?;
+    let got = transfer::receive_state(
+        &mut stream,
+        &mut dec,
+        opts.shared.name(),
+        Duration::from_secs(900),
+    )?;
     eprintln!(
         "ftvm: state transfer: {} pages ({} MiB) in {:.2} s; replaying from exit {} in epoch {}",
         got.pages,
@@ -203,7 +226,11 @@ pub fn run_backup(
         got.machine.vm.vcpu.ordinal,
         got.epoch
     );
-    let sink = ConsoleSink::new(got.machine.console_offset, Some(opts.shared.open_console()?), false);
+    let sink = ConsoleSink::new(
+        got.machine.console_offset,
+        Some(opts.shared.open_console()?),
+        false,
+    );
     sink.set_base(got.machine.console_base);
     let exit_ordinal = Arc::new(AtomicU64::new(0));
     let delta_request = Arc::new(AtomicBool::new(false));
@@ -245,7 +272,16 @@ pub fn run_backup(
         hooks,
     )?;
     let who = format!("backup pid {} on {}", std::process::id(), hostname());
-    let mut node = Node::new(vm, opts, sink, delta_request, got.epoch, Role::Backup, listener, who);
+    let mut node = Node::new(
+        vm,
+        opts,
+        sink,
+        delta_request,
+        got.epoch,
+        Role::Backup,
+        listener,
+        who,
+    );
     node.counters = counters;
     node.link = Some(link);
     node.pipe = Some(pipe);
@@ -265,7 +301,9 @@ impl Node {
         listener: Option<TcpListener>,
         who: String,
     ) -> Self {
-        let status_path = opts.shared.status_path(&format!("{}-{}", hostname(), std::process::id()));
+        let status_path =
+            opts.shared
+                .status_path(&format!("{}-{}", hostname(), std::process::id()));
         Self {
             vm,
             opts,
@@ -340,7 +378,9 @@ impl Node {
 
     /// A backup is knocking: transfer the state and start protecting the guest.
     fn accept_backup(&mut self) {
-        let Some(listener) = &self.listener else { return };
+        let Some(listener) = &self.listener else {
+            return;
+        };
         let (stream, from) = match listener.accept() {
             Ok(s) => s,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,

@@ -206,7 +206,10 @@ mod tests {
             w.write_all(b"c").unwrap();
             tx.send(()).unwrap();
         });
-        assert!(rx.recv_timeout(Duration::from_millis(50)).is_err(), "must stall");
+        assert!(
+            rx.recv_timeout(Duration::from_millis(50)).is_err(),
+            "must stall"
+        );
         assert_eq!(p.drain_up_to(1, Duration::ZERO), b"a");
         rx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(p.drain_up_to(10, Duration::ZERO), b"bc");

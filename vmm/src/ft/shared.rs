@@ -240,7 +240,10 @@ mod tests {
         let shared = SharedDir::new(&d, "vm").unwrap();
         shared.claim_first("first").unwrap();
         let e = shared.claim_first("second").unwrap_err().to_string();
-        assert!(e.contains("already has an owner") && e.contains("first"), "{e}");
+        assert!(
+            e.contains("already has an owner") && e.contains("first"),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use ft_log::channel::{encode_channel_header, MessageDecoder, ToBackup};
 use ft_log::Page;
 use serde::{Deserialize, Serialize};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
 
 use super::link::{recv, send, LinkError};
 use super::pipe::Pipe;
@@ -141,17 +143,27 @@ pub fn send_state(
 ) -> Result<TransferReport, TransferError> {
     let started = Instant::now();
     let mut report = TransferReport::default();
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, stream.try_clone().map_err(LinkError::from)?);
+    let mut out =
+        std::io::BufWriter::with_capacity(1 << 20, stream.try_clone().map_err(LinkError::from)?);
     out.write_all(&encode_channel_header())
         .map_err(LinkError::from)?;
     send(&mut out, &hello)?;
     // Round 0: everything, from a clean dirty log on.
     dirty_pages(vm)?;
-    report.pages_sent += send_pages(&mut out, &vm.memory, all_pages(&vm.memory).into_iter(), true)?;
+    report.pages_sent += send_pages(
+        &mut out,
+        &vm.memory,
+        all_pages(&vm.memory).into_iter(),
+        true,
+    )?;
     report.rounds = 1;
     loop {
         let dirty = dirty_pages(vm)?;
-        tracing::info!(round = report.rounds, pages = dirty.len(), "state transfer: dirty pages");
+        tracing::info!(
+            round = report.rounds,
+            pages = dirty.len(),
+            "state transfer: dirty pages"
+        );
         if dirty.len() <= FEW_PAGES || report.rounds >= MAX_ROUNDS {
             // Too few to be worth another round: send them with the final pause.
             let pause = Instant::now();
@@ -164,8 +176,8 @@ pub fn send_state(
             report.pages_sent += report.final_pages;
             let state = vm.vcpu.save_state()?;
             report.ordinal = state.vcpu.ordinal;
-            let mut rec = Recorder::new(Box::new(log.clone()), vm.vm_fd.clone())?
-                .with_counters(counters);
+            let mut rec =
+                Recorder::new(Box::new(log.clone()), vm.vm_fd.clone())?.with_counters(counters);
             rec.log(&ft_log::Entry::Start {
                 wall_clock_unix_secs: state.platform.cmos.base_unix_secs,
             })?;
@@ -294,10 +306,13 @@ pub fn receive_state(
                         what: "machine state",
                         reason: e.to_string(),
                     })?;
-                machine.vm.validate().map_err(|reason| TransferError::Invalid {
-                    what: "machine state",
-                    reason,
-                })?;
+                machine
+                    .vm
+                    .validate()
+                    .map_err(|reason| TransferError::Invalid {
+                        what: "machine state",
+                        reason,
+                    })?;
                 if machine.mem_mib != mem_mib || machine.vm.vcpu.ordinal != ordinal {
                     return Err(TransferError::Invalid {
                         what: "machine state",

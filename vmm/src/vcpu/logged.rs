@@ -336,7 +336,10 @@ impl Vcpu {
             .is_some_and(|r| r.swap(false, std::sync::atomic::Ordering::SeqCst));
         if asked && matches!(self.log, LogMode::Record(_)) {
             // Full: the backup also needs back the pages it wrote while diverged.
-            tracing::info!(ordinal = self.ordinal, "the backup diverged: full checkpoint");
+            tracing::info!(
+                ordinal = self.ordinal,
+                "the backup diverged: full checkpoint"
+            );
             self.record_delta(true);
         }
     }
@@ -424,7 +427,8 @@ impl Vcpu {
             return None;
         };
         let live = r.is_live();
-        let delta_here = matches!(r.peek(0), Ok(Some(Entry::Delta(d))) if d.ordinal == self.ordinal);
+        let delta_here =
+            matches!(r.peek(0), Ok(Some(Entry::Delta(d))) if d.ordinal == self.ordinal);
         // Only a delta needs to look further ahead (a live log may not have more yet).
         let is_final = delta_here && matches!(r.peek(1), Ok(Some(Entry::Shutdown { .. })));
         match r.peek(0) {
@@ -531,7 +535,12 @@ impl Vcpu {
                         return Some(log_failed("delta vanished"));
                     };
                     r.set_recovering(false);
-                    tracing::info!(ordinal = d.ordinal, full = d.full, pages = d.pages.len(), "recovered from a checkpoint");
+                    tracing::info!(
+                        ordinal = d.ordinal,
+                        full = d.full,
+                        pages = d.pages.len(),
+                        "recovered from a checkpoint"
+                    );
                     let is_final = matches!(r.peek(0), Ok(Some(Entry::Shutdown { .. })));
                     if let Err(e) = self.apply_delta(*d) {
                         return Some(log_failed(e));
