@@ -22,20 +22,22 @@
 //! cannot notice the loss of whole frames (there is no sequence number); the log stream
 //! inside catches that for `Log` messages, because the replayer checks every exit ordinal.
 //!
-//! This module does no I/O: the VMM owns the socket.
+//! The framing is read by the `frame` module, shared with [`crate::codec`] (whose frames
+//! add a kind byte). This module does no I/O: the VMM owns the socket.
 
 use std::marker::PhantomData;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::entry::Page;
+use crate::frame::{decode_exact, frame_error_into, Format, FrameReader};
 
 pub const CHANNEL_MAGIC: &[u8; 8] = b"FTVMCHN\0";
 pub const CHANNEL_VERSION: u32 = 1;
 /// Stream header: magic and version.
-pub const CHANNEL_HEADER_LEN: usize = 12;
+pub const CHANNEL_HEADER_LEN: usize = crate::frame::STREAM_HEADER_LEN;
 /// Frame header: payload length and CRC32.
-pub const MESSAGE_HEADER_LEN: usize = 8;
+pub const MESSAGE_HEADER_LEN: usize = FORMAT.frame_header_len();
 /// Largest payload accepted. The largest legitimate messages are a [`ToBackup::Pages`] batch
 /// of [`MAX_PAGES_PER_MESSAGE`] pages (about 4 MiB) and a [`ToBackup::Machine`] state
 /// (kilobytes); anything much longer is damage (or an attack), refused before allocating.
@@ -147,11 +149,19 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_MESSAGE>()
 }
 
+static FORMAT: Format = Format {
+    magic: CHANNEL_MAGIC,
+    version: CHANNEL_VERSION,
+    tag_len: 0,
+    max_payload: MAX_MESSAGE,
+};
+
+// The channel's frames have no tag.
+frame_error_into!(ChannelError, |_tag| {});
+
 /// The stream header, sent once by each side before its first message.
 pub fn encode_channel_header() -> Vec<u8> {
-    let mut v = CHANNEL_MAGIC.to_vec();
-    v.extend_from_slice(&CHANNEL_VERSION.to_le_bytes());
-    v
+    FORMAT.header()
 }
 
 fn frame(payload: &[u8], out: &mut Vec<u8>) {
@@ -204,13 +214,7 @@ pub fn encode_pages_messages(pages: &[Page]) -> Vec<u8> {
 /// messages. After an error it stays put (the same error again): a byte stream cannot be
 /// resynchronised, the connection has to go.
 pub struct MessageDecoder<M> {
-    buf: Vec<u8>,
-    /// Bytes of `buf` already consumed.
-    pos: usize,
-    header_done: bool,
-    frames: u64,
-    /// Stream offset of buf[0].
-    base: u64,
+    frames: FrameReader,
     /// `fn() -> M`: the decoder makes `M`s but holds none, so it is Send/Sync whatever `M`.
     _message: PhantomData<fn() -> M>,
 }
@@ -218,11 +222,7 @@ pub struct MessageDecoder<M> {
 impl<M> Default for MessageDecoder<M> {
     fn default() -> Self {
         Self {
-            buf: Vec::new(),
-            pos: 0,
-            header_done: false,
-            frames: 0,
-            base: 0,
+            frames: FrameReader::new(&FORMAT),
             _message: PhantomData,
         }
     }
@@ -231,8 +231,8 @@ impl<M> Default for MessageDecoder<M> {
 impl<M> std::fmt::Debug for MessageDecoder<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MessageDecoder")
-            .field("header_done", &self.header_done)
-            .field("frames", &self.frames)
+            .field("header_done", &self.frames.header_done())
+            .field("frames", &self.frames())
             .field("consumed", &self.consumed())
             .field("buffered", &self.buffered())
             .finish()
@@ -242,58 +242,30 @@ impl<M> std::fmt::Debug for MessageDecoder<M> {
 /// What needs no knowledge of the message type.
 impl<M> MessageDecoder<M> {
     pub fn push(&mut self, bytes: &[u8]) {
-        // Drop consumed bytes once they are at least half the buffer, so the buffer stays
-        // within about twice what is pending and the copying stays amortised O(1) a byte.
-        if self.pos > 0 && self.pos >= self.buf.len() / 2 {
-            self.buf.drain(..self.pos);
-            self.base += self.pos as u64;
-            self.pos = 0;
-        }
-        self.buf.extend_from_slice(bytes);
+        self.frames.push(bytes);
     }
 
     /// Frames decoded so far.
     pub fn frames(&self) -> u64 {
-        self.frames
+        self.frames.frames()
     }
 
     /// Bytes consumed so far (header included).
     pub fn consumed(&self) -> u64 {
-        self.base + self.pos as u64
+        self.frames.consumed()
     }
 
     /// Bytes pushed but not consumed yet (a partial frame, or frames not pulled yet): what
     /// a reader bounding its buffer should count.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.pos
-    }
-
-    fn avail(&self) -> &[u8] {
-        &self.buf[self.pos..]
+        self.frames.buffered()
     }
 
     /// At end of stream: an error if it ended inside the header or a frame. (Call after
     /// `next_message` has returned `Ok(None)`; complete frames not pulled yet count as
     /// "inside a frame" too.)
     pub fn finish(&self) -> Result<(), ChannelError> {
-        let a = self.avail();
-        if !self.header_done {
-            return Err(ChannelError::TruncatedHeader { have: a.len() });
-        }
-        if a.is_empty() {
-            return Ok(());
-        }
-        let need = if a.len() >= 4 {
-            MESSAGE_HEADER_LEN + u32::from_le_bytes([a[0], a[1], a[2], a[3]]) as usize
-        } else {
-            MESSAGE_HEADER_LEN
-        };
-        Err(ChannelError::Truncated {
-            frame: self.frames,
-            offset: self.consumed(),
-            have: a.len(),
-            need,
-        })
+        Ok(self.frames.finish()?)
     }
 }
 
@@ -305,65 +277,13 @@ impl<M: DeserializeOwned> MessageDecoder<M> {
     /// The next complete message, `Ok(None)` if more bytes are needed. Checks the stream
     /// header first.
     pub fn next_message(&mut self) -> Result<Option<M>, ChannelError> {
-        if !self.header_done {
-            let a = self.avail();
-            if a.len() < CHANNEL_HEADER_LEN {
-                // Refuse a wrong peer as soon as its first bytes show it.
-                if !CHANNEL_MAGIC.starts_with(&a[..a.len().min(CHANNEL_MAGIC.len())]) {
-                    return Err(ChannelError::BadMagic);
-                }
-                return Ok(None);
-            }
-            if &a[..8] != CHANNEL_MAGIC {
-                return Err(ChannelError::BadMagic);
-            }
-            let found = u32::from_le_bytes([a[8], a[9], a[10], a[11]]);
-            if found != CHANNEL_VERSION {
-                return Err(ChannelError::Version { found });
-            }
-            self.pos += CHANNEL_HEADER_LEN;
-            self.header_done = true;
-        }
-        let offset = self.consumed();
-        let frame = self.frames;
-        let a = self.avail();
-        if a.len() < MESSAGE_HEADER_LEN {
-            return Ok(None);
-        }
-        let len = u32::from_le_bytes([a[0], a[1], a[2], a[3]]) as usize;
-        if len > MAX_MESSAGE {
-            return Err(ChannelError::TooLarge { frame, offset, len });
-        }
-        if a.len() < MESSAGE_HEADER_LEN + len {
-            return Ok(None);
-        }
-        let stored = u32::from_le_bytes([a[4], a[5], a[6], a[7]]);
-        let payload = &a[MESSAGE_HEADER_LEN..MESSAGE_HEADER_LEN + len];
-        let computed = crc32fast::hash(payload);
-        if computed != stored {
-            return Err(ChannelError::Checksum {
-                frame,
-                offset,
-                stored,
-                computed,
-            });
-        }
-        let (message, used): (M, usize) = bincode::serde::decode_from_slice(payload, config())
-            .map_err(|e| ChannelError::Payload {
-                frame,
-                offset,
-                reason: e.to_string(),
-            })?;
-        if used != len {
-            return Err(ChannelError::Payload {
-                frame,
-                offset,
-                reason: format!("{} trailing bytes", len - used),
-            });
-        }
-        self.pos += MESSAGE_HEADER_LEN + len;
-        self.frames += 1;
-        Ok(Some(message))
+        self.frames.next(|f| {
+            decode_exact(f.payload, config()).map_err(|reason| ChannelError::Payload {
+                frame: f.number,
+                offset: f.offset,
+                reason,
+            })
+        })
     }
 }
 
@@ -371,7 +291,7 @@ impl<M: DeserializeOwned> MessageDecoder<M> {
 impl<M> MessageDecoder<M> {
     /// Bytes held, consumed or not (to check the buffer stays compact).
     pub(crate) fn buffer_len(&self) -> usize {
-        self.buf.len()
+        self.frames.buffer_len()
     }
 }
 

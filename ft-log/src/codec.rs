@@ -11,14 +11,17 @@
 //! | n | payload: the entry, bincode (standard config) |
 //!
 //! The decoder is incremental (feed it bytes as they arrive), bounds every length before
-//! allocating, and reports damage with the number of the frame and its byte offset.
+//! allocating, and reports damage with the number of the frame and its byte offset. The
+//! framing (header, length, CRC) is read by the `frame` module, which the logging channel
+//! ([`crate::channel`]) shares; this module adds the entry kind and the payload.
 
 use crate::entry::Entry;
+use crate::frame::{decode_exact, frame_error_into, Format, FrameReader};
 
 pub const MAGIC: &[u8; 8] = b"FTVMLOG\0";
 pub const FORMAT_VERSION: u32 = 1;
-pub const HEADER_LEN: usize = 12;
-pub const FRAME_HEADER_LEN: usize = 9;
+pub const HEADER_LEN: usize = crate::frame::STREAM_HEADER_LEN;
+pub const FRAME_HEADER_LEN: usize = FORMAT.frame_header_len();
 /// Largest payload accepted: a delta of 64k dirty pages.
 /// Largest payload accepted: a full checkpoint of up to 1 GiB of non-zero guest memory,
 /// plus its framing. Anything longer is damage (or an attack), refused before allocating.
@@ -71,11 +74,19 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_PAYLOAD>()
 }
 
+static FORMAT: Format = Format {
+    magic: MAGIC,
+    version: FORMAT_VERSION,
+    tag_len: 1,
+    max_payload: MAX_PAYLOAD,
+};
+
+// A checksum error names the kind the (damaged) frame claims to be.
+frame_error_into!(CodecError, |tag| { kind: Entry::kind_name(tag) });
+
 /// The stream header.
 pub fn encode_header() -> Vec<u8> {
-    let mut v = MAGIC.to_vec();
-    v.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    v
+    FORMAT.header()
 }
 
 /// One frame for `entry`.
@@ -97,15 +108,17 @@ pub fn encode_entry(entry: &Entry) -> Vec<u8> {
 }
 
 /// Incremental decoder: push bytes, pull entries.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Decoder {
-    buf: Vec<u8>,
-    /// Bytes of `buf` already consumed.
-    pos: usize,
-    header_done: bool,
-    frames: u64,
-    /// Stream offset of buf[0].
-    base: u64,
+    frames: FrameReader,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self {
+            frames: FrameReader::new(&FORMAT),
+        }
+    }
 }
 
 impl Decoder {
@@ -114,127 +127,45 @@ impl Decoder {
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
-        // Drop consumed bytes now and then so the buffer stays small.
-        if self.pos > 0 && self.pos >= self.buf.len() / 2 {
-            self.buf.drain(..self.pos);
-            self.base += self.pos as u64;
-            self.pos = 0;
-        }
-        self.buf.extend_from_slice(bytes);
+        self.frames.push(bytes);
     }
 
     /// Frames decoded so far.
     pub fn frames(&self) -> u64 {
-        self.frames
+        self.frames.frames()
     }
 
     /// Bytes consumed so far (header included).
     pub fn consumed(&self) -> u64 {
-        self.base + self.pos as u64
-    }
-
-    fn avail(&self) -> &[u8] {
-        &self.buf[self.pos..]
+        self.frames.consumed()
     }
 
     /// The next complete entry, `Ok(None)` if more bytes are needed.
     pub fn next_entry(&mut self) -> Result<Option<Entry>, CodecError> {
-        if !self.header_done {
-            let a = self.avail();
-            if a.len() < HEADER_LEN {
-                if !MAGIC.starts_with(&a[..a.len().min(8)]) {
-                    return Err(CodecError::BadMagic);
-                }
-                return Ok(None);
+        self.frames.next(|f| {
+            let kind = Entry::kind_name(f.tag);
+            let entry: Entry =
+                decode_exact(f.payload, config()).map_err(|reason| CodecError::Payload {
+                    frame: f.number,
+                    offset: f.offset,
+                    kind,
+                    reason,
+                })?;
+            if entry.kind() != f.tag {
+                return Err(CodecError::KindMismatch {
+                    frame: f.number,
+                    offset: f.offset,
+                    header_kind: kind,
+                    payload_kind: Entry::kind_name(entry.kind()),
+                });
             }
-            if &a[..8] != MAGIC {
-                return Err(CodecError::BadMagic);
-            }
-            let found = u32::from_le_bytes([a[8], a[9], a[10], a[11]]);
-            if found != FORMAT_VERSION {
-                return Err(CodecError::Version { found });
-            }
-            self.pos += HEADER_LEN;
-            self.header_done = true;
-        }
-        let offset = self.consumed();
-        let frame = self.frames;
-        let a = self.avail();
-        if a.len() < FRAME_HEADER_LEN {
-            return Ok(None);
-        }
-        let len = u32::from_le_bytes([a[0], a[1], a[2], a[3]]) as usize;
-        if len > MAX_PAYLOAD {
-            return Err(CodecError::TooLarge { frame, offset, len });
-        }
-        if a.len() < FRAME_HEADER_LEN + len {
-            return Ok(None);
-        }
-        let kind = a[4];
-        let stored = u32::from_le_bytes([a[5], a[6], a[7], a[8]]);
-        let payload = &a[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len];
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&[kind]);
-        hasher.update(payload);
-        let computed = hasher.finalize();
-        let kind_name = Entry::kind_name(kind);
-        if computed != stored {
-            return Err(CodecError::Checksum {
-                frame,
-                offset,
-                kind: kind_name,
-                stored,
-                computed,
-            });
-        }
-        let (entry, used): (Entry, usize) = bincode::serde::decode_from_slice(payload, config())
-            .map_err(|e| CodecError::Payload {
-                frame,
-                offset,
-                kind: kind_name,
-                reason: e.to_string(),
-            })?;
-        if used != len {
-            return Err(CodecError::Payload {
-                frame,
-                offset,
-                kind: kind_name,
-                reason: format!("{} trailing bytes", len - used),
-            });
-        }
-        if entry.kind() != kind {
-            return Err(CodecError::KindMismatch {
-                frame,
-                offset,
-                header_kind: kind_name,
-                payload_kind: Entry::kind_name(entry.kind()),
-            });
-        }
-        self.pos += FRAME_HEADER_LEN + len;
-        self.frames += 1;
-        Ok(Some(entry))
+            Ok(entry)
+        })
     }
 
     /// At end of input: an error if a frame (or the header) was cut short.
     pub fn finish(&self) -> Result<(), CodecError> {
-        let a = self.avail();
-        if !self.header_done {
-            return Err(CodecError::TruncatedHeader { have: a.len() });
-        }
-        if a.is_empty() {
-            return Ok(());
-        }
-        let need = if a.len() >= 4 {
-            FRAME_HEADER_LEN + u32::from_le_bytes([a[0], a[1], a[2], a[3]]) as usize
-        } else {
-            FRAME_HEADER_LEN
-        };
-        Err(CodecError::Truncated {
-            frame: self.frames,
-            offset: self.consumed(),
-            have: a.len(),
-            need,
-        })
+        Ok(self.frames.finish()?)
     }
 }
 

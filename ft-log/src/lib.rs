@@ -6,11 +6,13 @@
 //! live primary/backup pair, [`channel`] frames the messages of the logging channel (the
 //! log travels inside them), [`output`] keeps console output back until the backup has
 //! verified the exit that produced it, and [`liveness`] tells when the peer has gone
-//! silent. The VMM owns files, sockets, threads and clocks.
+//! silent. The log and the channel read their frames (header, length, CRC) with one
+//! private reader, `frame`. The VMM owns files, sockets, threads and clocks.
 
 pub mod channel;
 pub mod codec;
 pub mod entry;
+mod frame;
 pub mod liveness;
 pub mod output;
 #[cfg(test)]
