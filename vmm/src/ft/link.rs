@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use ft_log::channel::{encode_message, MessageDecoder, ToBackup, ToPrimary};
 use ft_log::liveness::Liveness;
+use serde::de::DeserializeOwned;
 
 use super::console::ConsoleSink;
 use super::pipe::Pipe;
@@ -191,73 +192,32 @@ impl Link {
         acked: Arc<AtomicU64>,
         timeout: Duration,
     ) -> Result<Self, LinkError> {
-        let peer = stream.peer_addr()?;
-        let health = Health::new(timeout);
-        let beat = timeout / 5;
-        let mut tx = stream.try_clone()?;
-        let mut rx = stream.try_clone()?;
-        rx.set_read_timeout(Some(beat.max(Duration::from_millis(10))))?;
-        let h = health.clone();
-        let sender = std::thread::Builder::new()
-            .name("ft-send".into())
-            .spawn(move || {
-                let r = (|| -> Result<(), LinkError> {
-                    loop {
-                        if h.stop.load(Ordering::SeqCst) {
-                            return Ok(());
-                        }
-                        let data = log.drain_up_to(LOG_CHUNK, beat);
-                        if !data.is_empty() {
-                            send(&mut tx, &ToBackup::Log(data))?;
-                        } else if log.is_finished() {
-                            return Ok(());
-                        } else {
-                            send(&mut tx, &ToBackup::Heartbeat)?;
-                        }
-                    }
-                })();
-                if let Err(e) = r {
-                    h.fail(chain(&e));
+        let on_message = move |m: ToPrimary| -> Result<(), LinkError> {
+            match m {
+                ToPrimary::Ack { ordinal } => {
+                    acked.fetch_max(ordinal, Ordering::SeqCst);
+                    sink.ack(ordinal);
                 }
-            })?;
-        let h = health.clone();
-        let receiver = std::thread::Builder::new()
-            .name("ft-recv".into())
-            .spawn(move || {
-                let mut dec = decoder;
-                let r = (|| -> Result<(), LinkError> {
-                    while !h.stop.load(Ordering::SeqCst) {
-                        let Some(m) = recv(&mut rx, &mut dec)? else {
-                            continue;
-                        };
-                        h.heard();
-                        match m {
-                            ToPrimary::Ack { ordinal } => {
-                                acked.fetch_max(ordinal, Ordering::SeqCst);
-                                sink.ack(ordinal);
-                            }
-                            ToPrimary::Resync => delta_request.store(true, Ordering::SeqCst),
-                            ToPrimary::Heartbeat => {}
-                            ToPrimary::Hello { .. } => {
-                                return Err(LinkError::Protocol("a second hello".into()))
-                            }
-                        }
-                    }
-                    Ok(())
-                })();
-                if let Err(e) = r {
-                    h.fail(chain(&e));
+                ToPrimary::Resync => delta_request.store(true, Ordering::SeqCst),
+                ToPrimary::Heartbeat => {}
+                ToPrimary::Hello { .. } => {
+                    return Err(LinkError::Protocol("a second hello".into()))
                 }
-            })?;
-        health.heard();
-        Ok(Self {
-            stream,
-            peer,
-            health,
-            timeout,
-            threads: vec![sender, receiver],
-            log_pipe: None,
-        })
+            }
+            Ok(())
+        };
+        let send_step = move |tx: &mut TcpStream, beat: Duration| -> Result<bool, LinkError> {
+            let data = log.drain_up_to(LOG_CHUNK, beat);
+            if !data.is_empty() {
+                send(tx, &ToBackup::Log(data))?;
+            } else if log.is_finished() {
+                return Ok(false);
+            } else {
+                send(tx, &ToBackup::Heartbeat)?;
+            }
+            Ok(true)
+        };
+        Self::start(stream, decoder, timeout, None, on_message, send_step)
     }
 
     /// Backup side, after the state transfer: fill `log` from the primary, acknowledge
@@ -271,79 +231,93 @@ impl Link {
         counters: Arc<LiveCounters>,
         timeout: Duration,
     ) -> Result<Self, LinkError> {
+        let mut pipe = log.clone();
+        let on_message = move |m: ToBackup| -> Result<(), LinkError> {
+            match m {
+                ToBackup::Log(bytes) => pipe.write_all(&bytes)?,
+                ToBackup::Heartbeat => {}
+                other => {
+                    return Err(LinkError::Protocol(format!(
+                        "state transfer message after the transfer ({})",
+                        match other {
+                            ToBackup::Hello { .. } => "hello",
+                            ToBackup::Pages(_) => "pages",
+                            _ => "machine",
+                        }
+                    )))
+                }
+            }
+            Ok(())
+        };
+        let mut last_ack = 0;
+        let mut last_sent = Instant::now();
+        let mut asked = false;
+        let send_step = move |tx: &mut TcpStream, beat: Duration| -> Result<bool, LinkError> {
+            let v = counters.verified.load(Ordering::SeqCst);
+            if v > last_ack {
+                sink.ack(v);
+                send(tx, &ToPrimary::Ack { ordinal: v })?;
+                last_ack = v;
+                last_sent = Instant::now();
+            }
+            let recovering = counters.recovering.load(Ordering::SeqCst);
+            if recovering && !asked {
+                send(tx, &ToPrimary::Resync)?;
+                last_sent = Instant::now();
+            }
+            asked = recovering;
+            if last_sent.elapsed() >= beat {
+                send(tx, &ToPrimary::Heartbeat)?;
+                last_sent = Instant::now();
+            }
+            std::thread::sleep(Duration::from_micros(500));
+            Ok(true)
+        };
+        Self::start(stream, decoder, timeout, Some(log), on_message, send_step)
+    }
+
+    /// The scaffolding both sides share: a receiver thread that hands each message from
+    /// the peer to `on_message` (any message counts as word from the peer), and a sender
+    /// thread that runs `send_step` (given the heartbeat interval) until it returns
+    /// `Ok(false)` or the link stops. A thread's error becomes the link's failure.
+    fn start<M, R, S>(
+        stream: TcpStream,
+        mut decoder: MessageDecoder<M>,
+        timeout: Duration,
+        log_pipe: Option<Pipe>,
+        mut on_message: R,
+        mut send_step: S,
+    ) -> Result<Self, LinkError>
+    where
+        M: DeserializeOwned + 'static,
+        R: FnMut(M) -> Result<(), LinkError> + Send + 'static,
+        S: FnMut(&mut TcpStream, Duration) -> Result<bool, LinkError> + Send + 'static,
+    {
         let peer = stream.peer_addr()?;
         let health = Health::new(timeout);
+        // Heartbeats at a fifth of the timeout: four can go missing before the peer fails.
         let beat = timeout / 5;
         let mut tx = stream.try_clone()?;
         let mut rx = stream.try_clone()?;
         rx.set_read_timeout(Some(beat.max(Duration::from_millis(10))))?;
-        let h = health.clone();
-        let mut pipe = log.clone();
-        let receiver = std::thread::Builder::new()
-            .name("ft-recv".into())
-            .spawn(move || {
-                let mut dec = decoder;
-                let r = (|| -> Result<(), LinkError> {
-                    while !h.stop.load(Ordering::SeqCst) {
-                        let Some(m) = recv(&mut rx, &mut dec)? else {
-                            continue;
-                        };
-                        h.heard();
-                        match m {
-                            ToBackup::Log(bytes) => pipe.write_all(&bytes)?,
-                            ToBackup::Heartbeat => {}
-                            other => {
-                                return Err(LinkError::Protocol(format!(
-                                    "state transfer message after the transfer ({})",
-                                    match other {
-                                        ToBackup::Hello { .. } => "hello",
-                                        ToBackup::Pages(_) => "pages",
-                                        _ => "machine",
-                                    }
-                                )))
-                            }
-                        }
-                    }
-                    Ok(())
-                })();
-                if let Err(e) = r {
-                    h.fail(chain(&e));
+        let sender = spawn_worker("ft-send", &health, move |h| {
+            while !h.stop.load(Ordering::SeqCst) {
+                if !send_step(&mut tx, beat)? {
+                    break;
                 }
-            })?;
-        let h = health.clone();
-        let sender = std::thread::Builder::new()
-            .name("ft-send".into())
-            .spawn(move || {
-                let r = (|| -> Result<(), LinkError> {
-                    let mut last_ack = 0;
-                    let mut last_sent = Instant::now();
-                    let mut asked = false;
-                    while !h.stop.load(Ordering::SeqCst) {
-                        let v = counters.verified.load(Ordering::SeqCst);
-                        if v > last_ack {
-                            sink.ack(v);
-                            send(&mut tx, &ToPrimary::Ack { ordinal: v })?;
-                            last_ack = v;
-                            last_sent = Instant::now();
-                        }
-                        let recovering = counters.recovering.load(Ordering::SeqCst);
-                        if recovering && !asked {
-                            send(&mut tx, &ToPrimary::Resync)?;
-                            last_sent = Instant::now();
-                        }
-                        asked = recovering;
-                        if last_sent.elapsed() >= beat {
-                            send(&mut tx, &ToPrimary::Heartbeat)?;
-                            last_sent = Instant::now();
-                        }
-                        std::thread::sleep(Duration::from_micros(500));
-                    }
-                    Ok(())
-                })();
-                if let Err(e) = r {
-                    h.fail(chain(&e));
-                }
-            })?;
+            }
+            Ok(())
+        })?;
+        let receiver = spawn_worker("ft-recv", &health, move |h| {
+            while !h.stop.load(Ordering::SeqCst) {
+                let Some(m) = recv(&mut rx, &mut decoder)? else {
+                    continue;
+                };
+                h.heard();
+                on_message(m)?;
+            }
+            Ok(())
+        })?;
         health.heard();
         Ok(Self {
             stream,
@@ -351,9 +325,26 @@ impl Link {
             health,
             timeout,
             threads: vec![sender, receiver],
-            log_pipe: Some(log),
+            log_pipe,
         })
     }
+}
+
+/// A named thread running `body`; its error, with its sources, is the link's failure.
+fn spawn_worker(
+    name: &str,
+    health: &Arc<Health>,
+    body: impl FnOnce(&Health) -> Result<(), LinkError> + Send + 'static,
+) -> Result<JoinHandle<()>, LinkError> {
+    let h = health.clone();
+    let handle = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            if let Err(e) = body(&h) {
+                h.fail(chain(&e));
+            }
+        })?;
+    Ok(handle)
 }
 
 #[cfg(test)]
