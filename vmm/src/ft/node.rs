@@ -23,6 +23,7 @@ use super::shared::{Claim, SharedDir, SharedError};
 use super::status::{now_unix_ms, StatusReport};
 use super::transfer::{self, TransferError};
 use crate::machine::{FtHooks, LogSetup, Resources, Vm, VmConfig, VmError};
+use crate::platform::ConsoleOut;
 use crate::replay::LiveCounters;
 use crate::vcpu::{LogMode, VcpuEvent, VcpuReport};
 
@@ -115,6 +116,44 @@ fn bind(addr: &str) -> Result<TcpListener, FtError> {
     Ok(l)
 }
 
+/// How a VM of the pair is wired to its controller, the same for both roles: the hooks it
+/// is built with, its console (held back by the output rule), and the controller's ends of
+/// what the hooks share.
+struct Wiring {
+    hooks: FtHooks,
+    console: ConsoleOut,
+    /// Set by the link when the backup asks for a checkpoint delta.
+    delta_request: Arc<AtomicBool>,
+    /// The guest's console position, as the platform keeps it.
+    position: Arc<AtomicU64>,
+}
+
+impl Wiring {
+    /// Dirty pages are logged from the start (for a state transfer, or a delta); a backup
+    /// takes `live_input` for when it goes live.
+    fn new(
+        sink: &Arc<ConsoleSink>,
+        live_input: Option<crossbeam_channel::Receiver<Vec<u8>>>,
+    ) -> Self {
+        let exit_ordinal = Arc::new(AtomicU64::new(0));
+        let position = Arc::new(AtomicU64::new(0));
+        let delta_request = Arc::new(AtomicBool::new(false));
+        let hooks = FtHooks {
+            dirty_log: true,
+            live_input,
+            delta_request: Some(delta_request.clone()),
+            exit_ordinal: Some(exit_ordinal.clone()),
+            console_position: Some(position.clone()),
+        };
+        Self {
+            hooks,
+            console: Box::new(sink.writer(exit_ordinal, position.clone())),
+            delta_request,
+            position,
+        }
+    }
+}
+
 /// Start a VM as the primary of a new pair: claim epoch 1, boot (or restore) the guest
 /// and run it, protected whenever a backup has joined.
 pub fn run_primary(
@@ -124,25 +163,17 @@ pub fn run_primary(
     input: crossbeam_channel::Receiver<Vec<u8>>,
     stop: &AtomicBool,
 ) -> Result<Outcome, FtError> {
-    let listener = match &opts.listen {
-        Some(a) => Some(bind(a)?),
-        None => None,
-    };
+    let listener = opts.listen.as_deref().map(bind).transpose()?;
     let who = format!("primary pid {} on {}", std::process::id(), hostname());
     let epoch = opts.shared.claim_first(&who)?;
     let sink = ConsoleSink::new(0, Some(opts.shared.open_console()?), true);
     sink.set_alone(true);
-    let exit_ordinal = Arc::new(AtomicU64::new(0));
-    let position = Arc::new(AtomicU64::new(0));
-    let delta_request = Arc::new(AtomicBool::new(false));
-    let hooks = FtHooks {
-        dirty_log: true,
-        live_input: None,
-        delta_request: Some(delta_request.clone()),
-        exit_ordinal: Some(exit_ordinal.clone()),
-        console_position: Some(position.clone()),
-    };
-    let console = Box::new(sink.writer(exit_ordinal, position.clone()));
+    let Wiring {
+        hooks,
+        console,
+        delta_request,
+        position,
+    } = Wiring::new(&sink, None);
     let pause = Arc::new(AtomicBool::new(false));
     let vm = match (config, restore) {
         (_, Some(dir)) => {
@@ -182,10 +213,7 @@ pub fn run_backup(
     input: crossbeam_channel::Receiver<Vec<u8>>,
     stop: &AtomicBool,
 ) -> Result<Outcome, FtError> {
-    let listener = match &opts.listen {
-        Some(a) => Some(bind(a)?),
-        None => None,
-    };
+    let listener = opts.listen.as_deref().map(bind).transpose()?;
     let connect = |source| FtError::Connect {
         addr: primary.to_owned(),
         source,
@@ -221,7 +249,7 @@ pub fn run_backup(
     eprintln!(
         "ftvm: state transfer: {} pages ({} MiB) in {:.2} s; replaying from exit {} in epoch {}",
         got.pages,
-        got.pages * 4096 >> 20,
+        (got.pages * 4096) >> 20,
         t.elapsed().as_secs_f64(),
         got.machine.vm.vcpu.ordinal,
         got.epoch
@@ -232,21 +260,17 @@ pub fn run_backup(
         false,
     );
     sink.set_base(got.machine.console_base);
-    let exit_ordinal = Arc::new(AtomicU64::new(0));
-    let delta_request = Arc::new(AtomicBool::new(false));
+    let Wiring {
+        hooks,
+        console,
+        delta_request,
+        position: _,
+    } = Wiring::new(&sink, Some(input));
     let counters = Arc::new(LiveCounters::default());
     counters
         .verified
         .store(got.machine.vm.vcpu.ordinal, Ordering::SeqCst);
     let pipe = Pipe::new(opts.buffer_bytes);
-    let position = Arc::new(AtomicU64::new(0));
-    let hooks = FtHooks {
-        dirty_log: true,
-        live_input: Some(input),
-        delta_request: Some(delta_request.clone()),
-        exit_ordinal: Some(exit_ordinal.clone()),
-        console_position: Some(position.clone()),
-    };
     // The channel runs first: building the VM already reads the log's first entry.
     stream.set_read_timeout(None).map_err(connect)?;
     let link = Link::backup(
@@ -263,7 +287,7 @@ pub fn run_backup(
         got.machine.mem_mib,
         got.machine.clock,
         Resources {
-            console: Box::new(sink.writer(exit_ordinal, position)),
+            console,
             input_rx: None,
             trace_exits: None,
             pause_request: Arc::new(AtomicBool::new(false)),
