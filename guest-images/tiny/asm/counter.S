@@ -7,23 +7,11 @@
 
 .section .text
 main:
-    mov edi, 0x20
-    lea rsi, [rip + on_timer]
-    xor edx, edx
-    call set_gate
-    mov edi, 0xfe           # unmask IRQ0 only
-    mov esi, 0xff
-    call pic_init
-    mov edi, 1193           # about 1 kHz
-    call pit_init
+    timer_1khz on_timer
     lea rdi, [rip + msg_start]
     call puts
-1:  sti
-    hlt
-    cli
-    mov rax, qword ptr [rip + ticks]
-    cmp rax, EVERY
-    jb 1b
+next_count:
+    wait_ticks ticks, EVERY
     mov qword ptr [rip + ticks], 0
     lea rdi, [rip + msg_count]
     call puts
@@ -34,7 +22,7 @@ main:
     inc rax
     mov qword ptr [rip + count], rax
     cmp rax, LAST
-    jbe 1b
+    jbe next_count
     lea rdi, [rip + msg_done]
     call puts
     xor edi, edi

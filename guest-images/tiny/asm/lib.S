@@ -207,6 +207,32 @@ pit_init:
     out 0x40, al
     ret
 
+# timer_1khz handler: the timer guests' setup: `handler` on vector 0x20, the PIC with only
+# IRQ0 unmasked, the PIT at about 1 kHz. A macro rather than a call, so that a guest's code
+# (and so its exits) is what it was when it spelt this out itself.
+.macro timer_1khz handler
+    mov edi, 0x20
+    lea rsi, [rip + \handler]
+    xor edx, edx
+    call set_gate
+    mov edi, 0xfe           # unmask IRQ0 only
+    mov esi, 0xff
+    call pic_init
+    mov edi, 1193           # about 1 kHz
+    call pit_init
+.endm
+
+# wait_ticks var, n: idle (STI then HLT, so no tick slips in between) until the quadword
+# `var`, counted by the timer handler, reaches n. Ends with interrupts off, rax = var.
+.macro wait_ticks var, n
+1:  sti
+    hlt
+    cli
+    mov rax, qword ptr [rip + \var]
+    cmp rax, \n
+    jb 1b
+.endm
+
 # End of interrupt to the master PIC.
 pic_eoi:
     mov al, 0x20

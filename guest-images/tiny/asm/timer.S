@@ -4,23 +4,10 @@
 
 .section .text
 main:
-    mov edi, 0x20
-    lea rsi, [rip + on_timer]
-    xor edx, edx
-    call set_gate
-    mov edi, 0xfe           # unmask IRQ0 only
-    mov esi, 0xff
-    call pic_init
-    mov edi, 1193           # about 1 kHz
-    call pit_init
+    timer_1khz on_timer
     lea rdi, [rip + msg_start]
     call puts
-1:  sti
-    hlt
-    cli
-    mov rax, qword ptr [rip + ticks]
-    cmp rax, TICKS
-    jb 1b
+    wait_ticks ticks, TICKS
     lea rdi, [rip + msg_done]
     call puts
     mov rdi, qword ptr [rip + ticks]
