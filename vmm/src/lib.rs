@@ -16,6 +16,7 @@ pub mod layout;
 pub mod linux;
 pub mod machine;
 pub mod memory;
+pub mod pagecheck;
 pub mod platform;
 pub mod record;
 pub mod replay;

@@ -4,12 +4,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Address, GuestMemoryMmap};
 
 use crate::boot::{self, BootError};
 use crate::clock::{ClockMode, VmClock};
+use crate::compat::shadow_mmu::MemorySlots;
 use crate::compat::syscall::SyscallProbe;
 use crate::compat::CompatError;
 use crate::cpu::{self, CpuError};
@@ -127,32 +127,6 @@ pub struct Vm {
 
 /// Register every RAM region with KVM (tracking dirty pages for checkpoint deltas when
 /// recording).
-fn map_memory(vm: &VmFd, mem: &GuestMemoryMmap, dirty_log: bool) -> Result<(), VmError> {
-    for (slot, region) in mem.iter().enumerate() {
-        let host = region
-            .get_host_address(vm_memory::MemoryRegionAddress(0))
-            .map_err(|_| VmError::Kvm {
-                what: "map guest memory",
-                source: kvm_ioctls::Error::new(libc::EFAULT),
-            })?;
-        let desc = kvm_userspace_memory_region {
-            slot: slot as u32,
-            flags: if dirty_log {
-                kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
-            } else {
-                0
-            },
-            guest_phys_addr: region.start_addr().raw_value(),
-            memory_size: region.len(),
-            userspace_addr: host as u64,
-        };
-        // SAFETY: the region is a live mmap owned by `mem`, which the Vm keeps for as long
-        // as the VM fd exists, and the slots do not overlap.
-        unsafe { vm.set_user_memory_region(desc) }.map_err(kvm("map guest memory"))?;
-    }
-    Ok(())
-}
-
 fn open_log(log: LogSetup, vm_fd: &Arc<VmFd>) -> Result<LogMode, VmError> {
     Ok(match log {
         LogSetup::Off => LogMode::Off,
@@ -205,17 +179,21 @@ fn create_vm(
     kvm_sys: &Kvm,
     mem: &GuestMemoryMmap,
     dirty_log: bool,
-) -> Result<(VmFd, kvm_ioctls::VcpuFd), VmError> {
+) -> Result<(MemorySlots, kvm_ioctls::VcpuFd), VmError> {
     let vm_fd = kvm_sys.create_vm().map_err(kvm("create a VM"))?;
     vm_fd
         .set_tss_address(0xfffb_d000)
         .map_err(kvm("place the TSS"))?;
-    map_memory(&vm_fd, mem, dirty_log)?;
-    let vcpu_fd = vm_fd.create_vcpu(0).map_err(kvm("create the vCPU"))?;
+    let slots = MemorySlots {
+        vm: Arc::new(vm_fd),
+        dirty_log,
+    };
+    slots.register(mem)?;
+    let vcpu_fd = slots.vm.create_vcpu(0).map_err(kvm("create the vCPU"))?;
     vcpu_fd
         .set_cpuid2(&cpu::normalised_cpuid(kvm_sys)?)
         .map_err(kvm("set CPUID"))?;
-    Ok((vm_fd, vcpu_fd))
+    Ok((slots, vcpu_fd))
 }
 
 impl Vm {
@@ -274,10 +252,9 @@ impl Vm {
         cpu::write_boot_tables(&mem)?;
 
         let dirty_log = hooks.dirty_log || matches!(log, LogSetup::Record(_));
-        let (vm_fd, vcpu_fd) = create_vm(&kvm_sys, &mem, dirty_log)?;
+        let (slots, vcpu_fd) = create_vm(&kvm_sys, &mem, dirty_log)?;
         cpu::setup_boot_registers(&vcpu_fd, info.entry)?;
-        let vm_fd = Arc::new(vm_fd);
-        let mut log = open_log(log, &vm_fd)?;
+        let mut log = open_log(log, &slots.vm)?;
 
         let clock = Arc::new(VmClock::new(config.clock, 0));
         let now = match config.clock {
@@ -305,7 +282,7 @@ impl Vm {
         );
         Self::start(
             kvm_sys,
-            vm_fd,
+            slots,
             vcpu_fd,
             mem,
             config.mem_mib,
@@ -383,10 +360,9 @@ impl Vm {
         let trace = open_trace(res.trace_exits)?;
         let kvm_sys = Kvm::new().map_err(VmError::OpenKvm)?;
         let dirty_log = hooks.dirty_log || matches!(log, LogSetup::Record(_));
-        let (vm_fd, vcpu_fd) = create_vm(&kvm_sys, &memory, dirty_log)?;
+        let (slots, vcpu_fd) = create_vm(&kvm_sys, &memory, dirty_log)?;
         state.vcpu.restore(&vcpu_fd)?;
-        let vm_fd = Arc::new(vm_fd);
-        let mut log = open_log(log, &vm_fd)?;
+        let mut log = open_log(log, &slots.vm)?;
         // The CMOS base is in the state; logged anyway so every log starts alike.
         log_start(&mut log, state.platform.cmos.base_unix_secs)?;
         let clock = Arc::new(VmClock::new(clock_mode, state.clock_ns));
@@ -399,7 +375,7 @@ impl Vm {
         tracing::info!(ordinal = state.vcpu.ordinal, mem_mib, "VM restored");
         Self::start(
             kvm_sys,
-            vm_fd,
+            slots,
             vcpu_fd,
             memory,
             mem_mib,
@@ -417,7 +393,7 @@ impl Vm {
     #[allow(clippy::too_many_arguments)]
     fn start(
         kvm_sys: Kvm,
-        vm_fd: Arc<VmFd>,
+        slots: MemorySlots,
         vcpu_fd: kvm_ioctls::VcpuFd,
         mem: GuestMemoryMmap,
         mem_mib: u64,
@@ -445,6 +421,7 @@ impl Vm {
             ClockMode::Exits { .. } => None,
         };
         let exit_ordinal = hooks.exit_ordinal.unwrap_or_default();
+        let vm_fd = slots.vm.clone();
         let vcpu = VcpuHandle::spawn(VcpuParts {
             live_input: hooks.live_input,
             delta_request: hooks.delta_request,
@@ -455,6 +432,7 @@ impl Vm {
             syscall_repair: (syscall_probe == SyscallProbe::Broken)
                 .then(crate::compat::syscall::SyscallRepair::new),
             fd: vcpu_fd,
+            memory_slots: slots,
             memory: mem.clone(),
             platform,
             clock: clock.clone(),

@@ -55,6 +55,7 @@ impl Recorder {
             bytes: header.len() as u64,
             ..Default::default()
         };
+        crate::pagecheck::start(true);
         Ok(Self {
             out,
             vm,
@@ -135,6 +136,7 @@ impl Recorder {
                 }
             }
         }
+        crate::pagecheck::at_delta(mem, ordinal);
         Ok(Delta {
             ordinal,
             time_ns,

@@ -59,6 +59,7 @@ pub struct Replayer {
 
 impl Replayer {
     pub fn new(source: Box<dyn Read + Send>) -> Self {
+        crate::pagecheck::start(false);
         Self {
             source,
             decoder: Decoder::new(),
@@ -152,6 +153,32 @@ impl Replayer {
         self.fill(1)?;
         Ok(self.ahead.pop_front().map(|(e, size)| {
             self.log_stats.count(&e, size);
+            match &e {
+                Entry::Exit(x) => tracing::trace!(
+                    "entry: exit {} {:?} rip {:#x} addr {:#x} value {:#x} t {}",
+                    x.ordinal,
+                    x.kind,
+                    x.rip,
+                    x.addr,
+                    x.value,
+                    x.time_ns
+                ),
+                Entry::Delta(d) => tracing::trace!(
+                    "entry: delta at {} t {} pages {} full {}",
+                    d.ordinal,
+                    d.time_ns,
+                    d.pages.len(),
+                    d.full
+                ),
+                Entry::Interrupt { ordinal, vector } => {
+                    tracing::trace!("entry: interrupt {vector:#x} at {ordinal}")
+                }
+                other => tracing::trace!(
+                    "entry: {} at {}",
+                    Entry::kind_name(other.kind()),
+                    other.ordinal()
+                ),
+            }
             e
         }))
     }

@@ -1,7 +1,8 @@
 //! Saved state of a paused VM: vCPU registers and events, device states, guest time.
 
 use kvm_bindings::{
-    kvm_debugregs, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events, Msrs,
+    kvm_debugregs, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcr, kvm_xcrs,
+    kvm_xsave, Msrs,
 };
 use kvm_ioctls::VcpuFd;
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,11 @@ pub const SAVED_MSRS: [u32; 12] = [
     0xc000_0103, // TSC_AUX
 ];
 
+/// Words in KVM's (non-extended) XSAVE area.
+const XSAVE_WORDS: usize = 1024;
+/// XCR slots in `kvm_xcrs`.
+const MAX_XCRS: usize = 16;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VcpuState {
     pub regs: kvm_regs,
@@ -32,6 +38,17 @@ pub struct VcpuState {
     pub msrs: Vec<(u32, u64)>,
     pub events: kvm_vcpu_events,
     pub debugregs: kvm_debugregs,
+    /// The whole XSAVE area (KVM_GET_XSAVE), where KVM has it. KVM_GET_FPU holds only
+    /// x87 and SSE, but a guest can use more than its kernel enabled: on hosts that run
+    /// guest user code natively under the host's XCR0 (shared/HOST-KVM.md), user space uses
+    /// AVX-512 mask and upper registers (glibc's EVEX string functions) even with `noxsave`.
+    /// Left out, a restored or replayed guest computes with stale registers.
+    /// Absent in snapshots written before it was saved.
+    #[serde(default)]
+    pub xsave: Option<Vec<u32>>,
+    /// The extended control registers (XCR0), saved with the XSAVE area.
+    #[serde(default)]
+    pub xcrs: Option<Vec<(u32, u64)>>,
     /// Synchronous exits before this point.
     pub ordinal: u64,
     pub halted: bool,
@@ -65,6 +82,14 @@ impl VcpuState {
                 .collect(),
             events: fd.get_vcpu_events().map_err(kvm("pending events"))?,
             debugregs: fd.get_debug_regs().map_err(kvm("debug registers"))?,
+            // A host without KVM_CAP_XSAVE refuses these: the FPU state above is all.
+            xsave: fd.get_xsave().ok().map(|x| x.region.to_vec()),
+            xcrs: fd.get_xcrs().ok().map(|x| {
+                x.xcrs[..(x.nr_xcrs as usize).min(x.xcrs.len())]
+                    .iter()
+                    .map(|c| (c.xcr, c.value))
+                    .collect()
+            }),
             ordinal,
             halted,
         })
@@ -97,6 +122,28 @@ impl VcpuState {
             .map_err(kvm("pending events"))?;
         fd.set_debug_regs(&self.debugregs)
             .map_err(kvm("debug registers"))?;
+        if let Some(xcrs) = &self.xcrs {
+            let mut k = kvm_xcrs {
+                nr_xcrs: xcrs.len() as u32,
+                ..Default::default()
+            };
+            for (slot, &(xcr, value)) in k.xcrs.iter_mut().zip(xcrs) {
+                *slot = kvm_xcr {
+                    xcr,
+                    value,
+                    ..Default::default()
+                };
+            }
+            fd.set_xcrs(&k).map_err(kvm("extended control registers"))?;
+        }
+        if let Some(region) = &self.xsave {
+            let mut x = kvm_xsave::default();
+            x.region.copy_from_slice(region);
+            // SAFETY: KVM reads at most the size KVM_CAP_XSAVE2 reports, which exceeds
+            // the 4096 bytes of `kvm_xsave` only after the VMM asked for dynamically
+            // enabled features (arch_prctl ARCH_REQ_XCOMP_GUEST_PERM); ftvm never does.
+            unsafe { fd.set_xsave(&x) }.map_err(kvm("XSAVE area"))?;
+        }
         Ok(())
     }
 
@@ -111,6 +158,19 @@ impl VcpuState {
         }
         if let Some((index, _)) = self.msrs.iter().find(|(i, _)| !SAVED_MSRS.contains(i)) {
             return Err(format!("MSR {index:#x} is not one ftvm saves"));
+        }
+        if let Some(x) = &self.xsave {
+            if x.len() != XSAVE_WORDS {
+                return Err(format!(
+                    "XSAVE area of {} words, KVM's has {XSAVE_WORDS}",
+                    x.len()
+                ));
+            }
+        }
+        if let Some(xcrs) = &self.xcrs {
+            if xcrs.len() > MAX_XCRS {
+                return Err(format!("{} XCRs, KVM has at most {MAX_XCRS}", xcrs.len()));
+            }
         }
         if self.sregs.efer & (1 << 10) == 0 && self.regs.rip > u64::from(u32::MAX) {
             return Err("RIP above 4 GiB outside long mode".into());

@@ -139,10 +139,10 @@ fn syscall_from_user_mode_reaches_the_kernel_at_cpl0() {
     // On hosts that need the repair it ran once per SYSCALL; elsewhere never.
     let err = stderr(&out);
     if err.contains("SYSCALL from user Broken") {
-        assert!(err.contains("syscall 2;"), "{err}");
+        assert!(err.contains("syscall 2,"), "{err}");
     } else {
         assert!(
-            err.contains("SYSCALL from user Works") && err.contains("syscall 0;"),
+            err.contains("SYSCALL from user Works") && err.contains("syscall 0,"),
             "{err}"
         );
     }

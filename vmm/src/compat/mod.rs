@@ -7,7 +7,10 @@
 //!   past the instruction and inject the exception as the CPU would have raised it.
 //! - FWAIT fails to emulate: with no pending x87 exception it does nothing, so skip it.
 //! - SYSCALL from CPL3 leaves CS at the user selector: see [`syscall`].
+//! - A shadow MMU does not see guest memory the VMM rewrote: see [`shadow_mmu`] (done on
+//!   every host, since none can be told apart cheaply; harmless with EPT/NPT).
 
+pub mod shadow_mmu;
 pub mod syscall;
 
 use kvm_ioctls::VcpuFd;
@@ -37,6 +40,8 @@ pub struct CompatCounts {
     pub int_n: u64,
     pub fwait: u64,
     pub syscall: u64,
+    /// Memory slots reloaded after the VMM rewrote guest memory ([`shadow_mmu`]).
+    pub slot_reloads: u64,
 }
 
 impl CompatCounts {
@@ -49,8 +54,8 @@ impl std::fmt::Display for CompatCounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "int3 {}, int n {}, fwait {}, syscall {}",
-            self.int3, self.int_n, self.fwait, self.syscall
+            "int3 {}, int n {}, fwait {}, syscall {}, slot reloads {}",
+            self.int3, self.int_n, self.fwait, self.syscall, self.slot_reloads
         )
     }
 }

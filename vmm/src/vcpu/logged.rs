@@ -171,6 +171,14 @@ impl Vcpu {
                         let logged = logged.clone();
                         let _ = r.pop();
                         if logged != mine {
+                            tracing::warn!(
+                                ordinal = mine.ordinal,
+                                "replayed guest at the divergence: {}",
+                                super::guest_context::describe(&self.fd, &self.memory)
+                            );
+                            let LogMode::Replay(r) = &mut self.log else {
+                                return None;
+                            };
                             r.diverged(
                                 mine.ordinal,
                                 "exit differs",
@@ -400,12 +408,20 @@ impl Vcpu {
                 .write_slice(&page.data, vm_memory::GuestAddress(page.gpa))
                 .map_err(|e| format!("delta page {:#x}: {e}", page.gpa))?;
         }
+        if !d.pages.is_empty() {
+            // KVM did not see those writes (see compat::shadow_mmu).
+            self.memory_slots
+                .reload(&self.memory)
+                .map_err(|e| e.to_string())?;
+            self.metrics.compat.slot_reloads += 1;
+        }
         self.clock.freeze(d.time_ns);
         self.clock.advance_to(d.time_ns);
         self.platform
             .load_state(devices)
             .map_err(|e| e.to_string())?;
         vcpu.restore(&self.fd).map_err(|e| e.to_string())?;
+        crate::pagecheck::at_delta(&self.memory, d.ordinal);
         self.ordinal = d.ordinal;
         self.halted = vcpu.halted;
         self.if_flag = vcpu.regs.rflags & 0x200 != 0;

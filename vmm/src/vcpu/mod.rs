@@ -22,6 +22,7 @@ use crate::state::VcpuState;
 use crate::stop::StopReason;
 
 mod exits;
+mod guest_context;
 mod logged;
 
 pub use logged::{LogMode, LogReport};
@@ -128,6 +129,7 @@ pub struct Vcpu {
     pause_request: Arc<std::sync::atomic::AtomicBool>,
     syscall_repair: Option<crate::compat::syscall::SyscallRepair>,
     fd: VcpuFd,
+    memory_slots: crate::compat::shadow_mmu::MemorySlots,
     memory: vm_memory::GuestMemoryMmap,
     platform: Platform,
     clock: Arc<VmClock>,
@@ -182,6 +184,8 @@ pub struct VcpuParts {
     /// Present when this host needs the SYSCALL-from-user repair.
     pub syscall_repair: Option<crate::compat::syscall::SyscallRepair>,
     pub fd: VcpuFd,
+    /// To make KVM forget translations after guest memory was rewritten.
+    pub memory_slots: crate::compat::shadow_mmu::MemorySlots,
     pub memory: vm_memory::GuestMemoryMmap,
     pub platform: Platform,
     pub clock: Arc<VmClock>,
@@ -243,6 +247,7 @@ impl VcpuHandle {
             pause_request: parts.pause_request,
             syscall_repair: parts.syscall_repair,
             fd: parts.fd,
+            memory_slots: parts.memory_slots,
             memory: parts.memory,
             platform: parts.platform,
             clock: parts.clock,
