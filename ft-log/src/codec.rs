@@ -22,7 +22,6 @@ pub const MAGIC: &[u8; 8] = b"FTVMLOG\0";
 pub const FORMAT_VERSION: u32 = 1;
 pub const HEADER_LEN: usize = crate::frame::STREAM_HEADER_LEN;
 pub const FRAME_HEADER_LEN: usize = FORMAT.frame_header_len();
-/// Largest payload accepted: a delta of 64k dirty pages.
 /// Largest payload accepted: a full checkpoint of up to 1 GiB of non-zero guest memory,
 /// plus its framing. Anything longer is damage (or an attack), refused before allocating.
 pub const MAX_PAYLOAD: usize = (1 << 30) + (4 << 20);
