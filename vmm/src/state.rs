@@ -240,3 +240,52 @@ impl VmState {
         self.vcpu.validate()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> VcpuState {
+        VcpuState {
+            regs: Default::default(),
+            sregs: Default::default(),
+            fpu: kvm_fpu::default().into(),
+            msrs: vec![],
+            events: Default::default(),
+            debugregs: Default::default(),
+            xsave: Some(vec![0; XSAVE_WORDS]),
+            xcrs: Some(vec![(0, 1)]),
+            ordinal: 0,
+            halted: false,
+        }
+    }
+
+    #[test]
+    fn a_whole_xsave_area_is_accepted_and_a_short_one_refused() {
+        assert_eq!(state().validate(), Ok(()));
+        let mut s = state();
+        s.xsave = Some(vec![0; 100]);
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .contains("XSAVE area of 100 words"));
+    }
+
+    #[test]
+    fn too_many_xcrs_are_refused() {
+        let mut s = state();
+        s.xcrs = Some(vec![(0, 1); MAX_XCRS + 1]);
+        assert!(s.validate().unwrap_err().contains("XCRs"));
+    }
+
+    #[test]
+    fn a_state_saved_before_xsave_was_saved_still_loads() {
+        let mut v = serde_json::to_value(state()).unwrap();
+        let obj = v.as_object_mut().unwrap();
+        obj.remove("xsave");
+        obj.remove("xcrs");
+        let s: VcpuState = serde_json::from_value(v).unwrap();
+        assert!(s.xsave.is_none() && s.xcrs.is_none());
+        assert_eq!(s.validate(), Ok(()));
+    }
+}
