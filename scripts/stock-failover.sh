@@ -28,14 +28,20 @@ if [ ! -f "$snap/manifest.json" ]; then
     log "booting the stock kernel to its shell and snapshotting it (several minutes here)"
     rm -rf "$snap"
     "$ftvm" run --kernel build/stock/vmlinux --initrd build/stock/initramfs.cpio --mem 256 \
-        --snapshot-on 'ftvm-init: shell' --snapshot-dir "$snap" --exit-after-snapshot </dev/null
+        --snapshot-on 'ftvm-init: shell' --snapshot-dir "$snap" --exit-after-snapshot \
+        </dev/null >&2
 fi
 
 work=$(mktemp -d /tmp/ftvm-stock-failover-XXXXXX)
 pids=()
+failed=0
 cleanup() {
     for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    rm -rf "$work"
+    if [ "$failed" = 0 ]; then
+        rm -rf "$work"
+    else
+        log "the failed trials' files (console stream, both VMMs' stderr) are kept in $work"
+    fi
 }
 trap cleanup EXIT
 
@@ -84,19 +90,23 @@ for ((trial = 1; trial <= trials; trial++)); do
         status="still running 600 s after the kill"
     fi
     exec 7>&-
-    seen=$(tr -d '\r' <"$console" | grep -c '^n-' || true)
+    # The lines of the loop, without the shell prompt that can land in front of the first.
+    numbers() { tr -d '\r' <"$console" | sed 's/^# //' | grep '^n-' || true; }
+    seen=$(numbers | wc -l)
     in_order=yes
-    tr -d '\r' <"$console" | grep '^n-' | cmp -s - <(for i in $(seq 0 $((seen - 1))); do echo "n-$i"; done) || in_order=no
+    numbers | cmp -s - <(for i in $(seq 0 $((seen - 1))); do echo "n-$i"; done) || in_order=no
     live=$(grep -o 'live at exit [0-9]* [0-9]* ms after the loss was detected ([^)]*)' "$dir/backup.err" || echo "never went live")
     if [ "$seen" = 60 ] && [ "$in_order" = yes ] && [ "$status" = 0 ]; then
         passed=$((passed + 1))
         verdict=ok
     else
         verdict=FAILED
+        failed=$((failed + 1))
     fi
     printf 'trial %d: %s: killed after n-%d; %s; console n-0..n-%d in order: %s; backup status %s\n' \
         "$trial" "$verdict" "$kill_at" "$live" $((seen - 1)) "$in_order" "$status"
     [ "$verdict" = ok ] || tail -n 5 "$dir/backup.err" >&2
+    grep -h 'divergence at' "$dir/backup.err" | sed 's/^/    backup: /' >&2 || true
 done
 printf 'stock failover: %d of %d trials ok\n' "$passed" "$trials"
 [ "$passed" = "$trials" ]
