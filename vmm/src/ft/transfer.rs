@@ -291,9 +291,9 @@ pub fn receive_state(
                             reason: format!("{:#x}: {e}", p.gpa),
                         })?;
                     pages += 1;
-                    if pages % 16384 == 0 {
+                    if pages.is_multiple_of(16384) {
                         tracing::info!(
-                            mib = pages * PAGE as u64 >> 20,
+                            mib = (pages * PAGE as u64) >> 20,
                             secs = started.elapsed().as_secs_f64(),
                             "state transfer: received"
                         );

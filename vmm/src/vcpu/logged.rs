@@ -396,6 +396,15 @@ impl Vcpu {
             bincode::serde::decode_from_slice(&d.vcpu, cfg)
                 .map_err(|e| format!("delta vCPU: {e}"))?;
         vcpu.validate().map_err(|e| format!("delta vCPU: {e}"))?;
+        tracing::trace!(
+            ordinal = d.ordinal,
+            rip = format_args!("{:#x}", vcpu.regs.rip),
+            rflags = format_args!("{:#x}", vcpu.regs.rflags),
+            cpl = vcpu.sregs.cs.dpl,
+            exception = ?(vcpu.events.exception.injected, vcpu.events.exception.pending, vcpu.events.exception.nr),
+            shadow = vcpu.events.interrupt.shadow,
+            "loading a checkpoint"
+        );
         let (devices, _): (crate::platform::PlatformState, usize) =
             bincode::serde::decode_from_slice(&d.devices, cfg)
                 .map_err(|e| format!("delta devices: {e}"))?;
