@@ -125,8 +125,6 @@ pub struct Vm {
     _kvm: Kvm,
 }
 
-/// Register every RAM region with KVM (tracking dirty pages for checkpoint deltas when
-/// recording).
 fn open_log(log: LogSetup, vm_fd: &Arc<VmFd>) -> Result<LogMode, VmError> {
     Ok(match log {
         LogSetup::Off => LogMode::Off,

@@ -10,11 +10,11 @@
 //! exits per guest page fault, so it is armed only on hosts where a probe VM shows the bug.
 
 use kvm_bindings::{
-    kvm_guest_debug, kvm_guest_debug_arch, kvm_segment, kvm_userspace_memory_region,
-    KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
+    kvm_guest_debug, kvm_guest_debug_arch, kvm_segment, KVM_GUESTDBG_ENABLE,
+    KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::{kvm, CompatError};
 
@@ -44,23 +44,12 @@ pub fn probe(kvm_sys: &Kvm) -> Result<SyscallProbe, CompatError> {
             source: kvm_ioctls::Error::new(libc::ENOMEM),
         }
     })?;
-    let vm = kvm_sys.create_vm().map_err(kvm("create the probe VM"))?;
-    let host = mem
-        .get_host_address(GuestAddress(0))
-        .map_err(|_| CompatError::Kvm {
-            what: "map probe memory",
-            source: kvm_ioctls::Error::new(libc::EFAULT),
-        })?;
-    let region = kvm_userspace_memory_region {
-        slot: 0,
-        flags: 0,
-        guest_phys_addr: 0,
-        memory_size: MEM as u64,
-        userspace_addr: host as u64,
+    // Declared after `mem`, so the probe VM is dropped before the memory it maps.
+    let slots = super::shadow_mmu::MemorySlots {
+        vm: std::sync::Arc::new(kvm_sys.create_vm().map_err(kvm("create the probe VM"))?),
+        dirty_log: false,
     };
-    // SAFETY: `mem` outlives the probe VM (both are dropped at the end of this function,
-    // the VM first) and the region is the whole of it.
-    unsafe { vm.set_user_memory_region(region) }.map_err(kvm("map probe memory"))?;
+    slots.register(&mem)?;
     // Identity map of the first 2 MiB, user-accessible. PML4 0x1000, PDPT 0x2000, PD 0x3000.
     let w = |v: u64, a: u64| mem.write_obj(v, GuestAddress(a));
     let wrote = w(0x2007, 0x1000)
@@ -72,7 +61,10 @@ pub fn probe(kvm_sys: &Kvm) -> Result<SyscallProbe, CompatError> {
         what: "write the probe program",
         source: kvm_ioctls::Error::new(libc::EFAULT),
     })?;
-    let mut vcpu = vm.create_vcpu(0).map_err(kvm("create the probe vCPU"))?;
+    let mut vcpu = slots
+        .vm
+        .create_vcpu(0)
+        .map_err(kvm("create the probe vCPU"))?;
     let mut sregs = vcpu.get_sregs().map_err(kvm("read probe registers"))?;
     let seg = |selector: u16, type_: u8, dpl: u8, l: u8, db: u8| kvm_segment {
         base: 0,
