@@ -36,6 +36,18 @@ pub fn ram_ranges(mib: u64) -> Vec<(GuestAddress, usize)> {
     ranges
 }
 
+/// Size of a guest page.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// The guest-physical address of every page of guest RAM, region by region.
+pub fn page_addresses(mem: &GuestMemoryMmap) -> impl Iterator<Item = u64> + '_ {
+    use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
+    mem.iter().flat_map(|region| {
+        let start = region.start_addr().raw_value();
+        (0..region.len() / PAGE_SIZE).map(move |i| start + i * PAGE_SIZE)
+    })
+}
+
 /// Total RAM of this host in MiB.
 fn host_mem_mib() -> Result<u64, MemoryError> {
     let info = std::fs::read_to_string("/proc/meminfo").map_err(MemoryError::HostSize)?;
@@ -84,6 +96,17 @@ mod tests {
         let r = ram_ranges(4096);
         assert_eq!(r[0], (GuestAddress(0), MMIO_HOLE_START as usize));
         assert_eq!(r[1], (GuestAddress(MMIO_HOLE_END), (1 << 30) as usize));
+    }
+
+    #[test]
+    fn page_addresses_cover_every_region() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 2 * PAGE_SIZE as usize),
+            (GuestAddress(0x10_0000), PAGE_SIZE as usize),
+        ])
+        .unwrap();
+        let pages: Vec<u64> = page_addresses(&mem).collect();
+        assert_eq!(pages, vec![0, PAGE_SIZE, 0x10_0000]);
     }
 
     #[test]

@@ -7,9 +7,7 @@
 use std::io::{Read, Write};
 use std::sync::Mutex;
 
-use vm_memory::{
-    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 enum Side {
     Recording(std::fs::File),
@@ -35,19 +33,14 @@ pub fn start(recording: bool) {
 }
 
 fn page_crcs(mem: &GuestMemoryMmap) -> Vec<(u64, u32)> {
-    let mut out = Vec::new();
-    let mut page = [0u8; 4096];
-    for region in mem.iter() {
-        let start = region.start_addr().raw_value();
-        let mut gpa = start;
-        while gpa < start + region.len() {
-            if mem.read_slice(&mut page, GuestAddress(gpa)).is_ok() {
-                out.push((gpa, crc32fast::hash(&page)));
-            }
-            gpa += 4096;
-        }
-    }
-    out
+    let mut page = [0u8; crate::memory::PAGE_SIZE as usize];
+    crate::memory::page_addresses(mem)
+        .filter_map(|gpa| {
+            mem.read_slice(&mut page, GuestAddress(gpa))
+                .ok()
+                .map(|()| (gpa, crc32fast::hash(&page)))
+        })
+        .collect()
 }
 
 /// At a delta (recorder: when taken; replayer: right after loading it).

@@ -109,19 +109,8 @@ impl Recorder {
                     slot: slot as u32,
                     source,
                 })?;
+            // Read (and so cleared) for every slot; a full checkpoint lists all pages below.
             if full {
-                let mut data = vec![0u8; PAGE];
-                let mut gpa = start;
-                while gpa < start + region.len() {
-                    mem.read_slice(&mut data, GuestAddress(gpa))?;
-                    if data.iter().any(|&b| b != 0) {
-                        pages.push(Page {
-                            gpa,
-                            data: data.clone(),
-                        });
-                    }
-                    gpa += PAGE as u64;
-                }
                 continue;
             }
             for (w, word) in bitmap.iter().enumerate() {
@@ -133,6 +122,18 @@ impl Recorder {
                     let mut data = vec![0u8; PAGE];
                     mem.read_slice(&mut data, GuestAddress(gpa))?;
                     pages.push(Page { gpa, data });
+                }
+            }
+        }
+        if full {
+            let mut data = vec![0u8; PAGE];
+            for gpa in crate::memory::page_addresses(mem) {
+                mem.read_slice(&mut data, GuestAddress(gpa))?;
+                if data.iter().any(|&b| b != 0) {
+                    pages.push(Page {
+                        gpa,
+                        data: data.clone(),
+                    });
                 }
             }
         }

@@ -122,15 +122,6 @@ fn send_pages(
     Ok(sent)
 }
 
-fn all_pages(mem: &GuestMemoryMmap) -> Vec<u64> {
-    let mut out = Vec::new();
-    for region in mem.iter() {
-        let start = region.start_addr().raw_value();
-        out.extend((0..region.len() / PAGE as u64).map(|i| start + i * PAGE as u64));
-    }
-    out
-}
-
 /// Primary: transfer the running VM to the backup on `stream` and start logging into
 /// `log`. The VM is left running (it was running before).
 pub fn send_state(
@@ -153,7 +144,7 @@ pub fn send_state(
     report.pages_sent += send_pages(
         &mut out,
         &vm.memory,
-        all_pages(&vm.memory).into_iter(),
+        crate::memory::page_addresses(&vm.memory),
         true,
     )?;
     report.rounds = 1;

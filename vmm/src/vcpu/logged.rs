@@ -99,24 +99,17 @@ fn zero_pages_not_in(
     mem: &vm_memory::GuestMemoryMmap,
     pages: &[ft_log::Page],
 ) -> Result<(), String> {
-    use vm_memory::{Address, Bytes, GuestMemoryBackend, GuestMemoryRegion};
+    use vm_memory::Bytes;
     let listed: std::collections::HashSet<u64> = pages.iter().map(|p| p.gpa).collect();
-    let zero = [0u8; 4096];
-    let mut cur = [0u8; 4096];
-    for region in mem.iter() {
-        let start = region.start_addr().raw_value();
-        let mut gpa = start;
-        while gpa < start + region.len() {
-            if !listed.contains(&gpa) {
-                let at = vm_memory::GuestAddress(gpa);
-                mem.read_slice(&mut cur, at)
-                    .map_err(|e| format!("page {gpa:#x}: {e}"))?;
-                if cur != zero {
-                    mem.write_slice(&zero, at)
-                        .map_err(|e| format!("page {gpa:#x}: {e}"))?;
-                }
-            }
-            gpa += 4096;
+    let zero = [0u8; crate::memory::PAGE_SIZE as usize];
+    let mut cur = zero;
+    for gpa in crate::memory::page_addresses(mem).filter(|gpa| !listed.contains(gpa)) {
+        let at = vm_memory::GuestAddress(gpa);
+        mem.read_slice(&mut cur, at)
+            .map_err(|e| format!("page {gpa:#x}: {e}"))?;
+        if cur != zero {
+            mem.write_slice(&zero, at)
+                .map_err(|e| format!("page {gpa:#x}: {e}"))?;
         }
     }
     Ok(())
@@ -125,29 +118,20 @@ fn zero_pages_not_in(
 /// Pages where guest memory differs from a full checkpoint (listed pages that differ, and
 /// unlisted pages that are not zero).
 fn differing_pages(mem: &vm_memory::GuestMemoryMmap, d: &Delta) -> usize {
-    use vm_memory::{Address, Bytes, GuestMemoryBackend, GuestMemoryRegion};
+    use vm_memory::Bytes;
     let listed: std::collections::HashMap<u64, &Vec<u8>> =
         d.pages.iter().map(|p| (p.gpa, &p.data)).collect();
-    let mut cur = vec![0u8; 4096];
-    let mut n = 0;
-    for region in mem.iter() {
-        let start = region.start_addr().raw_value();
-        let mut gpa = start;
-        while gpa < start + region.len() {
-            if mem
-                .read_slice(&mut cur, vm_memory::GuestAddress(gpa))
+    let mut cur = vec![0u8; crate::memory::PAGE_SIZE as usize];
+    crate::memory::page_addresses(mem)
+        .filter(|&gpa| {
+            mem.read_slice(&mut cur, vm_memory::GuestAddress(gpa))
                 .is_ok()
-            {
-                let differs = match listed.get(&gpa) {
+                && match listed.get(&gpa) {
                     Some(data) => cur != **data,
                     None => cur.iter().any(|&b| b != 0),
-                };
-                n += usize::from(differs);
-            }
-            gpa += 4096;
-        }
-    }
-    n
+                }
+        })
+        .count()
 }
 
 impl Vcpu {
