@@ -42,6 +42,15 @@ enum Command {
     Status(NamedVm),
     /// Print the guest's console stream (every byte once, whichever VMM wrote it).
     Console(ConsoleArgs),
+    /// Write a new random channel key to FILE (mode 0600), for `--key FILE` on both VMMs.
+    Keygen(KeygenArgs),
+}
+
+#[derive(clap::Args)]
+struct KeygenArgs {
+    /// Where to write the key; must not exist.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -75,6 +84,11 @@ struct PairArgs {
     /// stalls when it is full).
     #[arg(long, default_value_t = 16384, value_name = "KIB", value_parser = clap::value_parser!(u64).range(64..=4_194_304))]
     buffer: u64,
+    /// The pair's channel key (64 hex digits, mode 0600; `ftvm keygen` makes one). Both
+    /// VMMs must hold the same. Default: DIR/NAME.key in the shared directory, which the
+    /// first primary creates.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -327,6 +341,9 @@ fn ft_options(pair: PairArgs, listen: Option<String>) -> anyhow::Result<ftvm::ft
         listen,
         peer_timeout: Duration::from_millis(pair.peer_timeout),
         buffer_bytes: (pair.buffer as usize) << 10,
+        key_file: pair
+            .key
+            .unwrap_or_else(|| pair.vm.shared_dir.join(format!("{}.key", pair.vm.name))),
     })
 }
 
@@ -376,6 +393,12 @@ fn backup(args: BackupArgs) -> anyhow::Result<i32> {
     let started = Instant::now();
     let outcome = ftvm::ft::run_backup(&args.primary, opts, spawn_stdin_reader(), &STOP_REQUESTED)?;
     Ok(pair_outcome(outcome, started))
+}
+
+fn keygen(args: KeygenArgs) -> anyhow::Result<i32> {
+    ftvm::ft::key::ChannelKey::create(&args.file)?;
+    eprintln!("ftvm: wrote a new channel key to {}", args.file.display());
+    Ok(0)
 }
 
 fn status(vm: NamedVm) -> anyhow::Result<i32> {
@@ -501,6 +524,7 @@ fn main() {
         Command::Replay(a) => run(a.run, Role::Replay(a.log)),
         Command::Primary(a) => primary(a),
         Command::Backup(a) => backup(a),
+        Command::Keygen(a) => keygen(a),
         Command::Status(a) => status(a),
         Command::Console(a) => console(a),
     };

@@ -8,7 +8,7 @@
 //! replay has verified and asks for a checkpoint delta when the replay diverged.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 
 use super::console::ConsoleSink;
 use super::pipe::Pipe;
+use super::secure::SecureStream;
 use crate::replay::LiveCounters;
 
 /// Log bytes per `ToBackup::Log` message at most.
@@ -39,13 +40,17 @@ pub enum LinkError {
     Timeout(Duration),
 }
 
-/// Read the next message, waiting as the stream's read timeout allows. `Ok(None)`: the
-/// timeout passed without a whole message.
+/// How long one [`recv`] keeps reading bytes that do not complete a message.
+const RECV_SLICE: Duration = Duration::from_millis(200);
+
+/// Read the next message, waiting as the stream's read timeout allows (and at most about
+/// [`RECV_SLICE`] while bytes trickle in). `Ok(None)`: no whole message yet.
 pub fn recv<M: serde::de::DeserializeOwned>(
     stream: &mut impl Read,
     dec: &mut MessageDecoder<M>,
 ) -> Result<Option<M>, LinkError> {
     let mut buf = vec![0u8; 64 * 1024];
+    let started = Instant::now();
     loop {
         if let Some(m) = dec.next_message()? {
             return Ok(Some(m));
@@ -55,7 +60,17 @@ pub fn recv<M: serde::de::DeserializeOwned>(
                 dec.finish()?;
                 return Err(LinkError::Closed);
             }
-            Ok(n) => dec.push(&buf[..n]),
+            Ok(n) => {
+                dec.push(&buf[..n]);
+                if let Some(m) = dec.next_message()? {
+                    return Ok(Some(m));
+                }
+                // A peer trickling a frame that never completes must not keep the caller
+                // here past its own deadlines: give control back now and then.
+                if started.elapsed() >= RECV_SLICE {
+                    return Ok(None);
+                }
+            }
             Err(e)
                 if matches!(
                     e.kind(),
@@ -130,7 +145,7 @@ impl Health {
 
 /// One side's view of a live logging channel.
 pub struct Link {
-    stream: TcpStream,
+    stream: SecureStream,
     pub peer: SocketAddr,
     health: Arc<Health>,
     timeout: Duration,
@@ -184,17 +199,25 @@ impl Link {
     /// Primary side, after the state transfer: ship `log` to the backup, release output
     /// on its acks, take a delta when it asks.
     pub fn primary(
-        stream: TcpStream,
+        stream: SecureStream,
         decoder: MessageDecoder<ToPrimary>,
         log: Pipe,
         sink: Arc<ConsoleSink>,
         delta_request: Arc<AtomicBool>,
         acked: Arc<AtomicU64>,
+        guest_ordinal: Arc<AtomicU64>,
         timeout: Duration,
     ) -> Result<Self, LinkError> {
         let on_message = move |m: ToPrimary| -> Result<(), LinkError> {
             match m {
                 ToPrimary::Ack { ordinal } => {
+                    // The exit in progress may already be logged; nothing after it is.
+                    let reached = guest_ordinal.load(Ordering::SeqCst).saturating_add(1);
+                    if ordinal > reached {
+                        return Err(LinkError::Protocol(format!(
+                            "the backup acknowledged exit {ordinal}; the guest has made {reached}"
+                        )));
+                    }
                     acked.fetch_max(ordinal, Ordering::SeqCst);
                     sink.ack(ordinal);
                 }
@@ -206,7 +229,7 @@ impl Link {
             }
             Ok(())
         };
-        let send_step = move |tx: &mut TcpStream, beat: Duration| -> Result<bool, LinkError> {
+        let send_step = move |tx: &mut SecureStream, beat: Duration| -> Result<bool, LinkError> {
             let data = log.drain_up_to(LOG_CHUNK, beat);
             if !data.is_empty() {
                 send(tx, &ToBackup::Log(data))?;
@@ -224,7 +247,7 @@ impl Link {
     /// what the replay verified (releasing it to the local console stream too), ask for a
     /// delta while the replay is diverged.
     pub fn backup(
-        stream: TcpStream,
+        stream: SecureStream,
         decoder: MessageDecoder<ToBackup>,
         log: Pipe,
         sink: Arc<ConsoleSink>,
@@ -252,7 +275,7 @@ impl Link {
         let mut last_ack = 0;
         let mut last_sent = Instant::now();
         let mut asked = false;
-        let send_step = move |tx: &mut TcpStream, beat: Duration| -> Result<bool, LinkError> {
+        let send_step = move |tx: &mut SecureStream, beat: Duration| -> Result<bool, LinkError> {
             let v = counters.verified.load(Ordering::SeqCst);
             if v > last_ack {
                 sink.ack(v);
@@ -281,7 +304,7 @@ impl Link {
     /// thread that runs `send_step` (given the heartbeat interval) until it returns
     /// `Ok(false)` or the link stops. A thread's error becomes the link's failure.
     fn start<M, R, S>(
-        stream: TcpStream,
+        stream: SecureStream,
         mut decoder: MessageDecoder<M>,
         timeout: Duration,
         log_pipe: Option<Pipe>,
@@ -291,7 +314,7 @@ impl Link {
     where
         M: DeserializeOwned + 'static,
         R: FnMut(M) -> Result<(), LinkError> + Send + 'static,
-        S: FnMut(&mut TcpStream, Duration) -> Result<bool, LinkError> + Send + 'static,
+        S: FnMut(&mut SecureStream, Duration) -> Result<bool, LinkError> + Send + 'static,
     {
         let peer = stream.peer_addr()?;
         let health = Health::new(timeout);

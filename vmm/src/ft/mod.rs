@@ -1,6 +1,7 @@
 //! Fault tolerance: a primary and a backup VMM of one guest (DESIGN.md section 3).
 //!
 //! - [`pipe`]: the bounded log buffer on each side of the channel;
+//! - [`secure`], [`key`]: the channel's authentication and encryption, and its key;
 //! - [`link`]: the TCP logging channel, heartbeats and the failure verdict;
 //! - [`transfer`]: the state transfer that starts a backup (and re-protects a primary);
 //! - [`console`]: the console under the output rule, and its exactly-once stream;
@@ -9,9 +10,11 @@
 //! - [`node`]: the controller that owns it all and moves between roles.
 
 pub mod console;
+pub mod key;
 pub mod link;
 pub mod node;
 pub mod pipe;
+pub mod secure;
 pub mod shared;
 pub mod status;
 pub mod transfer;

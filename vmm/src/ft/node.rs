@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 use ft_log::channel::{encode_channel_header, MessageDecoder, ToBackup, ToPrimary};
 
 use super::console::ConsoleSink;
+use super::key::{ChannelKey, KeyError};
 use super::link::{recv, Link, LinkError};
 use super::pipe::Pipe;
+use super::secure::{SecureError, SecureStream};
 use super::shared::{Claim, SharedDir, SharedError};
 use super::status::{now_unix_ms, StatusReport};
 use super::transfer::{self, TransferError};
@@ -49,6 +51,14 @@ pub enum FtError {
     Transfer(#[from] TransferError),
     #[error(transparent)]
     Link(#[from] LinkError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("the logging channel with {peer} is not secure")]
+    Secure {
+        peer: String,
+        #[source]
+        source: SecureError,
+    },
     #[error("the VM")]
     Vcpu(#[from] crate::vcpu::VcpuError),
 }
@@ -62,7 +72,12 @@ pub struct FtOptions {
     pub peer_timeout: Duration,
     /// Size of the log buffer on each side of the channel.
     pub buffer_bytes: usize,
+    /// The pair's channel key (see [`super::key`]): a primary makes it if it is missing.
+    pub key_file: std::path::PathBuf,
 }
+
+/// How long a peer may take over the channel's handshake.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
 /// How a VMM of a pair ended.
 pub enum Outcome {
@@ -96,6 +111,8 @@ struct Node {
     listener: Option<TcpListener>,
     last_failover: Option<String>,
     who: String,
+    /// The pair's channel key: a joining backup must prove it holds it.
+    key: ChannelKey,
     status_path: std::path::PathBuf,
     status_at: Instant,
 }
@@ -166,6 +183,13 @@ pub fn run_primary(
     let listener = opts.listen.as_deref().map(bind).transpose()?;
     let who = format!("primary pid {} on {}", std::process::id(), hostname());
     let epoch = opts.shared.claim_first(&who)?;
+    let (key, created) = ChannelKey::load_or_create(&opts.key_file)?;
+    if created {
+        eprintln!(
+            "ftvm: made the pair's channel key {}",
+            opts.key_file.display()
+        );
+    }
     let sink = ConsoleSink::new(0, Some(opts.shared.open_console()?), true);
     sink.set_alone(true);
     let Wiring {
@@ -200,6 +224,7 @@ pub fn run_primary(
         Role::Primary,
         listener,
         who,
+        key,
     );
     node.vm.vcpu.resume();
     node.run(stop)
@@ -223,8 +248,14 @@ pub fn run_backup(
         .map_err(connect)?
         .next()
         .ok_or_else(|| connect(std::io::Error::other("no address")))?;
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(connect)?;
-    stream.set_nodelay(true).map_err(connect)?;
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(connect)?;
+    tcp.set_nodelay(true).map_err(connect)?;
+    let key = ChannelKey::load(&opts.key_file)?;
+    let mut stream =
+        SecureStream::connect(tcp, &key, HANDSHAKE_LIMIT).map_err(|source| FtError::Secure {
+            peer: primary.to_owned(),
+            source,
+        })?;
     stream
         .set_read_timeout(Some(Duration::from_millis(200)))
         .map_err(connect)?;
@@ -305,6 +336,7 @@ pub fn run_backup(
         Role::Backup,
         listener,
         who,
+        key,
     );
     node.counters = counters;
     node.link = Some(link);
@@ -324,6 +356,7 @@ impl Node {
         role: Role,
         listener: Option<TcpListener>,
         who: String,
+        key: ChannelKey,
     ) -> Self {
         let status_path =
             opts.shared
@@ -342,6 +375,7 @@ impl Node {
             listener,
             last_failover: None,
             who,
+            key,
             status_path,
             status_at: Instant::now() - Duration::from_secs(1),
         }
@@ -430,8 +464,17 @@ impl Node {
         }
     }
 
-    fn protect(&mut self, mut stream: TcpStream) -> Result<(), FtError> {
-        stream.set_nodelay(true).map_err(LinkError::from)?;
+    fn protect(&mut self, tcp: TcpStream) -> Result<(), FtError> {
+        tcp.set_nodelay(true).map_err(LinkError::from)?;
+        let peer = tcp.peer_addr().map_err(LinkError::from)?;
+        // Nothing about the guest goes to a peer that has not proved it holds the key.
+        let mut stream =
+            SecureStream::accept(tcp, &self.key, HANDSHAKE_LIMIT).map_err(|source| {
+                FtError::Secure {
+                    peer: peer.to_string(),
+                    source,
+                }
+            })?;
         stream
             .set_read_timeout(Some(Duration::from_millis(200)))
             .map_err(LinkError::from)?;
@@ -455,7 +498,6 @@ impl Node {
             ))
             .into());
         }
-        let peer = stream.peer_addr().map_err(LinkError::from)?;
         eprintln!("ftvm: backup joining from {peer}: transferring state");
         let pipe = Pipe::new(self.opts.buffer_bytes);
         self.pipe = Some(pipe.clone());
@@ -484,6 +526,7 @@ impl Node {
             self.sink.clone(),
             self.delta_request.clone(),
             self.acked.clone(),
+            self.vm.exit_ordinal.clone(),
             self.opts.peer_timeout,
         )?;
         eprintln!(

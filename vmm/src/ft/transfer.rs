@@ -6,7 +6,6 @@
 //! state) or after it (in the log).
 
 use std::io::Write;
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +18,7 @@ use vm_memory::{
 
 use super::link::{recv, send, LinkError};
 use super::pipe::Pipe;
+use super::secure::SecureStream;
 use crate::clock::ClockMode;
 use crate::machine::Vm;
 use crate::record::Recorder;
@@ -32,6 +32,9 @@ const BATCH: usize = 256;
 /// Pre-copy rounds at most, and the dirty set small enough to stop early.
 const MAX_ROUNDS: usize = 8;
 const FEW_PAGES: usize = 64;
+/// A backup that stops reading during the transfer fails it after this long, rather than
+/// holding the primary (and, in the final round, its paused guest) forever.
+const WRITE_LIMIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
@@ -126,7 +129,7 @@ fn send_pages(
 /// `log`. The VM is left running (it was running before).
 pub fn send_state(
     vm: &Vm,
-    stream: &mut TcpStream,
+    stream: &mut SecureStream,
     hello: ToBackup,
     log: &Pipe,
     counters: Arc<LiveCounters>,
@@ -134,6 +137,9 @@ pub fn send_state(
 ) -> Result<TransferReport, TransferError> {
     let started = Instant::now();
     let mut report = TransferReport::default();
+    stream
+        .set_write_timeout(Some(WRITE_LIMIT))
+        .map_err(LinkError::from)?;
     let mut out =
         std::io::BufWriter::with_capacity(1 << 20, stream.try_clone().map_err(LinkError::from)?);
     out.write_all(&encode_channel_header())
@@ -203,6 +209,9 @@ pub fn send_state(
         report.rounds += 1;
     }
     report.took = started.elapsed();
+    // The live log stalls on a slow backup by design (the primary's buffer fills); its
+    // failure is judged by the heartbeats, not by a write timeout.
+    stream.set_write_timeout(None).map_err(LinkError::from)?;
     Ok(report)
 }
 
@@ -217,13 +226,13 @@ pub struct Received {
 
 /// Backup: receive the primary's state from `stream` (whose read timeout bounds each wait).
 pub fn receive_state(
-    stream: &mut TcpStream,
+    stream: &mut SecureStream,
     dec: &mut MessageDecoder<ToBackup>,
     vm_name: &str,
     limit: Duration,
 ) -> Result<Received, TransferError> {
     let deadline = Instant::now() + limit;
-    let mut next = |stream: &mut TcpStream| -> Result<ToBackup, TransferError> {
+    let mut next = |stream: &mut SecureStream| -> Result<ToBackup, TransferError> {
         loop {
             if let Some(m) = recv(stream, dec)? {
                 return Ok(m);

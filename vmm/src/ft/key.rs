@@ -1,0 +1,285 @@
+//! The pair's channel key: 32 random bytes both VMMs hold, written as 64 hexadecimal
+//! digits in a file only its owner may read.
+//!
+//! By default the key lives in the shared directory as `NAME.key`: the first primary of a
+//! VM creates it, and a backup reads it there, so a pair needs no set-up beyond the shared
+//! directory it needs anyway, and a host that can only reach the channel's port learns
+//! nothing. `--key FILE` (made with `ftvm keygen FILE`) keeps it elsewhere.
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const KEY_LEN: usize = 32;
+/// The digits, and a trailing newline or two of slack.
+const MAX_FILE_LEN: u64 = 2 * KEY_LEN as u64 + 2;
+/// A key file on a hung network mount must not hang the VMM.
+const FILE_LIMIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("no channel key at {0}: give the backup the primary's key (--key FILE), or start the primary first")]
+    Missing(PathBuf),
+    #[error("cannot {what} the channel key {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the channel key {0} is not a regular file (symbolic links are refused)")]
+    NotAFile(PathBuf),
+    #[error("the channel key {path} may be read by others (mode {mode:03o}): chmod 600 it")]
+    Exposed { path: PathBuf, mode: u32 },
+    #[error("the channel key {0} is not 64 hexadecimal digits")]
+    Format(PathBuf),
+    #[error("no random bytes for a new channel key")]
+    Random(#[source] getrandom::Error),
+    #[error("the file system did not answer within {limit:?} for the channel key {path}")]
+    Timeout { path: PathBuf, limit: Duration },
+}
+
+/// The pre-shared key. Its `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ChannelKey([u8; KEY_LEN]);
+
+impl std::fmt::Debug for ChannelKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChannelKey(..)")
+    }
+}
+
+impl ChannelKey {
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        Self(bytes)
+    }
+
+    pub fn bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+
+    /// A fresh key from the operating system's random source.
+    pub fn random() -> Result<Self, KeyError> {
+        let mut k = [0u8; KEY_LEN];
+        getrandom::fill(&mut k).map_err(KeyError::Random)?;
+        Ok(Self(k))
+    }
+
+    /// Parse the file's text: 64 hexadecimal digits, surrounding white space allowed.
+    fn parse(text: &[u8], path: &Path) -> Result<Self, KeyError> {
+        let digits = text.trim_ascii();
+        if digits.len() != 2 * KEY_LEN {
+            return Err(KeyError::Format(path.to_owned()));
+        }
+        let mut k = [0u8; KEY_LEN];
+        for (byte, pair) in k.iter_mut().zip(digits.chunks_exact(2)) {
+            let pair = std::str::from_utf8(pair).map_err(|_| KeyError::Format(path.to_owned()))?;
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| KeyError::Format(path.to_owned()))?;
+        }
+        Ok(Self(k))
+    }
+
+    fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Read the key at `path`: a regular file (not a link), readable by its owner only.
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let p = path.to_owned();
+        within_limit(path, move || Self::load_now(&p))
+    }
+
+    fn load_now(path: &Path) -> Result<Self, KeyError> {
+        let io = |what| {
+            move |source: std::io::Error| KeyError::Io {
+                what,
+                path: path.to_owned(),
+                source,
+            }
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => KeyError::Missing(path.to_owned()),
+                // O_NOFOLLOW on a link.
+                _ if e.raw_os_error() == Some(libc::ELOOP) => KeyError::NotAFile(path.to_owned()),
+                _ => io("open")(e),
+            })?;
+        let meta = file.metadata().map_err(io("inspect"))?;
+        if !meta.file_type().is_file() {
+            return Err(KeyError::NotAFile(path.to_owned()));
+        }
+        let mode = meta.mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::Exposed {
+                path: path.to_owned(),
+                mode,
+            });
+        }
+        let mut text = Vec::new();
+        file.take(MAX_FILE_LEN + 1)
+            .read_to_end(&mut text)
+            .map_err(io("read"))?;
+        Self::parse(&text, path)
+    }
+
+    /// Write a new random key to `path`, which must not exist (mode 0600).
+    pub fn create(path: &Path) -> Result<Self, KeyError> {
+        let p = path.to_owned();
+        within_limit(path, move || Self::create_now(&p))
+    }
+
+    fn create_now(path: &Path) -> Result<Self, KeyError> {
+        let key = Self::random()?;
+        let io = |what| {
+            move |source: std::io::Error| KeyError::Io {
+                what,
+                path: path.to_owned(),
+                source,
+            }
+        };
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(io("create"))?;
+        let written = file
+            .write_all(format!("{}\n", key.hex()).as_bytes())
+            .and_then(|()| file.sync_all());
+        if let Err(e) = written {
+            // A half-written key would refuse every backup: leave no file at all.
+            let _ = std::fs::remove_file(path);
+            return Err(io("write")(e));
+        }
+        Ok(key)
+    }
+
+    /// The primary's key: the one at `path`, made there first if there is none.
+    pub fn load_or_create(path: &Path) -> Result<(Self, bool), KeyError> {
+        match Self::load(path) {
+            Ok(k) => Ok((k, false)),
+            Err(KeyError::Missing(_)) => match Self::create(path) {
+                Ok(k) => Ok((k, true)),
+                // Another primary of the name made it meanwhile: use theirs.
+                Err(KeyError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::AlreadyExists =>
+                {
+                    Ok((Self::load(path)?, false))
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Run a file operation on its own thread and give up after [`FILE_LIMIT`]: a call stuck
+/// in the kernel on a dead mount stays stuck, but the VMM goes on to report it.
+fn within_limit<T: Send + 'static>(
+    path: &Path,
+    op: impl FnOnce() -> Result<T, KeyError> + Send + 'static,
+) -> Result<T, KeyError> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let spawned = std::thread::Builder::new()
+        .name("ft-key-file".into())
+        .spawn(move || {
+            let _ = tx.send(op());
+        });
+    if let Err(source) = spawned {
+        return Err(KeyError::Io {
+            what: "open",
+            path: path.to_owned(),
+            source,
+        });
+    }
+    rx.recv_timeout(FILE_LIMIT).unwrap_or_else(|_| {
+        Err(KeyError::Timeout {
+            path: path.to_owned(),
+            limit: FILE_LIMIT,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ftvm-key-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_created_key_loads_back_and_is_private() {
+        let d = dir("roundtrip");
+        let p = d.join("vm.key");
+        let k = ChannelKey::create(&p).unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(ChannelKey::load(&p).unwrap(), k);
+        assert!(matches!(ChannelKey::create(&p), Err(KeyError::Io { .. })));
+        let (again, created) = ChannelKey::load_or_create(&p).unwrap();
+        assert_eq!((again, created), (k, false));
+        assert_ne!(ChannelKey::random().unwrap(), ChannelKey::random().unwrap());
+        assert_eq!(
+            format!("{:?}", ChannelKey::random().unwrap()),
+            "ChannelKey(..)"
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn bad_key_files_are_refused_with_the_reason() {
+        let d = dir("bad");
+        let missing = d.join("none.key");
+        assert!(matches!(
+            ChannelKey::load(&missing),
+            Err(KeyError::Missing(_))
+        ));
+        let (_, created) = ChannelKey::load_or_create(&missing).unwrap();
+        assert!(created);
+
+        let write = |name: &str, text: &str, mode: u32| {
+            let p = d.join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            p
+        };
+        let good = "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF\n";
+        assert!(ChannelKey::load(&write("ok.key", good, 0o600)).is_ok());
+        let open = write("open.key", good, 0o644);
+        assert!(matches!(
+            ChannelKey::load(&open),
+            Err(KeyError::Exposed { mode: 0o644, .. })
+        ));
+        let short = write("short.key", "0011", 0o600);
+        assert!(matches!(ChannelKey::load(&short), Err(KeyError::Format(_))));
+        let not_hex = write("nothex.key", &"zz".repeat(32), 0o600);
+        assert!(matches!(
+            ChannelKey::load(&not_hex),
+            Err(KeyError::Format(_))
+        ));
+        let long = write("long.key", &"ab".repeat(10_000), 0o600);
+        assert!(matches!(ChannelKey::load(&long), Err(KeyError::Format(_))));
+        let link = d.join("link.key");
+        std::os::unix::fs::symlink(d.join("ok.key"), &link).unwrap();
+        assert!(matches!(
+            ChannelKey::load(&link),
+            Err(KeyError::NotAFile(_))
+        ));
+        assert!(matches!(
+            ChannelKey::load(&d),
+            Err(KeyError::NotAFile(_)) | Err(KeyError::Exposed { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
