@@ -3,156 +3,17 @@
 //! is killed or cut and whenever.
 
 mod common;
+use common::pair::*;
 use common::*;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The counter guest prints "count 0" .. "count LAST".
 const LAST: u64 = 1000;
-const TIMEOUT_MS: &str = "300";
-
-struct Vmm {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Vmm {
-    fn start(args: &[&str]) -> Self {
-        let mut child = ftvm()
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start ftvm");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().unwrap();
-        let s = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                s.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Self { child, stderr }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Wait until stderr contains `text`; panics after `limit`.
-    fn wait_for(&mut self, text: &str, limit: Duration) {
-        self.wait_for_nth(text, 1, limit);
-    }
-
-    /// Wait until stderr contains `text` `n` times.
-    fn wait_for_nth(&mut self, text: &str, n: usize, limit: Duration) {
-        let t = Instant::now();
-        while self.stderr().matches(text).count() < n {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                std::thread::sleep(Duration::from_millis(50));
-                panic!("exited with {s} before '{text}':\n{}", self.stderr());
-            }
-            assert!(
-                t.elapsed() < limit,
-                "no '{text}' within {limit:?}:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn wait(&mut self, limit: Duration) -> i32 {
-        let t = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(50)); // let stderr drain
-                return s.code().unwrap_or(-1);
-            }
-            if t.elapsed() > limit {
-                let _ = self.child.kill();
-                panic!("still running after {limit:?}:\n{}", self.stderr());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn shared_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ftvm-ft-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn primary(dir: &Path, port: u16) -> Vmm {
-    Vmm::start(&[
-        "primary",
-        "--shared-dir",
-        dir.to_str().unwrap(),
-        "--name",
-        "counter",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--peer-timeout",
-        TIMEOUT_MS,
-        "--kernel",
-        guest("counter"),
-        "--mem",
-        "16",
-    ])
-}
-
-fn backup(dir: &Path, primary_port: u16, listen: Option<u16>) -> Vmm {
-    let primary = format!("127.0.0.1:{primary_port}");
-    let listen = listen.map(|p| format!("127.0.0.1:{p}"));
-    let mut args = vec![
-        "backup",
-        "--shared-dir",
-        dir.to_str().unwrap(),
-        "--name",
-        "counter",
-        "--primary",
-        &primary,
-        "--peer-timeout",
-        TIMEOUT_MS,
-    ];
-    if let Some(l) = &listen {
-        args.extend(["--listen", l]);
-    }
-    Vmm::start(&args)
-}
 
 fn console(dir: &Path) -> String {
     String::from_utf8_lossy(&std::fs::read(dir.join("counter.console")).unwrap_or_default())

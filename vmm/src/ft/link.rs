@@ -86,7 +86,7 @@ pub fn recv<M: serde::de::DeserializeOwned>(
 }
 
 /// An error with its sources, on one line (for the failure verdict and status).
-fn chain(e: &dyn std::error::Error) -> String {
+pub fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -185,6 +185,17 @@ impl Link {
             .unwrap_or_else(|p| p.into_inner());
         l.expired(now)
             .then(|| LinkError::Timeout(self.timeout).to_string())
+    }
+
+    /// Primary, its log closed: wait (at most `limit`) until the sender has put the rest
+    /// of the log (its shutdown record) on the connection, so that shutting the link down
+    /// does not cut it off.
+    pub fn wait_sent(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let sender_done = || self.threads.first().is_none_or(JoinHandle::is_finished);
+        while !sender_done() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// Drop the connection and tell the threads to stop. They are not waited for: a

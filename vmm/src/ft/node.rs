@@ -53,6 +53,8 @@ pub enum FtError {
     Link(#[from] LinkError),
     #[error(transparent)]
     Key(#[from] KeyError),
+    #[error("the primary runs epoch {claimed}, but the shared directory's owner is of epoch {owned}: refusing to follow a stale or lying primary")]
+    EpochMismatch { claimed: u64, owned: u64 },
     #[error("the logging channel with {peer} is not secure")]
     Secure {
         peer: String,
@@ -285,6 +287,14 @@ pub fn run_backup(
         got.machine.vm.vcpu.ordinal,
         got.epoch
     );
+    // The primary's word on its epoch is checked against the test-and-set's own record.
+    let owned = opts.shared.current_owner()?.map_or(0, |(epoch, _)| epoch);
+    if owned != got.epoch {
+        return Err(FtError::EpochMismatch {
+            claimed: got.epoch,
+            owned,
+        });
+    }
     let sink = ConsoleSink::new(
         got.machine.console_offset,
         Some(opts.shared.open_console()?),
@@ -450,7 +460,10 @@ impl Node {
         match self.protect(stream) {
             Ok(()) => {}
             Err(e) => {
-                eprintln!("ftvm: a backup from {from} could not join: {e}; running unprotected");
+                eprintln!(
+                    "ftvm: a backup from {from} could not join: {}; running unprotected",
+                    super::link::chain(&e)
+                );
                 if let Some(p) = self.pipe.take() {
                     p.abort();
                 }
@@ -547,7 +560,8 @@ impl Node {
         if let Some(link) = self.link.take() {
             link.shutdown();
         }
-        let next = self.epoch + 1;
+        // At the last epoch the claim of the same number fails, and this VMM halts.
+        let next = self.epoch.saturating_add(1);
         let primary = matches!(self.role, Role::Primary);
         if primary {
             // Unstall the guest (its log has nowhere to go); its output stays held.
@@ -643,6 +657,9 @@ impl Node {
                 }
             }
             std::thread::sleep(Duration::from_millis(5));
+        }
+        if let (Some(link), Role::Primary) = (&self.link, &self.role) {
+            link.wait_sent(deadline.saturating_duration_since(Instant::now()));
         }
         self.finish_guest()
     }
