@@ -78,6 +78,15 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
+/// Where a snapshot is written before it is renamed into place: `DIR.partial` beside
+/// `DIR`, whatever DIR's name (`with_extension` would turn `snap.v2` into `snap.partial`,
+/// an unrelated directory this function then deletes).
+fn partial_path(dir: &Path) -> std::path::PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_owned();
+    name.push(".partial");
+    dir.with_file_name(name)
+}
+
 /// Save a paused VM to `dir` (which must not exist yet).
 pub fn save(
     dir: &Path,
@@ -91,7 +100,7 @@ pub fn save(
             path: dir.to_owned(),
         });
     }
-    let partial = dir.with_extension("partial");
+    let partial = partial_path(dir);
     if partial.exists() {
         std::fs::remove_dir_all(&partial).map_err(io("remove the stale", &partial))?;
     }
@@ -293,4 +302,18 @@ pub fn load(dir: &Path) -> Result<Loaded, SnapshotError> {
         state,
         memory,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_partial_directory_keeps_the_whole_name() {
+        assert_eq!(
+            partial_path(Path::new("/x/snap.v2")),
+            Path::new("/x/snap.v2.partial")
+        );
+        assert_eq!(partial_path(Path::new("snap")), Path::new("snap.partial"));
+    }
 }
