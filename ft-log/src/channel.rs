@@ -145,10 +145,6 @@ pub enum ChannelError {
     TruncatedHeader { have: usize },
 }
 
-fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<MAX_MESSAGE>()
-}
-
 static FORMAT: Format = Format {
     magic: CHANNEL_MAGIC,
     version: CHANNEL_VERSION,
@@ -278,7 +274,7 @@ impl<M: DeserializeOwned> MessageDecoder<M> {
     /// header first.
     pub fn next_message(&mut self) -> Result<Option<M>, ChannelError> {
         self.frames.next(|f| {
-            decode_exact(f.payload, config()).map_err(|reason| ChannelError::Payload {
+            decode_exact(f.payload).map_err(|reason| ChannelError::Payload {
                 frame: f.number,
                 offset: f.offset,
                 reason,

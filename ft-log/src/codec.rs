@@ -69,10 +69,6 @@ pub enum CodecError {
     TruncatedHeader { have: usize },
 }
 
-fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<MAX_PAYLOAD>()
-}
-
 static FORMAT: Format = Format {
     magic: MAGIC,
     version: FORMAT_VERSION,
@@ -143,13 +139,12 @@ impl Decoder {
     pub fn next_entry(&mut self) -> Result<Option<Entry>, CodecError> {
         self.frames.next(|f| {
             let kind = Entry::kind_name(f.tag);
-            let entry: Entry =
-                decode_exact(f.payload, config()).map_err(|reason| CodecError::Payload {
-                    frame: f.number,
-                    offset: f.offset,
-                    kind,
-                    reason,
-                })?;
+            let entry: Entry = decode_exact(f.payload).map_err(|reason| CodecError::Payload {
+                frame: f.number,
+                offset: f.offset,
+                kind,
+                reason,
+            })?;
             if entry.kind() != f.tag {
                 return Err(CodecError::KindMismatch {
                     frame: f.number,

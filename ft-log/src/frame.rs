@@ -283,18 +283,45 @@ impl FrameReader {
     }
 }
 
+/// In-memory bytes a decoded value may claim per encoded byte: a one-byte varint can stand
+/// for a `u64` (8 bytes), a one-byte length for a `Vec` header (24 bytes), a page for
+/// its 32-byte `Page` header; 32 covers every type of the log and the channel.
+const CLAIM_FACTOR: usize = 32;
+
 /// Decode a whole payload as one `T`: bytes left over are as much damage as bytes missing.
 /// The error is the reason, for the stream's own payload error.
-pub(crate) fn decode_exact<T: DeserializeOwned>(
-    payload: &[u8],
-    config: impl bincode::config::Config,
-) -> Result<T, String> {
-    let (value, used): (T, usize) =
-        bincode::serde::decode_from_slice(payload, config).map_err(|e| e.to_string())?;
-    if used != payload.len() {
-        return Err(format!("{} trailing bytes", payload.len() - used));
+///
+/// What decoding may allocate is bounded by the payload that actually arrived, not by the
+/// lengths written inside it: bincode checks each claimed length against its limit before
+/// allocating, and the limit here is the smallest of a few sizes that covers
+/// `CLAIM_FACTOR` times the payload (a 10-byte frame claiming a 64 MiB vector is refused
+/// at the claim).
+pub(crate) fn decode_exact<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
+    fn with<T: DeserializeOwned>(
+        payload: &[u8],
+        config: impl bincode::config::Config,
+    ) -> Result<T, String> {
+        let (value, used): (T, usize) =
+            bincode::serde::decode_from_slice(payload, config).map_err(|e| e.to_string())?;
+        if used != payload.len() {
+            return Err(format!("{} trailing bytes", payload.len() - used));
+        }
+        Ok(value)
     }
-    Ok(value)
+    let c = bincode::config::standard();
+    let budget = payload
+        .len()
+        .saturating_mul(CLAIM_FACTOR)
+        .saturating_add(4096);
+    match budget {
+        0..=0x1_0000 => with(payload, c.with_limit::<0x1_0000>()),
+        ..=0x10_0000 => with(payload, c.with_limit::<0x10_0000>()),
+        ..=0x100_0000 => with(payload, c.with_limit::<0x100_0000>()),
+        ..=0x1000_0000 => with(payload, c.with_limit::<0x1000_0000>()),
+        // Payloads are at most the log's MAX_PAYLOAD (about 1 GiB), checked by the frame
+        // reader before this runs.
+        _ => with(payload, c.with_limit::<{ 1 << 36 }>()),
+    }
 }
 
 #[cfg(test)]
@@ -381,12 +408,33 @@ mod tests {
     fn decode_exact_refuses_leftovers() {
         let c = bincode::config::standard();
         let mut bytes = bincode::serde::encode_to_vec(5u32, c).unwrap();
-        assert_eq!(decode_exact::<u32>(&bytes, c), Ok(5));
+        assert_eq!(decode_exact::<u32>(&bytes), Ok(5));
         bytes.extend([0, 0]);
-        assert_eq!(
-            decode_exact::<u32>(&bytes, c),
-            Err("2 trailing bytes".into())
-        );
-        assert!(decode_exact::<u32>(&[], c).is_err());
+        assert_eq!(decode_exact::<u32>(&bytes), Err("2 trailing bytes".into()));
+        assert!(decode_exact::<u32>(&[]).is_err());
+    }
+
+    #[test]
+    fn decode_exact_refuses_lengths_the_payload_cannot_hold_before_allocating() {
+        // A byte vector claiming 64 MiB in a 5-byte payload: refused at the claim (a
+        // limit error), not after allocating and running out of input.
+        let c = bincode::config::standard();
+        let bytes = bincode::serde::encode_to_vec(64u64 << 20, c).unwrap();
+        let e = decode_exact::<serde_bytes::ByteBuf>(&bytes).unwrap_err();
+        assert!(e.to_lowercase().contains("limit"), "{e}");
+        // A real one decodes, however the sizes fall.
+        for len in [0usize, 1, 4096, 70_000, 3 << 20] {
+            let v = serde_bytes::ByteBuf::from(vec![7u8; len]);
+            let bytes = bincode::serde::encode_to_vec(&v, c).unwrap();
+            assert_eq!(decode_exact::<serde_bytes::ByteBuf>(&bytes), Ok(v));
+        }
+        let pages: Vec<crate::Page> = (0..300)
+            .map(|i| crate::Page {
+                gpa: i << 12,
+                data: vec![],
+            })
+            .collect();
+        let bytes = bincode::serde::encode_to_vec(&pages, c).unwrap();
+        assert_eq!(decode_exact::<Vec<crate::Page>>(&bytes), Ok(pages));
     }
 }
