@@ -12,11 +12,11 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::deadline::FILE_LIMIT;
+
 pub const KEY_LEN: usize = 32;
 /// The digits, and a trailing newline or two of slack.
 const MAX_FILE_LEN: u64 = 2 * KEY_LEN as u64 + 2;
-/// A key file on a hung network mount must not hang the VMM.
-const FILE_LIMIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -179,26 +179,12 @@ impl ChannelKey {
     }
 }
 
-/// Run a file operation on its own thread and give up after [`FILE_LIMIT`]: a call stuck
-/// in the kernel on a dead mount stays stuck, but the VMM goes on to report it.
+/// Run a file operation with the shared directory's deadline.
 fn within_limit<T: Send + 'static>(
     path: &Path,
     op: impl FnOnce() -> Result<T, KeyError> + Send + 'static,
 ) -> Result<T, KeyError> {
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    let spawned = std::thread::Builder::new()
-        .name("ft-key-file".into())
-        .spawn(move || {
-            let _ = tx.send(op());
-        });
-    if let Err(source) = spawned {
-        return Err(KeyError::Io {
-            what: "open",
-            path: path.to_owned(),
-            source,
-        });
-    }
-    rx.recv_timeout(FILE_LIMIT).unwrap_or_else(|_| {
+    super::deadline::within(FILE_LIMIT, op).unwrap_or_else(|| {
         Err(KeyError::Timeout {
             path: path.to_owned(),
             limit: FILE_LIMIT,

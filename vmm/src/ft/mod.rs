@@ -10,6 +10,7 @@
 //! - [`node`]: the controller that owns it all and moves between roles.
 
 pub mod console;
+pub mod deadline;
 pub mod key;
 pub mod link;
 pub mod node;

@@ -115,7 +115,7 @@ struct Node {
     who: String,
     /// The pair's channel key: a joining backup must prove it holds it.
     key: ChannelKey,
-    status_path: std::path::PathBuf,
+    status: super::status::StatusWriter,
     status_at: Instant,
 }
 
@@ -386,7 +386,7 @@ impl Node {
             last_failover: None,
             who,
             key,
-            status_path,
+            status: super::status::StatusWriter::new(status_path),
             status_at: Instant::now() - Duration::from_secs(1),
         }
     }
@@ -716,8 +716,8 @@ impl Node {
             last_failover: self.last_failover.clone(),
             updated_unix_ms: now_unix_ms(),
         };
-        if let Err(e) = report.write(&self.status_path) {
-            tracing::debug!("cannot write status: {e}");
+        if let Err(e) = self.status.write(report, Duration::from_secs(1)) {
+            tracing::debug!("{}", super::link::chain(&e));
         }
     }
 }

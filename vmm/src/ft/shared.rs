@@ -8,8 +8,14 @@
 //! that cannot reach the directory at all cannot win, so it halts too.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use super::deadline::{within, FILE_LIMIT};
+
+/// Longest owner text read back (a holder's name is a line).
+const MAX_HOLDER_LEN: u64 = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SharedError {
@@ -23,6 +29,12 @@ pub enum SharedError {
         dir: PathBuf,
         epoch: u64,
         holder: String,
+    },
+    #[error("the shared directory did not answer within {limit:?} when asked to {what} {path}")]
+    Timeout {
+        what: &'static str,
+        path: PathBuf,
+        limit: std::time::Duration,
     },
     #[error("cannot {what} {path}")]
     Io {
@@ -113,8 +125,20 @@ impl SharedDir {
         Ok(out)
     }
 
-    /// The highest epoch that has an owner, and who that is.
+    /// The highest epoch that has an owner, and who that is (within the directory's
+    /// deadline).
     pub fn current_owner(&self) -> Result<Option<(u64, String)>, SharedError> {
+        let me = self.clone();
+        within(FILE_LIMIT, move || me.current_owner_now()).unwrap_or_else(|| {
+            Err(SharedError::Timeout {
+                what: "list",
+                path: self.dir.clone(),
+                limit: FILE_LIMIT,
+            })
+        })
+    }
+
+    fn current_owner_now(&self) -> Result<Option<(u64, String)>, SharedError> {
         let prefix = format!("{}.epoch-", self.name);
         let mut best: Option<u64> = None;
         for entry in std::fs::read_dir(&self.dir).map_err(io("list", &self.dir))? {
@@ -133,16 +157,40 @@ impl SharedDir {
         Ok(best.map(|e| (e, self.holder(e))))
     }
 
+    /// Who wrote an owner file: its first bytes, read without following a link (a link
+    /// planted in the directory must not make a root VMM read, or block on, another file).
     fn holder(&self, epoch: u64) -> String {
-        std::fs::read_to_string(self.owner_path(epoch))
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|_| "unknown".into())
+        let mut text = Vec::new();
+        let read = open_no_follow(&self.owner_path(epoch))
+            .and_then(|f| f.take(MAX_HOLDER_LEN).read_to_end(&mut text));
+        match read {
+            Ok(_) => String::from_utf8_lossy(&text).trim().to_owned(),
+            Err(_) => "unknown".into(),
+        }
     }
 
-    /// The atomic test-and-set: create the owner file of `epoch` if nobody has.
+    /// The atomic test-and-set: create the owner file of `epoch` if nobody has. A
+    /// directory that does not answer within its deadline is a claim not won.
     pub fn claim(&self, epoch: u64, who: &str) -> Result<Claim, SharedError> {
+        let (me, who_owned) = (self.clone(), who.to_owned());
+        within(FILE_LIMIT, move || me.claim_now(epoch, &who_owned)).unwrap_or_else(|| {
+            Err(SharedError::Timeout {
+                what: "create",
+                path: self.owner_path(epoch),
+                limit: FILE_LIMIT,
+            })
+        })
+    }
+
+    fn claim_now(&self, epoch: u64, who: &str) -> Result<Claim, SharedError> {
         let path = self.owner_path(epoch);
-        let mut file = match OpenOptions::new().write(true).create_new(true).open(&path) {
+        let created = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path);
+        let mut file = match created {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Ok(Claim::Lost {
@@ -152,11 +200,19 @@ impl SharedDir {
             }
             Err(e) => return Err(io("create", &path)(e)),
         };
-        // The claim is made by the create itself; the text only says who made it.
+        // The claim is made by the create itself; the text only says who made it. Failing
+        // to write it must not undo the win: the other side has lost to this create, and
+        // giving up too would leave nobody running.
         let text = format!("{who}\n");
-        file.write_all(text.as_bytes())
+        if let Err(e) = file
+            .write_all(text.as_bytes())
             .and_then(|_| file.sync_all())
-            .map_err(io("write", &path))?;
+        {
+            tracing::warn!(
+                "won epoch {epoch} but could not record who in {}: {e}",
+                path.display()
+            );
+        }
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();
         }
@@ -177,7 +233,17 @@ impl SharedDir {
         match self.claim(1, who)? {
             Claim::Won(e) => {
                 let console = self.console_path();
-                File::create(&console).map_err(io("create", &console))?;
+                let me = self.clone();
+                within(FILE_LIMIT, move || {
+                    OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(me.console_path())
+                })
+                .unwrap_or_else(|| Err(std::io::ErrorKind::TimedOut.into()))
+                .map_err(io("create", &console))?;
                 Ok(e)
             }
             Claim::Lost { epoch, holder } => Err(SharedError::AlreadyOwned {
@@ -192,13 +258,27 @@ impl SharedDir {
     /// Open the console stream for writing at offsets (never truncating it).
     pub fn open_console(&self) -> Result<File, SharedError> {
         let path = self.console_path();
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io("open", &path))
+        let p = path.clone();
+        within(FILE_LIMIT, move || {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&p)
+        })
+        .unwrap_or_else(|| Err(std::io::ErrorKind::TimedOut.into()))
+        .map_err(io("open", &path))
     }
+}
+
+/// Open for reading without following a final symbolic link and without blocking on a
+/// FIFO planted in its place.
+pub fn open_no_follow(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
 }
 
 #[cfg(test)]
@@ -260,6 +340,24 @@ mod tests {
             SharedDir::new(&d.join("missing"), "vm"),
             Err(SharedError::NotADirectory(_))
         ));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn planted_links_are_not_followed() {
+        let d = tempdir("links");
+        let shared = SharedDir::new(&d, "vm").unwrap();
+        let target = d.join("target");
+        std::fs::write(&target, "precious").unwrap();
+        std::os::unix::fs::symlink(&target, shared.owner_path(2)).unwrap();
+        std::os::unix::fs::symlink(&target, shared.console_path()).unwrap();
+        // The planted owner link counts as taken (nobody wins through it) and is not read.
+        match shared.claim(2, "me").unwrap() {
+            Claim::Lost { epoch: 2, holder } => assert_eq!(holder, "unknown"),
+            other => panic!("{other:?}"),
+        }
+        assert!(shared.open_console().is_err());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
         let _ = std::fs::remove_dir_all(&d);
     }
 

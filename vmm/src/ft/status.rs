@@ -1,7 +1,12 @@
 //! What each VMM of a pair reports about itself: a small JSON file in the shared
 //! directory, rewritten a few times a second, which `ftvm status` reads and prints.
 
-use std::path::Path;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +43,60 @@ pub struct StatusReport {
     pub updated_unix_ms: u64,
 }
 
+/// A status report is about a kilobyte; anything much longer is not one.
+const MAX_REPORT: u64 = 64 << 10;
+
+/// Writes a VMM's reports without letting a hung shared directory hang the VMM: each write
+/// has a deadline, and while one is stuck the next ones are skipped (not piled up on
+/// threads of their own).
+pub struct StatusWriter {
+    path: PathBuf,
+    in_flight: Arc<AtomicBool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("an earlier status write to {0} has not finished")]
+    Busy(PathBuf),
+    #[error("the status write to {0} did not finish in time")]
+    Timeout(PathBuf),
+    #[error("cannot write the status file {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StatusWriter {
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            in_flight: Arc::default(),
+        }
+    }
+
+    pub fn write(&self, report: StatusReport, limit: Duration) -> Result<(), StatusError> {
+        if self.in_flight.swap(true, Ordering::SeqCst) {
+            return Err(StatusError::Busy(self.path.clone()));
+        }
+        let (path, done) = (self.path.clone(), self.in_flight.clone());
+        let written = super::deadline::within(limit, move || {
+            let r = report.write(&path);
+            done.store(false, Ordering::SeqCst);
+            r
+        });
+        match written {
+            Some(Ok(())) => Ok(()),
+            Some(Err(source)) => Err(StatusError::Io {
+                path: self.path.clone(),
+                source,
+            }),
+            None => Err(StatusError::Timeout(self.path.clone())),
+        }
+    }
+}
+
 pub fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -46,16 +105,28 @@ pub fn now_unix_ms() -> u64 {
 }
 
 impl StatusReport {
-    /// Write atomically (temp file and rename) so a reader never sees half a report.
+    /// Write atomically (temp file and rename) so a reader never sees half a report. The
+    /// temporary file is opened without following a link planted in its place.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         let tmp = path.with_extension("status.tmp");
         let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        std::fs::write(&tmp, text)?;
+        let _ = std::fs::remove_file(&tmp);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?
+            .write_all(&text)?;
         std::fs::rename(&tmp, path)
     }
 
+    /// Read a report (at most [`MAX_REPORT`] bytes, not through a link).
     pub fn read(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut text = Vec::new();
+        super::shared::open_no_follow(path)
+            .and_then(|f| f.take(MAX_REPORT).read_to_end(&mut text))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
@@ -105,6 +176,29 @@ impl StatusReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn planted_links_and_huge_files_are_not_used() {
+        let d = std::env::temp_dir().join(format!("ftvm-status-links-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let target = d.join("target");
+        std::fs::write(&target, "precious").unwrap();
+        let path = d.join("vm.h-1.status");
+        std::os::unix::fs::symlink(&target, path.with_extension("status.tmp")).unwrap();
+        let w = StatusWriter::new(path.clone());
+        w.write(StatusReport::default(), Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
+        assert_eq!(StatusReport::read(&path).unwrap(), StatusReport::default());
+        let link = d.join("link.status");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(StatusReport::read(&link).is_err());
+        let huge = d.join("huge.status");
+        std::fs::write(&huge, vec![b' '; 1 << 20]).unwrap();
+        assert!(StatusReport::read(&huge).is_err());
+        let _ = std::fs::remove_dir_all(&d);
+    }
 
     #[test]
     fn round_trips_and_says_when_stale() {
