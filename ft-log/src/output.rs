@@ -101,8 +101,9 @@ impl OutputGate {
                 offset: self.next,
                 bytes: bytes.to_vec(),
             };
-            self.next += bytes.len() as u64;
-            self.stats.bytes_released += bytes.len() as u64;
+            self.next = self.next.saturating_add(bytes.len() as u64);
+            self.stats.bytes_released =
+                self.stats.bytes_released.saturating_add(bytes.len() as u64);
             self.stats.releases += 1;
             self.stats.chunks_released += 1;
             return Some(r);
@@ -113,7 +114,7 @@ impl OutputGate {
             len: bytes.len() as u64,
             held_at_ns: now_ns,
         });
-        self.stats.bytes_held += bytes.len() as u64;
+        self.stats.bytes_held = self.stats.bytes_held.saturating_add(bytes.len() as u64);
         None
     }
 
@@ -146,13 +147,16 @@ impl OutputGate {
     }
 
     /// Release the `n` oldest held chunks as one contiguous piece.
+    ///
+    /// (Offsets here can come from a checkpoint sent by the peer: all arithmetic on them
+    /// saturates rather than wrapping or panicking.)
     fn release_chunks(&mut self, n: usize, now_ns: u64) -> Vec<Released> {
         if n == 0 {
             return Vec::new();
         }
         let mut len = 0u64;
         for c in self.chunks.drain(..n) {
-            len += c.len;
+            len = len.saturating_add(c.len);
             let delay = now_ns.saturating_sub(c.held_at_ns);
             self.stats.total_delay_ns += u128::from(delay);
             self.stats.max_delay_ns = self.stats.max_delay_ns.max(delay);
@@ -166,9 +170,9 @@ impl OutputGate {
             offset: self.next,
             bytes: self.bytes.drain(..take).collect(),
         };
-        self.next += take as u64;
-        self.stats.bytes_held -= take as u64;
-        self.stats.bytes_released += take as u64;
+        self.next = self.next.saturating_add(take as u64);
+        self.stats.bytes_held = self.stats.bytes_held.saturating_sub(take as u64);
+        self.stats.bytes_released = self.stats.bytes_released.saturating_add(take as u64);
         self.stats.releases += 1;
         vec![r]
     }
@@ -183,7 +187,7 @@ impl OutputGate {
 
     /// Console stream offset after everything produced so far (held or released).
     pub fn offset(&self) -> u64 {
-        self.next + self.bytes.len() as u64
+        self.next.saturating_add(self.bytes.len() as u64)
     }
 
     /// Console stream offset of the oldest held byte: everything before it has been
@@ -210,7 +214,7 @@ impl OutputGate {
         self.chunks.clear();
         self.next = offset;
         self.stats.bytes_held = 0;
-        self.stats.bytes_discarded += n;
+        self.stats.bytes_discarded = self.stats.bytes_discarded.saturating_add(n);
         n
     }
 
@@ -221,9 +225,9 @@ impl OutputGate {
         let n = self.bytes.len() as u64;
         self.bytes.clear();
         self.chunks.clear();
-        self.next += n;
+        self.next = self.next.saturating_add(n);
         self.stats.bytes_held = 0;
-        self.stats.bytes_discarded += n;
+        self.stats.bytes_discarded = self.stats.bytes_discarded.saturating_add(n);
         n
     }
 }
@@ -306,6 +310,22 @@ mod tests {
         assert_eq!(g.set_alone(false, 12), vec![]);
         assert_eq!(g.hold(4, b"f", 13), None);
         assert_eq!(g.ack(4, 14), vec![rel(5, b"f")]);
+    }
+
+    #[test]
+    fn offsets_at_the_end_of_the_range_saturate() {
+        // A checkpoint from the peer may carry any console position.
+        let mut g = OutputGate::new(u64::MAX - 1);
+        assert!(g.hold(1, b"abc", 0).is_none());
+        assert_eq!(g.offset(), u64::MAX);
+        let r = g.ack(1, 0);
+        assert_eq!(r.len(), 1);
+        assert_eq!(g.released_offset(), u64::MAX);
+        g.rebase(u64::MAX);
+        assert_eq!(g.hold(2, b"d", 0), None);
+        assert_eq!(g.discard(), 1);
+        g.set_alone(true, 0);
+        assert!(g.hold(3, b"e", 0).is_some());
     }
 
     #[test]

@@ -73,7 +73,7 @@ impl ConsoleSink {
                     }
                 }
             }
-            let end = r.offset + r.bytes.len() as u64;
+            let end = r.offset.saturating_add(r.bytes.len() as u64);
             if end > from {
                 let skip = from.saturating_sub(r.offset) as usize;
                 // A reader that went away must not stop the guest.
