@@ -34,3 +34,13 @@ require_kvm() {
         return 1
     fi
 }
+
+# wait_for FILE TEXT SECONDS: until FILE contains TEXT (fixed string).
+wait_for() {
+    local i
+    for ((i = 0; i < $3 * 10; i++)); do
+        grep -qF -- "$2" "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}

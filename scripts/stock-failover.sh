@@ -45,16 +45,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# wait_for FILE TEXT SECONDS: until FILE contains TEXT (fixed string).
-wait_for() {
-    local i
-    for ((i = 0; i < $3 * 10; i++)); do
-        grep -qF -- "$2" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
 passed=0
 for ((trial = 1; trial <= trials; trial++)); do
     dir=$work/$trial
