@@ -91,10 +91,6 @@ impl IrqLine {
     pub fn raise(&self) {
         self.lines.raise(self.irq);
     }
-
-    pub fn irq(&self) -> u8 {
-        self.irq
-    }
 }
 
 impl vm_superio::Trigger for IrqLine {

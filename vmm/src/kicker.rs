@@ -27,7 +27,6 @@ struct Shared {
     /// pthread_t of the vCPU thread (0 until it registers).
     target: AtomicU64,
     stop: AtomicBool,
-    kicks: AtomicU64,
 }
 
 pub struct Kicker {
@@ -41,7 +40,6 @@ impl Kicker {
             kick_at_ns: AtomicU64::new(DISARMED),
             target: AtomicU64::new(0),
             stop: AtomicBool::new(false),
-            kicks: AtomicU64::new(0),
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -76,7 +74,6 @@ impl Kicker {
                 // the vCPU thread outlives the kicker (the kicker is dropped first), and
                 // the signal has a handler that does nothing.
                 unsafe { libc::pthread_kill(target as libc::pthread_t, signal) };
-                s.kicks.fetch_add(1, Ordering::SeqCst);
             }
         }
     }
@@ -100,10 +97,6 @@ impl Kicker {
 
     pub fn disarm(&self) {
         self.shared.kick_at_ns.store(DISARMED, Ordering::SeqCst);
-    }
-
-    pub fn kicks(&self) -> u64 {
-        self.shared.kicks.load(Ordering::SeqCst)
     }
 }
 

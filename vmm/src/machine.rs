@@ -9,11 +9,10 @@ use vm_memory::{Address, GuestMemoryMmap};
 
 use crate::boot::{self, BootError};
 use crate::clock::{ClockMode, VmClock};
-use crate::compat::shadow_mmu::MemorySlots;
 use crate::compat::syscall::SyscallProbe;
 use crate::compat::CompatError;
 use crate::cpu::{self, CpuError};
-use crate::memory::{self, MemoryError};
+use crate::memory::{self, MemoryError, MemorySlots};
 use crate::platform::{ConsoleOut, Platform, PlatformError};
 use crate::record::{RecordError, Recorder};
 use crate::replay::Replayer;

@@ -502,20 +502,23 @@ fn main() {
                     | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
             ) {
                 let _ = e.print();
+                // Asked-for help is a success; help shown because a subcommand is missing
+                // is bad input, like a bad flag below.
                 std::process::exit(
                     if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-                        2
+                        1
                     } else {
                         0
                     },
                 );
             }
             // One line: clap's first line names the problem; the usage follows in --help.
+            // Exit 1 (bad input), not clap's 2, which ftvm uses for "the guest crashed".
             let rendered = e.render().to_string();
             let first = rendered.lines().next().unwrap_or("invalid arguments");
             let first = first.strip_prefix("error: ").unwrap_or(first);
             eprintln!("ftvm: error: {first} (see 'ftvm --help')");
-            std::process::exit(2);
+            std::process::exit(1);
         }
     };
     let result = match cli.command {

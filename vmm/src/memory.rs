@@ -1,6 +1,11 @@
-//! Guest physical memory: RAM below the MMIO hole and, for large guests, above 4 GiB.
+//! Guest physical memory: RAM below the MMIO hole and, for large guests, above 4 GiB, and
+//! its registration with KVM as memory slots.
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use std::sync::Arc;
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// Start of the 32-bit MMIO hole (devices live here, never RAM).
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
@@ -23,6 +28,14 @@ pub enum MemoryError {
         #[source]
         source: vm_memory::mmap::FromRangesError,
     },
+    #[error("guest memory region {slot} has no host mapping")]
+    Unmapped { slot: u32 },
+    #[error("KVM refused guest memory region {slot} as a memory slot")]
+    Register {
+        slot: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
 }
 
 /// The RAM ranges of a guest of `mib` MiB: (start, length).
@@ -41,11 +54,45 @@ pub const PAGE_SIZE: u64 = 4096;
 
 /// The guest-physical address of every page of guest RAM, region by region.
 pub fn page_addresses(mem: &GuestMemoryMmap) -> impl Iterator<Item = u64> + '_ {
-    use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
     mem.iter().flat_map(|region| {
         let start = region.start_addr().raw_value();
         (0..region.len() / PAGE_SIZE).map(move |i| start + i * PAGE_SIZE)
     })
+}
+
+/// A VM's memory slots: slot i is region i of its guest memory.
+pub struct MemorySlots {
+    pub vm: Arc<VmFd>,
+    /// Whether KVM logs the pages the guest dirties (recording and primary VMs).
+    pub dirty_log: bool,
+}
+
+impl MemorySlots {
+    /// Register every region of `mem` as a slot (slot i is region i).
+    pub fn register(&self, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
+        for (slot, region) in mem.iter().enumerate() {
+            let slot = slot as u32;
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .map_err(|_| MemoryError::Unmapped { slot })?;
+            let desc = kvm_userspace_memory_region {
+                slot,
+                flags: if self.dirty_log {
+                    kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+                } else {
+                    0
+                },
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the region is a live mmap owned by `mem`, which the machine keeps
+            // for as long as the VM fd exists, and the slots do not overlap.
+            unsafe { self.vm.set_user_memory_region(desc) }
+                .map_err(|source| MemoryError::Register { slot, source })?;
+        }
+        Ok(())
+    }
 }
 
 /// Total RAM of this host in MiB.

@@ -27,7 +27,7 @@ pub fn start(recording: bool) {
         std::fs::File::open(&path).map(|f| Side::Replaying(std::io::BufReader::new(f)))
     };
     match side {
-        Ok(s) => *CHECK.lock().unwrap_or_else(|e| e.into_inner()) = Some(s),
+        Ok(s) => *crate::bus::lock(&CHECK) = Some(s),
         Err(e) => tracing::warn!("FTVM_CHECK_PAGES: {e}"),
     }
 }
@@ -45,7 +45,7 @@ fn page_crcs(mem: &GuestMemoryMmap) -> Vec<(u64, u32)> {
 
 /// At a delta (recorder: when taken; replayer: right after loading it).
 pub fn at_delta(mem: &GuestMemoryMmap, ordinal: u64) {
-    let mut guard = CHECK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut guard = crate::bus::lock(&CHECK);
     let Some(side) = guard.as_mut() else {
         return;
     };

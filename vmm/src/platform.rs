@@ -6,15 +6,17 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ftvm_devices::{
-    AbsentPorts, AbsentPortsState, Clock, Cmos, CmosState, I8042State, IrqLine, IrqLines, Pic,
-    PicState, Pit, PitState, Serial, SerialState, StateError, SysCtl, SysCtlState, I8042,
-};
-use serde::{Deserialize, Serialize};
+use ftvm_devices::{Clock, StateError};
 
 use crate::bus::{lock, Bus, BusError};
-use crate::layout;
 use crate::stop::StopReason;
+
+mod devices;
+#[cfg(test)]
+mod tests;
+
+pub use devices::{DeviceKind, DeviceState, PlatformDevice, PlatformState, PowerOn, Wiring};
+use devices::{Devices, Staged};
 
 /// Where the serial console's output goes.
 pub type ConsoleOut = Box<dyn Write + Send>;
@@ -41,6 +43,7 @@ impl Write for SharedConsole {
     }
 }
 
+/// ISA line of the first serial port.
 pub const SERIAL_IRQ: u8 = 4;
 pub const COM1_BASE: u64 = 0x3f8;
 
@@ -50,36 +53,18 @@ pub enum PlatformError {
     Bus(#[from] BusError),
     #[error("cannot restore the devices")]
     State(#[from] StateError),
+    #[error("invalid platform state: it lists the {0:?} device more than once")]
+    Duplicate(DeviceKind),
+    #[error("invalid platform state: the {0:?} device is missing")]
+    Missing(DeviceKind),
 }
 
-/// Every device state, saved together.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PlatformState {
-    pub pic: PicState,
-    pub pit: PitState,
-    pub cmos: CmosState,
-    pub serial: SerialState,
-    pub i8042: I8042State,
-    pub sysctl: SysCtlState,
-    pub absent: AbsentPortsState,
-    /// Bytes the guest has written to its console so far (older snapshots: 0).
-    #[serde(default)]
-    pub console_bytes: u64,
-}
-
+/// The machine's devices (see [`devices`] for the table of them) on their buses.
 pub struct Platform {
     pub pio: Bus,
     pub mmio: Bus,
-    pic: Arc<Mutex<Pic>>,
-    pit: Arc<Mutex<Pit>>,
-    cmos: Arc<Mutex<Cmos>>,
-    serial: Arc<Mutex<Serial<SharedConsole>>>,
-    console: SharedConsole,
-    clock: Arc<dyn Clock>,
-    i8042: Arc<Mutex<I8042>>,
-    sysctl: Arc<Mutex<SysCtl>>,
-    absent: Arc<Mutex<AbsentPorts>>,
-    irq_lines: Arc<IrqLines>,
+    devices: Devices,
+    wiring: Wiring,
 }
 
 impl Platform {
@@ -91,24 +76,14 @@ impl Platform {
         console: ConsoleOut,
         position: Arc<AtomicU64>,
     ) -> Result<Self, PlatformError> {
-        let irq_lines = IrqLines::new();
         position.store(0, Ordering::SeqCst);
-        let console = SharedConsole {
-            out: Arc::new(Mutex::new(console)),
-            position,
+        let wiring = Wiring::new(clock, console, position);
+        let power = PowerOn {
+            mem_mib,
+            wall_clock_unix_secs,
         };
-        Self::assemble(
-            Pic::new(),
-            Pit::new(clock.clone()),
-            Cmos::new(clock.clone(), wall_clock_unix_secs, mem_mib << 20),
-            Serial::new(IrqLine::new(irq_lines.clone(), SERIAL_IRQ), console.clone()),
-            console,
-            clock,
-            I8042::new(),
-            SysCtl::new(mem_mib as u32),
-            AbsentPorts::new(),
-            irq_lines,
-        )
+        let staged = Staged::power_on(&wiring, &power);
+        Self::assemble(staged, wiring)
     }
 
     /// Devices restored from a saved state (validated on the way in).
@@ -118,104 +93,36 @@ impl Platform {
         console: ConsoleOut,
         position: Arc<AtomicU64>,
     ) -> Result<Self, PlatformError> {
-        let irq_lines = IrqLines::new();
         position.store(state.console_bytes, Ordering::SeqCst);
-        let console = SharedConsole {
-            out: Arc::new(Mutex::new(console)),
-            position,
-        };
-        Self::assemble(
-            Pic::from_state(state.pic)?,
-            Pit::from_state(state.pit, clock.clone())?,
-            Cmos::from_state(state.cmos, clock.clone())?,
-            Serial::from_state(
-                state.serial,
-                IrqLine::new(irq_lines.clone(), SERIAL_IRQ),
-                console.clone(),
-            )?,
-            console,
-            clock,
-            I8042::from_state(state.i8042)?,
-            SysCtl::from_state(state.sysctl)?,
-            AbsentPorts::from_state(state.absent)?,
-            irq_lines,
-        )
+        let wiring = Wiring::new(clock, console, position);
+        let staged = Staged::restore(state, &wiring)?;
+        Self::assemble(staged, wiring)
     }
 
-    fn assemble(
-        pic: Pic,
-        pit: Pit,
-        cmos: Cmos,
-        serial: Serial<SharedConsole>,
-        console: SharedConsole,
-        clock: Arc<dyn Clock>,
-        i8042: I8042,
-        sysctl: SysCtl,
-        absent: AbsentPorts,
-        irq_lines: Arc<IrqLines>,
-    ) -> Result<Self, PlatformError> {
-        let pic = Arc::new(Mutex::new(pic));
-        let pit = Arc::new(Mutex::new(pit));
-        let cmos = Arc::new(Mutex::new(cmos));
-        let serial = Arc::new(Mutex::new(serial));
-        let i8042 = Arc::new(Mutex::new(i8042));
-        let sysctl = Arc::new(Mutex::new(sysctl));
-        let absent = Arc::new(Mutex::new(absent));
+    fn assemble(staged: Staged, wiring: Wiring) -> Result<Self, PlatformError> {
+        let devices = Devices::new(staged);
         let mut pio = Bus::new();
-        pio.insert(pic.clone(), 0x20, 2)?;
-        pio.insert(pic.clone(), 0xa0, 2)?;
-        pio.insert(pic.clone(), 0x4d0, 2)?;
-        pio.insert(pit.clone(), 0x40, 4)?;
-        pio.insert(pit.clone(), 0x61, 1)?;
-        pio.insert(cmos.clone(), 0x70, 2)?;
-        pio.insert(serial.clone(), COM1_BASE, 8)?;
-        pio.insert(i8042.clone(), 0x60, 1)?;
-        pio.insert(i8042.clone(), 0x64, 1)?;
-        for &(base, len) in ftvm_devices::ABSENT_PORT_RANGES {
-            pio.insert(absent.clone(), base, len)?;
-        }
         let mut mmio = Bus::new();
-        mmio.insert(sysctl.clone(), layout::SYSCTL_START, layout::SYSCTL_LEN)?;
+        devices.place(&mut pio, &mut mmio)?;
         Ok(Self {
             pio,
             mmio,
-            pic,
-            pit,
-            cmos,
-            serial,
-            console,
-            clock,
-            i8042,
-            sysctl,
-            absent,
-            irq_lines,
+            devices,
+            wiring,
         })
     }
 
     pub fn state(&self) -> PlatformState {
-        PlatformState {
-            pic: lock(&self.pic).state(),
-            pit: lock(&self.pit).state(),
-            cmos: lock(&self.cmos).state(),
-            serial: lock(&self.serial).state(),
-            i8042: lock(&self.i8042).state(),
-            sysctl: lock(&self.sysctl).state(),
-            absent: lock(&self.absent).state(),
-            console_bytes: self.console.position.load(Ordering::SeqCst),
-        }
-    }
-
-    /// Accesses to legacy ports with nothing behind them.
-    pub fn absent_port_accesses(&self) -> u64 {
-        lock(&self.absent).accesses()
+        self.devices
+            .state(self.wiring.console.position.load(Ordering::SeqCst))
     }
 
     /// A device asked to end the VM (power-off, reset).
     pub fn stop_request(&self) -> Option<StopReason> {
-        if let Some(status) = lock(&self.sysctl).take_poweroff() {
+        if let Some(status) = lock(&self.devices.sysctl).take_poweroff() {
             return Some(StopReason::PowerOff { status });
         }
-        if lock(&self.i8042).take_reset_request() {
+        if lock(&self.devices.i8042).take_reset_request() {
             return Some(StopReason::Reset);
         }
         None
@@ -227,7 +134,7 @@ impl Platform {
         if input.is_empty() {
             return Vec::new();
         }
-        let mut serial = lock(&self.serial);
+        let mut serial = lock(&self.devices.serial);
         let (front, _) = input.as_slices();
         let taken = serial.enqueue_input(front);
         input.drain(..taken).collect()
@@ -236,28 +143,14 @@ impl Platform {
     /// Replace every device's state in place (devices stay on the buses, the console
     /// keeps its writer). The state is validated first; on error nothing changes.
     pub fn load_state(&self, state: PlatformState) -> Result<(), PlatformError> {
-        let pic = Pic::from_state(state.pic)?;
-        let pit = Pit::from_state(state.pit, self.clock.clone())?;
-        let cmos = Cmos::from_state(state.cmos, self.clock.clone())?;
-        let serial = Serial::from_state(
-            state.serial,
-            IrqLine::new(self.irq_lines.clone(), SERIAL_IRQ),
-            self.console.clone(),
-        )?;
-        let i8042 = I8042::from_state(state.i8042)?;
-        let sysctl = SysCtl::from_state(state.sysctl)?;
-        let absent = AbsentPorts::from_state(state.absent)?;
-        *lock(&self.pic) = pic;
-        *lock(&self.pit) = pit;
-        *lock(&self.cmos) = cmos;
-        *lock(&self.serial) = serial;
-        *lock(&self.i8042) = i8042;
-        *lock(&self.sysctl) = sysctl;
-        *lock(&self.absent) = absent;
-        self.console
+        let console_bytes = state.console_bytes;
+        let staged = Staged::restore(state, &self.wiring)?;
+        self.devices.replace(staged);
+        self.wiring
+            .console
             .position
-            .store(state.console_bytes, Ordering::SeqCst);
-        self.irq_lines.take();
+            .store(console_bytes, Ordering::SeqCst);
+        self.wiring.irq_lines.take();
         Ok(())
     }
 
@@ -271,30 +164,30 @@ impl Platform {
     /// other request has been taken. Everything this looks at is guest state, so a replay
     /// decides alike.
     pub fn update_interrupts(&self) {
-        let mut pic = lock(&self.pic);
-        let raised = self.irq_lines.take();
+        let mut pic = lock(&self.devices.pic);
+        let raised = self.wiring.irq_lines.take();
         for irq in 0..16u8 {
             if raised & (1 << irq) != 0 {
                 pic.raise_irq(irq);
             }
         }
         let others_waiting = pic.requested_lines() & !1 != 0;
-        if !others_waiting && lock(&self.pit).poll_irq0() {
+        if !others_waiting && lock(&self.devices.pit).poll_irq0() {
             pic.raise_irq(0);
         }
     }
 
     pub fn interrupt_pending(&self) -> bool {
-        lock(&self.pic).has_pending_interrupt()
+        lock(&self.devices.pic).has_pending_interrupt()
     }
 
     /// The INTA cycle: the vector to inject.
     pub fn acknowledge(&self) -> Option<u8> {
-        lock(&self.pic).acknowledge()
+        lock(&self.devices.pic).acknowledge()
     }
 
     /// When the next timer interrupt is due (virtual ns).
     pub fn next_deadline_ns(&self) -> Option<u64> {
-        lock(&self.pit).next_irq0_deadline_ns()
+        lock(&self.devices.pit).next_irq0_deadline_ns()
     }
 }

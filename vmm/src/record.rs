@@ -9,10 +9,9 @@ use vm_memory::{
     Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
 };
 
+use crate::memory::PAGE_SIZE;
 use crate::platform::Platform;
 use crate::state::VcpuState;
-
-const PAGE: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -118,15 +117,15 @@ impl Recorder {
                 while bits != 0 {
                     let bit = bits.trailing_zeros() as u64;
                     bits &= bits - 1;
-                    let gpa = start + (w as u64 * 64 + bit) * PAGE as u64;
-                    let mut data = vec![0u8; PAGE];
+                    let gpa = start + (w as u64 * 64 + bit) * PAGE_SIZE;
+                    let mut data = vec![0u8; PAGE_SIZE as usize];
                     mem.read_slice(&mut data, GuestAddress(gpa))?;
                     pages.push(Page { gpa, data });
                 }
             }
         }
         if full {
-            let mut data = vec![0u8; PAGE];
+            let mut data = vec![0u8; PAGE_SIZE as usize];
             for gpa in crate::memory::page_addresses(mem) {
                 mem.read_slice(&mut data, GuestAddress(gpa))?;
                 if data.iter().any(|&b| b != 0) {

@@ -23,7 +23,6 @@ use crate::state::VmState;
 
 pub const FORMAT: &str = "ftvm-snapshot";
 pub const VERSION: u32 = 1;
-const PAGE: usize = 4096;
 const CHUNK: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
@@ -152,9 +151,9 @@ fn write_memory(
             let n = CHUNK.min(len - done);
             mem.read_slice(&mut buf[..n], GuestAddress(start.0 + done as u64))?;
             hasher.update(&buf[..n]);
-            for (i, page) in buf[..n].chunks(PAGE).enumerate() {
+            for (i, page) in buf[..n].chunks(memory::PAGE_SIZE as usize).enumerate() {
                 if page.iter().any(|&b| b != 0) {
-                    let at = offset + (done + i * PAGE) as u64;
+                    let at = offset + done as u64 + i as u64 * memory::PAGE_SIZE;
                     file.seek(SeekFrom::Start(at)).map_err(io("write", path))?;
                     file.write_all(page).map_err(io("write", path))?;
                 }

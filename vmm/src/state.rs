@@ -54,8 +54,12 @@ pub struct VcpuState {
     pub halted: bool,
 }
 
-fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
-    move |source| VcpuError::Kvm { what, source }
+fn get(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
+    move |source| VcpuError::Get { what, source }
+}
+
+fn set(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
+    move |source| VcpuError::Set { what, source }
 }
 
 impl VcpuState {
@@ -67,21 +71,19 @@ impl VcpuState {
                 ..Default::default()
             })
             .collect();
-        let mut msrs = Msrs::from_entries(&entries).map_err(|_| VcpuError::Kvm {
-            what: "MSR list",
-            source: kvm_ioctls::Error::new(libc::EINVAL),
-        })?;
-        let n = fd.get_msrs(&mut msrs).map_err(kvm("MSRs"))?;
+        let mut msrs =
+            Msrs::from_entries(&entries).map_err(|_| VcpuError::MsrList(entries.len()))?;
+        let n = fd.get_msrs(&mut msrs).map_err(get("MSRs"))?;
         Ok(Self {
-            regs: fd.get_regs().map_err(kvm("registers"))?,
-            sregs: fd.get_sregs().map_err(kvm("special registers"))?,
-            fpu: fd.get_fpu().map_err(kvm("FPU state"))?.into(),
+            regs: fd.get_regs().map_err(get("registers"))?,
+            sregs: fd.get_sregs().map_err(get("special registers"))?,
+            fpu: fd.get_fpu().map_err(get("FPU state"))?.into(),
             msrs: msrs.as_slice()[..n]
                 .iter()
                 .map(|e| (e.index, e.data))
                 .collect(),
-            events: fd.get_vcpu_events().map_err(kvm("pending events"))?,
-            debugregs: fd.get_debug_regs().map_err(kvm("debug registers"))?,
+            events: fd.get_vcpu_events().map_err(get("pending events"))?,
+            debugregs: fd.get_debug_regs().map_err(get("debug registers"))?,
             // A host without KVM_CAP_XSAVE refuses these: the FPU state above is all.
             xsave: fd.get_xsave().ok().map(|x| x.region.to_vec()),
             xcrs: fd.get_xcrs().ok().map(|x| {
@@ -100,10 +102,10 @@ impl VcpuState {
     /// Load this state into a vCPU (special registers first: they set the mode).
     pub fn restore(&self, fd: &VcpuFd) -> Result<(), VcpuError> {
         fd.set_sregs(&self.sregs)
-            .map_err(kvm("special registers"))?;
-        fd.set_regs(&self.regs).map_err(kvm("registers"))?;
+            .map_err(set("special registers"))?;
+        fd.set_regs(&self.regs).map_err(set("registers"))?;
         fd.set_fpu(&kvm_fpu::from(&self.fpu))
-            .map_err(kvm("FPU state"))?;
+            .map_err(set("FPU state"))?;
         let entries: Vec<kvm_msr_entry> = self
             .msrs
             .iter()
@@ -113,15 +115,12 @@ impl VcpuState {
                 ..Default::default()
             })
             .collect();
-        let msrs = Msrs::from_entries(&entries).map_err(|_| VcpuError::Kvm {
-            what: "MSR list",
-            source: kvm_ioctls::Error::new(libc::EINVAL),
-        })?;
-        fd.set_msrs(&msrs).map_err(kvm("MSRs"))?;
+        let msrs = Msrs::from_entries(&entries).map_err(|_| VcpuError::MsrList(entries.len()))?;
+        fd.set_msrs(&msrs).map_err(set("MSRs"))?;
         fd.set_vcpu_events(&self.events)
-            .map_err(kvm("pending events"))?;
+            .map_err(set("pending events"))?;
         fd.set_debug_regs(&self.debugregs)
-            .map_err(kvm("debug registers"))?;
+            .map_err(set("debug registers"))?;
         if let Some(xcrs) = &self.xcrs {
             let mut k = kvm_xcrs {
                 nr_xcrs: xcrs.len() as u32,
@@ -134,7 +133,7 @@ impl VcpuState {
                     ..Default::default()
                 };
             }
-            fd.set_xcrs(&k).map_err(kvm("extended control registers"))?;
+            fd.set_xcrs(&k).map_err(set("extended control registers"))?;
         }
         if let Some(region) = &self.xsave {
             let mut x = kvm_xsave::default();
@@ -142,7 +141,7 @@ impl VcpuState {
             // SAFETY: KVM reads at most the size KVM_CAP_XSAVE2 reports, which exceeds
             // the 4096 bytes of `kvm_xsave` only after the VMM asked for dynamically
             // enabled features (arch_prctl ARCH_REQ_XCOMP_GUEST_PERM); ftvm never does.
-            unsafe { fd.set_xsave(&x) }.map_err(kvm("XSAVE area"))?;
+            unsafe { fd.set_xsave(&x) }.map_err(set("XSAVE area"))?;
         }
         Ok(())
     }

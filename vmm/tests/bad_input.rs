@@ -111,14 +111,14 @@ fn memory_too_large_for_the_host() {
 fn memory_not_a_number() {
     let out = run_ftvm(&["run", "--kernel", guest("timer"), "--mem", "lots"], b"");
     assert_one_line_error(&out, "invalid value 'lots' for '--mem <MEM>'");
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
 }
 
 #[test]
 fn unknown_flag() {
     let out = run_ftvm(&["run", "--kernel", guest("timer"), "--frobnicate"], b"");
     assert_one_line_error(&out, "unexpected argument '--frobnicate'");
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
 }
 
 #[test]

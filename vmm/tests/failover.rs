@@ -62,7 +62,7 @@ fn primary_output_delay(dir: &Path) -> Option<f64> {
 fn last_count(text: &str) -> Option<u64> {
     text.lines()
         .filter_map(|l| l.strip_prefix("count ")?.parse().ok())
-        .last()
+        .next_back()
 }
 
 #[test]

@@ -171,7 +171,10 @@ fn invalid_device_state_with_valid_checksum_is_refused() {
     let out = damaged("bad-pit", |d| {
         let p = d.join("state.json");
         let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-        v["platform"]["pit"]["channels"][0]["mode"] = serde_json::json!(9);
+        // The platform state is a list of device states, each tagged with its device.
+        let devices = v["platform"]["devices"].as_array_mut().unwrap();
+        let pit = devices.iter_mut().find(|d| d.get("pit").is_some()).unwrap();
+        pit["pit"]["channels"][0]["mode"] = serde_json::json!(9);
         let bytes = serde_json::to_vec_pretty(&v).unwrap();
         std::fs::write(&p, &bytes).unwrap();
         let mp = d.join("manifest.json");

@@ -21,12 +21,14 @@ pub const SUBERROR_EMULATION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompatError {
-    #[error("cannot {what} while repairing an emulation failure")]
+    #[error("cannot {what} (host-compatibility repair)")]
     Kvm {
         what: &'static str,
         #[source]
         source: kvm_ioctls::Error,
     },
+    #[error("cannot register guest memory again (host-compatibility repair)")]
+    Slots(#[from] crate::memory::MemoryError),
 }
 
 pub(crate) fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> CompatError {

@@ -11,48 +11,13 @@
 //! KVM offers nothing narrower. On a host with EPT/NPT this only costs a rebuild of the
 //! second-level tables, so it is done on every host, and counted.
 
-use std::sync::Arc;
-
 use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::VmFd;
-use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 
 use super::{kvm, CompatError};
-
-/// The VM's memory slots, as the machine registered them.
-pub struct MemorySlots {
-    pub vm: Arc<VmFd>,
-    pub dirty_log: bool,
-}
+use crate::memory::MemorySlots;
 
 impl MemorySlots {
-    /// Register every region of `mem` as a slot (slot i is region i).
-    pub fn register(&self, mem: &GuestMemoryMmap) -> Result<(), CompatError> {
-        for (slot, region) in mem.iter().enumerate() {
-            let host = region
-                .get_host_address(vm_memory::MemoryRegionAddress(0))
-                .map_err(|_| CompatError::Kvm {
-                    what: "map guest memory",
-                    source: kvm_ioctls::Error::new(libc::EFAULT),
-                })?;
-            let desc = kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: if self.dirty_log {
-                    kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
-                } else {
-                    0
-                },
-                guest_phys_addr: region.start_addr().raw_value(),
-                memory_size: region.len(),
-                userspace_addr: host as u64,
-            };
-            // SAFETY: the region is a live mmap owned by `mem`, which the machine keeps
-            // for as long as the VM fd exists, and the slots do not overlap.
-            unsafe { self.vm.set_user_memory_region(desc) }.map_err(kvm("map guest memory"))?;
-        }
-        Ok(())
-    }
-
     /// After the VMM rewrote guest memory: drop KVM's translations of it by removing and
     /// re-adding every slot. The contents stay (they are the VMM's mapping). The dirty
     /// log starts afresh, which loses nothing: only a replaying VM loads checkpoints,
@@ -67,6 +32,6 @@ impl MemorySlots {
             unsafe { self.vm.set_user_memory_region(empty) }
                 .map_err(kvm("remove a memory slot"))?;
         }
-        self.register(mem)
+        Ok(self.register(mem)?)
     }
 }

@@ -45,7 +45,7 @@ pub fn probe(kvm_sys: &Kvm) -> Result<SyscallProbe, CompatError> {
         }
     })?;
     // Declared after `mem`, so the probe VM is dropped before the memory it maps.
-    let slots = super::shadow_mmu::MemorySlots {
+    let slots = crate::memory::MemorySlots {
         vm: std::sync::Arc::new(kvm_sys.create_vm().map_err(kvm("create the probe VM"))?),
         dirty_log: false,
     };

@@ -63,11 +63,21 @@ pub enum VcpuError {
     #[error("the vCPU did not pause within {0:?}")]
     PauseTimeout(Duration),
     #[error("cannot read the vCPU's {what}")]
-    Kvm {
+    Get {
         what: &'static str,
         #[source]
         source: kvm_ioctls::Error,
     },
+    #[error("cannot load the vCPU's {what}")]
+    Set {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot complete the vCPU's last exit")]
+    Settle(#[source] kvm_ioctls::Error),
+    #[error("cannot build KVM's list of {0} MSRs")]
+    MsrList(usize),
     #[error("cannot reload the devices: {0}")]
     Restore(String),
     #[error("cannot start the vCPU thread")]
@@ -129,7 +139,7 @@ pub struct Vcpu {
     pause_request: Arc<std::sync::atomic::AtomicBool>,
     syscall_repair: Option<crate::compat::syscall::SyscallRepair>,
     fd: VcpuFd,
-    memory_slots: crate::compat::shadow_mmu::MemorySlots,
+    memory_slots: crate::memory::MemorySlots,
     memory: vm_memory::GuestMemoryMmap,
     platform: Platform,
     clock: Arc<VmClock>,
@@ -185,7 +195,7 @@ pub struct VcpuParts {
     pub syscall_repair: Option<crate::compat::syscall::SyscallRepair>,
     pub fd: VcpuFd,
     /// To make KVM forget translations after guest memory was rewritten.
-    pub memory_slots: crate::compat::shadow_mmu::MemorySlots,
+    pub memory_slots: crate::memory::MemorySlots,
     pub memory: vm_memory::GuestMemoryMmap,
     pub platform: Platform,
     pub clock: Arc<VmClock>,
@@ -491,10 +501,7 @@ impl Vcpu {
             Ok(false) => Err(VcpuError::Restore(
                 "the vCPU made another exit while its last I/O completed".into(),
             )),
-            Err(source) => Err(VcpuError::Kvm {
-                what: "the state after the last exit",
-                source,
-            }),
+            Err(source) => Err(VcpuError::Settle(source)),
         }
     }
 
@@ -513,7 +520,7 @@ impl Vcpu {
             // next exit, which the primary logs.
             self.fd
                 .set_vcpu_events(&vcpu.events)
-                .map_err(|source| VcpuError::Kvm {
+                .map_err(|source| VcpuError::Set {
                     what: "pending events",
                     source,
                 })?;

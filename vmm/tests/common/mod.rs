@@ -47,7 +47,9 @@ pub fn run_ftvm(args: &[&str], input: &[u8]) -> Output {
     let pid = child.id();
     let watchdog = std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_secs(120));
-        // SAFETY: kill(2) with a pid we started; at worst the process is already gone.
+        // SAFETY: kill(2) passes no memory of ours, so the call is sound for any pid. The
+        // pid is the VMM we started (once reaped, its number could in principle be reused
+        // by the time this fires).
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     });
     let out = child.wait_with_output().expect("wait for ftvm");
