@@ -11,4 +11,6 @@ log "building the stock-kernel guest image (cached after the first run)"
 guest-images/stock/build.sh
 log "building and running the test suite"
 cargo build --workspace --all-targets --locked
+log "clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked -- --test-threads=2

@@ -315,9 +315,9 @@ pub(crate) fn decode_exact<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Str
         .saturating_add(4096);
     match budget {
         0..=0x1_0000 => with(payload, c.with_limit::<0x1_0000>()),
-        ..=0x10_0000 => with(payload, c.with_limit::<0x10_0000>()),
-        ..=0x100_0000 => with(payload, c.with_limit::<0x100_0000>()),
-        ..=0x1000_0000 => with(payload, c.with_limit::<0x1000_0000>()),
+        0x1_0001..=0x10_0000 => with(payload, c.with_limit::<0x10_0000>()),
+        0x10_0001..=0x100_0000 => with(payload, c.with_limit::<0x100_0000>()),
+        0x100_0001..=0x1000_0000 => with(payload, c.with_limit::<0x1000_0000>()),
         // Payloads are at most the log's MAX_PAYLOAD (about 1 GiB), checked by the frame
         // reader before this runs.
         _ => with(payload, c.with_limit::<{ 1 << 36 }>()),

@@ -143,6 +143,18 @@ impl Health {
     }
 }
 
+/// What the primary's receiver updates from the backup's messages.
+pub struct PrimaryAcks {
+    /// The console under the output rule: acks release its output.
+    pub sink: Arc<ConsoleSink>,
+    /// Set when the backup asks for a checkpoint.
+    pub delta_request: Arc<AtomicBool>,
+    /// The highest exit the backup acknowledged.
+    pub acked: Arc<AtomicU64>,
+    /// The guest's exit ordinal: no ack may go beyond what the guest has done.
+    pub guest_ordinal: Arc<AtomicU64>,
+}
+
 /// One side's view of a live logging channel.
 pub struct Link {
     stream: SecureStream,
@@ -213,12 +225,15 @@ impl Link {
         stream: SecureStream,
         decoder: MessageDecoder<ToPrimary>,
         log: Pipe,
-        sink: Arc<ConsoleSink>,
-        delta_request: Arc<AtomicBool>,
-        acked: Arc<AtomicU64>,
-        guest_ordinal: Arc<AtomicU64>,
+        on_ack: PrimaryAcks,
         timeout: Duration,
     ) -> Result<Self, LinkError> {
+        let PrimaryAcks {
+            sink,
+            delta_request,
+            acked,
+            guest_ordinal,
+        } = on_ack;
         let on_message = move |m: ToPrimary| -> Result<(), LinkError> {
             match m {
                 ToPrimary::Ack { ordinal } => {

@@ -18,7 +18,7 @@ use ft_log::channel::{encode_channel_header, MessageDecoder, ToBackup, ToPrimary
 
 use super::console::ConsoleSink;
 use super::key::{ChannelKey, KeyError};
-use super::link::{recv, Link, LinkError};
+use super::link::{recv, Link, LinkError, PrimaryAcks};
 use super::pipe::Pipe;
 use super::secure::{SecureError, SecureStream};
 use super::shared::{Claim, SharedDir, SharedError};
@@ -536,10 +536,12 @@ impl Node {
             stream,
             dec,
             pipe,
-            self.sink.clone(),
-            self.delta_request.clone(),
-            self.acked.clone(),
-            self.vm.exit_ordinal.clone(),
+            PrimaryAcks {
+                sink: self.sink.clone(),
+                delta_request: self.delta_request.clone(),
+                acked: self.acked.clone(),
+                guest_ordinal: self.vm.exit_ordinal.clone(),
+            },
             self.opts.peer_timeout,
         )?;
         eprintln!(

@@ -239,7 +239,7 @@ fn a_partial_record_survives_a_read_timeout() {
     let (c, s) = tcp_pair();
     let (client, server) = handshake(c, s, key(4), key(4));
     let (c, mut s) = (client.unwrap(), server.unwrap());
-    let mut record = vec![0u8; 2 + 5 + TAG_LEN];
+    let mut record = [0u8; 2 + 5 + TAG_LEN];
     let n = c
         .session
         .transport
