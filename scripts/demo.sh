@@ -25,12 +25,14 @@ rm -f "$log_file"
 
 log "fault tolerance: the counter guest under a primary and a backup; the primary's power is pulled"
 shared=$(mktemp -d /tmp/ftvm-demo-shared-XXXXXX)
+# The pair's secret: both VMMs hold it; the channel admits nobody else.
+"$ftvm" keygen "$shared/pair.key"
 port=$((20000 + RANDOM % 20000))
-"$ftvm" primary --shared-dir "$shared" --name counter --listen "127.0.0.1:$port" \
+"$ftvm" primary --shared-dir "$shared" --name counter --key-file "$shared/pair.key" --listen "127.0.0.1:$port" \
     --peer-timeout 300 --kernel "$(guest counter)" --mem 16 </dev/null >/dev/null &
 primary_pid=$!
 sleep 0.5
-"$ftvm" backup --shared-dir "$shared" --name counter --primary "127.0.0.1:$port" \
+"$ftvm" backup --shared-dir "$shared" --name counter --key-file "$shared/pair.key" --primary "127.0.0.1:$port" \
     --peer-timeout 300 </dev/null >/dev/null &
 backup_pid=$!
 sleep 1.5

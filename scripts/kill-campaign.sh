@@ -76,17 +76,18 @@ declare -A faults=([kill-primary]=0 [kill-backup]=0 [freeze-primary]=0)
 for ((trial = 1; trial <= trials; trial++)); do
     dir=$work/$trial
     mkdir -p "$dir/shared"
+    "$ftvm" keygen "$dir/pair.key" 2>/dev/null
     port=$((20000 + RANDOM % 20000))
     roll=$((RANDOM % 20))
     if [ $roll -lt 14 ]; then fault=kill-primary; elif [ $roll -lt 17 ]; then fault=kill-backup; else fault=freeze-primary; fi
     faults[$fault]=$((faults[$fault] + 1))
     delay_ms=$((RANDOM % 3000))
-    "$ftvm" primary --shared-dir "$dir/shared" --name counter --listen "127.0.0.1:$port" \
+    "$ftvm" primary --shared-dir "$dir/shared" --name counter --key-file "$dir/pair.key" --listen "127.0.0.1:$port" \
         --peer-timeout 300 --kernel "$counter" --mem 16 </dev/null >/dev/null 2>"$dir/primary.err" &
     primary=$!
     pids+=("$primary")
     wait_for "$dir/primary.err" "waiting for a backup" 30 || { log "trial $trial: the primary did not start"; cat "$dir/primary.err" >&2; failed=1; exit 1; }
-    "$ftvm" backup --shared-dir "$dir/shared" --name counter --primary "127.0.0.1:$port" \
+    "$ftvm" backup --shared-dir "$dir/shared" --name counter --key-file "$dir/pair.key" --primary "127.0.0.1:$port" \
         --peer-timeout 300 </dev/null >/dev/null 2>"$dir/backup.err" &
     backup=$!
     pids+=("$backup")

@@ -49,16 +49,17 @@ passed=0
 for ((trial = 1; trial <= trials; trial++)); do
     dir=$work/$trial
     mkdir -p "$dir/shared"
+    "$ftvm" keygen "$dir/pair.key" 2>/dev/null
     port=$((20000 + RANDOM % 20000))
     kill_at=$((4 + RANDOM % 40))
     mkfifo "$dir/stdin"
-    "$ftvm" primary --shared-dir "$dir/shared" --name stock --listen "127.0.0.1:$port" \
+    "$ftvm" primary --shared-dir "$dir/shared" --name stock --key-file "$dir/pair.key" --listen "127.0.0.1:$port" \
         --restore "$snap" <"$dir/stdin" >/dev/null 2>"$dir/primary.err" &
     primary=$!
     pids+=("$primary")
     exec 7>"$dir/stdin"
     wait_for "$dir/primary.err" "waiting for a backup" 60 || { log "trial $trial: the primary did not start"; cat "$dir/primary.err" >&2; exit 1; }
-    "$ftvm" backup --shared-dir "$dir/shared" --name stock --primary "127.0.0.1:$port" \
+    "$ftvm" backup --shared-dir "$dir/shared" --name stock --key-file "$dir/pair.key" --primary "127.0.0.1:$port" \
         </dev/null >/dev/null 2>"$dir/backup.err" &
     backup=$!
     pids+=("$backup")

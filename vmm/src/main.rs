@@ -42,15 +42,17 @@ enum Command {
     Status(NamedVm),
     /// Print the guest's console stream (every byte once, whichever VMM wrote it).
     Console(ConsoleArgs),
-    /// Write a new random channel key to FILE (mode 0600), for `--key FILE` on both VMMs.
+    /// Make a new random channel key for a pair: to FILE (created with mode 0600), or to
+    /// standard output (made private if it is a file). Give it to both VMMs with
+    /// `--key-file`.
     Keygen(KeygenArgs),
 }
 
 #[derive(clap::Args)]
 struct KeygenArgs {
-    /// Where to write the key; must not exist.
+    /// Where to write the key; must not exist. Default: standard output.
     #[arg(value_name = "FILE")]
-    file: PathBuf,
+    file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -85,10 +87,15 @@ struct PairArgs {
     #[arg(long, default_value_t = 16384, value_name = "KIB", value_parser = clap::value_parser!(u64).range(64..=4_194_304))]
     buffer: u64,
     /// The pair's channel key (64 hex digits, mode 0600; `ftvm keygen` makes one). Both
-    /// VMMs must hold the same. Default: DIR/NAME.key in the shared directory, which the
-    /// first primary creates.
-    #[arg(long, value_name = "FILE")]
-    key: Option<PathBuf>,
+    /// VMMs must hold the same: it authenticates them to each other and encrypts the
+    /// logging channel.
+    #[arg(long, visible_alias = "key", value_name = "FILE")]
+    key_file: Option<PathBuf>,
+    /// Run the pair without a secret: the channel uses a publicly known key, so anyone
+    /// who reaches it can join as the backup and read the guest's memory. For trying
+    /// ftvm out on a closed network only.
+    #[arg(long, conflicts_with = "key_file")]
+    insecure: bool,
 }
 
 #[derive(clap::Args)]
@@ -341,9 +348,7 @@ fn ft_options(pair: PairArgs, listen: Option<String>) -> anyhow::Result<ftvm::ft
         listen,
         peer_timeout: Duration::from_millis(pair.peer_timeout),
         buffer_bytes: (pair.buffer as usize) << 10,
-        key_file: pair
-            .key
-            .unwrap_or_else(|| pair.vm.shared_dir.join(format!("{}.key", pair.vm.name))),
+        key: pair_key(pair.key_file.as_deref(), pair.insecure)?,
     })
 }
 
@@ -395,9 +400,35 @@ fn backup(args: BackupArgs) -> anyhow::Result<i32> {
     Ok(pair_outcome(outcome, started))
 }
 
+/// The pair's key from `--key-file`, the public one under `--insecure`, or an error.
+fn pair_key(
+    file: Option<&std::path::Path>,
+    insecure: bool,
+) -> anyhow::Result<ftvm::ft::key::ChannelKey> {
+    use ftvm::ft::key::ChannelKey;
+    match (file, insecure) {
+        (Some(f), _) => Ok(ChannelKey::load(f)?),
+        (None, true) => {
+            eprintln!(
+                "ftvm: warning: --insecure: the logging channel's key is public; anyone who reaches it can join and read the guest's memory"
+            );
+            Ok(ChannelKey::public())
+        }
+        (None, false) => anyhow::bail!(
+            "a fault-tolerant pair needs --key-file FILE on both VMMs (make one with 'ftvm keygen FILE'), or --insecure"
+        ),
+    }
+}
+
 fn keygen(args: KeygenArgs) -> anyhow::Result<i32> {
-    ftvm::ft::key::ChannelKey::create(&args.file)?;
-    eprintln!("ftvm: wrote a new channel key to {}", args.file.display());
+    use ftvm::ft::key::ChannelKey;
+    match &args.file {
+        Some(file) => {
+            ChannelKey::create(file)?;
+            eprintln!("ftvm: wrote a new channel key to {}", file.display());
+        }
+        None => ChannelKey::random()?.write_to_stdout()?,
+    }
     Ok(0)
 }
 

@@ -63,6 +63,62 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+#[test]
+fn a_pair_needs_a_key_or_says_it_is_insecure() {
+    let dir = shared_dir("nokey");
+    let d = dir.to_str().unwrap();
+    let base = [
+        "--shared-dir",
+        d,
+        "--listen",
+        "127.0.0.1:0",
+        "--kernel",
+        guest("counter"),
+    ];
+    let out = run_ftvm(&[&["primary"][..], &base].concat(), b"");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("needs --key-file"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run_ftvm(
+        &["backup", "--shared-dir", d, "--primary", "127.0.0.1:1"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("needs --key-file"),
+        "{}",
+        stderr(&out)
+    );
+    // A key file others can read.
+    let open = dir.join("open.key");
+    std::fs::write(&open, "00".repeat(32)).unwrap();
+    let out = run_ftvm(
+        &[
+            &["primary", "--key-file", open.to_str().unwrap()][..],
+            &base,
+        ]
+        .concat(),
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+    // `ftvm keygen > FILE` leaves a private key the VMMs accept.
+    let made = dir.join("made.key");
+    let file = std::fs::File::create(&made).unwrap();
+    let status = ftvm().arg("keygen").stdout(file).status().unwrap();
+    assert!(status.success());
+    let meta = std::fs::metadata(&made).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
+    assert!(ftvm::ft::key::ChannelKey::load(&made).is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn primary_with_key(dir: &Path, port: u16, key: &Path) -> Vmm {
     Vmm::start(&[
         "primary",
@@ -88,12 +144,7 @@ fn only_the_key_holder_joins_and_the_wire_shows_nothing_of_the_guest() {
     let port = free_port();
     let mut p = primary(&dir, port);
     p.wait_for("waiting for a backup", Duration::from_secs(30));
-    let key = dir.join("counter.key");
-    assert!(
-        p.stderr().contains("made the pair's channel key"),
-        "{}",
-        p.stderr()
-    );
+    let key = std::path::PathBuf::from(pair_key(&dir));
 
     // A backup with another key: refused by the primary, and it says so.
     let other = dir.join("other.key");

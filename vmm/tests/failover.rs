@@ -238,6 +238,7 @@ fn bad_peers_and_settings_are_refused_clearly() {
     require_kvm();
     let dir = shared_dir("bad");
     let d = dir.to_str().unwrap();
+    let key = pair_key(&dir);
     // Nobody at the primary's address.
     let port = free_port();
     let out = run_ftvm(
@@ -245,6 +246,8 @@ fn bad_peers_and_settings_are_refused_clearly() {
             "backup",
             "--shared-dir",
             d,
+            "--key-file",
+            &key,
             "--primary",
             &format!("127.0.0.1:{port}"),
         ],
@@ -302,6 +305,8 @@ fn bad_peers_and_settings_are_refused_clearly() {
             d,
             "--name",
             "other",
+            "--key-file",
+            &key,
             "--primary",
             &format!("127.0.0.1:{port}"),
         ],
@@ -315,6 +320,8 @@ fn bad_peers_and_settings_are_refused_clearly() {
             d,
             "--name",
             "counter",
+            "--key-file",
+            &key,
             "--listen",
             "127.0.0.1:0",
             "--kernel",

@@ -338,10 +338,15 @@ fn failover_from_the_snapshot(snap: &Path) {
             std::thread::sleep(Duration::from_millis(20));
         }
     };
+    let key = dir.join("pair.key");
+    ftvm::ft::key::ChannelKey::create(&key).expect("make the pair's key");
+    let key = key.to_str().unwrap();
     let mut primary = spawn(&[
         "primary",
         "--shared-dir",
         d,
+        "--key-file",
+        key,
         "--name",
         "stock",
         "--listen",
@@ -355,6 +360,8 @@ fn failover_from_the_snapshot(snap: &Path) {
         "backup",
         "--shared-dir",
         d,
+        "--key-file",
+        key,
         "--name",
         "stock",
         "--primary",

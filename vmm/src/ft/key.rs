@@ -1,10 +1,7 @@
 //! The pair's channel key: 32 random bytes both VMMs hold, written as 64 hexadecimal
-//! digits in a file only its owner may read.
-//!
-//! By default the key lives in the shared directory as `NAME.key`: the first primary of a
-//! VM creates it, and a backup reads it there, so a pair needs no set-up beyond the shared
-//! directory it needs anyway, and a host that can only reach the channel's port learns
-//! nothing. `--key FILE` (made with `ftvm keygen FILE`) keeps it elsewhere.
+//! digits in a file only its owner may read (`ftvm keygen`, then `--key-file FILE` on
+//! both VMMs). `--insecure` runs a pair on a publicly known key instead: the channel is
+//! still encrypted, but anyone can complete its handshake.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -20,7 +17,9 @@ const MAX_FILE_LEN: u64 = 2 * KEY_LEN as u64 + 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("no channel key at {0}: give the backup the primary's key (--key FILE), or start the primary first")]
+    #[error(
+        "no channel key at {0} (make one with 'ftvm keygen FILE' and give both VMMs the same)"
+    )]
     Missing(PathBuf),
     #[error("cannot {what} the channel key {path}")]
     Io {
@@ -160,22 +159,41 @@ impl ChannelKey {
         Ok(key)
     }
 
-    /// The primary's key: the one at `path`, made there first if there is none.
-    pub fn load_or_create(path: &Path) -> Result<(Self, bool), KeyError> {
-        match Self::load(path) {
-            Ok(k) => Ok((k, false)),
-            Err(KeyError::Missing(_)) => match Self::create(path) {
-                Ok(k) => Ok((k, true)),
-                // Another primary of the name made it meanwhile: use theirs.
-                Err(KeyError::Io { source, .. })
-                    if source.kind() == std::io::ErrorKind::AlreadyExists =>
-                {
-                    Ok((Self::load(path)?, false))
-                }
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
+    /// The key of `--insecure` pairs: known to everyone, so it authenticates nobody.
+    pub fn public() -> Self {
+        Self([0; KEY_LEN])
+    }
+
+    /// Print a key (`ftvm keygen` without a file). If standard output is a regular file
+    /// (`ftvm keygen > FILE`), make it private first: the loader refuses keys others
+    /// could read.
+    pub fn write_to_stdout(&self) -> Result<(), KeyError> {
+        let stdout = Path::new("(standard output)");
+        let io = |what| {
+            move |source: std::io::Error| KeyError::Io {
+                what,
+                path: stdout.to_owned(),
+                source,
+            }
+        };
+        let out = std::io::stdout();
+        let mut lock = out.lock();
+        let file = std::fs::File::from(
+            std::os::fd::AsFd::as_fd(&lock)
+                .try_clone_to_owned()
+                .map_err(io("inspect"))?,
+        );
+        if file
+            .metadata()
+            .map_err(io("inspect"))?
+            .file_type()
+            .is_file()
+        {
+            file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .map_err(io("make private"))?;
         }
+        writeln!(lock, "{}", self.hex()).map_err(io("write"))?;
+        lock.flush().map_err(io("write"))
     }
 }
 
@@ -213,8 +231,6 @@ mod tests {
         assert_eq!(mode, 0o600);
         assert_eq!(ChannelKey::load(&p).unwrap(), k);
         assert!(matches!(ChannelKey::create(&p), Err(KeyError::Io { .. })));
-        let (again, created) = ChannelKey::load_or_create(&p).unwrap();
-        assert_eq!((again, created), (k, false));
         assert_ne!(ChannelKey::random().unwrap(), ChannelKey::random().unwrap());
         assert_eq!(
             format!("{:?}", ChannelKey::random().unwrap()),
@@ -231,8 +247,6 @@ mod tests {
             ChannelKey::load(&missing),
             Err(KeyError::Missing(_))
         ));
-        let (_, created) = ChannelKey::load_or_create(&missing).unwrap();
-        assert!(created);
 
         let write = |name: &str, text: &str, mode: u32| {
             let p = d.join(name);

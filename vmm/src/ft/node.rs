@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use ft_log::channel::{encode_channel_header, MessageDecoder, ToBackup, ToPrimary};
 
 use super::console::ConsoleSink;
-use super::key::{ChannelKey, KeyError};
+use super::key::ChannelKey;
 use super::link::{recv, Link, LinkError, PrimaryAcks};
 use super::pipe::Pipe;
 use super::secure::{SecureError, SecureStream};
@@ -51,8 +51,6 @@ pub enum FtError {
     Transfer(#[from] TransferError),
     #[error(transparent)]
     Link(#[from] LinkError),
-    #[error(transparent)]
-    Key(#[from] KeyError),
     #[error("the primary runs epoch {claimed}, but the shared directory's owner is of epoch {owned}: refusing to follow a stale or lying primary")]
     EpochMismatch { claimed: u64, owned: u64 },
     #[error("the logging channel with {peer} is not secure")]
@@ -74,8 +72,8 @@ pub struct FtOptions {
     pub peer_timeout: Duration,
     /// Size of the log buffer on each side of the channel.
     pub buffer_bytes: usize,
-    /// The pair's channel key (see [`super::key`]): a primary makes it if it is missing.
-    pub key_file: std::path::PathBuf,
+    /// The pair's channel key (see [`super::key`]).
+    pub key: ChannelKey,
 }
 
 /// How long a peer may take over the channel's handshake.
@@ -185,13 +183,7 @@ pub fn run_primary(
     let listener = opts.listen.as_deref().map(bind).transpose()?;
     let who = format!("primary pid {} on {}", std::process::id(), hostname());
     let epoch = opts.shared.claim_first(&who)?;
-    let (key, created) = ChannelKey::load_or_create(&opts.key_file)?;
-    if created {
-        eprintln!(
-            "ftvm: made the pair's channel key {}",
-            opts.key_file.display()
-        );
-    }
+    let key = opts.key.clone();
     let sink = ConsoleSink::new(0, Some(opts.shared.open_console()?), true);
     sink.set_alone(true);
     let Wiring {
@@ -252,7 +244,7 @@ pub fn run_backup(
         .ok_or_else(|| connect(std::io::Error::other("no address")))?;
     let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(connect)?;
     tcp.set_nodelay(true).map_err(connect)?;
-    let key = ChannelKey::load(&opts.key_file)?;
+    let key = opts.key.clone();
     let mut stream =
         SecureStream::connect(tcp, &key, HANDSHAKE_LIMIT).map_err(|source| FtError::Secure {
             peer: primary.to_owned(),

@@ -111,7 +111,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The pair's channel key in `dir` (made on first use; both VMMs of a test share it).
+pub fn pair_key(dir: &Path) -> String {
+    let path = dir.join("pair.key");
+    if !path.exists() {
+        // Two helpers racing to make it: whoever loses uses the winner's.
+        let _ = ftvm::ft::key::ChannelKey::create(&path);
+    }
+    path.to_str().unwrap().to_owned()
+}
+
 pub fn primary(dir: &Path, port: u16) -> Vmm {
+    let key = pair_key(dir);
     Vmm::start(&[
         "primary",
         "--shared-dir",
@@ -122,6 +133,8 @@ pub fn primary(dir: &Path, port: u16) -> Vmm {
         &format!("127.0.0.1:{port}"),
         "--peer-timeout",
         TIMEOUT_MS,
+        "--key-file",
+        &key,
         "--kernel",
         guest("counter"),
         "--mem",
@@ -132,6 +145,7 @@ pub fn primary(dir: &Path, port: u16) -> Vmm {
 pub fn backup(dir: &Path, primary_port: u16, listen: Option<u16>) -> Vmm {
     let primary = format!("127.0.0.1:{primary_port}");
     let listen = listen.map(|p| format!("127.0.0.1:{p}"));
+    let key = pair_key(dir);
     let mut args = vec![
         "backup",
         "--shared-dir",
@@ -142,6 +156,8 @@ pub fn backup(dir: &Path, primary_port: u16, listen: Option<u16>) -> Vmm {
         &primary,
         "--peer-timeout",
         TIMEOUT_MS,
+        "--key-file",
+        &key,
     ];
     if let Some(l) = &listen {
         args.extend(["--listen", l]);
