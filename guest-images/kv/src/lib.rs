@@ -17,5 +17,6 @@ pub mod linearizability;
 pub mod net;
 pub mod protocol;
 pub mod server;
+pub mod store;
 pub mod viewservice;
 pub mod vs_server;

@@ -161,7 +161,9 @@ fn is_open(stream: &TcpStream) -> bool {
 
 /// Handles decoded requests of a server.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, req: Request) -> Response;
+    /// Answers `req`, which came over a connection from `peer` (its source address, when
+    /// the socket could tell).
+    fn handle(&self, req: Request, peer: Option<SocketAddr>) -> Response;
 }
 
 struct ServerShared {
@@ -298,6 +300,7 @@ fn reply(stream: &mut TcpStream, resp: &Response) -> bool {
 }
 
 fn serve_connection(mut stream: TcpStream, shared: &ServerShared) {
+    let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
     loop {
@@ -324,7 +327,7 @@ fn serve_connection(mut stream: TcpStream, shared: &ServerShared) {
             break;
         }
         let resp = match decode::<Request>(&payload) {
-            Ok(req) => shared.handler.handle(req),
+            Ok(req) => shared.handler.handle(req, peer),
             Err(e) => Response::err(ErrorCode::BadRequest, e.to_string()),
         };
         if fate == Fate::DropReply

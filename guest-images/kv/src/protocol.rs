@@ -26,6 +26,10 @@ pub const MAX_KEY: usize = 1024;
 pub const MAX_VALUE: usize = 1 << 20;
 /// Largest total size of the keys and values of the store, in bytes.
 pub const MAX_STORE_BYTES: usize = 8 << 20;
+/// Most clients the at-most-once table remembers; a write from a new client is refused with
+/// [`ErrorCode::TooManyClients`] once it is full (see [`crate::store`] for why none is
+/// forgotten).
+pub const MAX_CLIENTS: usize = 10_000;
 
 /// One view: a statement of who is primary and who is backup. Views are numbered from 1;
 /// view 0 is "no view yet".
@@ -196,6 +200,9 @@ pub enum ErrorCode {
     BadRequest,
     /// A frame, key or value is larger than allowed, or the store is full.
     TooLarge,
+    /// A write from a client the at-most-once table has no room for (it never forgets a
+    /// client, so that a retry is never applied twice): this client cannot write.
+    TooManyClients,
 }
 
 /// Checks the sizes of a client operation's key and value.

@@ -67,7 +67,7 @@ impl VsShared {
 struct VsHandler(Arc<VsShared>);
 
 impl Handler for VsHandler {
-    fn handle(&self, req: Request) -> Response {
+    fn handle(&self, req: Request, _peer: Option<SocketAddr>) -> Response {
         let mut core = self.0.core.lock().unwrap_or_else(|e| e.into_inner());
         match req {
             Request::Ping { server, .. } if server.is_empty() || server.len() > MAX_NAME => {
