@@ -196,7 +196,8 @@ pub enum ErrorCode {
     Retry,
     /// A backup refused a forwarded operation or a state transfer.
     Rejected,
-    /// The request could not be decoded, or this service does not handle it.
+    /// The request could not be decoded, this service does not handle it, or it is invalid
+    /// (e.g. a ping from a name that is not a server address, or claiming a future view).
     BadRequest,
     /// A frame, key or value is larger than allowed, or the store is full.
     TooLarge,
