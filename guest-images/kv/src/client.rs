@@ -153,7 +153,10 @@ impl Clerk {
                 match self.caller.call(&p, &request) {
                     Ok(r @ (Response::Ok | Response::Value(_))) => return Ok(r),
                     Ok(Response::Err {
-                        code: code @ (ErrorCode::TooLarge | ErrorCode::BadRequest),
+                        code:
+                            code @ (ErrorCode::TooLarge
+                            | ErrorCode::BadRequest
+                            | ErrorCode::TooManyClients),
                         detail,
                     }) => return Err(ClientError::Refused { code, detail }),
                     // Wrong server, not ready, no answer: ask the view service again.

@@ -2,17 +2,21 @@
 //!
 //! - [`viewservice`]: the view service's state machine (pure, ticks for time);
 //! - [`kv`]: the key/value server's logic (pure), with the safety argument;
-//! - [`protocol`]: messages and framing;
+//! - [`protocol`]: messages, and [`frame`]: framing, its limits and deadlines;
+//! - [`faults`]: fault injection for tests;
 //! - [`net`]: TCP calls and server loop with fault injection;
 //! - [`vs_server`], [`server`], [`client`]: the view service, key/value server and client
 //!   over TCP, used by the `viewservice`, `kvserver` and `kvclient` binaries;
 //! - [`linearizability`]: a checker for recorded client histories.
 
 pub mod client;
+pub mod faults;
+pub mod frame;
 pub mod kv;
 pub mod linearizability;
 pub mod net;
 pub mod protocol;
 pub mod server;
+pub mod store;
 pub mod viewservice;
 pub mod vs_server;

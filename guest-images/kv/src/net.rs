@@ -1,31 +1,31 @@
 //! The TCP layer: framed request/response calls with timeouts, a threaded server loop, and
-//! fault injection.
+//! the fault injection of [`crate::faults`] applied at each node's edges.
 //!
-//! Every node (view service, key/value server, client) owns a [`Faults`] handle. Faults act
-//! at the node's edges, so tests can make the network lose exactly what they want:
-//! - incoming requests can be dropped before they are handled, or their replies dropped
-//!   after they were handled (the connection is closed instead of answered), each with a
-//!   given probability from a seeded generator;
-//! - a node can be made unreachable (every incoming connection is closed at once);
-//! - outgoing calls to chosen addresses can be blocked (they fail at once), which together
-//!   with the above partitions a node from the view service, from its peers, or from all.
+//! Every read of a frame has a deadline for the whole frame, not just for each read: a
+//! server waits [`IDLE_TIMEOUT`] for a request to begin and then [`FRAME_TIMEOUT`] for the
+//! rest of it; a caller waits its timeout for the answer to begin and as long again for the
+//! rest. A peer that trickles bytes is cut off there.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+pub use crate::faults::{Fate, Faults};
 use crate::protocol::{
-    decode, encode, read_frame, write_frame, ErrorCode, ProtocolError, Request, Response,
+    decode, encode, read_frame_within, write_frame, ErrorCode, ProtocolError, Request, Response,
 };
 
 /// Most connections a server handles at once; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 128;
 /// A connection idle for this long is closed by the server.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Once a request's first byte arrived, the whole frame must arrive within this (a full
+/// 16 MiB state transfer needs only ~1.6 MB/s), or the server closes the connection.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors of a call.
 #[derive(Debug, thiserror::Error)]
@@ -46,145 +46,6 @@ pub enum NetError {
 pub fn parse_addr(addr: &str) -> Result<SocketAddr, NetError> {
     addr.parse()
         .map_err(|_| NetError::BadAddress(addr.to_string()))
-}
-
-/// What happens to one incoming request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fate {
-    Serve,
-    DropRequest,
-    DropReply,
-}
-
-#[derive(Debug, Default)]
-struct FaultConfig {
-    drop_requests_permille: u32,
-    drop_replies_permille: u32,
-    blocked: BTreeSet<String>,
-}
-
-/// A node's injected faults. Cheap to share (`Arc`).
-#[derive(Debug)]
-pub struct Faults {
-    config: Mutex<FaultConfig>,
-    unreachable: AtomicBool,
-    rng: AtomicU64,
-    dropped_requests: AtomicU64,
-    dropped_replies: AtomicU64,
-}
-
-impl Default for Faults {
-    fn default() -> Self {
-        Faults::new(0x9e37_79b9_7f4a_7c15)
-    }
-}
-
-fn permille(p: f64) -> u32 {
-    (p.clamp(0.0, 1.0) * 1000.0).round() as u32
-}
-
-impl Faults {
-    /// No faults; `seed` drives the random drops.
-    pub fn new(seed: u64) -> Faults {
-        Faults {
-            config: Mutex::new(FaultConfig::default()),
-            unreachable: AtomicBool::new(false),
-            rng: AtomicU64::new(seed | 1),
-            dropped_requests: AtomicU64::new(0),
-            dropped_replies: AtomicU64::new(0),
-        }
-    }
-
-    fn config(&self) -> MutexGuard<'_, FaultConfig> {
-        self.config.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Drops each incoming request with probability `p` before handling it.
-    pub fn set_drop_requests(&self, p: f64) {
-        self.config().drop_requests_permille = permille(p);
-    }
-
-    /// Drops the reply of each incoming request with probability `p` after handling it.
-    pub fn set_drop_replies(&self, p: f64) {
-        self.config().drop_replies_permille = permille(p);
-    }
-
-    /// Closes every incoming connection at once (nobody can reach this node).
-    pub fn set_unreachable(&self, on: bool) {
-        self.unreachable.store(on, Ordering::SeqCst);
-    }
-
-    /// Makes outgoing calls to `addr` fail.
-    pub fn block(&self, addr: &str) {
-        self.config().blocked.insert(addr.to_string());
-    }
-
-    pub fn unblock(&self, addr: &str) {
-        self.config().blocked.remove(addr);
-    }
-
-    /// Removes every fault.
-    pub fn heal(&self) {
-        *self.config() = FaultConfig::default();
-        self.set_unreachable(false);
-    }
-
-    pub fn is_unreachable(&self) -> bool {
-        self.unreachable.load(Ordering::SeqCst)
-    }
-
-    pub fn is_blocked(&self, addr: &str) -> bool {
-        self.config().blocked.contains(addr)
-    }
-
-    fn roll(&self, permille: u32) -> bool {
-        if permille == 0 {
-            return false;
-        }
-        // xorshift64*, advanced atomically.
-        let mut x = self.rng.load(Ordering::Relaxed);
-        loop {
-            let mut y = x;
-            y ^= y >> 12;
-            y ^= y << 25;
-            y ^= y >> 27;
-            match self
-                .rng
-                .compare_exchange_weak(x, y, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => {
-                    let r = y.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32;
-                    return (r % 1000) < permille as u64;
-                }
-                Err(cur) => x = cur,
-            }
-        }
-    }
-
-    /// How many incoming requests and replies were dropped so far.
-    pub fn dropped(&self) -> (u64, u64) {
-        (
-            self.dropped_requests.load(Ordering::Relaxed),
-            self.dropped_replies.load(Ordering::Relaxed),
-        )
-    }
-
-    /// Decides the fate of one incoming request.
-    pub fn fate(&self) -> Fate {
-        let (dreq, drep) = {
-            let c = self.config();
-            (c.drop_requests_permille, c.drop_replies_permille)
-        };
-        if self.roll(dreq) {
-            self.dropped_requests.fetch_add(1, Ordering::Relaxed);
-            Fate::DropRequest
-        } else if self.roll(drep) {
-            self.dropped_replies.fetch_add(1, Ordering::Relaxed);
-            Fate::DropReply
-        } else {
-            Fate::Serve
-        }
-    }
 }
 
 /// Outgoing calls with a small pool of open connections per destination.
@@ -283,7 +144,7 @@ impl Caller {
         stream.set_read_timeout(Some(self.timeout))?;
         stream.set_write_timeout(Some(self.timeout))?;
         write_frame(&mut stream, payload)?;
-        let answer = read_frame(&mut stream)?;
+        let answer = read_frame_within(&mut stream, self.timeout, self.timeout)?;
         Ok((decode(&answer)?, stream))
     }
 }
@@ -300,7 +161,9 @@ fn is_open(stream: &TcpStream) -> bool {
 
 /// Handles decoded requests of a server.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, req: Request) -> Response;
+    /// Answers `req`, which came over a connection from `peer` (its source address, when
+    /// the socket could tell).
+    fn handle(&self, req: Request, peer: Option<SocketAddr>) -> Response;
 }
 
 struct ServerShared {
@@ -437,11 +300,11 @@ fn reply(stream: &mut TcpStream, resp: &Response) -> bool {
 }
 
 fn serve_connection(mut stream: TcpStream, shared: &ServerShared) {
+    let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
     loop {
-        let payload = match read_frame(&mut stream) {
+        let payload = match read_frame_within(&mut stream, IDLE_TIMEOUT, FRAME_TIMEOUT) {
             Ok(p) => p,
             Err(ProtocolError::TooLarge(n)) => {
                 // The rest of the stream cannot be framed: answer and close.
@@ -464,7 +327,7 @@ fn serve_connection(mut stream: TcpStream, shared: &ServerShared) {
             break;
         }
         let resp = match decode::<Request>(&payload) {
-            Ok(req) => shared.handler.handle(req),
+            Ok(req) => shared.handler.handle(req, peer),
             Err(e) => Response::err(ErrorCode::BadRequest, e.to_string()),
         };
         if fate == Fate::DropReply

@@ -8,16 +8,17 @@
 //! bytes, an unknown request variant, trailing bytes) gets [`ErrorCode::BadRequest`] and the
 //! connection stays usable, since the framing itself is intact.
 //!
-//! A connection carries any number of request/response pairs, one at a time.
-
-use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+//! A connection carries any number of request/response pairs, one at a time. Framing, its
+//! limits and deadlines are in [`crate::frame`].
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
-/// Largest frame payload accepted, in bytes. A full state transfer must fit in one frame,
-/// which is why the store itself is capped at [`MAX_STORE_BYTES`].
-pub const MAX_FRAME: usize = 16 << 20;
+pub use crate::frame::{
+    decode, encode, read_frame, read_frame_within, write_frame, ProtocolError, TimedRead,
+    MAX_FRAME, READ_CHUNK,
+};
+
 /// Largest key, in bytes.
 pub const MAX_KEY: usize = 1024;
 /// Largest value, in bytes: both the argument of a Put/Append and a stored value after an
@@ -25,6 +26,10 @@ pub const MAX_KEY: usize = 1024;
 pub const MAX_VALUE: usize = 1 << 20;
 /// Largest total size of the keys and values of the store, in bytes.
 pub const MAX_STORE_BYTES: usize = 8 << 20;
+/// Most clients the at-most-once table remembers; a write from a new client is refused with
+/// [`ErrorCode::TooManyClients`] once it is full (see [`crate::store`] for why none is
+/// forgotten).
+pub const MAX_CLIENTS: usize = 10_000;
 
 /// One view: a statement of who is primary and who is backup. Views are numbered from 1;
 /// view 0 is "no view yet".
@@ -191,89 +196,14 @@ pub enum ErrorCode {
     Retry,
     /// A backup refused a forwarded operation or a state transfer.
     Rejected,
-    /// The request could not be decoded, or this service does not handle it.
+    /// The request could not be decoded, this service does not handle it, or it is invalid
+    /// (e.g. a ping from a name that is not a server address, or claiming a future view).
     BadRequest,
     /// A frame, key or value is larger than allowed, or the store is full.
     TooLarge,
-}
-
-/// Errors of the framing and encoding layer.
-#[derive(Debug, thiserror::Error)]
-pub enum ProtocolError {
-    #[error("connection closed")]
-    Closed,
-    #[error("frame of {0} bytes exceeds the maximum of {MAX_FRAME}")]
-    TooLarge(usize),
-    #[error("i/o error")]
-    Io(#[from] io::Error),
-    #[error("cannot decode message: {0}")]
-    Decode(String),
-    #[error("cannot encode message: {0}")]
-    Encode(String),
-}
-
-fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<MAX_FRAME>()
-}
-
-/// Encodes a message into a frame payload.
-pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtocolError> {
-    let bytes = bincode::serde::encode_to_vec(msg, config())
-        .map_err(|e| ProtocolError::Encode(e.to_string()))?;
-    if bytes.len() > MAX_FRAME {
-        return Err(ProtocolError::TooLarge(bytes.len()));
-    }
-    Ok(bytes)
-}
-
-/// Decodes a frame payload; the whole payload must be one message.
-pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
-    let (msg, used) = bincode::serde::decode_from_slice(bytes, config())
-        .map_err(|e| ProtocolError::Decode(e.to_string()))?;
-    if used != bytes.len() {
-        return Err(ProtocolError::Decode(format!(
-            "{} trailing bytes after the message",
-            bytes.len() - used
-        )));
-    }
-    Ok(msg)
-}
-
-/// Writes one frame.
-pub fn write_frame(w: &mut impl Write, payload: &[u8]) -> Result<(), ProtocolError> {
-    if payload.len() > MAX_FRAME {
-        return Err(ProtocolError::TooLarge(payload.len()));
-    }
-    let mut buf = Vec::with_capacity(4 + payload.len());
-    buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    buf.extend_from_slice(payload);
-    w.write_all(&buf)?;
-    w.flush()?;
-    Ok(())
-}
-
-/// Reads one frame. A connection closed cleanly before the first byte of a frame gives
-/// [`ProtocolError::Closed`]; an oversized length gives [`ProtocolError::TooLarge`] without
-/// reading the payload.
-pub fn read_frame(r: &mut impl Read) -> Result<Vec<u8>, ProtocolError> {
-    let mut len = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        match r.read(&mut len[got..]) {
-            Ok(0) if got == 0 => return Err(ProtocolError::Closed),
-            Ok(0) => return Err(ProtocolError::Io(io::ErrorKind::UnexpectedEof.into())),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(ProtocolError::TooLarge(len));
-    }
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload)?;
-    Ok(payload)
+    /// A write from a client the at-most-once table has no room for (it never forgets a
+    /// client, so that a retry is never applied twice): this client cannot write.
+    TooManyClients,
 }
 
 /// Checks the sizes of a client operation's key and value.
@@ -293,51 +223,4 @@ pub fn check_op_size(op: &Op) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_roundtrip() {
-        let req = Request::Client(ClientOp {
-            client: 7,
-            seq: 3,
-            op: Op::Append {
-                key: "k".into(),
-                value: "v".into(),
-            },
-        });
-        let bytes = encode(&req).unwrap();
-        let mut framed = Vec::new();
-        write_frame(&mut framed, &bytes).unwrap();
-        let payload = read_frame(&mut framed.as_slice()).unwrap();
-        assert_eq!(decode::<Request>(&payload).unwrap(), req);
-    }
-
-    #[test]
-    fn garbage_and_trailing_bytes_do_not_decode() {
-        assert!(decode::<Request>(&[0xff, 0xff, 0xff, 0xff, 0x13]).is_err());
-        let mut bytes = encode(&Request::GetView).unwrap();
-        bytes.push(0);
-        assert!(decode::<Request>(&bytes).is_err());
-        // A string claiming to be enormous must not allocate it.
-        let mut huge = vec![2u8]; // variant Client
-        huge.extend_from_slice(&[0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
-        assert!(decode::<Request>(&huge).is_err());
-    }
-
-    #[test]
-    fn oversized_frame_is_refused_before_reading() {
-        let framed = ((MAX_FRAME + 1) as u32).to_be_bytes();
-        assert!(matches!(
-            read_frame(&mut framed.as_slice()),
-            Err(ProtocolError::TooLarge(_))
-        ));
-        assert!(matches!(
-            read_frame(&mut [].as_slice()),
-            Err(ProtocolError::Closed)
-        ));
-    }
 }

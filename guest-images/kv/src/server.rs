@@ -222,12 +222,12 @@ impl Node {
 struct KvHandler(Arc<Node>);
 
 impl Handler for KvHandler {
-    fn handle(&self, req: Request) -> Response {
+    fn handle(&self, req: Request, peer: Option<SocketAddr>) -> Response {
         match req {
             Request::Client(op) => self.0.client_op(op),
             other => {
                 let mut core = self.0.lock();
-                let r = core.handle_peer(other);
+                let r = core.handle_peer_from(other, peer.map(|p| p.ip()));
                 self.0.maybe_wake(&mut core);
                 r
             }

@@ -22,10 +22,39 @@
 //!   of view 1 before it has acknowledged: it cannot have served anything yet (a primary
 //!   serves only after its acknowledgement is recorded), so a repeated first ping (its
 //!   reply was lost) is not a failure.
+//!
+//! What a ping may not do (an invalid ping is refused with a [`PingError`] and has no
+//! effect at all: no liveness, no acknowledgement, no view change):
+//! - claim a view number above the current view: no server can have completed a view that
+//!   does not exist yet, so the ping is forged, corrupt, or from before a restart of the
+//!   service (not supported); taking it as a sign of life could make its sender backup;
+//! - make the table of pingers grow without bound: at most [`MAX_SERVERS`] servers are
+//!   tracked. A server that is neither primary nor backup and has been dead for
+//!   `dead_pings` more ticks is forgotten (it cannot be picked while dead anyway, and one
+//!   ping makes it live and tracked again); when the table is still full, a ping from a new
+//!   server is refused. Members of the current view are never forgotten.
+//!
+//! What a ping can still do, by the lecture's rules, is all the view service can know:
+//! names are claims (the wire layer, [`crate::vs_server`], accepts only names that are
+//! numeric server addresses), so a ping with view 0 in the primary's name ends its role as
+//! a restart would, and a ping with the current number in its name acknowledges the view.
+//! The network is trusted, as in the lecture.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::protocol::{View, ViewReply};
+
+/// Most servers whose pings are tracked at once (the view has two; the rest are spares).
+pub const MAX_SERVERS: usize = 64;
+
+/// Why a ping was refused (it had no effect).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PingError {
+    #[error("ping claims view {claimed}, but the current view is {current}")]
+    FutureView { claimed: u64, current: u64 },
+    #[error("already tracking {MAX_SERVERS} live servers")]
+    TooManyServers,
+}
 
 /// The view service's state.
 #[derive(Clone, Debug)]
@@ -70,8 +99,40 @@ impl ViewCore {
         self.acked
     }
 
-    /// Handles a ping from `server`, which has completed view `viewnum` (0: it restarted).
+    /// Handles a ping from `server`, which has completed view `viewnum` (0: it restarted);
+    /// a refused ping is answered with the current view and has no effect.
     pub fn ping(&mut self, server: &str, viewnum: u64) -> ViewReply {
+        self.try_ping(server, viewnum)
+            .unwrap_or_else(|_| self.reply())
+    }
+
+    /// Handles a ping, or refuses it without any effect (see the module comment).
+    pub fn try_ping(&mut self, server: &str, viewnum: u64) -> Result<ViewReply, PingError> {
+        if viewnum > self.view.num {
+            return Err(PingError::FutureView {
+                claimed: viewnum,
+                current: self.view.num,
+            });
+        }
+        if !self.last_ping.contains_key(server) {
+            self.forget_dead();
+            if self.last_ping.len() >= MAX_SERVERS {
+                return Err(PingError::TooManyServers);
+            }
+        }
+        Ok(self.accept_ping(server, viewnum))
+    }
+
+    /// Forgets the servers outside the view that have been dead for `dead_pings` more ticks.
+    fn forget_dead(&mut self) {
+        let (now, forget_after) = (self.now, self.dead_pings.saturating_mul(2));
+        let view = &self.view;
+        self.last_ping.retain(|s, &mut t| {
+            view.is_primary(s) || view.is_backup(s) || now.saturating_sub(t) < forget_after
+        });
+    }
+
+    fn accept_ping(&mut self, server: &str, viewnum: u64) -> ViewReply {
         self.last_ping.insert(server.to_string(), self.now);
         if self.view.num == 0 {
             // The first server to ping becomes primary of view 1.
@@ -96,7 +157,8 @@ impl ViewCore {
 
     /// One ping interval has passed.
     pub fn tick(&mut self) {
-        self.now += 1;
+        self.now = self.now.saturating_add(1);
+        self.forget_dead();
         self.advance();
     }
 
@@ -104,7 +166,7 @@ impl ViewCore {
     fn pinged_recently(&self, server: &str) -> bool {
         self.last_ping
             .get(server)
-            .is_some_and(|&t| self.now - t < self.dead_pings)
+            .is_some_and(|&t| self.now.saturating_sub(t) < self.dead_pings)
     }
 
     /// Whether `server`, a member of the current view, is alive for the view's purposes.
@@ -164,8 +226,12 @@ impl ViewCore {
     }
 
     fn new_view(&mut self, primary: Option<String>, backup: Option<String>) {
+        // 2^64 views cannot happen; if they did, staying is safe (no new view), wrapping not.
+        let Some(num) = self.view.num.checked_add(1) else {
+            return;
+        };
         self.view = View {
-            num: self.view.num + 1,
+            num,
             primary,
             backup,
         };
@@ -175,246 +241,4 @@ impl ViewCore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const DEAD: u64 = 3;
-
-    fn view(num: u64, p: Option<&str>, b: Option<&str>) -> View {
-        View {
-            num,
-            primary: p.map(String::from),
-            backup: b.map(String::from),
-        }
-    }
-
-    /// Lets `ticks` intervals pass during which each of `pingers` pings with its view num.
-    fn run(vs: &mut ViewCore, ticks: u64, pingers: &[(&str, u64)]) {
-        for _ in 0..ticks {
-            for (s, n) in pingers {
-                vs.ping(s, *n);
-            }
-            vs.tick();
-        }
-    }
-
-    /// A view service with A primary and B backup, acknowledged.
-    fn ab() -> ViewCore {
-        let mut vs = ViewCore::new(DEAD);
-        vs.ping("A", 0);
-        vs.ping("A", 1);
-        vs.ping("B", 0);
-        assert_eq!(vs.view(), &view(2, Some("A"), Some("B")));
-        vs.ping("A", 2);
-        assert!(vs.acked());
-        vs
-    }
-
-    #[test]
-    fn first_primary() {
-        let mut vs = ViewCore::new(DEAD);
-        assert_eq!(vs.reply().view.num, 0);
-        let r = vs.ping("A", 0);
-        assert_eq!(r.view, view(1, Some("A"), None));
-        assert!(!r.acked);
-        // A second server does not become backup before the primary acknowledged view 1.
-        let r = vs.ping("B", 0);
-        assert_eq!(r.view, view(1, Some("A"), None));
-        let r = vs.ping("A", 1);
-        assert!(r.view.num >= 1 && r.view.is_primary("A"));
-    }
-
-    #[test]
-    fn first_backup() {
-        let mut vs = ViewCore::new(DEAD);
-        vs.ping("A", 0);
-        let r = vs.ping("A", 1);
-        assert_eq!(
-            r,
-            ViewReply {
-                view: view(1, Some("A"), None),
-                acked: true
-            }
-        );
-        let r = vs.ping("B", 0);
-        assert_eq!(r.view, view(2, Some("A"), Some("B")));
-        assert!(!r.acked);
-        // Staying: A and B keep pinging, nothing changes once A acknowledged.
-        run(&mut vs, 10, &[("A", 2), ("B", 2)]);
-        assert_eq!(
-            vs.reply(),
-            ViewReply {
-                view: view(2, Some("A"), Some("B")),
-                acked: true
-            }
-        );
-    }
-
-    #[test]
-    fn backup_takes_over_when_primary_dies() {
-        let mut vs = ab();
-        // A stops pinging; B keeps pinging. A is dead after DEAD ticks, not before.
-        run(&mut vs, DEAD - 1, &[("B", 2)]);
-        assert_eq!(vs.view().num, 2);
-        run(&mut vs, 1, &[("B", 2)]);
-        assert_eq!(vs.view(), &view(3, Some("B"), None));
-    }
-
-    #[test]
-    fn backup_takes_over_with_idle_as_new_backup() {
-        let mut vs = ab();
-        vs.ping("C", 0);
-        run(&mut vs, DEAD, &[("B", 2), ("C", 2)]);
-        assert_eq!(vs.view(), &view(3, Some("B"), Some("C")));
-    }
-
-    #[test]
-    fn idle_server_becomes_backup() {
-        let mut vs = ab();
-        vs.ping("C", 0);
-        // C is idle while A and B are alive.
-        run(&mut vs, 5, &[("A", 2), ("B", 2), ("C", 2)]);
-        assert_eq!(vs.view(), &view(2, Some("A"), Some("B")));
-        // The backup dies: C replaces it.
-        run(&mut vs, DEAD, &[("A", 2), ("C", 2)]);
-        assert_eq!(vs.view(), &view(3, Some("A"), Some("C")));
-        // An empty backup slot is filled as well.
-        let mut vs = ViewCore::new(DEAD);
-        vs.ping("A", 0);
-        vs.ping("A", 1);
-        run(&mut vs, 5, &[("A", 1)]);
-        assert_eq!(vs.view(), &view(1, Some("A"), None));
-        vs.ping("C", 0);
-        assert_eq!(vs.view(), &view(2, Some("A"), Some("C")));
-    }
-
-    #[test]
-    fn no_new_view_without_primary_ack() {
-        // View 2 (A, B) not yet acknowledged by A.
-        let mut vs = ViewCore::new(DEAD);
-        vs.ping("A", 0);
-        vs.ping("A", 1);
-        vs.ping("B", 0);
-        assert_eq!(vs.view(), &view(2, Some("A"), Some("B")));
-        // A keeps pinging with the old view number; B dies; C is idle. No change: A has not
-        // acknowledged view 2.
-        vs.ping("C", 0);
-        run(&mut vs, DEAD * 3, &[("A", 1), ("C", 2)]);
-        assert_eq!(vs.view(), &view(2, Some("A"), Some("B")));
-        assert!(!vs.acked());
-        // Even if A seems dead, B is not promoted: it may lack the state.
-        vs.ping("B", 2);
-        run(&mut vs, DEAD * 3, &[("B", 2), ("C", 2)]);
-        assert_eq!(vs.view(), &view(2, Some("A"), Some("B")));
-        // The lecture's case: 1:A,B 2:B,C, B dies at once, C never got the state: the
-        // service must stay in view 2 until B acknowledges.
-        let mut vs = ab();
-        vs.ping("C", 0);
-        run(&mut vs, DEAD, &[("B", 2), ("C", 2)]);
-        assert_eq!(vs.view(), &view(3, Some("B"), Some("C")));
-        run(&mut vs, DEAD * 3, &[("C", 3)]);
-        assert_eq!(vs.view(), &view(3, Some("B"), Some("C")));
-        // Once B acknowledges (here: it comes back), the service may move on.
-        vs.ping("B", 3);
-        assert!(vs.acked());
-        run(&mut vs, 1, &[("B", 3), ("C", 3)]);
-        assert_eq!(vs.view(), &view(3, Some("B"), Some("C")));
-    }
-
-    #[test]
-    fn restarted_primary_treated_as_dead() {
-        let mut vs = ab();
-        // A restarts and pings with 0 at once: it is failed although it pings.
-        let r = vs.ping("A", 0);
-        assert_eq!(
-            r.view,
-            view(3, Some("B"), Some("A")),
-            "A is fresh, so it may be backup"
-        );
-        // Without an idle server taking A's place: B primary, no backup, then A as backup.
-        let mut vs = ab();
-        vs.ping("C", 0);
-        let r = vs.ping("A", 0);
-        assert_eq!(r.view, view(3, Some("B"), Some("C")));
-    }
-
-    #[test]
-    fn restarted_backup_treated_as_dead() {
-        let mut vs = ab();
-        vs.ping("C", 0);
-        let r = vs.ping("B", 0);
-        assert_eq!(r.view, view(3, Some("A"), Some("C")));
-        // With no idle server, the restarted backup is replaced by itself in a new view,
-        // so that the primary transfers the state to it again.
-        let mut vs = ab();
-        let r = vs.ping("B", 0);
-        assert_eq!(r.view, view(3, Some("A"), Some("B")));
-    }
-
-    #[test]
-    fn restarted_primary_without_backup_is_not_replaced_by_idle() {
-        let mut vs = ViewCore::new(DEAD);
-        vs.ping("A", 0);
-        vs.ping("A", 1);
-        // A restarts: it lost the only copy. C is idle but must not become primary.
-        vs.ping("A", 0);
-        vs.ping("C", 0);
-        run(&mut vs, DEAD * 3, &[("A", 1), ("C", 1)]);
-        assert_eq!(vs.view(), &view(1, Some("A"), None));
-    }
-
-    #[test]
-    fn restarted_unacked_primary_ack_is_ignored() {
-        // View 2 (A, B) unacknowledged; A restarts before acknowledging.
-        let mut vs = ViewCore::new(DEAD);
-        vs.ping("A", 0);
-        vs.ping("A", 1);
-        vs.ping("B", 0);
-        vs.ping("A", 0);
-        // The restarted A learns view 2 and pings with 2: that is not an acknowledgement,
-        // since B never got A's state.
-        run(&mut vs, DEAD * 3, &[("A", 2), ("B", 2)]);
-        assert_eq!(vs.view(), &view(2, Some("A"), Some("B")));
-        assert!(!vs.acked());
-    }
-
-    #[test]
-    fn lost_reply_to_first_ping_is_not_a_restart() {
-        let mut vs = ViewCore::new(DEAD);
-        vs.ping("A", 0);
-        // The reply was lost; A pings with 0 again. Not a failure: it never acknowledged.
-        vs.ping("A", 0);
-        let r = vs.ping("A", 1);
-        assert_eq!(
-            r,
-            ViewReply {
-                view: view(1, Some("A"), None),
-                acked: true
-            }
-        );
-    }
-
-    #[test]
-    fn dead_after_n_missed_pings_live_after_one() {
-        let mut vs = ab();
-        vs.ping("C", 0);
-        // C misses DEAD pings: dead.
-        run(&mut vs, DEAD, &[("A", 2), ("B", 2)]);
-        // B dies too: no idle server is live, so the backup slot stays empty.
-        run(&mut vs, DEAD, &[("A", 2)]);
-        assert_eq!(vs.view(), &view(3, Some("A"), None));
-        vs.ping("A", 3);
-        // One ping makes C live again, and it becomes backup.
-        let r = vs.ping("C", 2);
-        assert_eq!(r.view, view(4, Some("A"), Some("C")));
-    }
-
-    #[test]
-    fn primary_and_backup_dead_is_stuck() {
-        let mut vs = ab();
-        vs.ping("C", 0);
-        run(&mut vs, DEAD * 4, &[("C", 2)]);
-        // B was promoted? No: both died at the same time; B is not live.
-        assert_eq!(vs.view(), &view(2, Some("A"), Some("B")));
-    }
-}
+mod tests;

@@ -3,18 +3,35 @@
 //! `GetView`.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use crate::net::{bind_with_retry, Faults, Handler, Server, StopSignal};
+use crate::net::{bind_with_retry, parse_addr, Faults, Handler, Server, StopSignal};
 use crate::protocol::{ErrorCode, Request, Response};
 use crate::viewservice::ViewCore;
 
 /// Longest server name (address) accepted in a ping.
 pub const MAX_NAME: usize = 256;
+
+/// Checks that a pinging server's name is an address a server can have: the primary sends
+/// its state to the backup's name and clients call the primary's, so a name that is not a
+/// reachable `IP:PORT` (garbage, port 0, 0.0.0.0, a multicast or broadcast address) would
+/// only make a view nobody can use. A refused ping has no effect on the view service.
+fn check_name(server: &str) -> Result<(), String> {
+    if server.is_empty() || server.len() > MAX_NAME {
+        return Err(format!("server name must be 1 to {MAX_NAME} bytes"));
+    }
+    let addr = parse_addr(server).map_err(|e| e.to_string())?;
+    let ip = addr.ip();
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    if addr.port() == 0 || ip.is_unspecified() || ip.is_multicast() || broadcast {
+        return Err(format!("{server} is not an address a server can listen on"));
+    }
+    Ok(())
+}
 
 /// Errors of the view service's startup.
 #[derive(Debug, thiserror::Error)]
@@ -67,20 +84,21 @@ impl VsShared {
 struct VsHandler(Arc<VsShared>);
 
 impl Handler for VsHandler {
-    fn handle(&self, req: Request) -> Response {
+    fn handle(&self, req: Request, _peer: Option<SocketAddr>) -> Response {
         let mut core = self.0.core.lock().unwrap_or_else(|e| e.into_inner());
         match req {
-            Request::Ping { server, .. } if server.is_empty() || server.len() > MAX_NAME => {
-                Response::err(
-                    ErrorCode::BadRequest,
-                    format!("server name must be 1 to {MAX_NAME} bytes"),
-                )
-            }
             Request::Ping { server, viewnum } => {
+                if let Err(why) = check_name(&server) {
+                    return Response::err(ErrorCode::BadRequest, why);
+                }
                 let before = core.view().num;
-                let r = core.ping(&server, viewnum);
-                self.0.log_change(before, &core);
-                Response::View(r)
+                match core.try_ping(&server, viewnum) {
+                    Ok(r) => {
+                        self.0.log_change(before, &core);
+                        Response::View(r)
+                    }
+                    Err(e) => Response::err(ErrorCode::BadRequest, e.to_string()),
+                }
             }
             Request::GetView => Response::View(core.reply()),
             _ => Response::err(
@@ -166,5 +184,52 @@ impl ViewService {
 impl Drop for ViewService {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ping_from_a_name_that_is_not_a_server_address_has_no_effect() {
+        // Fails before the fix: any string of 1 to 256 bytes became primary of view 1.
+        let shared = Arc::new(VsShared {
+            core: Mutex::new(ViewCore::new(3)),
+            verbose: false,
+            stop: StopSignal::default(),
+        });
+        let h = VsHandler(shared.clone());
+        let ping = |server: &str, viewnum| Request::Ping {
+            server: server.into(),
+            viewnum,
+        };
+        for bad in [
+            "",
+            "not-an-address",
+            "localhost:7001",
+            "127.0.0.1:0",
+            "0.0.0.0:7001",
+            "224.0.0.1:7001",
+            "255.255.255.255:7001",
+        ] {
+            let r = h.handle(ping(bad, 0), None);
+            assert!(
+                matches!(
+                    r,
+                    Response::Err {
+                        code: ErrorCode::BadRequest,
+                        ..
+                    }
+                ),
+                "{bad:?}: {r:?}"
+            );
+        }
+        assert_eq!(shared.core.lock().unwrap().view().num, 0);
+        // A future view number is refused too, with an error.
+        let r = h.handle(ping("10.0.2.15:7001", 5), None);
+        assert!(matches!(r, Response::Err { .. }), "{r:?}");
+        let r = h.handle(ping("10.0.2.15:7001", 0), None);
+        assert!(matches!(r, Response::View(v) if v.view.num == 1));
     }
 }
