@@ -58,7 +58,7 @@ impl ConsoleSink {
     }
 
     fn gate(&self) -> MutexGuard<'_, OutputGate> {
-        self.gate.lock().unwrap_or_else(|p| p.into_inner())
+        crate::bus::lock(&self.gate)
     }
 
     /// Write released bytes out (called with the gate locked, so releases stay in order).
@@ -140,10 +140,6 @@ impl ConsoleSink {
 
     pub fn held_bytes(&self) -> u64 {
         self.gate().held_bytes()
-    }
-
-    pub fn acked(&self) -> u64 {
-        self.gate().acked()
     }
 
     pub fn stats(&self) -> OutputStats {

@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use super::console::ConsoleSink;
 use super::pipe::Pipe;
 use super::secure::SecureStream;
+use crate::bus::lock;
 use crate::replay::LiveCounters;
 
 /// Log bytes per `ToBackup::Log` message at most.
@@ -129,14 +130,11 @@ impl Health {
 
     fn heard(&self) {
         let now = self.now();
-        self.liveness
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .heard(now);
+        lock(&self.liveness).heard(now);
     }
 
     fn fail(&self, why: String) {
-        let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = lock(&self.failure);
         if f.is_none() && !self.stop.load(Ordering::SeqCst) {
             *f = Some(why);
         }
@@ -170,13 +168,7 @@ impl Link {
     /// Why the peer counts as failed, if it does: a broken or damaged connection, or no
     /// word from it within the timeout.
     pub fn failure(&self) -> Option<String> {
-        if let Some(f) = self
-            .health
-            .failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
+        if let Some(f) = lock(&self.health.failure).clone() {
             return Some(f);
         }
         // A backup whose log pipe is full is behind, and its receiver deliberately stopped
@@ -190,11 +182,7 @@ impl Link {
             return None;
         }
         let now = self.health.now();
-        let l = self
-            .health
-            .liveness
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let l = lock(&self.health.liveness);
         l.expired(now)
             .then(|| LinkError::Timeout(self.timeout).to_string())
     }

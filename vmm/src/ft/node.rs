@@ -59,7 +59,7 @@ pub enum FtError {
         #[source]
         source: SecureError,
     },
-    #[error("the VM")]
+    #[error("the vCPU thread did not do what the controller asked")]
     Vcpu(#[from] crate::vcpu::VcpuError),
 }
 

@@ -44,7 +44,7 @@ impl Pipe {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.0.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::bus::lock(&self.0.state)
     }
 
     /// End of stream after what is buffered.
@@ -60,10 +60,6 @@ impl Pipe {
         s.buf.clear();
         drop(s);
         self.0.changed.notify_all();
-    }
-
-    pub fn is_aborted(&self) -> bool {
-        self.lock().aborted
     }
 
     /// Bytes buffered now.

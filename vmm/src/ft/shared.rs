@@ -92,10 +92,6 @@ impl SharedDir {
         &self.name
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     pub fn owner_path(&self, epoch: u64) -> PathBuf {
         self.dir.join(format!("{}.epoch-{epoch}.owner", self.name))
     }

@@ -26,7 +26,8 @@ use crate::replay::LiveCounters;
 use crate::state::VmState;
 use crate::vcpu::LogMode;
 
-const PAGE: usize = 4096;
+/// Bytes per guest page (a usize for buffers).
+const PAGE: usize = crate::memory::PAGE_SIZE as usize;
 /// Pages per message.
 const BATCH: usize = 256;
 /// Pre-copy rounds at most, and the dirty set small enough to stop early.
@@ -42,9 +43,9 @@ pub enum TransferError {
     Link(#[from] LinkError),
     #[error("cannot read the dirty page log")]
     DirtyLog(#[source] kvm_ioctls::Error),
-    #[error("guest memory")]
+    #[error("cannot read guest memory for the transfer")]
     Memory(#[from] vm_memory::GuestMemoryError),
-    #[error("the VM")]
+    #[error("the vCPU did not pause, save its state or start logging for the transfer")]
     Vcpu(#[from] crate::vcpu::VcpuError),
     #[error("cannot start logging")]
     Record(#[from] crate::record::RecordError),
@@ -71,7 +72,6 @@ pub struct MachineState {
 pub struct TransferReport {
     pub rounds: usize,
     pub pages_sent: u64,
-    pub final_pages: u64,
     pub paused_for: Duration,
     pub took: Duration,
     pub ordinal: u64,
@@ -169,8 +169,7 @@ pub fn send_state(
             last.extend(dirty_pages(vm)?);
             last.sort_unstable();
             last.dedup();
-            report.final_pages = send_pages(&mut out, &vm.memory, last.into_iter(), false)?;
-            report.pages_sent += report.final_pages;
+            report.pages_sent += send_pages(&mut out, &vm.memory, last.into_iter(), false)?;
             let state = vm.vcpu.save_state()?;
             report.ordinal = state.vcpu.ordinal;
             let mut rec =
