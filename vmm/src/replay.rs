@@ -55,6 +55,8 @@ pub struct Replayer {
     live: bool,
     /// Shared with the backup's controller.
     counters: Arc<LiveCounters>,
+    /// Entries taken off the log so far (to tell whether a step made progress).
+    popped: u64,
 }
 
 impl Replayer {
@@ -70,6 +72,7 @@ impl Replayer {
             recovering: false,
             live: false,
             counters: Arc::default(),
+            popped: 0,
         }
     }
 
@@ -149,9 +152,15 @@ impl Replayer {
         Ok(self.ahead.get(i).map(|(e, _)| e))
     }
 
+    /// Entries taken off the log so far.
+    pub fn popped(&self) -> u64 {
+        self.popped
+    }
+
     pub fn pop(&mut self) -> Result<Option<Entry>, ReplayError> {
         self.fill(1)?;
         Ok(self.ahead.pop_front().map(|(e, size)| {
+            self.popped += 1;
             self.log_stats.count(&e, size);
             match &e {
                 Entry::Exit(x) => tracing::trace!(

@@ -225,3 +225,39 @@ fn missing_log_is_a_one_line_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).starts_with("ftvm: error: cannot open log /nonexistent/x.log"));
 }
+
+#[test]
+fn a_logged_interrupt_a_halted_guest_cannot_take_is_a_divergence_not_a_hang() {
+    // Drop the time sample that woke the halted timer guest before its first tick: the
+    // replayed PIT then has nothing pending when the log says an interrupt comes. The
+    // replayer used to ask again forever; it must report the divergence and recover.
+    let rep = replay_damaged("halted-irq", |bytes| {
+        use ft_log::Entry;
+        let mut dec = ft_log::Decoder::new();
+        dec.push(bytes);
+        let mut entries = Vec::new();
+        while let Some(e) = dec.next_entry().unwrap() {
+            entries.push(e);
+        }
+        let wake = entries
+            .windows(2)
+            .position(|w| {
+                matches!((&w[0], &w[1]),
+                    (Entry::TimeSample { ordinal: a, .. }, Entry::Interrupt { ordinal: b, .. }) if a == b)
+            })
+            .expect("the timer guest wakes from HLT by an interrupt");
+        entries.remove(wake);
+        let mut out = ft_log::codec::encode_header();
+        for e in &entries {
+            out.extend(ft_log::codec::encode_entry(e));
+        }
+        *bytes = out;
+    });
+    let err = stderr(&rep);
+    assert!(
+        err.contains("the halted guest cannot take its logged input"),
+        "{err}"
+    );
+    assert!(err.contains("matches the recording"), "{err}");
+    assert_eq!(rep.status.code(), Some(0), "{err}");
+}

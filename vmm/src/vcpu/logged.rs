@@ -505,7 +505,21 @@ impl Vcpu {
             | Ok(Some(Entry::Interrupt { ordinal, .. }))
                 if *ordinal == self.ordinal =>
             {
+                let before = r.popped();
                 self.deliver();
+                // Nothing changes in a halted guest until the log says so: if it could
+                // not take this entry now it never will, and asking again would spin.
+                if let LogMode::Replay(r) = &mut self.log {
+                    if r.popped() == before && !r.recovering {
+                        let recorded = format!("{:?}", r.peek(0).ok().flatten());
+                        r.diverged(
+                            self.ordinal,
+                            "the halted guest cannot take its logged input",
+                            recorded,
+                            "nothing taken".into(),
+                        );
+                    }
+                }
                 None
             }
             Ok(Some(Entry::Delta(_))) | Ok(Some(Entry::Shutdown { .. })) => {
