@@ -19,6 +19,7 @@ pub mod serial;
 pub mod sysctl;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod virtio;
 
 pub use absent::{AbsentPorts, AbsentPortsState, ABSENT_PORT_RANGES};
 pub use cmos::{Cmos, CmosState};
