@@ -184,7 +184,7 @@ impl ConfigSpace {
             .flatten()
             .ok_or(PciError::NoSuchBar(index))?;
         let fits = bar.kind == BarKind::Memory64 || addr.checked_add(bar.size) <= Some(1 << 32);
-        if addr % bar.size != 0 || !fits {
+        if !addr.is_multiple_of(bar.size) || !fits {
             return Err(PciError::BadBarAddress {
                 index,
                 addr,
@@ -217,7 +217,7 @@ impl ConfigSpace {
     /// Appends a capability. `body` starts with the capability id and a placeholder next
     /// byte and is a multiple of 4 bytes long; it is read-only. Returns its offset.
     pub fn add_capability(&mut self, body: &[u8]) -> Result<usize, PciError> {
-        if body.len() < 4 || body.len() % 4 != 0 {
+        if body.len() < 4 || !body.len().is_multiple_of(4) {
             return Err(PciError::BadCapability(body.len()));
         }
         let offset = self.caps_end;
@@ -280,16 +280,16 @@ impl ConfigSpace {
             .as_slice()
             .try_into()
             .map_err(|_| PciError::BadStateLength(state.bytes.len()))?;
-        for offset in 0..CONFIG_SPACE_SIZE {
+        for (offset, (&saved, &expected)) in saved.iter().zip(&self.regs).enumerate() {
             let mut fixed = !self.writable[offset];
             if offset == STATUS {
                 fixed &= !(STATUS_INTERRUPT as u8);
             }
-            if (saved[offset] ^ self.regs[offset]) & fixed != 0 {
+            if (saved ^ expected) & fixed != 0 {
                 return Err(PciError::ReadOnlyChanged {
                     offset,
-                    saved: saved[offset],
-                    expected: self.regs[offset],
+                    saved,
+                    expected,
                 });
             }
         }
