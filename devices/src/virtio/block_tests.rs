@@ -254,6 +254,15 @@ fn state_round_trip_keeps_queue_positions_and_the_line() {
     bad.queues[0].size = 3;
     assert!(new(&bad, backend.clone()).is_err());
     let mut bad = state.clone();
+    bad.status |= 0x10;
+    assert!(new(&bad, backend.clone()).is_err());
+    let mut bad = state.clone();
+    bad.driver_features = 0;
+    assert!(
+        new(&bad, backend.clone()).is_err(),
+        "FEATURES_OK without VERSION_1"
+    );
+    let mut bad = state.clone();
     bad.pending = 2;
     assert!(new(&bad, backend.clone()).is_err());
     let mut bad = state.clone();

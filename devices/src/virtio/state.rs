@@ -1,6 +1,12 @@
 //! Saving and restoring a virtio-pci function.
 
 use serde::{Deserialize, Serialize};
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE as ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER as DRIVER,
+    VIRTIO_CONFIG_S_DRIVER_OK as DRIVER_OK, VIRTIO_CONFIG_S_FAILED as FAILED,
+    VIRTIO_CONFIG_S_FEATURES_OK as FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET as NEEDS_RESET,
+    VIRTIO_F_VERSION_1,
+};
 use virtio_queue::{Queue, QueueState, QueueT};
 
 use super::{VirtioDevice, VirtioPci, ISR_CONFIG, ISR_QUEUE};
@@ -106,6 +112,14 @@ impl<D: VirtioDevice> VirtioPci<D> {
                 used_ring: s.used_ring,
             })
             .map_err(|e| err(format!("queue {i}: {e}")))?;
+        }
+        let known_status = ACKNOWLEDGE | DRIVER | DRIVER_OK | FEATURES_OK | NEEDS_RESET | FAILED;
+        if state.status & !(known_status as u8) != 0 {
+            return Err(err(format!("device status {:#x}", state.status)));
+        }
+        let modern = state.driver_features & (1 << VIRTIO_F_VERSION_1) != 0;
+        if state.status & FEATURES_OK as u8 != 0 && !modern {
+            return Err(err("FEATURES_OK without VIRTIO_F_VERSION_1".to_string()));
         }
         if state.isr & !(ISR_QUEUE | ISR_CONFIG) != 0 {
             return Err(err(format!("isr {:#x}", state.isr)));
