@@ -15,12 +15,12 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
 
-use super::chain::{for_each_piece, next_chain, Buffer, Chain};
+use super::chain::{for_each_chain, for_each_piece, Buffer, Chain};
 pub use super::disk::{BlockBackend, MemBackend};
-use super::{VirtioDevice, VirtioError};
+use super::{read_window, VirtioDevice, VirtioError};
 use crate::StateError;
 
 pub const SECTOR_SIZE: u64 = 512;
@@ -315,13 +315,8 @@ impl<B: BlockBackend> VirtioDevice for Block<B> {
         let mut config = [0u8; 16];
         config[..8].copy_from_slice(&self.capacity.to_le_bytes());
         config[12..].copy_from_slice(&SEG_MAX.to_le_bytes());
-        for (i, b) in data.iter_mut().enumerate() {
-            let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
-            *b = at.and_then(|at| config.get(at)).copied().unwrap_or(0);
-        }
+        read_window(&config, offset, data);
     }
-
-    fn reset(&mut self) {}
 
     fn process_queue<M: GuestMemory>(
         &mut self,
@@ -329,22 +324,7 @@ impl<B: BlockBackend> VirtioDevice for Block<B> {
         queue: &mut Queue,
         mem: &M,
     ) -> Result<usize, VirtioError> {
-        let mut done = 0;
-        // The available ring holds at most a queue's worth of new chains.
-        for _ in 0..queue.size() {
-            let Some(chain) = next_chain(queue, index, mem)? else {
-                break;
-            };
-            let used = self.handle(mem, index, &chain)?;
-            queue
-                .add_used(mem, chain.head, used)
-                .map_err(|source| VirtioError::UsedRing {
-                    queue: index,
-                    source,
-                })?;
-            done += 1;
-        }
-        Ok(done)
+        for_each_chain(queue, index, mem, |chain| self.handle(mem, index, chain))
     }
 
     fn state(&self) -> BlockState {

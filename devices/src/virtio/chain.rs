@@ -6,7 +6,7 @@
 //! descriptor still says NEXT was therefore cut short, and is refused here, as is a
 //! chain whose buffers are not all inside guest memory.
 
-use virtio_queue::{Queue, QueueOwnedT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestMemory, Permissions};
 
 use super::VirtioError;
@@ -49,7 +49,7 @@ pub(crate) fn next_chain<M: GuestMemory>(
 ) -> Result<Option<Chain>, VirtioError> {
     // The chain can hold at most a queue's worth of descriptors: that bounds the vectors
     // below whatever the driver wrote (an indirect table, never offered, could be longer).
-    let limit = usize::from(virtio_queue::QueueT::size(queue));
+    let limit = usize::from(queue.size());
     let mut avail = queue.iter(mem).map_err(|source| VirtioError::AvailRing {
         queue: index,
         source,
@@ -99,6 +99,32 @@ pub(crate) fn next_chain<M: GuestMemory>(
         return Err(VirtioError::ChainBroken { queue: index, head });
     }
     Ok(Some(chain))
+}
+
+/// Hands every available chain of `queue` to `handle`, which returns the bytes it wrote
+/// into the chain, and puts the chain on the used ring. Returns how many it handled. The
+/// available ring holds at most a queue's worth of new chains, which bounds the loop.
+pub(crate) fn for_each_chain<M: GuestMemory>(
+    queue: &mut Queue,
+    index: usize,
+    mem: &M,
+    mut handle: impl FnMut(&Chain) -> Result<u32, VirtioError>,
+) -> Result<usize, VirtioError> {
+    let mut done = 0;
+    for _ in 0..queue.size() {
+        let Some(chain) = next_chain(queue, index, mem)? else {
+            break;
+        };
+        let used = handle(&chain)?;
+        queue
+            .add_used(mem, chain.head, used)
+            .map_err(|source| VirtioError::UsedRing {
+                queue: index,
+                source,
+            })?;
+        done += 1;
+    }
+    Ok(done)
 }
 
 /// Calls `f` with consecutive pieces (address, length) of the byte range

@@ -14,6 +14,7 @@
 mod block;
 mod chain;
 mod disk;
+mod net;
 mod state;
 mod transport;
 
@@ -26,6 +27,10 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemory;
 
 pub use block::{Block, BlockBackend, BlockError, BlockState, BlockStats, MemBackend};
+pub use net::{
+    Delivery, FrameQueue, FrameSink, Net, NetState, NetStats, MAX_FRAME_LEN, NET_HDR_LEN, RX_QUEUE,
+    TX_QUEUE,
+};
 pub use state::{VirtioPciState, VirtioQueueState};
 pub use transport::VirtioPci;
 
@@ -104,8 +109,8 @@ pub trait VirtioDevice: Send {
     fn features(&self) -> u64;
     /// A read of device-specific configuration at `offset`; past its end reads zero.
     fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// The driver reset the device.
-    fn reset(&mut self);
+    /// The driver reset the device (the transport resets the queues).
+    fn reset(&mut self) {}
     /// Handles the available chains of queue `index` and returns how many it put on the
     /// used ring. A malformed chain or ring is an error; request-level failures (a read
     /// past the disk's end) are reported to the driver in the request's status instead.
@@ -118,4 +123,13 @@ pub trait VirtioDevice: Send {
     fn state(&self) -> Self::State;
     /// Loads a saved state, checking it against this device's configuration.
     fn restore(&mut self, state: &Self::State) -> Result<(), crate::StateError>;
+}
+
+/// Copies the bytes of `image` at `offset..` into `data`; bytes past its end read zero
+/// (registers a device does not implement).
+pub(crate) fn read_window(image: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
+        *b = at.and_then(|at| image.get(at)).copied().unwrap_or(0);
+    }
 }

@@ -341,10 +341,7 @@ impl<D: VirtioDevice> PciFunction for VirtioPci<D> {
         let (region, at) = (offset / REGION_LEN * REGION_LEN, offset % REGION_LEN);
         match region {
             COMMON_OFFSET => {
-                let image = self.common_image();
-                for (i, b) in data.iter_mut().enumerate() {
-                    *b = image.get(at as usize + i).copied().unwrap_or(0);
-                }
+                read_window(&self.common_image(), at, data);
             }
             ISR_OFFSET if at == 0 && !data.is_empty() => {
                 data[0] = std::mem::take(&mut self.isr);
