@@ -7,9 +7,11 @@ use serde::{Deserialize, Serialize};
 use super::*;
 use crate::BusDevice;
 
-/// Bits of the address register that exist: enable (31), bus (23:16), device (15:11),
-/// function (10:8), dword register (7:2). The rest read as zero.
-const ADDRESS_MASK: u32 = 0x80ff_fffc;
+/// Bits of the address register that exist: enable (31), extended register (27:24, the
+/// AMD extension Linux's PCI_CONF1_ADDRESS fills for offsets past 255), bus (23:16),
+/// device (15:11), function (10:8), dword register (7:2). The rest read as zero.
+const ADDRESS_MASK: u32 = 0x8fff_fffc;
+const ADDRESS_EXTENDED: u32 = 0x0f00_0000;
 const ADDRESS_ENABLE: u32 = 1 << 31;
 
 /// The host bridge's identity: an Intel 440FX, which every OS knows. Linux's type 1
@@ -133,7 +135,10 @@ impl PciBus {
         let bus = (a >> 16) & 0xff;
         let device = ((a >> 11) & 0x1f) as usize;
         let function = (a >> 8) & 0x7;
-        if a & ADDRESS_ENABLE == 0 || bus != 0 || function != 0 {
+        // Offsets past 255 (extended configuration space) do not exist on these
+        // conventional PCI functions: they read as all ones.
+        let extended = a & ADDRESS_EXTENDED != 0;
+        if a & ADDRESS_ENABLE == 0 || bus != 0 || function != 0 || extended {
             return None;
         }
         (device <= self.functions.len()).then_some((device, (a & 0xfc) as usize))

@@ -97,6 +97,16 @@ fn empty_slots_and_other_buses_read_all_ones() {
     bus.write(CONFIG_ADDRESS_PORT, 0, &0u32.to_le_bytes());
     bus.read(CONFIG_ADDRESS_PORT, 4, &mut b);
     assert_eq!(b, [0xff, 0xff], "enable bit clear");
+    bus.write(
+        CONFIG_ADDRESS_PORT,
+        0,
+        &(1u32 << 31 | 1 << 24).to_le_bytes(),
+    );
+    bus.read(CONFIG_ADDRESS_PORT, 4, &mut b);
+    assert_eq!(b, [0xff, 0xff], "extended register 0x100 of the bridge");
+    let mut a = [0u8; 4];
+    bus.read(CONFIG_ADDRESS_PORT, 0, &mut a);
+    assert_eq!(u32::from_le_bytes(a), 1 << 31 | 1 << 24);
 }
 
 #[test]
