@@ -216,3 +216,30 @@ fn available_index_too_far_ahead() {
         |e| matches!(e, VirtioError::AvailRing { .. }),
     );
 }
+
+#[test]
+fn random_rings_never_panic() {
+    let mut rng = crate::testing::XorShift::new(0x9e37_79b9_7f4a_7c15);
+    for round in 0..200 {
+        let (mut f, _lines, mem) = running(false);
+        // Garbage over the descriptor table and both rings, then some plausible buffers.
+        let mut junk = vec![0u8; 0x1000];
+        junk.iter_mut().for_each(|b| *b = rng.next_u64() as u8);
+        put(&mem, QUEUE_ADDR.0, &junk);
+        if round % 2 == 0 {
+            let q = queue(&mem);
+            let len = (rng.next_u64() % 0x4000) as u32;
+            let data = writable(DATA, len, Some((rng.next_u64() % 20) as u16));
+            offer(
+                &q,
+                (rng.next_u64() % 14) as u16,
+                &[readable(HDR, 16, Some(1)), data],
+                0,
+            );
+        }
+        for _ in 0..3 {
+            notify(&mut f, 0);
+            let _ = f.process(&mem);
+        }
+    }
+}

@@ -157,3 +157,19 @@ fn state_round_trip_checks_the_mac() {
     let other = Net::new([2, 0, 0, 0, 0, 1], FrameQueue::default());
     assert!(Dev::from_state(other, irq(), &state).is_err());
 }
+
+#[test]
+fn random_rings_never_panic() {
+    let mut rng = crate::testing::XorShift::new(0x2545_f491_4f6c_dd1d);
+    for _ in 0..200 {
+        let mem = memory();
+        let (mut f, _lines) = running(&mem);
+        for addr in [RX_ADDR.0, TX_ADDR.0] {
+            let junk: Vec<u8> = (0..0x1000).map(|_| rng.next_u64() as u8).collect();
+            put(&mem, addr, &junk);
+        }
+        notify(&mut f, TX_QUEUE as u16);
+        let _ = f.process(&mem);
+        let _ = f.deliver_frame(&mem, &frame((rng.next_u64() % 2000) as usize));
+    }
+}
