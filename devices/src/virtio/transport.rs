@@ -142,8 +142,10 @@ impl<D: VirtioDevice> VirtioPci<D> {
         self.pending != 0
     }
 
+    /// The driver agreed on features and started the device, which has not failed since.
     pub(super) fn running(&self) -> bool {
-        self.status & (STATUS_DRIVER_OK | STATUS_NEEDS_RESET) == STATUS_DRIVER_OK
+        let live = STATUS_DRIVER_OK | STATUS_FEATURES_OK;
+        self.status & (live | STATUS_NEEDS_RESET) == live
     }
 
     /// Handles every notified queue. Called by the VMM at the exit of the notify write

@@ -174,6 +174,12 @@ fn notifications_wait_for_driver_ok() {
     assert_eq!(f.process(&mem).unwrap(), 0);
     assert_eq!(lines.levels(), 0);
     assert!(!f.has_pending());
+    // DRIVER_OK without agreed features does not start the device either.
+    negotiate(&mut f, 0);
+    setup_queue(&mut f, 0, &q);
+    set_status(&mut f, ACK | DRIVER | DRIVER_OK);
+    notify(&mut f, 0);
+    assert_eq!(f.process(&mem).unwrap(), 0);
 }
 
 #[test]
