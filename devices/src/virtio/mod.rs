@@ -10,6 +10,15 @@
 //! synchronously at the notify exit, which is a point the log can name. Not owning memory
 //! keeps the state plain data for snapshots, and lets the VMM pass a memory whose bitmap
 //! records the pages devices write (they are not in KVM's dirty log).
+//!
+//! Wiring, for the VMM:
+//! 1. `let irq = irq_lines.level_line(10)`; mark line 10 level-triggered in the PIC's ELCR
+//!    (firmware does that for PCI lines on a PC; Linux leaves the ELCR alone);
+//! 2. `let blk = Arc::new(Mutex::new(VirtioPci::new(Block::new(file, ro, "id"), irq)?))`;
+//! 3. `pci_bus.add_function(blk.clone(), 10)?` places BAR0 and sets Interrupt Line;
+//! 4. after an MMIO exit in the PCI window, `if blk.has_pending() { blk.process(&mem) }`,
+//!    and at every synchronous exit drive the PIC inputs to `irq_lines.levels()`;
+//! 5. for net, `deliver_frame(&mem, frame)` at the exit the log names.
 
 mod block;
 mod chain;

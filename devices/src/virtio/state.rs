@@ -104,6 +104,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
                 max_size: s.max_size,
                 next_avail: s.next_avail,
                 next_used: s.next_used,
+                // VIRTIO_RING_F_EVENT_IDX is never offered.
                 event_idx_enabled: false,
                 size: s.size,
                 ready: s.ready,
