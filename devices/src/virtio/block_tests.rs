@@ -2,6 +2,8 @@ use virtio_bindings::virtio_blk::VIRTIO_BLK_S_UNSUPP;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_queue::mock::MockSplitQueue;
 
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
 use super::*;
 use crate::virtio::testing::*;
 use crate::virtio::{VirtioPci, ISR_QUEUE};
@@ -271,5 +273,40 @@ fn state_round_trip_keeps_queue_positions_and_the_line() {
     assert!(
         new(&state, MemBackend::new(DISK * 2)).is_err(),
         "another disk size"
+    );
+}
+
+#[test]
+fn guest_writes_show_in_a_dirty_bitmap() {
+    // The VMM can learn which pages a device wrote (KVM's dirty log does not see them) by
+    // passing a memory with a bitmap; nothing in the device has to report them.
+    use std::ops::Deref;
+    use vm_memory::bitmap::{AtomicBitmap, Bitmap};
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+
+    let mem = GuestMemoryMmap::<AtomicBitmap>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    let (mut f, _lines) = new_function(disk(false));
+    let q = MockSplitQueue::create(&mem, QUEUE_ADDR, QUEUE_LEN);
+    start(&mut f, FEATURES, &q);
+    let mut header = [0u8; 16];
+    header[8..].copy_from_slice(&2u64.to_le_bytes()); // IN, sector 2
+    put(&mem, HDR, &header);
+    let descs = [
+        readable(HDR, 16, Some(1)),
+        writable(DATA, 8192, Some(2)),
+        writable(STATUS, 1, None),
+    ];
+    offer(&q, 0, &descs, 0);
+    let region = mem.iter().next().unwrap();
+    region.deref().bitmap().reset();
+    notify(&mut f, 0);
+    assert_eq!(f.process(&mem).unwrap(), 1);
+    let dirty = |addr: u64| region.bitmap().dirty_at(addr as usize);
+    assert!(dirty(DATA) && dirty(DATA + 4096), "data pages");
+    assert!(dirty(STATUS), "status byte");
+    assert!(dirty(q.used_addr().0), "used ring");
+    assert!(
+        !dirty(DATA + 8192) && !dirty(0x20_0000),
+        "pages it did not write"
     );
 }

@@ -10,7 +10,7 @@ use virtio_bindings::virtio_config::{
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 
 use super::{VirtioDevice, VirtioPci};
 use crate::pci::PciFunction;
@@ -77,7 +77,7 @@ pub fn negotiate(f: &mut dyn PciFunction, features: u64) -> u8 {
 }
 
 /// Programs queue `index` with the mock's rings, 64-bit fields as two halves like Linux.
-pub fn setup_queue(f: &mut dyn PciFunction, index: u16, q: &MockSplitQueue<GuestMemoryMmap>) {
+pub fn setup_queue<M: GuestMemory>(f: &mut dyn PciFunction, index: u16, q: &MockSplitQueue<M>) {
     write(f, 0x16, 2, u64::from(index));
     write(f, 0x18, 2, u64::from(QUEUE_LEN));
     for (offset, addr) in [
@@ -92,7 +92,7 @@ pub fn setup_queue(f: &mut dyn PciFunction, index: u16, q: &MockSplitQueue<Guest
 }
 
 /// A running device with one queue set up from `q`.
-pub fn start(f: &mut dyn PciFunction, features: u64, q: &MockSplitQueue<GuestMemoryMmap>) {
+pub fn start<M: GuestMemory>(f: &mut dyn PciFunction, features: u64, q: &MockSplitQueue<M>) {
     let s = negotiate(f, features);
     assert_ne!(s & FEATURES_OK, 0, "features {features:#x} refused");
     setup_queue(f, 0, q);
@@ -125,7 +125,7 @@ fn desc(addr: u64, len: u32, flags: u16, next: Option<u16>) -> RawDescriptor {
 }
 
 /// Stores `descs` at table index `at` onwards and makes chain head `head` available.
-pub fn offer(q: &MockSplitQueue<GuestMemoryMmap>, at: u16, descs: &[RawDescriptor], head: u16) {
+pub fn offer<M: GuestMemory>(q: &MockSplitQueue<M>, at: u16, descs: &[RawDescriptor], head: u16) {
     for (i, d) in descs.iter().enumerate() {
         q.desc_table().store(at + i as u16, *d).unwrap();
     }
@@ -139,16 +139,16 @@ pub fn offer(q: &MockSplitQueue<GuestMemoryMmap>, at: u16, descs: &[RawDescripto
 }
 
 /// The used ring's index and entry `i` (id, len).
-pub fn used(q: &MockSplitQueue<GuestMemoryMmap>, i: u16) -> (u16, u32, u32) {
+pub fn used<M: GuestMemory>(q: &MockSplitQueue<M>, i: u16) -> (u16, u32, u32) {
     let e = q.used().ring().ref_at(usize::from(i)).unwrap().load();
     (q.used().idx().load(), e.id(), e.len())
 }
 
-pub fn put(mem: &GuestMemoryMmap, addr: u64, bytes: &[u8]) {
+pub fn put<M: GuestMemory>(mem: &M, addr: u64, bytes: &[u8]) {
     mem.write_slice(bytes, GuestAddress(addr)).unwrap();
 }
 
-pub fn get(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+pub fn get<M: GuestMemory>(mem: &M, addr: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0; len];
     mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
     v
