@@ -22,6 +22,7 @@
 
 mod block;
 mod chain;
+mod common_cfg;
 mod disk;
 mod net;
 mod state;
