@@ -242,6 +242,15 @@ impl ConfigSpace {
         Ok(offset)
     }
 
+    /// Makes `len` bytes at `offset` guest-writable (registers inside a capability).
+    pub fn set_writable(&mut self, offset: usize, len: usize) {
+        self.writable
+            .iter_mut()
+            .skip(offset)
+            .take(len)
+            .for_each(|w| *w = 0xff);
+    }
+
     /// Reads `data.len()` bytes at `offset`; bytes past the end read as all ones.
     pub fn read(&self, offset: usize, data: &mut [u8]) {
         for (i, b) in data.iter_mut().enumerate() {

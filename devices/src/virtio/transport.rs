@@ -4,7 +4,8 @@
 //! capability: common configuration, ISR status, device configuration and notifications
 //! (one 4-byte slot per queue: `queue_notify_off` = queue index, multiplier 4).
 //! No MSI-X capability: the driver falls back to INTx, and msix vectors read NO_VECTOR.
-//! The optional VIRTIO_PCI_CAP_PCI_CFG window is not offered (Linux does not use it).
+//! A fifth capability, VIRTIO_PCI_CAP_PCI_CFG, is the window through configuration space
+//! into BAR0 that the spec requires of every device (Linux does not use it).
 //!
 //! Interrupts: the ISR is read-to-clear and INTx is level-triggered, so the line is a
 //! [`LevelIrqLine`] asserted exactly while the ISR is non-zero (and INTx is not disabled
@@ -40,6 +41,12 @@ const CAP_COMMON_CFG: u8 = 1;
 const CAP_NOTIFY_CFG: u8 = 2;
 const CAP_ISR_CFG: u8 = 3;
 const CAP_DEVICE_CFG: u8 = 4;
+const CAP_PCI_CFG: u8 = 5;
+/// In `struct virtio_pci_cfg_cap`: cap.bar, cap.offset, cap.length, pci_cfg_data.
+const PCI_CFG_BAR: usize = 4;
+const PCI_CFG_OFFSET: usize = 8;
+const PCI_CFG_LENGTH: usize = 12;
+const PCI_CFG_DATA: usize = 16;
 
 pub(super) const STATUS_FEATURES_OK: u8 = VIRTIO_CONFIG_S_FEATURES_OK as u8;
 pub(super) const STATUS_DRIVER_OK: u8 = VIRTIO_CONFIG_S_DRIVER_OK as u8;
@@ -58,6 +65,8 @@ pub struct VirtioPci<D> {
     pub(super) pending: u64,
     pub(super) queues: Vec<Queue>,
     pub(super) failures: u64,
+    /// Where the VIRTIO_PCI_CAP_PCI_CFG capability sits in configuration space.
+    pci_cfg: usize,
 }
 
 fn capability(cfg_type: u8, offset: u64, multiplier: Option<u32>) -> Vec<u8> {
@@ -99,6 +108,12 @@ impl<D: VirtioDevice> VirtioPci<D> {
         config.add_capability(&capability(CAP_NOTIFY_CFG, NOTIFY_OFFSET, notify))?;
         config.add_capability(&capability(CAP_ISR_CFG, ISR_OFFSET, None))?;
         config.add_capability(&capability(CAP_DEVICE_CFG, DEVICE_CFG_OFFSET, None))?;
+        // The driver fills in bar, offset and length, then reads or writes the data.
+        let mut window = capability(CAP_PCI_CFG, 0, Some(0));
+        window[PCI_CFG_LENGTH..PCI_CFG_DATA].fill(0);
+        let pci_cfg = config.add_capability(&window)?;
+        config.set_writable(pci_cfg + PCI_CFG_BAR, 1);
+        config.set_writable(pci_cfg + PCI_CFG_OFFSET, 12);
         irq.set_level(false);
         Ok(Self {
             config,
@@ -113,6 +128,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
             pending: 0,
             queues,
             failures: 0,
+            pci_cfg,
         })
     }
 
@@ -217,6 +233,25 @@ impl<D: VirtioDevice> VirtioPci<D> {
     }
 }
 
+impl<D: VirtioDevice> VirtioPci<D> {
+    fn touches_pci_cfg_data(&self, offset: usize, len: usize) -> bool {
+        let data = self.pci_cfg + PCI_CFG_DATA;
+        offset < data + 4 && offset.saturating_add(len) > data
+    }
+
+    /// The BAR0 access (offset, length) the driver set up in the PCI_CFG capability, if
+    /// it is one the spec allows: BAR 0, 1, 2 or 4 bytes, offset aligned to the length.
+    fn pci_cfg_target(&self) -> Option<(u64, usize)> {
+        let mut cap = [0u8; PCI_CFG_DATA];
+        self.config.read(self.pci_cfg, &mut cap);
+        let field =
+            |at: usize| u32::from_le_bytes([cap[at], cap[at + 1], cap[at + 2], cap[at + 3]]);
+        let (offset, length) = (field(PCI_CFG_OFFSET), field(PCI_CFG_LENGTH));
+        let valid = cap[PCI_CFG_BAR] == 0 && matches!(length, 1 | 2 | 4) && offset % length == 0;
+        valid.then_some((u64::from(offset), length as usize))
+    }
+}
+
 impl<D: VirtioDevice> PciFunction for VirtioPci<D> {
     fn config(&self) -> &ConfigSpace {
         &self.config
@@ -226,8 +261,26 @@ impl<D: VirtioDevice> PciFunction for VirtioPci<D> {
         &mut self.config
     }
 
+    fn config_read(&mut self, offset: usize, data: &mut [u8]) {
+        if self.touches_pci_cfg_data(offset, data.len()) {
+            if let Some((at, len)) = self.pci_cfg_target() {
+                let mut buf = [0u8; 4];
+                self.bar_read(0, at, &mut buf[..len]);
+                self.config.write(self.pci_cfg + PCI_CFG_DATA, &buf[..len]);
+            }
+        }
+        self.config.read(offset, data);
+    }
+
     fn config_write(&mut self, offset: usize, data: &[u8]) {
         self.config.write(offset, data);
+        if self.touches_pci_cfg_data(offset, data.len()) {
+            if let Some((at, len)) = self.pci_cfg_target() {
+                let mut buf = [0u8; 4];
+                self.config.read(self.pci_cfg + PCI_CFG_DATA, &mut buf);
+                self.bar_write(0, at, &buf[..len]);
+            }
+        }
         // The command register's INTx disable bit gates the line.
         self.update_line();
     }

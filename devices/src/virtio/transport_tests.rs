@@ -78,7 +78,10 @@ fn linux_probe_sees_a_modern_virtio_function() {
         pos = cfg_read(&mut bus, 1, pos + 1, 1);
     }
     found.sort();
-    assert_eq!(found, [(1, 0), (2, 0x3000), (3, 0x1000), (4, 0x2000)]);
+    assert_eq!(
+        found,
+        [(1, 0), (2, 0x3000), (3, 0x1000), (4, 0x2000), (5, 0)]
+    );
     // Common configuration through the MMIO window: one queue of 128.
     let mut mmio = PciMmio::new(Arc::new(Mutex::new(bus)));
     let base = u64::from(bar);
@@ -242,4 +245,43 @@ fn survives_random_register_accesses() {
     let mut f = f.lock().unwrap();
     f.pending = 1;
     let _ = f.process(&mem);
+}
+
+#[test]
+fn pci_cfg_window_reaches_bar0() {
+    let (mut f, lines) = new_function(blk());
+    // Find the VIRTIO_PCI_CAP_PCI_CFG capability by walking the list.
+    let byte = |f: &mut VirtioPci<Block<MemBackend>>, at: usize| {
+        let mut b = [0u8; 1];
+        f.config_read(at, &mut b);
+        b[0]
+    };
+    let mut pos = usize::from(byte(&mut f, 0x34));
+    while byte(&mut f, pos + 3) != CAP_PCI_CFG {
+        pos = usize::from(byte(&mut f, pos + 1));
+        assert_ne!(pos, 0, "no PCI_CFG capability");
+    }
+    let setup = |f: &mut VirtioPci<Block<MemBackend>>, offset: u32, length: u32| {
+        f.config_write(pos + PCI_CFG_BAR, &[0]);
+        f.config_write(pos + PCI_CFG_OFFSET, &offset.to_le_bytes());
+        f.config_write(pos + PCI_CFG_LENGTH, &length.to_le_bytes());
+    };
+    let mut data = [0u8; 2];
+    setup(&mut f, 0x12, 2); // num_queues
+    f.config_read(pos + PCI_CFG_DATA, &mut data);
+    assert_eq!(u16::from_le_bytes(data), 1);
+    setup(&mut f, 0x14, 1); // device_status
+    f.config_write(pos + PCI_CFG_DATA, &[ACK]);
+    assert_eq!(status(&mut f), ACK);
+    // An ISR read through the window clears it like a BAR read.
+    f.signal(ISR_QUEUE);
+    setup(&mut f, 0x1000, 1);
+    f.config_read(pos + PCI_CFG_DATA, &mut data[..1]);
+    assert_eq!((data[0], lines.levels()), (ISR_QUEUE, 0));
+    // Misaligned or odd lengths do nothing.
+    setup(&mut f, 0x13, 2);
+    f.config_write(pos + PCI_CFG_DATA, &[0, 0]);
+    setup(&mut f, 0x14, 3);
+    f.config_write(pos + PCI_CFG_DATA, &[0, 0, 0, 0]);
+    assert_eq!(status(&mut f), ACK);
 }
