@@ -230,15 +230,15 @@ impl<B: BlockBackend> Block<B> {
         let mut header = [0u8; HEADER_LEN as usize];
         let mut filled = 0;
         let mut status_addr = GuestAddress(0);
-        let outside = |addr: GuestAddress| VirtioError::BufferOutsideMemory {
+        let outside = |addr: GuestAddress, len: usize| VirtioError::BufferOutsideMemory {
             queue,
             head: c.head,
             addr: addr.0,
-            len: 1,
+            len: len as u32,
         };
         for_each_piece(&c.readable, 0, HEADER_LEN, |addr, n| {
             mem.read_slice(&mut header[filled..filled + n], addr)
-                .map_err(|_| outside(addr))?;
+                .map_err(|_| outside(addr, n))?;
             filled += n;
             Ok::<_, VirtioError>(())
         })?;
@@ -279,7 +279,7 @@ impl<B: BlockBackend> Block<B> {
             }
         };
         mem.write_obj(status as u8, status_addr)
-            .map_err(|_| outside(status_addr))?;
+            .map_err(|_| outside(status_addr, 1))?;
         // written + 1 <= the chain's total length, which virtio-queue keeps below 4 GiB.
         Ok((written + 1) as u32)
     }
