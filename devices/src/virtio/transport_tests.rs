@@ -285,3 +285,52 @@ fn pci_cfg_window_reaches_bar0() {
     f.config_write(pos + PCI_CFG_DATA, &[0, 0, 0, 0]);
     assert_eq!(status(&mut f), ACK);
 }
+
+#[test]
+fn level_line_through_an_elcr_level_pic_input() {
+    use crate::pic::{Pic, ELCR_BASE, MASTER_BASE, SLAVE_BASE};
+    // Linux's i8259 setup (vectors 0x30/0x38, all unmasked), then firmware marks the PCI
+    // line level-triggered in the ELCR.
+    let mut pic = Pic::new();
+    for (base, v) in [(MASTER_BASE, 0x11), (SLAVE_BASE, 0x11)] {
+        pic.write(base, 0, &[v]);
+    }
+    for (base, v) in [(MASTER_BASE, 0x30), (SLAVE_BASE, 0x38), (MASTER_BASE, 4)] {
+        pic.write(base, 1, &[v]);
+    }
+    for (base, v) in [(SLAVE_BASE, 2), (MASTER_BASE, 1), (SLAVE_BASE, 1)] {
+        pic.write(base, 1, &[v]);
+    }
+    pic.write(MASTER_BASE, 1, &[0]);
+    pic.write(SLAVE_BASE, 1, &[0]);
+    pic.write(ELCR_BASE, 1, &[1 << (IRQ - 8)]);
+
+    let (mut f, lines) = new_function(blk());
+    // What the vCPU loop does at each synchronous exit.
+    let sync = |pic: &mut Pic| pic.set_irq_level(IRQ, lines.levels() & 1 << IRQ != 0);
+    let vector = 0x38 + IRQ - 8;
+    // Linux's handling of an i8259 line: mask it, EOI, run the handler, unmask.
+    let mask_and_eoi = |pic: &mut Pic| {
+        pic.write(SLAVE_BASE, 1, &[1 << (IRQ - 8)]);
+        pic.write(SLAVE_BASE, 0, &[0x20]);
+        pic.write(MASTER_BASE, 0, &[0x20]);
+    };
+    f.signal(ISR_QUEUE);
+    sync(&mut pic);
+    assert_eq!(pic.acknowledge(), Some(vector));
+    // A handler that does not read this device's ISR (another device on the line): the
+    // level is still high, so the request comes back on unmask; nothing is lost.
+    mask_and_eoi(&mut pic);
+    sync(&mut pic);
+    pic.write(SLAVE_BASE, 1, &[0]);
+    sync(&mut pic);
+    assert_eq!(pic.acknowledge(), Some(vector));
+    // The virtio handler reads the ISR: the line drops and no request is left.
+    mask_and_eoi(&mut pic);
+    assert_eq!(read_isr(&mut f), ISR_QUEUE);
+    sync(&mut pic);
+    pic.write(SLAVE_BASE, 1, &[0]);
+    sync(&mut pic);
+    assert_eq!(pic.requested_lines(), 0);
+    assert_eq!(pic.acknowledge(), None);
+}
