@@ -143,10 +143,6 @@ impl LevelIrqLine {
     pub fn is_asserted(&self) -> bool {
         self.lines.asserted[usize::from(self.irq)].load(Ordering::SeqCst) & self.bit != 0
     }
-
-    pub fn irq(&self) -> u8 {
-        self.irq
-    }
 }
 
 /// One ISA interrupt line, handed to a device so it can raise only its own IRQ.
