@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use super::*;
-use crate::BusDevice;
+use crate::{BusDevice, StateError};
 
 /// Bits of the address register that exist: enable (31), extended register (27:24, the
 /// AMD extension Linux's PCI_CONF1_ADDRESS fills for offsets past 255), bus (23:16),
@@ -71,9 +71,10 @@ impl PciBus {
         (self.window_start, self.window_end - self.window_start)
     }
 
-    /// Plugs `function` into the next free device number and does what firmware would:
-    /// places each BAR, naturally aligned, in the window; routes its INTx pin to ISA line
-    /// `irq` (Interrupt Line); enables memory decoding. Returns the device number.
+    /// Plugs a freshly powered-on `function` into the next free device number and does
+    /// what firmware would: places each BAR, naturally aligned, in the window; routes its
+    /// INTx pin to ISA line `irq` (Interrupt Line); enables memory decoding. Returns the
+    /// device number.
     pub fn add_function(
         &mut self,
         function: Arc<Mutex<dyn PciFunction>>,
@@ -82,9 +83,7 @@ impl PciBus {
         if irq >= 16 {
             return Err(PciError::BadIrq(irq));
         }
-        if self.functions.len() + 1 >= MAX_DEVICES {
-            return Err(PciError::BusFull);
-        }
+        self.check_room()?;
         let mut next = self.next_free;
         {
             let mut f = lock(&function);
@@ -108,6 +107,41 @@ impl PciBus {
         Ok(self.functions.len() as u8)
     }
 
+    /// Plugs a restored `function` in as it is: its BARs, Interrupt Line and command
+    /// register come from its saved configuration space, which the guest may have
+    /// changed since firmware set it up. Functions go back in the order they were added,
+    /// so each gets its device number again.
+    pub fn attach_function(
+        &mut self,
+        function: Arc<Mutex<dyn PciFunction>>,
+    ) -> Result<u8, PciError> {
+        self.check_room()?;
+        {
+            let f = lock(&function);
+            // Later firmware placement (a device added after a restore) goes past it.
+            for index in 0..NUM_BARS {
+                let config = f.config();
+                if let (Some(addr), Some(size)) =
+                    (config.bar_address(index), config.bar_size(index))
+                {
+                    let end = addr.saturating_add(size);
+                    if addr >= self.window_start && end <= self.window_end {
+                        self.next_free = self.next_free.max(end);
+                    }
+                }
+            }
+        }
+        self.functions.push(function);
+        Ok(self.functions.len() as u8)
+    }
+
+    fn check_room(&self) -> Result<(), PciError> {
+        if self.functions.len() + 1 >= MAX_DEVICES {
+            return Err(PciError::BusFull);
+        }
+        Ok(())
+    }
+
     pub fn state(&self) -> PciBusState {
         PciBusState {
             address: self.address,
@@ -115,17 +149,22 @@ impl PciBus {
         }
     }
 
-    /// Restores the bus's own registers. Functions keep their own states (the VMM adds
-    /// them again in the same order, then restores each).
-    pub fn restore(&mut self, state: &PciBusState) -> Result<(), PciError> {
+    /// A bus with the saved registers of its own (address register, host bridge), over the
+    /// same window as [`PciBus::new`]. Its functions keep their own states: the VMM
+    /// restores each and puts it back with [`PciBus::attach_function`].
+    pub fn from_state(
+        state: &PciBusState,
+        window_start: u64,
+        window_len: u64,
+    ) -> Result<Self, StateError> {
+        let err = |e: PciError| StateError::new("PCI bus", e.to_string());
         if state.address & !ADDRESS_MASK != 0 {
-            return Err(PciError::BadConfigAddress(state.address));
+            return Err(err(PciError::BadConfigAddress(state.address)));
         }
-        let mut bridge = ConfigSpace::new(HOST_BRIDGE_IDS);
-        bridge.restore(&state.bridge)?;
-        self.bridge = bridge;
-        self.address = state.address;
-        Ok(())
+        let mut bus = Self::new(window_start, window_len).map_err(err)?;
+        bus.bridge.restore(&state.bridge).map_err(err)?;
+        bus.address = state.address;
+        Ok(bus)
     }
 
     /// The function the address register selects and the register offset, or `None` when

@@ -187,18 +187,42 @@ fn state_round_trip_and_validation() {
     bus.write(CONFIG_ADDRESS_PORT, 0, &address(0, 4).to_le_bytes());
     bus.write(CONFIG_ADDRESS_PORT, 4, &[0x06, 0]);
     let state = bus.state();
-    let mut other = PciBus::new(DEFAULT_MMIO_WINDOW_START, DEFAULT_MMIO_WINDOW_LEN).unwrap();
-    other.restore(&state).unwrap();
+    let (start, len) = bus.window();
+    let other = PciBus::from_state(&state, start, len).unwrap();
     assert_eq!(other.state(), state);
     let mut bad = state.clone();
     bad.address |= 1;
-    assert_eq!(
-        other.restore(&bad),
-        Err(PciError::BadConfigAddress(bad.address))
-    );
-    let mut bad = state;
+    assert!(PciBus::from_state(&bad, start, len).is_err());
+    let mut bad = state.clone();
     bad.bridge.bytes[0] = 0;
-    assert!(other.restore(&bad).is_err());
+    assert!(PciBus::from_state(&bad, start, len).is_err());
+    assert!(PciBus::from_state(&state, 0xffff_f000, 0x2000).is_err());
+}
+
+#[test]
+fn restored_functions_keep_their_bars() {
+    let mut bus = bus();
+    let f = Dummy::new();
+    bus.add_function(f.clone(), 10).unwrap();
+    // The guest moves BAR0 to the window's far end.
+    cfg_write32(&mut bus, 1, 0x10, 0xe800_0000);
+    let saved = f.lock().unwrap().config.state();
+
+    let mut restored = PciBus::from_state(
+        &bus.state(),
+        DEFAULT_MMIO_WINDOW_START,
+        DEFAULT_MMIO_WINDOW_LEN,
+    )
+    .unwrap();
+    let g = Dummy::new();
+    g.lock().unwrap().config.restore(&saved).unwrap();
+    assert_eq!(restored.attach_function(g.clone()).unwrap(), 1);
+    assert_eq!(g.lock().unwrap().config.bar_address(0), Some(0xe800_0000));
+    assert_eq!(g.lock().unwrap().config.interrupt_line(), 10);
+    // A device added afterwards is placed past what the restored one decodes.
+    let h = Dummy::new();
+    restored.add_function(h.clone(), 11).unwrap();
+    assert!(h.lock().unwrap().config.bar_address(0).unwrap() >= 0xe800_1000);
 }
 
 #[test]
