@@ -24,10 +24,12 @@ pub mod virtio;
 pub use absent::{AbsentPorts, AbsentPortsState, ABSENT_PORT_RANGES};
 pub use cmos::{Cmos, CmosState};
 pub use i8042::{I8042State, I8042};
+pub use pci::{PciBus, PciBusState, PciMmio};
 pub use pic::{Pic, PicState};
 pub use pit::{Pit, PitState};
 pub use serial::{Serial, SerialState};
 pub use sysctl::{SysCtl, SysCtlState};
+pub use virtio::{Block, Net, VirtioPci, VirtioPciState};
 
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
