@@ -12,22 +12,26 @@
 pub mod absent;
 pub mod cmos;
 pub mod i8042;
+pub mod pci;
 pub mod pic;
 pub mod pit;
 pub mod serial;
 pub mod sysctl;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod virtio;
 
 pub use absent::{AbsentPorts, AbsentPortsState, ABSENT_PORT_RANGES};
 pub use cmos::{Cmos, CmosState};
 pub use i8042::{I8042State, I8042};
+pub use pci::{PciBus, PciBusState, PciMmio};
 pub use pic::{Pic, PicState};
 pub use pit::{Pit, PitState};
 pub use serial::{Serial, SerialState};
 pub use sysctl::{SysCtl, SysCtlState};
+pub use virtio::{Block, Net, VirtioPci, VirtioPciState};
 
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 /// A device on the port-I/O or MMIO bus.
@@ -53,9 +57,18 @@ pub trait Clock: Send + Sync {
 ///
 /// Devices raise lines at any time; the vCPU loop drains them into the PIC only at a
 /// synchronous exit, which keeps the moment an interrupt becomes visible deterministic.
+///
+/// The same object also carries level-triggered lines (PCI INTx, see [`LevelIrqLine`]):
+/// a level is state, not an event, so the vCPU loop reads [`IrqLines::levels`] at a
+/// synchronous exit and drives the PIC inputs to it.
 #[derive(Debug, Default)]
 pub struct IrqLines {
     raised: AtomicU16,
+    /// Per ISA line, one bit per level source currently asserting it (wired-OR: PCI
+    /// functions may share a line, and it stays asserted while any of them holds it).
+    asserted: [AtomicU64; 16],
+    /// Level sources handed out so far (at most 64, one bit each).
+    sources: AtomicU8,
 }
 
 impl IrqLines {
@@ -73,6 +86,64 @@ impl IrqLines {
     /// Take every line raised since the last call, as a bit mask.
     pub fn take(&self) -> u16 {
         self.raised.swap(0, Ordering::SeqCst)
+    }
+
+    /// A new level source on ISA line `irq` (0..16), initially deasserted. `None` when the
+    /// line is out of range or all 64 sources are taken.
+    pub fn level_line(self: &Arc<Self>, irq: u8) -> Option<LevelIrqLine> {
+        if irq >= 16 {
+            return None;
+        }
+        let source = self
+            .sources
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < 64).then_some(n + 1)
+            })
+            .ok()?;
+        Some(LevelIrqLine {
+            lines: self.clone(),
+            irq,
+            bit: 1 << source,
+        })
+    }
+
+    /// The lines that at least one level source asserts, as a bit mask.
+    pub fn levels(&self) -> u16 {
+        let mut mask = 0;
+        for (irq, sources) in self.asserted.iter().enumerate() {
+            if sources.load(Ordering::SeqCst) != 0 {
+                mask |= 1 << irq;
+            }
+        }
+        mask
+    }
+}
+
+/// One level-triggered source on an ISA line (a PCI function's INTx pin).
+///
+/// The device sets its level whenever its interrupt condition changes; the VMM applies
+/// [`IrqLines::levels`] to the PIC (`Pic::set_irq_level`) at synchronous exits. Firmware
+/// (the VMM) marks such lines level-triggered in the ELCR, as a PC BIOS does for PCI
+/// interrupts, so the PIC keeps requesting while the line is high.
+#[derive(Debug)]
+pub struct LevelIrqLine {
+    lines: Arc<IrqLines>,
+    irq: u8,
+    bit: u64,
+}
+
+impl LevelIrqLine {
+    pub fn set_level(&self, asserted: bool) {
+        let line = &self.lines.asserted[usize::from(self.irq)];
+        if asserted {
+            line.fetch_or(self.bit, Ordering::SeqCst);
+        } else {
+            line.fetch_and(!self.bit, Ordering::SeqCst);
+        }
+    }
+
+    pub fn is_asserted(&self) -> bool {
+        self.lines.asserted[usize::from(self.irq)].load(Ordering::SeqCst) & self.bit != 0
     }
 }
 
@@ -131,5 +202,29 @@ mod tests {
         lines.raise(16); // out of range: ignored
         assert_eq!(lines.take(), 0b1_0001);
         assert_eq!(lines.take(), 0);
+    }
+
+    #[test]
+    fn level_lines_are_wired_or() {
+        let lines = IrqLines::new();
+        let a = lines.level_line(10).unwrap();
+        let b = lines.level_line(10).unwrap();
+        assert!(lines.level_line(16).is_none());
+        a.set_level(true);
+        b.set_level(true);
+        a.set_level(false);
+        assert_eq!(lines.levels(), 1 << 10, "b still holds the line");
+        assert!(!a.is_asserted() && b.is_asserted());
+        b.set_level(false);
+        assert_eq!(lines.levels(), 0);
+        assert_eq!(lines.take(), 0, "levels are not edges");
+    }
+
+    #[test]
+    fn level_sources_run_out_cleanly() {
+        let lines = IrqLines::new();
+        let held: Vec<_> = (0..64).map(|_| lines.level_line(5).unwrap()).collect();
+        assert!(lines.level_line(5).is_none());
+        drop(held);
     }
 }
