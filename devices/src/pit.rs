@@ -392,7 +392,11 @@ impl ChannelState {
                         let p = e % n;
                         let half = n.div_ceil(2);
                         if p < half {
-                            ((e - p).saturating_add(half), u64::from(count.div_ceil(2)))
+                            // Phases are taken modulo the count everywhere, and restoring
+                            // refuses one >= the count: a count of 1 has no low half, so
+                            // it starts its next period (phase 0) instead of phase 1.
+                            let low = count.div_ceil(2) % count.max(1);
+                            ((e - p).saturating_add(half), u64::from(low))
                         } else {
                             ((e - p).saturating_add(n), 0)
                         }
@@ -1004,6 +1008,26 @@ mod tests {
         at_tick(&clock, 61);
         assert!(pit.poll_irq0());
         assert_eq!(status(&mut pit, 0) & 0x80, 0x80);
+    }
+
+    /// Found by the device_states fuzz target: a count of 1 written during the high half
+    /// of a mode-3 period was queued to start "in its low half" at phase 1, a phase its
+    /// own validation refuses (a count of 1 has no low half), so the saved state could not
+    /// be restored on the backup, and once loaded the element ran at that phase too.
+    #[test]
+    fn mode3_reload_of_count_1_saves_a_restorable_state() {
+        let (mut pit, clock) = pit();
+        program(&mut pit, &clock, 0, 0, 3, 4);
+        at_tick(&clock, 1);
+        out(&mut pit, 0x40, 1);
+        out(&mut pit, 0x40, 0);
+        let saved = pit.state();
+        assert!(Pit::from_state(saved, clock.clone()).is_ok());
+        // After the reload has reached the counting element too.
+        at_tick(&clock, 10);
+        let mut b = [0];
+        pit.read(PIT_BASE, 0, &mut b);
+        assert!(Pit::from_state(pit.state(), clock.clone()).is_ok());
     }
 
     #[test]

@@ -1,0 +1,277 @@
+//! Writes the seed inputs of every fuzz target: real log frames, real channel messages,
+//! real device states and kv frames, made by the same encoders ftvm uses, so the fuzzer
+//! starts past the magic numbers and checksums instead of having to guess them.
+//!
+//! `gen_seeds DIR` writes `DIR/<target>/seed-<name>`; the same files every time.
+
+use std::path::Path;
+
+// Built with the targets' coverage instrumentation (one build for all), the code calls
+// SanitizerCoverage hooks, which libFuzzer defines: link it even though nothing here
+// fuzzes. Its own main() is not pulled in, since this binary has one.
+extern crate libfuzzer_sys;
+
+use ft_log::{
+    encode_channel_header, encode_entry, encode_header, encode_log_messages, encode_message,
+    encode_pages_messages, Delta, Digest, Entry, ExitKind, ExitRecord, Page, ToBackup, ToPrimary,
+};
+use ftvm_devices::{AbsentPorts, Cmos, IrqLine, IrqLines, Pic, Pit, Serial, SysCtl, I8042};
+use ftvm_fuzz::FuzzClock;
+use ftvm_kv::protocol::{self, ClientOp, Op, Request, Response, Snapshot, View, ViewReply};
+use serde::Serialize;
+
+fn write(dir: &Path, target: &str, name: &str, bytes: &[u8]) {
+    let d = dir.join(target);
+    std::fs::create_dir_all(&d).expect("create the corpus directory");
+    std::fs::write(d.join(format!("seed-{name}")), bytes).expect("write a seed");
+}
+
+/// The chunking prefix of `ftvm_fuzz::Chunking`: no size bytes (one piece), or these.
+fn chunked(sizes: &[u8], stream: &[u8]) -> Vec<u8> {
+    let mut v = vec![sizes.len() as u8];
+    v.extend_from_slice(sizes);
+    v.extend_from_slice(stream);
+    v
+}
+
+fn log_seeds(dir: &Path) {
+    let entries = [
+        Entry::Start {
+            wall_clock_unix_secs: 1_700_000_000,
+        },
+        Entry::Exit(ExitRecord {
+            ordinal: 1,
+            time_ns: 1000,
+            kind: ExitKind::PioOut,
+            rip: 0x10_0010,
+            addr: 0x3f8,
+            size: 1,
+            value: u64::from(b'h'),
+        }),
+        Entry::SerialInput {
+            ordinal: 1,
+            bytes: b"ls\n".to_vec(),
+        },
+        Entry::Interrupt {
+            ordinal: 2,
+            vector: 0x20,
+        },
+        Entry::TimeSample {
+            ordinal: 2,
+            time_ns: 5_000_000,
+        },
+        Entry::Delta(Box::new(Delta {
+            ordinal: 3,
+            time_ns: 6_000_000,
+            full: false,
+            vcpu: vec![1, 2, 3],
+            devices: vec![4, 5],
+            pages: vec![Page {
+                gpa: 0x1000,
+                data: vec![7; 64],
+            }],
+        })),
+        Entry::Packet {
+            ordinal: 3,
+            data: vec![0xab; 8],
+        },
+        Entry::DiskCompletion {
+            ordinal: 4,
+            request: 9,
+            status: 0,
+        },
+        Entry::Shutdown {
+            ordinal: 5,
+            reason: "power off".into(),
+            digest: Digest {
+                memory_crc32: 1,
+                vcpu_crc32: 2,
+                devices_crc32: 3,
+            },
+        },
+    ];
+    let mut log = encode_header();
+    for e in &entries {
+        log.extend(encode_entry(e));
+    }
+    write(dir, "log_decoder", "whole", &chunked(&[], &log));
+    write(
+        dir,
+        "log_decoder",
+        "pieces",
+        &chunked(&[0, 6, 2, 254], &log),
+    );
+    write(
+        dir,
+        "log_decoder",
+        "header",
+        &chunked(&[], &encode_header()),
+    );
+
+    // The channel carries the same log inside Log messages.
+    let mut to_backup = encode_channel_header();
+    to_backup.extend(encode_message(&ToBackup::Hello {
+        vm_name: "vm".into(),
+        epoch: 1,
+        mem_mib: 64,
+        console_offset: 0,
+    }));
+    to_backup.extend(encode_pages_messages(&[Page {
+        gpa: 0x2000,
+        data: vec![1; 32],
+    }]));
+    to_backup.extend(encode_message(&ToBackup::Machine {
+        ordinal: 7,
+        state: vec![9; 16],
+    }));
+    to_backup.extend(encode_log_messages(&log[..log.len() / 2]));
+    to_backup.extend(encode_message(&ToBackup::Heartbeat));
+    write(
+        dir,
+        "channel_decoder",
+        "to-backup",
+        &chunked(&[], &to_backup),
+    );
+    write(
+        dir,
+        "channel_decoder",
+        "to-backup-pieces",
+        &chunked(&[3, 0, 40], &to_backup),
+    );
+    let mut to_primary = encode_channel_header();
+    for m in [
+        ToPrimary::Hello {
+            vm_name: "vm".into(),
+        },
+        ToPrimary::Ack { ordinal: 12 },
+        ToPrimary::Heartbeat,
+        ToPrimary::Resync,
+    ] {
+        to_primary.extend(encode_message(&m));
+    }
+    write(
+        dir,
+        "channel_decoder",
+        "to-primary",
+        &chunked(&[], &to_primary),
+    );
+}
+
+fn gate_seeds(dir: &Path) {
+    // Start offset 0, then: hold "ab" at ordinal 0, hold "c" one exit later, ack near the
+    // current ordinal, go alone, hold, leave alone mode, hold, discard, rebase to 5.
+    let mut s = vec![0u8; 8];
+    s.extend([0x00, 2, b'a', b'b']);
+    s.extend([0x40, 1, b'c']);
+    s.extend([0x04]);
+    s.extend([0x16]);
+    s.extend([0x00, 1, b'd']);
+    s.extend([0x06]);
+    s.extend([0x40, 1, b'e']);
+    s.extend([0x07]);
+    s.extend([0x17, 5, 0, 0, 0, 0, 0, 0, 0]);
+    write(dir, "output_gate", "ops", &s);
+}
+
+/// device index, encoding, state length, state, restore time, then a few accesses.
+fn device_seed<S: Serialize>(dir: &Path, index: u8, name: &str, state: &S, accesses: &[u8]) {
+    let json = serde_json::to_vec(state).expect("state as JSON");
+    let bin = bincode::serde::encode_to_vec(state, bincode::config::standard())
+        .expect("state as bincode");
+    for (encoding, bytes, suffix) in [(0u8, json, "json"), (1, bin, "bincode")] {
+        let mut s = vec![index, encoding];
+        s.extend((bytes.len() as u16).to_le_bytes());
+        s.extend(&bytes);
+        s.extend(1_000_000_000u64.to_le_bytes());
+        s.extend(accesses);
+        write(dir, "device_states", &format!("{name}-{suffix}"), &s);
+    }
+}
+
+fn device_seeds(dir: &Path) {
+    let clock = FuzzClock::new();
+    let lines = IrqLines::new();
+    // A read at offset 0 and 1 of the first base, a write of 0x11 to offset 0, a step.
+    let acc = [
+        0x01, 0, 0, 0x01, 0, 1, 0x00, 0, 0, 0x11, 0, 0, 0, 0, 0, 0, 0, 0x02, 0xff, 0xff, 0x03,
+    ];
+    device_seed(dir, 0, "pic", &Pic::new().state(), &acc);
+    device_seed(dir, 1, "pit", &Pit::new(clock.clone()).state(), &acc);
+    let cmos = Cmos::new(clock.clone(), 1_700_000_000, 64 << 20);
+    device_seed(dir, 2, "cmos", &cmos.state(), &acc);
+    let serial = Serial::new(IrqLine::new(lines, 4), std::io::sink());
+    device_seed(dir, 3, "serial", &serial.state(), &acc);
+    device_seed(dir, 4, "i8042", &I8042::new().state(), &acc);
+    device_seed(dir, 5, "sysctl", &SysCtl::new(64).state(), &acc);
+    device_seed(dir, 6, "absent", &AbsentPorts::new().state(), &acc);
+}
+
+fn kv_seeds(dir: &Path) {
+    let op = ClientOp {
+        client: 7,
+        seq: 1,
+        op: Op::Put {
+            key: "k".into(),
+            value: "v".into(),
+        },
+    };
+    let requests = [
+        Request::Ping {
+            server: "s1".into(),
+            viewnum: 1,
+        },
+        Request::GetView,
+        Request::Client(op.clone()),
+        Request::Forward {
+            view: 1,
+            from: "s1".into(),
+            msg_seq: 1,
+            op,
+        },
+        Request::Transfer {
+            view: 1,
+            from: "s1".into(),
+            msg_seq: 2,
+            snapshot: Snapshot::default(),
+        },
+        Request::Status,
+    ];
+    let responses = [
+        Response::View(ViewReply {
+            view: View {
+                num: 1,
+                primary: Some("s1".into()),
+                backup: None,
+            },
+            acked: true,
+        }),
+        Response::Ok,
+        Response::Value("v".into()),
+    ];
+    let mut stream = Vec::new();
+    let mut frame = |payload: Vec<u8>| {
+        protocol::write_frame(&mut stream, &payload).expect("frame into a Vec");
+    };
+    for r in &requests {
+        frame(protocol::encode(r).expect("encode a request"));
+    }
+    for r in &responses {
+        frame(protocol::encode(r).expect("encode a response"));
+    }
+    write(dir, "kv_frames", "frames", &chunked(&[], &stream));
+    write(
+        dir,
+        "kv_frames",
+        "frames-pieces",
+        &chunked(&[2, 0, 17], &stream),
+    );
+}
+
+fn main() {
+    let dir = std::env::args().nth(1).expect("usage: gen_seeds DIR");
+    let dir = Path::new(&dir);
+    log_seeds(dir);
+    gate_seeds(dir);
+    device_seeds(dir);
+    kv_seeds(dir);
+}
