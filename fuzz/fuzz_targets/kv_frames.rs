@@ -64,23 +64,18 @@ fuzz_target!(|data: &[u8]| {
         used: 0,
         interrupted: false,
     };
-    // Bounded: every frame consumes at least its 4-byte length.
-    loop {
-        match read_frame(&mut conn) {
-            Ok(payload) => {
-                assert!(payload.len() <= MAX_FRAME);
-                if let Ok(req) = decode::<Request>(&payload) {
-                    check_request(&req);
-                    let again = encode(&req).expect("a decoded request encodes");
-                    assert_reencodes(&payload, &again, "Request");
-                }
-                if let Ok(resp) = decode::<Response>(&payload) {
-                    let again = encode(&resp).expect("a decoded response encodes");
-                    assert_reencodes(&payload, &again, "Response");
-                }
-            }
-            // Closed, too large, cut short: the connection is dropped.
-            Err(_) => break,
+    // Bounded: every frame consumes at least its 4-byte length. Any error (closed, too
+    // large, cut short) drops the connection.
+    while let Ok(payload) = read_frame(&mut conn) {
+        assert!(payload.len() <= MAX_FRAME);
+        if let Ok(req) = decode::<Request>(&payload) {
+            check_request(&req);
+            let again = encode(&req).expect("a decoded request encodes");
+            assert_reencodes(&payload, &again, "Request");
+        }
+        if let Ok(resp) = decode::<Response>(&payload) {
+            let again = encode(&resp).expect("a decoded response encodes");
+            assert_reencodes(&payload, &again, "Response");
         }
     }
 });

@@ -142,3 +142,113 @@ impl Clock for FuzzClock {
         self.0.load(Ordering::SeqCst)
     }
 }
+
+/// What the log decoder and the channel's message decoders share: bytes in, items out,
+/// errors final. One driver ([`check_stream`]) checks them all the same way.
+pub trait StreamDecoder {
+    type Item;
+    type Error: PartialEq + std::fmt::Debug;
+    fn push(&mut self, bytes: &[u8]);
+    fn next_item(&mut self) -> Result<Option<Self::Item>, Self::Error>;
+    fn consumed(&self) -> u64;
+    /// Bytes pushed but not consumed, where the decoder tells.
+    fn buffered(&self) -> Option<usize>;
+    fn finish_ok(&self) -> bool;
+}
+
+impl StreamDecoder for ft_log::Decoder {
+    type Item = ft_log::Entry;
+    type Error = ft_log::CodecError;
+    fn push(&mut self, bytes: &[u8]) {
+        ft_log::Decoder::push(self, bytes);
+    }
+    fn next_item(&mut self) -> Result<Option<Self::Item>, Self::Error> {
+        self.next_entry()
+    }
+    fn consumed(&self) -> u64 {
+        ft_log::Decoder::consumed(self)
+    }
+    fn buffered(&self) -> Option<usize> {
+        None
+    }
+    fn finish_ok(&self) -> bool {
+        self.finish().is_ok()
+    }
+}
+
+impl<M: serde::de::DeserializeOwned> StreamDecoder for ft_log::MessageDecoder<M> {
+    type Item = M;
+    type Error = ft_log::ChannelError;
+    fn push(&mut self, bytes: &[u8]) {
+        ft_log::MessageDecoder::push(self, bytes);
+    }
+    fn next_item(&mut self) -> Result<Option<M>, Self::Error> {
+        self.next_message()
+    }
+    fn consumed(&self) -> u64 {
+        ft_log::MessageDecoder::consumed(self)
+    }
+    fn buffered(&self) -> Option<usize> {
+        Some(ft_log::MessageDecoder::buffered(self))
+    }
+    fn finish_ok(&self) -> bool {
+        self.finish().is_ok()
+    }
+}
+
+/// Feed `input` to `d` piece by piece and pull every item. Checks: each item re-encodes
+/// (by `encode`) to the frame it came from, up to non-canonical integers; a frame that
+/// fails is not consumed and the same error comes back whatever arrives after (a byte
+/// stream cannot be resynchronised); no byte is lost between pushed, buffered and
+/// consumed; and only a stream cut at a frame boundary finishes cleanly.
+pub fn check_stream<D: StreamDecoder>(
+    mut d: D,
+    input: &Chunking<'_>,
+    header_len: usize,
+    encode: impl Fn(&D::Item) -> Vec<u8>,
+    what: &str,
+) {
+    let stream = input.stream;
+    let mut pushed = 0usize;
+    let mut error = None;
+    for piece in input.chunks() {
+        d.push(piece);
+        pushed += piece.len();
+        if let Some(e) = &error {
+            assert_eq!(
+                d.next_item().err().as_ref(),
+                Some(e),
+                "{what}: error not repeated"
+            );
+            continue;
+        }
+        loop {
+            let before = d.consumed() as usize;
+            match d.next_item() {
+                Ok(Some(item)) => {
+                    let after = d.consumed() as usize;
+                    // The first item's bytes include the stream header.
+                    let frame = &stream[before.max(header_len)..after];
+                    assert_reencodes(frame, &encode(&item), what);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    // Only the stream header may have gone (checked in the same call).
+                    let now = d.consumed() as usize;
+                    assert!(
+                        now == before || (before == 0 && now == header_len),
+                        "{what}: a bad frame was consumed ({before} -> {now})"
+                    );
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(b) = d.buffered() {
+            assert_eq!(b + d.consumed() as usize, pushed, "{what}: bytes lost");
+        }
+    }
+    if error.is_none() && d.finish_ok() {
+        assert_eq!(d.consumed() as usize, stream.len(), "{what}: unread bytes");
+    }
+}
