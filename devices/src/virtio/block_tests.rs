@@ -310,3 +310,21 @@ fn guest_writes_show_in_a_dirty_bitmap() {
         "pages it did not write"
     );
 }
+
+/// Found by the virtio_queues fuzz target: a driver may write features the device does
+/// not offer (it is then refused FEATURES_OK), and a state saved at that moment (a
+/// checkpoint or a state transfer mid-negotiation) was refused on restore, so a guest
+/// could keep a backup from joining. Only a state with FEATURES_OK needs the subset.
+#[test]
+fn unoffered_driver_features_before_features_ok_restore() {
+    let (mut f, _lines) = new_function(disk(false));
+    let status = negotiate(&mut f, FEATURES | 1 << 50);
+    assert_eq!(status & FEATURES_OK, 0, "unoffered feature refused");
+    let state = f.state();
+    let irq = || crate::IrqLines::new().level_line(IRQ).unwrap();
+    let g = Dev::from_state(disk(false), irq(), &state).unwrap();
+    assert_eq!(g.state(), state);
+    let mut bad = state.clone();
+    bad.status |= FEATURES_OK;
+    assert!(Dev::from_state(disk(false), irq(), &bad).is_err());
+}

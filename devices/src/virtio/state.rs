@@ -131,7 +131,11 @@ impl<D: VirtioDevice> VirtioPci<D> {
         if state.pending & !known_queues != 0 {
             return Err(err(format!("pending {:#x}", state.pending)));
         }
-        if state.driver_features & !f.device_features() != 0 {
+        // The driver may write any bits while negotiating (the device then refuses
+        // FEATURES_OK), so a state saved then holds them; only an accepted negotiation
+        // guarantees a subset of what is offered.
+        let accepted = state.status & FEATURES_OK as u8 != 0;
+        if accepted && state.driver_features & !f.device_features() != 0 {
             return Err(err(format!("driver features {:#x}", state.driver_features)));
         }
         f.device.restore(&state.device)?;

@@ -267,6 +267,61 @@ fn kv_seeds(dir: &Path) {
     );
 }
 
+/// A split-queue descriptor: address, length, flags (1 NEXT, 2 WRITE), next.
+fn desc(addr: u64, len: u32, flags: u16, next: u16) -> Vec<u8> {
+    let mut d = addr.to_le_bytes().to_vec();
+    d.extend(len.to_le_bytes());
+    d.extend(flags.to_le_bytes());
+    d.extend(next.to_le_bytes());
+    d
+}
+
+/// virtio_queues' "write guest memory" operation.
+fn poke(s: &mut Vec<u8>, addr: u16, bytes: &[u8]) {
+    s.push(6);
+    s.extend(addr.to_le_bytes());
+    s.push(bytes.len() as u8);
+    s.extend(bytes);
+}
+
+/// virtio_queues' bring-up operation: no extra features, then per queue its size and the
+/// pages (addr >> 8) of its descriptor table, avail ring and used ring.
+fn bring_up(s: &mut Vec<u8>, queues: &[[u8; 3]]) {
+    s.push(4);
+    s.extend(0u64.to_le_bytes());
+    for q in queues {
+        s.extend(16u16.to_le_bytes());
+        s.extend(q);
+    }
+}
+
+fn virtio_seeds(dir: &Path) {
+    // Block: one read of sector 0 (header, 512-byte buffer, status byte), notified.
+    let mut s = vec![0, 0];
+    let mut table = desc(0x3000, 16, 1, 1);
+    table.extend(desc(0x4000, 512, 3, 2));
+    table.extend(desc(0x5000, 1, 2, 0));
+    poke(&mut s, 0, &table);
+    poke(&mut s, 0x3000, &[0; 16]);
+    poke(&mut s, 0x1000, &[0, 0, 1, 0, 0, 0]);
+    bring_up(&mut s, &[[0x00, 0x10, 0x20]]);
+    s.extend([5, 0]);
+    write(dir, "virtio_queues", "block-read", &s);
+
+    // Net: a receive buffer filled by a delivered 60-byte frame, and one frame sent.
+    let mut s = vec![1];
+    poke(&mut s, 0, &desc(0x3000, 2048, 2, 0));
+    poke(&mut s, 0x1000, &[0, 0, 1, 0, 0, 0]);
+    poke(&mut s, 0x6000, &desc(0x7000, 72, 0, 0));
+    poke(&mut s, 0x6100, &[0, 0, 1, 0, 0, 0]);
+    poke(&mut s, 0x7000, &[0x11; 72]);
+    bring_up(&mut s, &[[0x00, 0x10, 0x20], [0x60, 0x61, 0x62]]);
+    s.push(7);
+    s.extend(60u16.to_le_bytes());
+    s.extend([5, 1]);
+    write(dir, "virtio_queues", "net-rx-tx", &s);
+}
+
 fn main() {
     let dir = std::env::args().nth(1).expect("usage: gen_seeds DIR");
     let dir = Path::new(&dir);
@@ -274,4 +329,5 @@ fn main() {
     gate_seeds(dir);
     device_seeds(dir);
     kv_seeds(dir);
+    virtio_seeds(dir);
 }
