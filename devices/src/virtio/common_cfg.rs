@@ -1,7 +1,9 @@
 //! The common configuration structure (virtio 1.2, 4.1.4.3): feature negotiation, the
 //! device status and queue setup.
 
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_FAILED, VIRTIO_F_VERSION_1,
+};
 use virtio_queue::QueueT;
 
 use super::transport::{COMMON_LEN, STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RESET};
@@ -13,7 +15,13 @@ impl<D: VirtioDevice> VirtioPci<D> {
             self.reset();
             return;
         }
-        let mut value = value & !STATUS_NEEDS_RESET | self.status & STATUS_NEEDS_RESET;
+        // Bits virtio does not define are not kept: restoring refuses a status with them,
+        // so a guest that set one would make every saved state of its machine unusable.
+        let defined =
+            (VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FAILED) as u8
+                | STATUS_DRIVER_OK
+                | STATUS_FEATURES_OK;
+        let mut value = value & defined | self.status & STATUS_NEEDS_RESET;
         if value & STATUS_FEATURES_OK != 0 && self.status & STATUS_FEATURES_OK == 0 {
             // FEATURES_OK sticks only for a subset of what is offered, with VERSION_1: the
             // driver reads the status back and gives up otherwise (virtio 1.2, 3.1.1).
