@@ -50,7 +50,9 @@ export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module \
 -Cllvm-args=-sanitizer-coverage-trace-compares \
 -Cforce-frame-pointers=yes"
 log "building the fuzz targets for $host (stable, SanitizerCoverage via RUSTFLAGS)"
-cargo build --manifest-path fuzz/Cargo.toml --release --locked --target "$host" --bins
+# Not --locked: fuzz/Cargo.lock follows the path crates' dependencies, which change in
+# commits that never build the fuzz crate; a stale lock is refreshed rather than fatal.
+cargo build --manifest-path fuzz/Cargo.toml --release --target "$host" --bins
 bin=$CARGO_TARGET_DIR/$host/release
 
 # Seeds: real frames, messages and states from ftvm's own encoders (same files each time).

@@ -14,3 +14,7 @@ cargo build --workspace --all-targets --locked
 log "clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked -- --test-threads=2
+# Every fuzz target briefly (issue 12): a regression in a decoder or a device's state
+# validation shows here; longer runs are `scripts/fuzz.sh SECONDS` by hand.
+log "fuzzing each target for ${FUZZ_SECONDS:-10}s"
+scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
