@@ -3,14 +3,16 @@
 //! as a `Request` and as a `Response`, and client operations size-checked.
 //!
 //! Anything can connect to the service's ports, so no input may panic it. Checked besides:
-//! a decoded message re-encodes to the payload it came from (up to bincode's non-canonical
-//! integers) and `read_frame` never hands out more than `MAX_FRAME` bytes.
+//! a decoded message survives encoding and decoding again unchanged, its encoding is no
+//! longer than the payload read, and `read_frame` never hands out more than `MAX_FRAME`
+//! bytes. (Byte equality, as for ft-log, does not hold: a snapshot's maps decode from
+//! keys in any order and with duplicates, and encode sorted and unique.)
 
 #![no_main]
 
 use std::io::{self, Read};
 
-use ftvm_fuzz::{assert_reencodes, Chunking};
+use ftvm_fuzz::Chunking;
 use ftvm_kv::protocol::{check_op_size, decode, encode, read_frame, Request, Response, MAX_FRAME};
 use libfuzzer_sys::fuzz_target;
 
@@ -46,6 +48,19 @@ impl Read for Pieces<'_> {
     }
 }
 
+fn check_round_trip<T>(payload: &[u8], msg: &T, what: &str)
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let again = encode(msg).unwrap_or_else(|e| panic!("{what}: a decoded message encodes: {e}"));
+    assert!(
+        again.len() <= payload.len(),
+        "{what}: re-encoding is longer"
+    );
+    let back: T = decode(&again).unwrap_or_else(|e| panic!("{what}: re-encoding decodes: {e}"));
+    assert_eq!(&back, msg, "{what}: changed by a round trip");
+}
+
 fn check_request(r: &Request) {
     match r {
         Request::Client(op) | Request::Forward { op, .. } => {
@@ -70,12 +85,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(payload.len() <= MAX_FRAME);
         if let Ok(req) = decode::<Request>(&payload) {
             check_request(&req);
-            let again = encode(&req).expect("a decoded request encodes");
-            assert_reencodes(&payload, &again, "Request");
+            check_round_trip(&payload, &req, "Request");
         }
         if let Ok(resp) = decode::<Response>(&payload) {
-            let again = encode(&resp).expect("a decoded response encodes");
-            assert_reencodes(&payload, &again, "Response");
+            check_round_trip(&payload, &resp, "Response");
         }
     }
 });
