@@ -72,8 +72,12 @@ for t in "${targets[@]}"; do
     status=0
     # -timeout: one input taking 10 s is a hang; -rss_limit_mb: leaves room for the other
     # jobs on the machine and turns an unbounded allocation into a finding.
+    # A target's dictionary (fuzz/dict/<target>.dict) holds values mutation rarely finds.
+    dict=()
+    [ -f "fuzz/dict/$t.dict" ] && dict=(-dict="fuzz/dict/$t.dict")
     "$bin/$t" -max_total_time="$seconds" -print_final_stats=1 -timeout=10 \
-        -rss_limit_mb=1024 -artifact_prefix="$artifacts/" "$corpus" >"$out" 2>&1 || status=$?
+        -rss_limit_mb=1024 -artifact_prefix="$artifacts/" "${dict[@]}" "$corpus" \
+        >"$out" 2>&1 || status=$?
     # libFuzzer's last status line: "#N DONE cov: C ft: F corp: ..." (or the last
     # progress line if it stopped early); final stats give the exact executions.
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$out" | tail -1)

@@ -15,7 +15,9 @@ use ft_log::{
     encode_channel_header, encode_entry, encode_header, encode_log_messages, encode_message,
     encode_pages_messages, Delta, Digest, Entry, ExitKind, ExitRecord, Page, ToBackup, ToPrimary,
 };
-use ftvm_devices::{AbsentPorts, Cmos, IrqLine, IrqLines, Pic, Pit, Serial, SysCtl, I8042};
+use ftvm_devices::{
+    AbsentPorts, AbsentPortsState, Cmos, IrqLine, IrqLines, Pic, Pit, Serial, SysCtl, I8042,
+};
 use ftvm_fuzz::FuzzClock;
 use ftvm_kv::protocol::{self, ClientOp, Op, Request, Response, Snapshot, View, ViewReply};
 use serde::Serialize;
@@ -204,6 +206,9 @@ fn device_seeds(dir: &Path) {
     device_seed(dir, 4, "i8042", &I8042::new().state(), &acc);
     device_seed(dir, 5, "sysctl", &SysCtl::new(64).state(), &acc);
     device_seed(dir, 6, "absent", &AbsentPorts::new().state(), &acc);
+    // A count at the top of its range (it overflowed on the next access once).
+    let max = AbsentPortsState { accesses: u64::MAX };
+    device_seed(dir, 6, "absent-max", &max, &acc);
 }
 
 fn kv_seeds(dir: &Path) {
