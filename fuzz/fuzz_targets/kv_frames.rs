@@ -10,43 +10,9 @@
 
 #![no_main]
 
-use std::io::{self, Read};
-
-use ftvm_fuzz::Chunking;
+use ftvm_fuzz::{Chunking, PieceReader};
 use ftvm_kv::protocol::{check_op_size, decode, encode, read_frame, Request, Response, MAX_FRAME};
 use libfuzzer_sys::fuzz_target;
-
-/// A connection that delivers the stream in the input's pieces, one per `read`, and
-/// sometimes an interrupted read first (which the reader must retry).
-struct Pieces<'a> {
-    pieces: Vec<&'a [u8]>,
-    next: usize,
-    /// Bytes of the current piece already delivered.
-    used: usize,
-    interrupted: bool,
-}
-
-impl Read for Pieces<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some(piece) = self.pieces.get(self.next) else {
-            return Ok(0);
-        };
-        if !self.interrupted && piece.first() == Some(&0xee) {
-            self.interrupted = true;
-            return Err(io::ErrorKind::Interrupted.into());
-        }
-        let rest = &piece[self.used..];
-        let n = rest.len().min(buf.len());
-        buf[..n].copy_from_slice(&rest[..n]);
-        self.used += n;
-        if self.used == piece.len() {
-            self.next += 1;
-            self.used = 0;
-            self.interrupted = false;
-        }
-        Ok(n)
-    }
-}
 
 fn check_round_trip<T>(payload: &[u8], msg: &T, what: &str)
 where
@@ -73,12 +39,7 @@ fn check_request(r: &Request) {
 
 fuzz_target!(|data: &[u8]| {
     let input = Chunking::split(data);
-    let mut conn = Pieces {
-        pieces: input.chunks(),
-        next: 0,
-        used: 0,
-        interrupted: false,
-    };
+    let mut conn = PieceReader::new(input.chunks(), true);
     // Bounded: every frame consumes at least its 4-byte length. Any error (closed, too
     // large, cut short) drops the connection.
     while let Ok(payload) = read_frame(&mut conn) {

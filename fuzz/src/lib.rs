@@ -54,6 +54,54 @@ impl<'a> Chunking<'a> {
     }
 }
 
+/// A connection or file that delivers a stream in the input's pieces, at most one piece
+/// per `read`, and (if asked) an interrupted read before each piece that starts with 0xee,
+/// which `Read`'s contract says the caller retries.
+///
+/// It owns copies of the pieces, so it can be a `'static` source (the replayer's is).
+pub struct PieceReader {
+    pieces: Vec<Vec<u8>>,
+    interrupts: bool,
+    next: usize,
+    /// Bytes of the current piece already delivered.
+    used: usize,
+    interrupted: bool,
+}
+
+impl PieceReader {
+    pub fn new(pieces: Vec<&[u8]>, interrupts: bool) -> Self {
+        Self {
+            pieces: pieces.into_iter().map(<[u8]>::to_vec).collect(),
+            interrupts,
+            next: 0,
+            used: 0,
+            interrupted: false,
+        }
+    }
+}
+
+impl std::io::Read for PieceReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Some(piece) = self.pieces.get(self.next) else {
+            return Ok(0);
+        };
+        if self.interrupts && !self.interrupted && piece.first() == Some(&0xee) {
+            self.interrupted = true;
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        let rest = &piece[self.used..];
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.used += n;
+        if self.used == piece.len() {
+            self.next += 1;
+            self.used = 0;
+            self.interrupted = false;
+        }
+        Ok(n)
+    }
+}
+
 /// A frame that decoded to a value and the frame the encoder makes of that value must
 /// agree. bincode accepts integers in a longer form than the one it writes (a small
 /// varint spelled with a 2- or 8-byte marker), so bytes can only be compared when the

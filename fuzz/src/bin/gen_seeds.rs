@@ -109,6 +109,12 @@ fn log_seeds(dir: &Path) {
         "header",
         &chunked(&[], &encode_header()),
     );
+    // The replayer reads the same log, from a file or (bit 7 of byte 0) live, here cut
+    // inside its last frame as when the primary dies mid-send.
+    write(dir, "replay_reader", "file", &chunked(&[9, 200], &log));
+    let mut live = chunked(&[0, 30], &log[..log.len() - 5]);
+    live[0] |= 0x80;
+    write(dir, "replay_reader", "live-cut", &live);
 
     // The channel carries the same log inside Log messages.
     let mut to_backup = encode_channel_header();
