@@ -15,6 +15,7 @@ pub mod key;
 pub mod link;
 pub mod node;
 pub mod pipe;
+pub mod role;
 pub mod secure;
 pub mod shared;
 pub mod status;
