@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use super::tests::{guest_stopped, lost, went_live};
 use super::{Action, Event, Notice, PairRole, RoleConfig, RoleCore};
 
 /// xorshift64* (as in `ft_log`'s simulated network).
@@ -302,13 +303,7 @@ fn step_vmm(
     delay: u64,
 ) {
     if v.notice_loss_at.is_some_and(|t| t <= now) && v.link {
-        w.handle(
-            v,
-            Event::PeerLost {
-                why: "silent".into(),
-                now_ns: now,
-            },
-        );
+        w.handle(v, lost("silent", now));
     }
     // The guest runs where a primary is; its output is held unless the VMM is alone.
     let runs = matches!(
@@ -317,13 +312,7 @@ fn step_vmm(
     );
     if runs && stop_guest_at.is_some_and(|t| t <= now) && v.id == 0 {
         let held_bytes = v.held.len() as u64;
-        w.handle(
-            v,
-            Event::GuestStopped {
-                held_bytes,
-                now_ns: now,
-            },
-        );
+        w.handle(v, guest_stopped(held_bytes, now));
     } else if runs && rng.chance(1, 2) {
         v.exits.push(v.id);
         let exit = v.exits.len() as u64;
@@ -368,15 +357,7 @@ fn step_vmm(
             },
         );
         v.live_at = None;
-        w.handle(
-            v,
-            Event::WentLive {
-                ordinal,
-                exits_verified: ordinal,
-                divergences: 0,
-                now_ns: now,
-            },
-        );
+        w.handle(v, went_live(ordinal, now));
     }
     // Nonsense now and then: every one must be refused without effect.
     if rng.chance(1, 40) {
@@ -386,12 +367,7 @@ fn step_vmm(
                 held_bytes: 0,
                 now_ns: now,
             },
-            1 => Event::WentLive {
-                ordinal: 1,
-                exits_verified: 1,
-                divergences: 0,
-                now_ns: now,
-            },
+            1 => went_live(1, now),
             2 => Event::ClaimWon {
                 epoch: rng.next(),
                 now_ns: now,
@@ -404,7 +380,7 @@ fn step_vmm(
             assert_eq!((v.core.role().clone(), v.core.epoch()), before);
         }
     }
-    let _ = v.core.step(Event::Tick { now_ns: now });
+    w.handle(v, Event::Tick { now_ns: now });
 }
 
 #[test]

@@ -30,9 +30,7 @@ impl RoleCore {
                 if !self.awaits_acks() {
                     return Err(self.unexpected(&event));
                 }
-                self.acked = self.acked.max(ordinal);
-                self.held_bytes = held_bytes;
-                Ok(self.drained(now_ns))
+                Ok(self.acknowledged(ordinal, held_bytes, now_ns))
             }
             Event::Verified {
                 ordinal,
@@ -42,10 +40,8 @@ impl RoleCore {
                 if !self.is_replaying() {
                     return Err(self.unexpected(&event));
                 }
-                self.acked = self.acked.max(ordinal);
-                self.held_bytes = held_bytes;
                 let mut actions = vec![Action::Release { through: ordinal }];
-                actions.extend(self.drained(now_ns));
+                actions.extend(self.acknowledged(ordinal, held_bytes, now_ns));
                 Ok(actions)
             }
             Event::BackupJoined => {
@@ -105,6 +101,14 @@ impl RoleCore {
             }
             Event::Tick { now_ns } => Ok(self.tick(now_ns)),
         }
+    }
+
+    /// Exits acknowledged through `ordinal` (by the backup, or by this backup's own
+    /// replay), `held_bytes` still held: a drain may be over.
+    fn acknowledged(&mut self, ordinal: u64, held_bytes: u64, now_ns: u64) -> Vec<Action> {
+        self.acked = self.acked.max(ordinal);
+        self.held_bytes = held_bytes;
+        self.drained(now_ns)
     }
 
     fn tick(&mut self, now_ns: u64) -> Vec<Action> {

@@ -1,28 +1,42 @@
-//! The role core's transitions, one scenario each, without sockets, files or KVM.
+//! The role core's failovers, one scenario each, without sockets, files or KVM (the
+//! guest's end, stopping, status and nonsense events: `tests_end.rs`).
 
 use super::*;
 
-const CONFIG: RoleConfig = RoleConfig {
+pub(super) const CONFIG: RoleConfig = RoleConfig {
     drain_limit_ns: 1_000,
     status_every_ns: 200,
 };
 
-fn protected_primary(epoch: u64) -> RoleCore {
+pub(super) fn protected_primary(epoch: u64) -> RoleCore {
     let mut p = RoleCore::primary(epoch, CONFIG);
     assert_eq!(p.step(Event::BackupJoined).unwrap(), vec![]);
     assert_eq!(p.role(), &PairRole::PrimaryProtected);
     p
 }
 
-fn lost(why: &str, now_ns: u64) -> Event {
+pub(super) fn lost(why: &str, now_ns: u64) -> Event {
     Event::PeerLost {
         why: why.into(),
         now_ns,
     }
 }
 
-fn status(label: &'static str, replica: bool) -> Action {
+pub(super) fn status(label: &'static str, replica: bool) -> Action {
     Action::WriteStatus(StatusView { label, replica })
+}
+
+pub(super) fn went_live(ordinal: u64, now_ns: u64) -> Event {
+    Event::WentLive {
+        ordinal,
+        exits_verified: ordinal,
+        divergences: 0,
+        now_ns,
+    }
+}
+
+pub(super) fn guest_stopped(held_bytes: u64, now_ns: u64) -> Event {
+    Event::GuestStopped { held_bytes, now_ns }
 }
 
 #[test]
@@ -150,14 +164,7 @@ fn backup_that_wins_replays_what_it_has_then_goes_live() {
         .unwrap(),
         vec![Action::Release { through: 45 }]
     );
-    let a = b
-        .step(Event::WentLive {
-            ordinal: 46,
-            exits_verified: 46,
-            divergences: 0,
-            now_ns: 1_500,
-        })
-        .unwrap();
+    let a = b.step(went_live(46, 1_500)).unwrap();
     assert_eq!(a[..2], [Action::SetAlone, Action::ServeStdout]);
     let Action::Announce(n) = &a[2] else {
         panic!("{a:?}")
@@ -184,12 +191,7 @@ fn backup_that_loses_halts_discards_and_never_outputs_again() {
     assert_eq!(a[3], status("halted", true));
     // Nothing after the halt makes it release, go live or claim.
     for e in [
-        Event::WentLive {
-            ordinal: 9,
-            exits_verified: 9,
-            divergences: 0,
-            now_ns: 5,
-        },
+        went_live(9, 5),
         Event::Verified {
             ordinal: 9,
             held_bytes: 0,
@@ -210,127 +212,6 @@ fn backup_that_loses_halts_discards_and_never_outputs_again() {
 }
 
 #[test]
-fn protected_primary_whose_guest_ends_waits_for_the_acks() {
-    let mut p = protected_primary(1);
-    let a = p
-        .step(Event::GuestStopped {
-            held_bytes: 10,
-            now_ns: 0,
-        })
-        .unwrap();
-    assert_eq!(a, vec![Action::ClosePipe]);
-    assert_eq!(
-        p.role(),
-        &PairRole::Draining {
-            side: Side::Primary,
-            deadline_ns: 1_000
-        }
-    );
-    let ack = |ordinal, held_bytes, now_ns| Event::AckReceived {
-        ordinal,
-        held_bytes,
-        now_ns,
-    };
-    assert_eq!(p.step(ack(5, 4, 100)).unwrap(), vec![]);
-    assert_eq!(p.step(Event::Tick { now_ns: 999 }).unwrap(), vec![]);
-    assert_eq!(
-        p.step(ack(7, 0, 400)).unwrap(),
-        vec![
-            Action::WaitSent { limit_ns: 600 },
-            Action::ShutLink,
-            Action::ClosePipe,
-            Action::FinishGuest,
-            status("stopped", false)
-        ]
-    );
-    assert_eq!(p.acked(), 7);
-}
-
-#[test]
-fn draining_is_bounded_by_its_deadline() {
-    let mut p = protected_primary(1);
-    p.step(Event::GuestStopped {
-        held_bytes: 10,
-        now_ns: 50,
-    })
-    .unwrap();
-    let a = p.step(Event::Tick { now_ns: 1_050 }).unwrap();
-    assert_eq!(a[0], Action::WaitSent { limit_ns: 0 });
-    assert!(a.contains(&Action::FinishGuest));
-    assert!(
-        !a.contains(&Action::SetAlone),
-        "unacknowledged output stays held"
-    );
-    assert!(p.is_finished());
-}
-
-#[test]
-fn guest_ending_with_nothing_held_finishes_at_once() {
-    let mut p = protected_primary(1);
-    let a = p
-        .step(Event::GuestStopped {
-            held_bytes: 0,
-            now_ns: 0,
-        })
-        .unwrap();
-    assert_eq!(
-        a[..2],
-        [Action::ClosePipe, Action::WaitSent { limit_ns: 1_000 }]
-    );
-    let mut alone = RoleCore::primary(1, CONFIG);
-    let a = alone
-        .step(Event::GuestStopped {
-            held_bytes: 5,
-            now_ns: 0,
-        })
-        .unwrap();
-    assert_eq!(
-        a,
-        vec![
-            Action::ClosePipe,
-            Action::FinishGuest,
-            status("stopped", false)
-        ]
-    );
-}
-
-#[test]
-fn backup_lost_while_draining_releases_after_a_won_claim_and_finishes() {
-    let mut p = protected_primary(1);
-    p.step(Event::GuestStopped {
-        held_bytes: 10,
-        now_ns: 0,
-    })
-    .unwrap();
-    p.step(lost("closed", 10)).unwrap();
-    let a = p
-        .step(Event::ClaimWon {
-            epoch: 2,
-            now_ns: 20,
-        })
-        .unwrap();
-    assert_eq!(a[0], Action::SetAlone);
-    assert!(a.contains(&Action::FinishGuest));
-    assert!(matches!(p.role(), PairRole::Stopped { .. }));
-    // Lost instead: it halts (the winner will print the end).
-    let mut p = protected_primary(1);
-    p.step(Event::GuestStopped {
-        held_bytes: 10,
-        now_ns: 0,
-    })
-    .unwrap();
-    p.step(lost("closed", 10)).unwrap();
-    let a = p
-        .step(Event::ClaimLost {
-            epoch: 2,
-            holder: "b".into(),
-        })
-        .unwrap();
-    assert!(a.contains(&Action::DiscardHeld) && !a.contains(&Action::SetAlone));
-    assert!(matches!(p.role(), PairRole::Halted { .. }));
-}
-
-#[test]
 fn a_second_backup_joins_after_a_failover() {
     let mut b = RoleCore::backup(1, CONFIG);
     b.step(lost("silent", 0)).unwrap();
@@ -339,13 +220,7 @@ fn a_second_backup_joins_after_a_failover() {
         now_ns: 1,
     })
     .unwrap();
-    b.step(Event::WentLive {
-        ordinal: 9,
-        exits_verified: 9,
-        divergences: 0,
-        now_ns: 2,
-    })
-    .unwrap();
+    b.step(went_live(9, 2)).unwrap();
     assert!(b.accepts_backup());
     assert_eq!(b.step(Event::BackupJoined).unwrap(), vec![]);
     assert!(b.awaits_acks() && !b.is_replaying());
@@ -412,98 +287,4 @@ fn the_last_epoch_cannot_be_followed() {
     })
     .unwrap();
     assert_eq!(b.epoch(), u64::MAX);
-}
-
-#[test]
-fn events_that_make_no_sense_are_reported_and_change_nothing() {
-    let mut alone = RoleCore::primary(1, CONFIG);
-    let ack = Event::AckReceived {
-        ordinal: 1,
-        held_bytes: 0,
-        now_ns: 0,
-    };
-    assert_eq!(
-        alone.step(ack).unwrap_err(),
-        RoleError::Unexpected {
-            event: "ack received",
-            role: "primary (alone)"
-        }
-    );
-    assert!(alone.step(lost("?", 0)).is_err());
-    assert!(alone
-        .step(Event::ClaimWon {
-            epoch: 2,
-            now_ns: 0
-        })
-        .is_err());
-    assert!(alone
-        .step(Event::WentLive {
-            ordinal: 1,
-            exits_verified: 1,
-            divergences: 0,
-            now_ns: 0
-        })
-        .is_err());
-    assert_eq!(alone.role(), &PairRole::PrimaryAlone);
-    assert_eq!(alone.epoch(), 1);
-    // A backup that has not won never goes live, and a claim answer for another epoch
-    // does not count.
-    let mut b = RoleCore::backup(5, CONFIG);
-    assert!(b
-        .step(Event::WentLive {
-            ordinal: 1,
-            exits_verified: 1,
-            divergences: 0,
-            now_ns: 0
-        })
-        .is_err());
-    assert!(b.step(Event::BackupJoined).is_err());
-    b.step(lost("silent", 0)).unwrap();
-    assert_eq!(
-        b.step(Event::ClaimWon {
-            epoch: 9,
-            now_ns: 0
-        })
-        .unwrap_err(),
-        RoleError::WrongEpoch { asked: 6, got: 9 }
-    );
-    assert!(matches!(b.role(), PairRole::Claiming { epoch: 6, .. }));
-    assert_eq!(b.epoch(), 5);
-}
-
-#[test]
-fn stop_requested_ends_each_side_its_own_way() {
-    let mut p = protected_primary(1);
-    assert_eq!(
-        p.step(Event::StopRequested).unwrap(),
-        vec![
-            Action::ShutLink,
-            Action::ClosePipe,
-            Action::FinishGuest,
-            status("stopped", false)
-        ]
-    );
-    let mut b = RoleCore::backup(1, CONFIG);
-    assert_eq!(
-        b.step(Event::StopRequested).unwrap(),
-        vec![
-            Action::ShutLink,
-            Action::AbortPipe,
-            Action::FinishGuest,
-            status("stopped", true)
-        ]
-    );
-}
-
-#[test]
-fn status_is_written_at_once_then_at_its_interval() {
-    let mut b = RoleCore::backup(1, CONFIG);
-    let tick = |b: &mut RoleCore, now_ns| b.step(Event::Tick { now_ns }).unwrap();
-    assert_eq!(tick(&mut b, 0), vec![status("backup", true)]);
-    assert_eq!(tick(&mut b, 199), vec![]);
-    assert_eq!(tick(&mut b, 200), vec![status("backup", true)]);
-    let mut p = RoleCore::primary(1, CONFIG);
-    assert_eq!(tick(&mut p, 0), vec![status("primary (alone)", false)]);
-    p.step(Event::BackupJoined).unwrap();
-    assert_eq!(tick(&mut p, 500), vec![status("primary", false)]);
 }
