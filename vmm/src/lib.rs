@@ -8,6 +8,7 @@ pub mod bus;
 pub mod clock;
 pub mod compat;
 pub mod console;
+pub mod counters;
 pub mod cpu;
 pub mod ft;
 pub mod kicker;

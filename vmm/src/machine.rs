@@ -80,7 +80,7 @@ pub enum LogSetup {
     /// A backup following its primary's live log, publishing what it has verified.
     LiveReplay(
         Box<dyn std::io::Read + Send>,
-        Arc<crate::replay::LiveCounters>,
+        Arc<crate::counters::LiveCounters>,
     ),
 }
 

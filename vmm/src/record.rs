@@ -42,7 +42,7 @@ pub struct Recorder {
     vm: Arc<VmFd>,
     pub stats: LogStats,
     /// Shared with a primary's controller (status).
-    counters: Option<Arc<crate::replay::LiveCounters>>,
+    counters: Option<Arc<crate::counters::LiveCounters>>,
 }
 
 impl Recorder {
@@ -64,7 +64,7 @@ impl Recorder {
     }
 
     /// Count deltas where a controller can see them.
-    pub fn with_counters(mut self, counters: Arc<crate::replay::LiveCounters>) -> Self {
+    pub fn with_counters(mut self, counters: Arc<crate::counters::LiveCounters>) -> Self {
         self.counters = Some(counters);
         self
     }

@@ -3,10 +3,12 @@
 
 use std::collections::VecDeque;
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ft_log::{CodecError, Decoder, Entry, LogStats};
+
+use crate::counters::LiveCounters;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -14,20 +16,6 @@ pub enum ReplayError {
     Read(#[source] std::io::Error),
     #[error("corrupt log: {0}")]
     Codec(#[from] CodecError),
-}
-
-/// What a live recording or replay shares with its controller while it runs (for the
-/// output rule, status and resynchronisation).
-#[derive(Debug, Default)]
-pub struct LiveCounters {
-    /// Replay: exit ordinal through which everything has been executed and checked (what
-    /// a backup acknowledges). Record: unused.
-    pub verified: AtomicU64,
-    /// Checkpoint deltas logged (record) or applied (replay).
-    pub deltas: AtomicU64,
-    pub divergences: AtomicU64,
-    /// Replay: diverged and waiting for a delta (a backup asks its primary for one).
-    pub recovering: AtomicBool,
 }
 
 /// Counters of a replay.

@@ -22,7 +22,7 @@ use super::console::ConsoleSink;
 use super::pipe::Pipe;
 use super::secure::SecureStream;
 use crate::bus::lock;
-use crate::replay::LiveCounters;
+use crate::counters::LiveCounters;
 
 /// Log bytes per `ToBackup::Log` message at most.
 const LOG_CHUNK: usize = 256 * 1024;

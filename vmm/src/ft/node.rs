@@ -28,8 +28,8 @@ use super::role::{Action, Event, PairRole, RoleConfig, RoleCore};
 use super::secure::SecureError;
 use super::shared::{Claim, SharedDir, SharedError};
 use super::transfer::TransferError;
+use crate::counters::LiveCounters;
 use crate::machine::{Vm, VmError};
-use crate::replay::LiveCounters;
 use crate::vcpu::{LogMode, VcpuEvent, VcpuReport};
 
 #[derive(Debug, thiserror::Error)]

@@ -20,9 +20,9 @@ use super::link::{recv, send, LinkError};
 use super::pipe::Pipe;
 use super::secure::SecureStream;
 use crate::clock::ClockMode;
+use crate::counters::LiveCounters;
 use crate::machine::Vm;
 use crate::record::Recorder;
-use crate::replay::LiveCounters;
 use crate::state::VmState;
 use crate::vcpu::LogMode;
 

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use ft_log::channel::{MessageDecoder, ToBackup, ToPrimary};
 
 use super::{FtError, Node, HANDSHAKE_LIMIT};
+use crate::counters::LiveCounters;
 use crate::ft::link::{chain, recv, Link, LinkError, PrimaryAcks};
 use crate::ft::pipe::Pipe;
 use crate::ft::role::Event;
 use crate::ft::secure::SecureStream;
 use crate::ft::transfer;
-use crate::replay::LiveCounters;
 
 impl Node {
     /// A backup is knocking: transfer the state and start protecting the guest. The

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use ft_log::channel::{encode_channel_header, MessageDecoder, ToBackup, ToPrimary};
 
 use super::{FtError, FtOptions, Node, Outcome, HANDSHAKE_LIMIT};
+use crate::counters::LiveCounters;
 use crate::ft::console::ConsoleSink;
 use crate::ft::link::Link;
 use crate::ft::pipe::Pipe;
@@ -18,7 +19,6 @@ use crate::ft::secure::SecureStream;
 use crate::ft::transfer;
 use crate::machine::{FtHooks, LogSetup, Resources, Vm, VmConfig};
 use crate::platform::ConsoleOut;
-use crate::replay::LiveCounters;
 
 pub(super) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
