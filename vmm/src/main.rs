@@ -130,8 +130,10 @@ struct LogArgs {
     run: RunArgs,
 }
 
-enum Role {
-    Run,
+/// What a single VMM (`run`, `record`, `replay`) does with a log file: none, write one,
+/// or follow one. (A pair member's role is `ftvm::ft::role::PairRole`.)
+enum LogFile {
+    Off,
     Record(PathBuf),
     Replay(PathBuf),
 }
@@ -220,7 +222,7 @@ fn spawn_stdin_reader() -> crossbeam_channel::Receiver<Vec<u8>> {
     rx
 }
 
-fn run(args: RunArgs, role: Role) -> anyhow::Result<i32> {
+fn run(args: RunArgs, log_file: LogFile) -> anyhow::Result<i32> {
     install_stop_signals()?;
     let (snap_tx, snap_rx) = crossbeam_channel::bounded(1);
     let pause_request = std::sync::Arc::new(AtomicBool::new(false));
@@ -234,19 +236,19 @@ fn run(args: RunArgs, role: Role) -> anyhow::Result<i32> {
         None => Box::new(Stdout),
     };
     let started = Instant::now();
-    let log = match &role {
-        Role::Run => LogSetup::Off,
-        Role::Record(path) => LogSetup::Record(Box::new(std::io::BufWriter::new(
+    let log = match &log_file {
+        LogFile::Off => LogSetup::Off,
+        LogFile::Record(path) => LogSetup::Record(Box::new(std::io::BufWriter::new(
             std::fs::File::create(path)
                 .with_context(|| format!("cannot create log {}", path.display()))?,
         ))),
-        Role::Replay(path) => LogSetup::Replay(Box::new(std::io::BufReader::new(
+        LogFile::Replay(path) => LogSetup::Replay(Box::new(std::io::BufReader::new(
             std::fs::File::open(path)
                 .with_context(|| format!("cannot open log {}", path.display()))?,
         ))),
     };
-    let input = match role {
-        Role::Replay(_) => None,
+    let input = match log_file {
+        LogFile::Replay(_) => None,
         _ => Some(spawn_stdin_reader()),
     };
     let mut vm = match (&args.restore, args.kernel) {
@@ -553,9 +555,9 @@ fn main() {
         }
     };
     let result = match cli.command {
-        Command::Run(args) => run(args, Role::Run),
-        Command::Record(a) => run(a.run, Role::Record(a.log)),
-        Command::Replay(a) => run(a.run, Role::Replay(a.log)),
+        Command::Run(args) => run(args, LogFile::Off),
+        Command::Record(a) => run(a.run, LogFile::Record(a.log)),
+        Command::Replay(a) => run(a.run, LogFile::Replay(a.log)),
         Command::Primary(a) => primary(a),
         Command::Backup(a) => backup(a),
         Command::Keygen(a) => keygen(a),
