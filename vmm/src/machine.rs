@@ -72,8 +72,11 @@ fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
-/// Whether the VM records its non-determinism to a log, replays one, or neither.
-pub enum LogSetup {
+/// Whether the VM records its non-determinism to a log, replays one, or neither, as the
+/// byte stream the log goes to or comes from. The VM's builders open it into the vCPU's
+/// [`LogMode`] (a recorder or a replayer) once the VM exists: a recorder needs the VM for
+/// its dirty-page log.
+pub enum LogStream {
     Off,
     Record(Box<dyn std::io::Write + Send>),
     Replay(Box<dyn std::io::Read + Send>),
@@ -124,14 +127,15 @@ pub struct Vm {
     _kvm: Kvm,
 }
 
-fn open_log(log: LogSetup, vm_fd: &Arc<VmFd>) -> Result<LogMode, VmError> {
+/// The vCPU's log from its stream.
+fn open_log(log: LogStream, vm_fd: &Arc<VmFd>) -> Result<LogMode, VmError> {
     Ok(match log {
-        LogSetup::Off => LogMode::Off,
-        LogSetup::Record(out) => LogMode::Record(Box::new(
+        LogStream::Off => LogMode::Off,
+        LogStream::Record(out) => LogMode::Record(Box::new(
             Recorder::new(out, vm_fd.clone()).map_err(VmError::Record)?,
         )),
-        LogSetup::Replay(source) => LogMode::Replay(Box::new(Replayer::new(source))),
-        LogSetup::LiveReplay(source, verified) => {
+        LogStream::Replay(source) => LogMode::Replay(Box::new(Replayer::new(source))),
+        LogStream::LiveReplay(source, verified) => {
             LogMode::Replay(Box::new(Replayer::live(source, verified)))
         }
     })
@@ -200,7 +204,7 @@ impl Vm {
         console: ConsoleOut,
         input_rx: Option<crossbeam_channel::Receiver<Vec<u8>>>,
         pause_request: Arc<std::sync::atomic::AtomicBool>,
-        log: LogSetup,
+        log: LogStream,
     ) -> Result<Self, VmError> {
         Self::boot_with(
             config,
@@ -218,7 +222,7 @@ impl Vm {
         console: ConsoleOut,
         input_rx: Option<crossbeam_channel::Receiver<Vec<u8>>>,
         pause_request: Arc<std::sync::atomic::AtomicBool>,
-        log: LogSetup,
+        log: LogStream,
         hooks: FtHooks,
     ) -> Result<Self, VmError> {
         // Everything the user named is checked before KVM is touched.
@@ -248,7 +252,7 @@ impl Vm {
         boot::write_zero_page(&mem, header, initrd, config.cmdline.len())?;
         cpu::write_boot_tables(&mem)?;
 
-        let dirty_log = hooks.dirty_log || matches!(log, LogSetup::Record(_));
+        let dirty_log = hooks.dirty_log || matches!(log, LogStream::Record(_));
         let (slots, vcpu_fd) = create_vm(&kvm_sys, &mem, dirty_log)?;
         cpu::setup_boot_registers(&vcpu_fd, info.entry)?;
         let mut log = open_log(log, &slots.vm)?;
@@ -301,7 +305,7 @@ impl Vm {
         input_rx: Option<crossbeam_channel::Receiver<Vec<u8>>>,
         trace_exits: Option<&Path>,
         pause_request: Arc<std::sync::atomic::AtomicBool>,
-        log: LogSetup,
+        log: LogStream,
     ) -> Result<Self, VmError> {
         Self::restore_with(
             dir,
@@ -322,7 +326,7 @@ impl Vm {
         input_rx: Option<crossbeam_channel::Receiver<Vec<u8>>>,
         trace_exits: Option<&Path>,
         pause_request: Arc<std::sync::atomic::AtomicBool>,
-        log: LogSetup,
+        log: LogStream,
         hooks: FtHooks,
     ) -> Result<Self, VmError> {
         let loaded = snapshot::load(dir)?;
@@ -351,12 +355,12 @@ impl Vm {
         mem_mib: u64,
         clock_mode: ClockMode,
         res: Resources<'_>,
-        log: LogSetup,
+        log: LogStream,
         hooks: FtHooks,
     ) -> Result<Self, VmError> {
         let trace = open_trace(res.trace_exits)?;
         let kvm_sys = Kvm::new().map_err(VmError::OpenKvm)?;
-        let dirty_log = hooks.dirty_log || matches!(log, LogSetup::Record(_));
+        let dirty_log = hooks.dirty_log || matches!(log, LogStream::Record(_));
         let (slots, vcpu_fd) = create_vm(&kvm_sys, &memory, dirty_log)?;
         state.vcpu.restore(&vcpu_fd)?;
         let mut log = open_log(log, &slots.vm)?;

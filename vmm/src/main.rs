@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ftvm::clock::ClockMode;
 use ftvm::console::WatchedConsole;
-use ftvm::machine::{LogSetup, Vm, VmConfig};
+use ftvm::machine::{LogStream, Vm, VmConfig};
 use ftvm::vcpu::VcpuEvent;
 
 #[derive(Parser)]
@@ -237,12 +237,12 @@ fn run(args: RunArgs, log_file: LogFile) -> anyhow::Result<i32> {
     };
     let started = Instant::now();
     let log = match &log_file {
-        LogFile::Off => LogSetup::Off,
-        LogFile::Record(path) => LogSetup::Record(Box::new(std::io::BufWriter::new(
+        LogFile::Off => LogStream::Off,
+        LogFile::Record(path) => LogStream::Record(Box::new(std::io::BufWriter::new(
             std::fs::File::create(path)
                 .with_context(|| format!("cannot create log {}", path.display()))?,
         ))),
-        LogFile::Replay(path) => LogSetup::Replay(Box::new(std::io::BufReader::new(
+        LogFile::Replay(path) => LogStream::Replay(Box::new(std::io::BufReader::new(
             std::fs::File::open(path)
                 .with_context(|| format!("cannot open log {}", path.display()))?,
         ))),

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ftvm::clock::ClockMode;
-use ftvm::machine::{LogSetup, Vm, VmConfig};
+use ftvm::machine::{LogStream, Vm, VmConfig};
 use ftvm::stop::StopReason;
 use ftvm::vcpu::{VcpuError, VcpuEvent};
 
@@ -58,7 +58,7 @@ fn pause_save_resume_finish() {
         Box::new(console.clone()),
         None,
         Default::default(),
-        LogSetup::Off,
+        LogStream::Off,
     )
     .expect("boot");
 
@@ -120,7 +120,7 @@ fn finish_stops_a_running_guest() {
         Box::new(Console::default()),
         Some(input_rx),
         Default::default(),
-        LogSetup::Off,
+        LogStream::Off,
     )
     .expect("boot");
     vm.vcpu.resume();

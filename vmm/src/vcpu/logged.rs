@@ -22,6 +22,8 @@ use crate::record::{digest, Recorder};
 use crate::replay::{ReplayStats, Replayer};
 use crate::stop::StopReason;
 
+/// What the vCPU does with its log: records into it, replays from it, or neither (opened
+/// from a [`crate::machine::LogStream`]; the controller can switch it while paused).
 pub enum LogMode {
     Off,
     Record(Box<Recorder>),

@@ -17,7 +17,7 @@ use crate::ft::pipe::Pipe;
 use crate::ft::role::RoleCore;
 use crate::ft::secure::SecureStream;
 use crate::ft::transfer;
-use crate::machine::{FtHooks, LogSetup, Resources, Vm, VmConfig};
+use crate::machine::{FtHooks, LogStream, Resources, Vm, VmConfig};
 use crate::platform::ConsoleOut;
 
 pub(super) fn hostname() -> String {
@@ -96,10 +96,16 @@ pub fn run_primary(
     } = Wiring::new(&sink, None);
     let pause = Arc::new(AtomicBool::new(false));
     let vm = match (config, restore) {
-        (_, Some(dir)) => {
-            Vm::restore_with(dir, console, Some(input), None, pause, LogSetup::Off, hooks)?
-        }
-        (Some(c), None) => Vm::boot_with(c, console, Some(input), pause, LogSetup::Off, hooks)?,
+        (_, Some(dir)) => Vm::restore_with(
+            dir,
+            console,
+            Some(input),
+            None,
+            pause,
+            LogStream::Off,
+            hooks,
+        )?,
+        (Some(c), None) => Vm::boot_with(c, console, Some(input), pause, LogStream::Off, hooks)?,
         (None, None) => unreachable!("the command line requires --kernel or --restore"),
     };
     // The stream starts empty even when the guest (restored) has printed before.
@@ -218,7 +224,7 @@ pub fn run_backup(
             trace_exits: None,
             pause_request: Arc::new(AtomicBool::new(false)),
         },
-        LogSetup::LiveReplay(Box::new(pipe.clone()), counters.clone()),
+        LogStream::LiveReplay(Box::new(pipe.clone()), counters.clone()),
         hooks,
     )?;
     let who = format!("backup pid {} on {}", std::process::id(), hostname());
