@@ -7,7 +7,10 @@
 //! - [`console`]: the console under the output rule, and its exactly-once stream;
 //! - [`shared`]: the shared directory's atomic test-and-set;
 //! - [`status`]: what `ftvm status` shows;
-//! - [`node`]: the controller that owns it all and moves between roles.
+//! - [`role`]: the roles (primary alone or protected, backup, going live, halted) as a core
+//!   without I/O: events in, actions out;
+//! - [`node`]: the controller that owns it all, feeds the role core what happens and
+//!   carries out what it decides.
 
 pub mod console;
 pub mod deadline;

@@ -4,9 +4,9 @@
 //! link's verdict, a knocking backup and the test-and-set's answers into the core's events,
 //! and carries out its actions.
 //!
-//! - [`start`]: the primary's and the backup's way in;
-//! - [`join`]: a primary taking a backup (handshake, state transfer, live log);
-//! - [`report`]: the status file.
+//! - `start`: the primary's and the backup's way in;
+//! - `join`: a primary taking a backup (handshake, state transfer, live log);
+//! - `report`: the status file.
 
 mod join;
 mod report;

@@ -1,6 +1,6 @@
 //! Starting a VMM of a pair: the primary claims epoch 1 and boots (or restores) its guest;
 //! the backup connects to the primary, receives its state and builds the VM that replays
-//! its log. Both then hand the VM to the controller ([`super::Node`]).
+//! its log. Both then hand the VM to the controller (`Node`).
 
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
