@@ -25,8 +25,11 @@ pub const ABSENT_PORT_RANGES: &[(u64, u64)] = &[
     (0x3b0, 0x30), // MDA/VGA
     (0x3e8, 0x08), // COM3
     (0x3f0, 0x08), // floppy controller
-    (0xcf8, 0x08), // PCI configuration mechanism 1
 ];
+
+/// PCI configuration mechanism #1 (0xcf8..0xd00): absent too on a machine without a PCI
+/// bus, where the VMM registers [`AbsentPorts`] there as well; a PCI bus takes it otherwise.
+pub const PCI_CONFIG_PORTS: (u64, u64) = (0xcf8, 0x08);
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AbsentPortsState {

@@ -21,7 +21,7 @@ pub mod sysctl;
 pub(crate) mod testing;
 pub mod virtio;
 
-pub use absent::{AbsentPorts, AbsentPortsState, ABSENT_PORT_RANGES};
+pub use absent::{AbsentPorts, AbsentPortsState, ABSENT_PORT_RANGES, PCI_CONFIG_PORTS};
 pub use cmos::{Cmos, CmosState};
 pub use i8042::{I8042State, I8042};
 pub use pci::{PciBus, PciBusState, PciMmio};
@@ -125,7 +125,10 @@ impl IrqLines {
 /// [`IrqLines::levels`] to the PIC (`Pic::set_irq_level`) at synchronous exits. Firmware
 /// (the VMM) marks such lines level-triggered in the ELCR, as a PC BIOS does for PCI
 /// interrupts, so the PIC keeps requesting while the line is high.
-#[derive(Debug)]
+///
+/// A clone is the same source (the same bit): the VMM keeps one to hand to a function it
+/// rebuilds from a saved state, so that loading states never uses up sources.
+#[derive(Debug, Clone)]
 pub struct LevelIrqLine {
     lines: Arc<IrqLines>,
     irq: u8,

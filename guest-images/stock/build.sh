@@ -4,6 +4,9 @@
 # command line. Everything comes from Debian's packages (apt-get download). Idempotent:
 # cached under build/stock/, rebuilt only when missing.
 #
+# The initramfs also carries the kernel's virtio-over-PCI modules (virtio, virtio_ring,
+# virtio_pci and its helpers, virtio_blk) from the same package, loaded by /init.
+#
 # Output: build/stock/{bzImage,vmlinux,initramfs.cpio}
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -52,8 +55,26 @@ if [ ! -s "$out/vmlinux" ]; then
     mv "$out/vmlinux.tmp" "$out/vmlinux"
 fi
 
+# The virtio modules of the kernel package, unpacked once into modules/.
+virtio_modules="drivers/virtio/virtio.ko drivers/virtio/virtio_ring.ko drivers/virtio/virtio_pci.ko
+drivers/virtio/virtio_pci_modern_dev.ko drivers/virtio/virtio_pci_legacy_dev.ko drivers/block/virtio_blk.ko"
+if [ ! -s "$out/modules/virtio_blk.ko" ]; then
+    kpkg=$(cat "$out/kernel-version")
+    deb=$(fetch "$kpkg")
+    rm -rf "$out/modules" "$out/modules-pkg"
+    mkdir -p "$out/modules" "$out/modules-pkg"
+    log "extracting the virtio modules from $(basename "$deb")"
+    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$out/modules-pkg" --wildcards \
+        $(for m in $virtio_modules; do printf './lib/modules/*/kernel/%s ' "$m"; done)
+    for m in $virtio_modules; do
+        cp "$(ls "$out"/modules-pkg/lib/modules/*/kernel/"$m" | head -n1)" "$out/modules/"
+    done
+    rm -rf "$out/modules-pkg"
+fi
+modules=$(for m in $virtio_modules; do printf '%s ' "$out/modules/$(basename "$m")"; done)
+
 kv_bins=$( (find "$top/build/kv/bin" -type f 2>/dev/null || true) | sort | tr '\n' ' ')
-stamp=$(cat "$here/init" "$here/mkinitramfs.py" $kv_bins | sha256sum | cut -c1-16)
+stamp=$(cat "$here/init" "$here/mkinitramfs.py" $kv_bins $modules | sha256sum | cut -c1-16)
 if [ ! -s "$out/initramfs.cpio" ] || [ "$(cat "$out/initramfs.stamp" 2>/dev/null)" != "$stamp" ]; then
     deb=$(fetch busybox-static)
     rm -rf "$out/busybox-pkg"
@@ -61,6 +82,7 @@ if [ ! -s "$out/initramfs.cpio" ] || [ "$(cat "$out/initramfs.stamp" 2>/dev/null
     log "building the busybox initramfs"
     extra=()
     [ -d "$top/build/kv/bin" ] && extra=(--bin-dir "$top/build/kv/bin")
+    for m in $modules; do extra+=(--module "$m"); done
     python3 "$here/mkinitramfs.py" --busybox "$out/busybox-pkg/bin/busybox" \
         --init "$here/init" "${extra[@]}" --output "$out/initramfs.cpio.tmp"
     mv "$out/initramfs.cpio.tmp" "$out/initramfs.cpio"

@@ -1,14 +1,43 @@
 #!/usr/bin/env python3
 """Build an uncompressed newc cpio initramfs (uncompressed: on hosts whose KVM emulates
 kernel mode, inflating it in the guest costs more than reading the larger file): busybox with its applet links, an /init, and
-optional extra static binaries in /bin. Written in Python so no cpio tool is needed;
+optional extra static binaries in /bin, and optional kernel modules in /lib/modules/ftvm
+with a `load-order` file (dependencies first, from each module's `depends=`) that /init
+follows with insmod. Written in Python so no cpio tool is needed;
 timestamps are fixed so the same inputs give the same image."""
 import argparse, io, os, stat
 
 APPLETS = ["sh", "mount", "umount", "echo", "cat", "ls", "mkdir", "sleep", "poweroff",
            "reboot", "halt", "devmem", "dmesg", "uname", "date", "seq", "true", "false",
            "grep", "head", "tail", "wc", "ps", "kill", "ip", "ifconfig", "hostname", "env",
-           "printf", "test", "[", "sync", "cut", "tr", "od", "hexdump", "md5sum", "sed"]
+           "printf", "test", "[", "sync", "cut", "tr", "od", "hexdump", "md5sum", "sed",
+           "insmod", "rm", "cp", "dd", "sha256sum", "df"]
+
+def module_depends(data):
+    """The `depends=` list of a module's .modinfo section."""
+    at = data.find(b"\0depends=")
+    if at < 0:
+        return []
+    value = data[at + 9:data.index(b"\0", at + 9)].decode()
+    return [d for d in value.split(",") if d]
+
+def load_order(mods):
+    """Module names (file stems) ordered so that each comes after what it depends on."""
+    order, seen = [], set()
+    def visit(name, path):
+        if name in seen:
+            return
+        if name in path:
+            raise SystemExit(f"module dependency loop at {name}")
+        for dep in mods[name]:
+            if dep not in mods:
+                raise SystemExit(f"module {name} needs {dep}, which is not given")
+            visit(dep, path + [name])
+        seen.add(name)
+        order.append(name)
+    for name in sorted(mods):
+        visit(name, [])
+    return order
 
 class Cpio:
     def __init__(self):
@@ -34,10 +63,11 @@ def main():
     ap.add_argument("--busybox", required=True)
     ap.add_argument("--init", required=True)
     ap.add_argument("--bin-dir")
+    ap.add_argument("--module", action="append", default=[], help="a kernel module (.ko) to load at boot")
     ap.add_argument("--output", required=True)
     a = ap.parse_args()
     c = Cpio()
-    for d in ["bin", "sbin", "dev", "proc", "sys", "tmp", "etc", "root"]:
+    for d in ["bin", "sbin", "dev", "proc", "sys", "tmp", "etc", "root", "mnt"]:
         c.add(d, stat.S_IFDIR | 0o755)
     # The kernel opens /dev/console for init before devtmpfs is mounted: it must exist.
     c.add("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1))
@@ -48,6 +78,18 @@ def main():
     if a.bin_dir:
         for f in sorted(os.listdir(a.bin_dir)):
             c.add(f"bin/{f}", stat.S_IFREG | 0o755, open(os.path.join(a.bin_dir, f), "rb").read())
+    if a.module:
+        mods, blobs = {}, {}
+        for path in a.module:
+            name = os.path.basename(path)[:-len(".ko")].replace("-", "_")
+            blobs[name] = open(path, "rb").read()
+            mods[name] = module_depends(blobs[name])
+        for d in ["lib", "lib/modules", "lib/modules/ftvm"]:
+            c.add(d, stat.S_IFDIR | 0o755)
+        order = load_order(mods)
+        for name in order:
+            c.add(f"lib/modules/ftvm/{name}.ko", stat.S_IFREG | 0o644, blobs[name])
+        c.add("lib/modules/ftvm/load-order", stat.S_IFREG | 0o644, ("\n".join(order) + "\n").encode())
     with open(a.output, "wb") as f:
         f.write(c.finish())
 

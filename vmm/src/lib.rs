@@ -10,6 +10,7 @@ pub mod compat;
 pub mod console;
 pub mod counters;
 pub mod cpu;
+pub mod disk;
 pub mod ft;
 pub mod kicker;
 pub mod kvm_ext;

@@ -3,7 +3,10 @@
 //! Every item is there to keep the guest deterministic on the user-space platform or
 //! bootable on hosts whose KVM emulates kernel mode (shared/HOST-KVM.md):
 //! - console on the emulated 16550, only one UART probed;
-//! - no local APIC or I/O APIC (there are none), no ACPI or PCI (there is no firmware);
+//! - no local APIC or I/O APIC (there are none), no ACPI (there is no firmware), and no PCI
+//!   unless the machine has PCI devices (disks): then `pci=conf1`, configuration
+//!   mechanism #1 probed directly (no PCI BIOS or MMCONFIG to look for), and each
+//!   function's interrupt taken from its Interrupt Line register;
 //! - no paravirtual clock, async page faults or steal time (KVM would write guest memory at
 //!   host-time moments), TSC hidden so the clock comes from the PIT (`clearcpuid=tsc` must
 //!   stay first: the kernel keeps only 127 characters of that list);
@@ -23,13 +26,19 @@ clearcpuid=tsc,smap,smep,fsgsbase,pcid,invpcid,rdrand,rdseed,popcnt,rdtscp,seria
 
 /// The command line for a guest: ftvm's default followed by the user's additions, or
 /// exactly the user's text when the default is turned off. Parameters after a `--` in the
-/// user's part stay last (they go to init).
-pub fn build_cmdline(user: &str, use_default: bool) -> String {
+/// user's part stay last (they go to init). `pci`: the machine has a PCI bus, so the
+/// default lets the kernel probe it (`pci=conf1` instead of `pci=off`).
+pub fn build_cmdline(user: &str, use_default: bool, pci: bool) -> String {
     let user = user.trim();
+    let default = if pci {
+        DEFAULT_CMDLINE.replacen(" pci=off ", " pci=conf1 ", 1)
+    } else {
+        DEFAULT_CMDLINE.to_owned()
+    };
     match (use_default, user.is_empty()) {
         (false, _) => user.to_owned(),
-        (true, true) => DEFAULT_CMDLINE.to_owned(),
-        (true, false) => format!("{DEFAULT_CMDLINE} {user}"),
+        (true, true) => default,
+        (true, false) => format!("{default} {user}"),
     }
 }
 
@@ -49,8 +58,19 @@ mod tests {
 
     #[test]
     fn user_text_is_appended_or_replaces() {
-        assert_eq!(build_cmdline("", true), DEFAULT_CMDLINE);
-        assert!(build_cmdline("quiet -- echo hi", true).ends_with(" quiet -- echo hi"));
-        assert_eq!(build_cmdline(" root=/dev/x ", false), "root=/dev/x");
+        assert_eq!(build_cmdline("", true, false), DEFAULT_CMDLINE);
+        assert!(build_cmdline("quiet -- echo hi", true, false).ends_with(" quiet -- echo hi"));
+        assert_eq!(build_cmdline(" root=/dev/x ", false, false), "root=/dev/x");
+    }
+
+    #[test]
+    fn pci_is_off_unless_the_machine_has_it() {
+        assert!(DEFAULT_CMDLINE.contains(" pci=off "));
+        let with = build_cmdline("", true, true);
+        assert!(
+            !with.contains("pci=off") && with.contains(" pci=conf1 "),
+            "{with}"
+        );
+        assert_eq!(with.len(), DEFAULT_CMDLINE.len() + 2);
     }
 }

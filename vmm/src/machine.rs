@@ -12,8 +12,9 @@ use crate::clock::{ClockMode, VmClock};
 use crate::compat::syscall::SyscallProbe;
 use crate::compat::CompatError;
 use crate::cpu::{self, CpuError};
+use crate::disk::{open_disks, snapshot_disks, DiskError, DiskRecord, DiskSpec};
 use crate::memory::{self, MemoryError, MemorySlots};
-use crate::platform::{ConsoleOut, Platform, PlatformError};
+use crate::platform::{ConsoleOut, DiskBackend, PciSetup, Platform, PlatformError};
 use crate::record::{RecordError, Recorder};
 use crate::replay::Replayer;
 use crate::snapshot::{self, SnapshotError};
@@ -30,6 +31,8 @@ pub struct VmConfig {
     pub mem_mib: u64,
     pub clock: ClockMode,
     pub trace_exits: Option<PathBuf>,
+    /// Disk images, each a virtio-blk function on a PCI bus (none: no PCI bus at all).
+    pub disks: Vec<DiskSpec>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +63,8 @@ pub enum VmError {
     Record(RecordError),
     #[error("cannot replay: {0}")]
     Replay(String),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
     #[error("cannot create exit trace file {path}")]
     Trace {
         path: PathBuf,
@@ -108,6 +113,8 @@ pub struct Resources<'a> {
     pub input_rx: Option<crossbeam_channel::Receiver<Vec<u8>>>,
     pub trace_exits: Option<&'a Path>,
     pub pause_request: Arc<std::sync::atomic::AtomicBool>,
+    /// The disk images for the saved machine's virtio-blk functions, in order.
+    pub disks: Vec<DiskSpec>,
 }
 
 /// A running (or paused) VM.
@@ -124,7 +131,17 @@ pub struct Vm {
     pub exit_ordinal: Arc<AtomicU64>,
     /// The VM (dirty page log for state transfer); kept alive while the vCPU runs.
     pub vm_fd: Arc<VmFd>,
+    /// Its disk images (recorded in snapshots).
+    pub disks: Vec<DiskSpec>,
     _kvm: Kvm,
+}
+
+/// The PCI part of a machine with `disks`; none without.
+fn pci_setup(disks: Vec<DiskBackend>, memory: &GuestMemoryMmap) -> Option<PciSetup> {
+    (!disks.is_empty()).then(|| PciSetup {
+        disks,
+        memory: memory.clone(),
+    })
 }
 
 /// The vCPU's log from its stream.
@@ -233,6 +250,7 @@ impl Vm {
             None => None,
         };
         let trace = open_trace(config.trace_exits.as_deref())?;
+        let disks = open_disks(&config.disks)?;
         let kvm_sys = Kvm::new().map_err(VmError::OpenKvm)?;
         let mem = memory::create(config.mem_mib)?;
         let kernel = boot::load_kernel(&mem, kernel_file, &config.kernel, config.mem_mib)?;
@@ -273,6 +291,7 @@ impl Vm {
             wall,
             console,
             hooks.console_position.clone().unwrap_or_default(),
+            pci_setup(disks, &mem),
         )?;
         tracing::info!(
             kernel = %config.kernel.display(),
@@ -295,10 +314,12 @@ impl Vm {
             pause_request,
             log,
             hooks,
+            config.disks.clone(),
         )
     }
 
     /// Continue a VM from the snapshot in `dir`.
+    #[allow(clippy::too_many_arguments)]
     pub fn restore(
         dir: &Path,
         console: ConsoleOut,
@@ -306,6 +327,7 @@ impl Vm {
         trace_exits: Option<&Path>,
         pause_request: Arc<std::sync::atomic::AtomicBool>,
         log: LogStream,
+        disks: &[DiskSpec],
     ) -> Result<Self, VmError> {
         Self::restore_with(
             dir,
@@ -315,6 +337,7 @@ impl Vm {
             pause_request,
             log,
             FtHooks::default(),
+            disks,
         )
     }
 
@@ -328,8 +351,10 @@ impl Vm {
         pause_request: Arc<std::sync::atomic::AtomicBool>,
         log: LogStream,
         hooks: FtHooks,
+        disks: &[DiskSpec],
     ) -> Result<Self, VmError> {
         let loaded = snapshot::load(dir)?;
+        let disks = snapshot_disks(&loaded.manifest.disks, disks)?;
         tracing::info!(snapshot = %dir.display(), "snapshot loaded");
         Self::from_state(
             loaded.memory,
@@ -341,6 +366,7 @@ impl Vm {
                 input_rx,
                 trace_exits,
                 pause_request,
+                disks,
             },
             log,
             hooks,
@@ -359,6 +385,7 @@ impl Vm {
         hooks: FtHooks,
     ) -> Result<Self, VmError> {
         let trace = open_trace(res.trace_exits)?;
+        let disks = open_disks(&res.disks)?;
         let kvm_sys = Kvm::new().map_err(VmError::OpenKvm)?;
         let dirty_log = hooks.dirty_log || matches!(log, LogStream::Record(_));
         let (slots, vcpu_fd) = create_vm(&kvm_sys, &memory, dirty_log)?;
@@ -372,6 +399,7 @@ impl Vm {
             clock.clone(),
             res.console,
             hooks.console_position.clone().unwrap_or_default(),
+            pci_setup(disks, &memory),
         )?;
         tracing::info!(ordinal = state.vcpu.ordinal, mem_mib, "VM restored");
         Self::start(
@@ -388,6 +416,7 @@ impl Vm {
             res.pause_request,
             log,
             hooks,
+            res.disks,
         )
     }
 
@@ -406,6 +435,7 @@ impl Vm {
         pause_request: Arc<std::sync::atomic::AtomicBool>,
         log: LogMode,
         hooks: FtHooks,
+        disks: Vec<DiskSpec>,
     ) -> Result<Self, VmError> {
         let replaying = matches!(log, LogMode::Replay(_));
         // A replayer takes input and time only from its log.
@@ -451,6 +481,7 @@ impl Vm {
             syscall_probe,
             exit_ordinal,
             vm_fd,
+            disks,
             _kvm: kvm_sys,
         })
     }
@@ -459,12 +490,19 @@ impl Vm {
     pub fn snapshot(&self, dir: &Path) -> Result<snapshot::Manifest, VmError> {
         self.vcpu.pause(std::time::Duration::from_secs(10))?;
         let state = self.vcpu.save_state()?;
+        // The VM is paused: its disks are quiet (writes are synchronous, at exits).
+        let disks = self
+            .disks
+            .iter()
+            .map(DiskRecord::of)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(snapshot::save(
             dir,
             &state,
             &self.memory,
             self.mem_mib,
             self.clock.mode(),
+            disks,
         )?)
     }
 }

@@ -177,6 +177,13 @@ struct RunArgs {
     /// injected interrupt to this file.
     #[arg(long, value_name = "FILE")]
     trace_exits: Option<PathBuf>,
+    /// A raw disk image for the guest, as a virtio-blk device on a PCI bus (/dev/vda,
+    /// /dev/vdb, ... in order); several allowed. The file must exist and be a multiple
+    /// of 512 bytes; ',readonly' attaches it read-only. Without --disk the machine has no
+    /// PCI bus. With --restore: another copy of each disk the snapshot was taken with
+    /// (same size and contents), in the same order; by default the recorded paths.
+    #[arg(long, value_name = "PATH[,readonly]")]
+    disk: Vec<ftvm::disk::DiskSpec>,
 }
 
 /// Serial output straight to stdout, flushed at once so prompts appear.
@@ -259,15 +266,21 @@ fn run(args: RunArgs, log_file: LogFile) -> anyhow::Result<i32> {
             args.trace_exits.as_deref(),
             pause_request,
             log,
+            &args.disk,
         )?,
         (None, Some(kernel)) => {
             let config = VmConfig {
                 kernel,
                 initrd: args.initrd,
-                cmdline: ftvm::linux::build_cmdline(&args.cmdline, !args.no_default_cmdline),
+                cmdline: ftvm::linux::build_cmdline(
+                    &args.cmdline,
+                    !args.no_default_cmdline,
+                    !args.disk.is_empty(),
+                ),
                 mem_mib: args.mem,
                 clock: args.clock,
                 trace_exits: args.trace_exits,
+                disks: args.disk,
             };
             Vm::boot(&config, console, input, pause_request, log)?
         }
@@ -374,15 +387,20 @@ fn primary(args: PrimaryArgs) -> anyhow::Result<i32> {
     if run.snapshot_on.is_some() || run.trace_exits.is_some() {
         anyhow::bail!("--snapshot-on and --trace-exits are for 'run', not for a primary");
     }
+    if run.restore.is_some() && !run.disk.is_empty() {
+        anyhow::bail!("--disk with --restore is not supported for a primary yet");
+    }
     let opts = ft_options(args.pair, Some(args.listen))?;
     let started = Instant::now();
+    let pci = !run.disk.is_empty();
     let config = run.kernel.map(|kernel| VmConfig {
         kernel,
         initrd: run.initrd,
-        cmdline: ftvm::linux::build_cmdline(&run.cmdline, !run.no_default_cmdline),
+        cmdline: ftvm::linux::build_cmdline(&run.cmdline, !run.no_default_cmdline, pci),
         mem_mib: run.mem,
         clock: run.clock,
         trace_exits: None,
+        disks: run.disk,
     });
     let outcome = ftvm::ft::run_primary(
         config.as_ref(),

@@ -12,11 +12,13 @@ use crate::bus::{lock, Bus, BusError};
 use crate::stop::StopReason;
 
 mod devices;
+mod pci;
 #[cfg(test)]
 mod tests;
 
 pub use devices::{DeviceKind, DeviceState, PlatformDevice, PlatformState, PowerOn, Wiring};
 use devices::{Devices, Staged};
+pub use pci::{DiskBackend, DiskDeviceState, Pci, PciSetup, PciSetupError, PciState, PCI_IRQ};
 
 /// Where the serial console's output goes.
 pub type ConsoleOut = Box<dyn Write + Send>;
@@ -57,6 +59,10 @@ pub enum PlatformError {
     Duplicate(DeviceKind),
     #[error("invalid platform state: the {0:?} device is missing")]
     Missing(DeviceKind),
+    #[error(transparent)]
+    Pci(#[from] PciSetupError),
+    #[error("the saved machine has {saved} disks but {given} were given")]
+    DiskCount { saved: usize, given: usize },
 }
 
 /// The machine's devices (see [`devices`] for the table of them) on their buses.
@@ -65,6 +71,8 @@ pub struct Platform {
     pub mmio: Bus,
     devices: Devices,
     wiring: Wiring,
+    /// The PCI bus and its functions, on a machine with disks.
+    pci: Option<Pci>,
 }
 
 impl Platform {
@@ -75,6 +83,7 @@ impl Platform {
         wall_clock_unix_secs: u64,
         console: ConsoleOut,
         position: Arc<AtomicU64>,
+        pci: Option<PciSetup>,
     ) -> Result<Self, PlatformError> {
         position.store(0, Ordering::SeqCst);
         let wiring = Wiring::new(clock, console, position);
@@ -83,7 +92,21 @@ impl Platform {
             wall_clock_unix_secs,
         };
         let staged = Staged::power_on(&wiring, &power);
-        Self::assemble(staged, wiring)
+        let pci = match pci {
+            Some(setup) => Some(Pci::power_on(setup, &wiring.irq_lines)?),
+            None => None,
+        };
+        let platform = Self::assemble(staged, wiring, pci)?;
+        if platform.pci.is_some() {
+            // As a PC's firmware does for the lines it routes PCI interrupts to.
+            let mut elcr = [0u8];
+            platform
+                .pio
+                .read(ftvm_devices::pic::ELCR_BASE + 1, &mut elcr);
+            elcr[0] |= 1 << (PCI_IRQ - 8);
+            platform.pio.write(ftvm_devices::pic::ELCR_BASE + 1, &elcr);
+        }
+        Ok(platform)
     }
 
     /// Devices restored from a saved state (validated on the way in).
@@ -92,29 +115,68 @@ impl Platform {
         clock: Arc<dyn Clock>,
         console: ConsoleOut,
         position: Arc<AtomicU64>,
+        pci: Option<PciSetup>,
     ) -> Result<Self, PlatformError> {
         position.store(state.console_bytes, Ordering::SeqCst);
         let wiring = Wiring::new(clock, console, position);
+        let saved_pci = state.pci.clone();
+        let given = pci.as_ref().map_or(0, |p| p.disks.len());
+        let pci = match (saved_pci, pci) {
+            (None, None) => None,
+            (Some(saved), Some(setup)) if saved.disks.len() == given => {
+                Some(Pci::restore(&saved, setup, &wiring.irq_lines)?)
+            }
+            (saved, _) => {
+                return Err(PlatformError::DiskCount {
+                    saved: saved.map_or(0, |s| s.disks.len()),
+                    given,
+                })
+            }
+        };
         let staged = Staged::restore(state, &wiring)?;
-        Self::assemble(staged, wiring)
+        Self::assemble(staged, wiring, pci)
     }
 
-    fn assemble(staged: Staged, wiring: Wiring) -> Result<Self, PlatformError> {
+    fn assemble(staged: Staged, wiring: Wiring, pci: Option<Pci>) -> Result<Self, PlatformError> {
         let devices = Devices::new(staged);
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
         devices.place(&mut pio, &mut mmio)?;
+        match &pci {
+            Some(pci) => pci.place(&mut pio, &mut mmio)?,
+            None => {
+                // Without a PCI bus, configuration mechanism #1 is one more absent range.
+                let (base, len) = ftvm_devices::PCI_CONFIG_PORTS;
+                pio.insert(devices.absent.clone(), base, len)?;
+            }
+        }
         Ok(Self {
             pio,
             mmio,
             devices,
             wiring,
+            pci,
         })
     }
 
     pub fn state(&self) -> PlatformState {
-        self.devices
-            .state(self.wiring.console.position.load(Ordering::SeqCst))
+        self.devices.state(
+            self.wiring.console.position.load(Ordering::SeqCst),
+            self.pci.as_ref().map(Pci::state),
+        )
+    }
+
+    /// Let the PCI functions handle what the guest's last write asked of them (a queue
+    /// notify): called after every port or MMIO write exit. Returns requests completed.
+    pub fn process_devices(&self) -> usize {
+        self.pci.as_ref().map_or(0, Pci::process)
+    }
+
+    /// Guest pages devices wrote since the last call (not in KVM's dirty log).
+    pub fn take_device_pages(&self) -> Vec<u64> {
+        self.pci
+            .as_ref()
+            .map_or_else(Vec::new, Pci::take_written_pages)
     }
 
     /// A device asked to end the VM (power-off, reset).
@@ -144,8 +206,22 @@ impl Platform {
     /// keeps its writer). The state is validated first; on error nothing changes.
     pub fn load_state(&self, state: PlatformState) -> Result<(), PlatformError> {
         let console_bytes = state.console_bytes;
+        let pci = match (&self.pci, &state.pci) {
+            (None, None) => None,
+            (Some(pci), Some(saved)) => Some((pci, pci.stage(saved)?)),
+            (pci, saved) => {
+                return Err(PlatformError::DiskCount {
+                    saved: saved.as_ref().map_or(0, |s| s.disks.len()),
+                    given: pci.as_ref().map_or(0, Pci::disk_count),
+                })
+            }
+        };
         let staged = Staged::restore(state, &self.wiring)?;
         self.devices.replace(staged);
+        if let Some((pci, staged)) = pci {
+            // Checkpoints keep this machine's own disk CRC (see `Pci::replace`).
+            pci.replace(staged, false)?;
+        }
         self.wiring
             .console
             .position
@@ -170,6 +246,10 @@ impl Platform {
             if raised & (1 << irq) != 0 {
                 pic.raise_irq(irq);
             }
+        }
+        if self.pci.is_some() {
+            let levels = self.wiring.irq_lines.levels();
+            pic.set_irq_level(PCI_IRQ, levels & (1 << PCI_IRQ) != 0);
         }
         let others_waiting = pic.requested_lines() & !1 != 0;
         if !others_waiting && lock(&self.devices.pit).poll_irq0() {

@@ -99,6 +99,9 @@ impl Recorder {
         let vcpu = encode_state(&VcpuState::save(fd, ordinal, halted)?)?;
         let devices = encode_state(&platform.state())?;
         let mut pages = Vec::new();
+        // Pages the VMM's devices wrote (disk reads): KVM's dirty log does not see them.
+        let mut device_pages: std::collections::BTreeSet<u64> =
+            platform.take_device_pages().into_iter().collect();
         for (slot, region) in mem.iter().enumerate() {
             let start = region.start_addr().raw_value();
             let bitmap = self
@@ -118,10 +121,18 @@ impl Recorder {
                     let bit = bits.trailing_zeros() as u64;
                     bits &= bits - 1;
                     let gpa = start + (w as u64 * 64 + bit) * PAGE_SIZE;
+                    device_pages.remove(&gpa);
                     let mut data = vec![0u8; PAGE_SIZE as usize];
                     mem.read_slice(&mut data, GuestAddress(gpa))?;
                     pages.push(Page { gpa, data });
                 }
+            }
+        }
+        if !full {
+            for gpa in device_pages {
+                let mut data = vec![0u8; PAGE_SIZE as usize];
+                mem.read_slice(&mut data, GuestAddress(gpa))?;
+                pages.push(Page { gpa, data });
             }
         }
         if full {

@@ -67,6 +67,10 @@ pub struct Manifest {
     pub clock: ClockMode,
     pub state: FileSum,
     pub memory: FileSum,
+    /// The disk images attached when the snapshot was taken (path, mode, size, CRC32):
+    /// a restore refuses any other image.
+    #[serde(default)]
+    pub disks: Vec<crate::disk::DiskRecord>,
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SnapshotError + 'a {
@@ -93,6 +97,7 @@ pub fn save(
     mem: &GuestMemoryMmap,
     mem_mib: u64,
     clock: ClockMode,
+    disks: Vec<crate::disk::DiskRecord>,
 ) -> Result<Manifest, SnapshotError> {
     if dir.exists() {
         return Err(SnapshotError::Exists {
@@ -125,6 +130,7 @@ pub fn save(
             crc32: crc32fast::hash(&state_bytes),
         },
         memory,
+        disks,
     };
     let manifest_path = partial.join("manifest.json");
     let text = serde_json::to_vec_pretty(&manifest).map_err(|e| SnapshotError::BadManifest {

@@ -52,6 +52,7 @@ fn pause_save_resume_finish() {
         mem_mib: 16,
         clock: ClockMode::Host,
         trace_exits: None,
+        disks: Vec::new(),
     };
     let mut vm = Vm::boot(
         &config,
@@ -112,6 +113,7 @@ fn finish_stops_a_running_guest() {
         mem_mib: 16,
         clock: ClockMode::Host,
         trace_exits: None,
+        disks: Vec::new(),
     };
     // The serial guest waits for input forever (its input channel stays open).
     let (_input_tx, input_rx) = crossbeam_channel::unbounded::<Vec<u8>>();

@@ -15,6 +15,7 @@ use ftvm_devices::{
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use super::pci::PciState;
 use super::{ConsoleOut, PlatformError, SharedConsole, COM1_BASE, SERIAL_IRQ};
 use crate::bus::{lock, Bus, BusError, SharedDevice};
 use crate::layout;
@@ -182,6 +183,10 @@ impl PlatformDevice for AbsentPorts {
 pub(crate) struct SavedPlatform {
     devices: Vec<DeviceState>,
     console_bytes: u64,
+    /// The PCI bus and its functions, on a machine with disks. Absent from snapshots
+    /// taken before PCI existed.
+    #[serde(default)]
+    pci: Option<PciState>,
 }
 
 /// Generates, from one line per device (`field: Model => Kind`):
@@ -223,6 +228,8 @@ macro_rules! device_table {
             $(pub $field: <$model as PlatformDevice>::State,)+
             /// Bytes the guest has written to its console so far.
             pub console_bytes: u64,
+            /// The PCI part, present exactly when the machine has disks.
+            pub pci: Option<PciState>,
         }
 
         impl From<PlatformState> for SavedPlatform {
@@ -230,6 +237,7 @@ macro_rules! device_table {
                 SavedPlatform {
                     devices: vec![$(DeviceState::$kind(s.$field),)+],
                     console_bytes: s.console_bytes,
+                    pci: s.pci,
                 }
             }
         }
@@ -250,6 +258,7 @@ macro_rules! device_table {
                 Ok(PlatformState {
                     $($field: $field.ok_or(PlatformError::Missing(DeviceKind::$kind))?,)+
                     console_bytes: saved.console_bytes,
+                    pci: saved.pci,
                 })
             }
         }
@@ -298,10 +307,11 @@ macro_rules! device_table {
                 $(*lock(&self.$field) = staged.$field;)+
             }
 
-            pub fn state(&self, console_bytes: u64) -> PlatformState {
+            pub fn state(&self, console_bytes: u64, pci: Option<PciState>) -> PlatformState {
                 PlatformState {
                     $($field: lock(&self.$field).save(),)+
                     console_bytes,
+                    pci,
                 }
             }
         }

@@ -27,6 +27,7 @@ fn platform() -> Platform {
         WALL,
         Box::new(std::io::sink()),
         Arc::new(AtomicU64::new(0)),
+        None,
     )
     .unwrap()
 }
@@ -96,6 +97,7 @@ fn a_state_round_trips_through_both_encodings_and_a_restore() {
         Arc::new(Frozen),
         Box::new(std::io::sink()),
         position.clone(),
+        None,
     )
     .unwrap();
     assert_eq!(restored.state(), state);
@@ -163,6 +165,7 @@ fn an_invalid_state_changes_nothing() {
         Arc::new(Frozen),
         Box::new(std::io::sink()),
         Arc::new(AtomicU64::new(0)),
+        None,
     )
     .is_err());
 }

@@ -113,6 +113,8 @@ impl Vcpu {
                     )));
                 }
                 self.metrics.pio_out += 1;
+                // A queue notify completes here, at this exit (see platform::pci).
+                self.platform.process_devices();
                 SyncExit::PioOut(port, len, value)
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
@@ -134,6 +136,7 @@ impl Vcpu {
                     )));
                 }
                 self.metrics.mmio_write += 1;
+                self.platform.process_devices();
                 SyncExit::MmioWrite(addr, len, value)
             }
             Ok(VcpuExit::Hlt) => {

@@ -104,6 +104,8 @@ pub fn run_primary(
             pause,
             LogStream::Off,
             hooks,
+            // `primary --restore` refuses --disk (main.rs): the recorded disks, if any.
+            &[],
         )?,
         (Some(c), None) => Vm::boot_with(c, console, Some(input), pause, LogStream::Off, hooks)?,
         (None, None) => unreachable!("the command line requires --kernel or --restore"),
@@ -223,6 +225,9 @@ pub fn run_backup(
             input_rx: None,
             trace_exits: None,
             pause_request: Arc::new(AtomicBool::new(false)),
+            // Disks under a pair come with issue 11: a primary with disks has a PCI
+            // state that a backup without them refuses.
+            disks: Vec::new(),
         },
         LogStream::LiveReplay(Box::new(pipe.clone()), counters.clone()),
         hooks,

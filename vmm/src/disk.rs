@@ -1,0 +1,336 @@
+//! Disk images for virtio-blk: `--disk PATH[,readonly]`, the raw image file behind a
+//! [`BlockBackend`], and what a snapshot records to recognise its disk again.
+//!
+//! The backend keeps a running CRC32 of every block it reads or writes (kind, offset and
+//! data), part of the device state: the run's final digest covers what the disk did, so a
+//! replay over another image (or one that skipped writes) ends with a different digest.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use ftvm_devices::virtio::BlockBackend;
+
+use crate::platform::DiskBackend;
+use serde::{Deserialize, Serialize};
+
+const SECTOR: u64 = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("bad --disk '{spec}': {reason} (expected PATH or PATH,readonly)")]
+    BadSpec { spec: String, reason: &'static str },
+    #[error("disk image {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("disk image {path} is not a regular file")]
+    NotAFile { path: PathBuf },
+    #[error("disk image {path} is {len} bytes, not a multiple of 512")]
+    Unaligned { path: PathBuf, len: u64 },
+    #[error("disk image {path} is read-only; add ',readonly' to attach it read-only")]
+    ReadOnlyFile { path: PathBuf },
+    #[error("disk {path} is not the image the snapshot was taken with ({what})")]
+    Mismatch { path: PathBuf, what: String },
+    #[error("the snapshot was taken with {recorded} disks but --disk names {given}")]
+    Count { recorded: usize, given: usize },
+    #[error("cannot read disk image {path} to check it: {source}")]
+    Digest {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One `--disk` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+impl FromStr for DiskSpec {
+    type Err = DiskError;
+    fn from_str(spec: &str) -> Result<Self, DiskError> {
+        let bad = |reason| DiskError::BadSpec {
+            spec: spec.to_owned(),
+            reason,
+        };
+        let mut parts = spec.split(',');
+        let path = parts.next().unwrap_or_default();
+        if path.is_empty() {
+            return Err(bad("the path is empty"));
+        }
+        let mut read_only = false;
+        for option in parts {
+            match option {
+                "readonly" | "ro" if !read_only => read_only = true,
+                "readonly" | "ro" => return Err(bad("readonly is given twice")),
+                _ => return Err(bad("unknown option after the path")),
+            }
+        }
+        Ok(Self {
+            path: PathBuf::from(path),
+            read_only,
+        })
+    }
+}
+
+/// A raw image file, shared by the device and the VMM (a rebuilt device reuses it).
+#[derive(Debug, Clone)]
+pub struct FileBackend {
+    file: Arc<File>,
+    len: u64,
+    /// Running CRC32 of the blocks moved so far.
+    io_crc: Arc<AtomicU32>,
+}
+
+impl FileBackend {
+    /// Open the image of `spec`: a regular file, a multiple of 512 bytes, writable unless
+    /// read-only was asked.
+    pub fn open(spec: &DiskSpec) -> Result<Self, DiskError> {
+        let path = &spec.path;
+        let open = |source| DiskError::Open {
+            path: path.clone(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(open)?;
+        if !meta.is_file() {
+            return Err(DiskError::NotAFile { path: path.clone() });
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!spec.read_only)
+            .open(path)
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+                    if !spec.read_only =>
+                {
+                    DiskError::ReadOnlyFile { path: path.clone() }
+                }
+                _ => open(source),
+            })?;
+        let len = file.metadata().map_err(open)?.len();
+        if len % SECTOR != 0 {
+            return Err(DiskError::Unaligned {
+                path: path.clone(),
+                len,
+            });
+        }
+        Ok(Self {
+            file: Arc::new(file),
+            len,
+            io_crc: Arc::new(AtomicU32::new(0)),
+        })
+    }
+
+    pub fn io_crc(&self) -> u32 {
+        self.io_crc.load(Ordering::SeqCst)
+    }
+
+    pub fn set_io_crc(&self, crc: u32) {
+        self.io_crc.store(crc, Ordering::SeqCst);
+    }
+
+    fn account(&self, kind: u8, offset: u64, data: &[u8]) {
+        let mut h = crc32fast::Hasher::new_with_initial(self.io_crc());
+        h.update(&[kind]);
+        h.update(&offset.to_le_bytes());
+        h.update(data);
+        self.set_io_crc(h.finalize());
+    }
+
+    fn check(&self, offset: u64, len: usize) -> std::io::Result<()> {
+        let end = u64::try_from(len).ok().and_then(|l| offset.checked_add(l));
+        match end {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "access past the end of the image",
+            )),
+        }
+    }
+}
+
+impl BlockBackend for FileBackend {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.check(offset, buf.len())?;
+        self.file.read_exact_at(buf, offset)?;
+        self.account(b'r', offset, buf);
+        Ok(())
+    }
+
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+        self.check(offset, buf.len())?;
+        self.file.write_all_at(buf, offset)?;
+        self.account(b'w', offset, buf);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+/// What a snapshot records of a disk, to refuse restoring over another image.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiskRecord {
+    pub path: PathBuf,
+    pub read_only: bool,
+    pub bytes: u64,
+    pub crc32: u32,
+}
+
+impl DiskRecord {
+    /// Size and CRC32 of the image at `spec` now.
+    pub fn of(spec: &DiskSpec) -> Result<Self, DiskError> {
+        let (bytes, crc32) = image_sum(&spec.path)?;
+        Ok(Self {
+            path: spec.path.clone(),
+            read_only: spec.read_only,
+            bytes,
+            crc32,
+        })
+    }
+
+    /// The spec to attach the recorded image again.
+    pub fn spec(&self) -> DiskSpec {
+        DiskSpec {
+            path: self.path.clone(),
+            read_only: self.read_only,
+        }
+    }
+}
+
+/// Open every disk image (each checked: a regular file of whole sectors, writable unless
+/// read-only was asked).
+pub fn open_disks(specs: &[DiskSpec]) -> Result<Vec<DiskBackend>, DiskError> {
+    specs
+        .iter()
+        .map(|spec| {
+            Ok(DiskBackend {
+                backend: FileBackend::open(spec)?,
+                read_only: spec.read_only,
+            })
+        })
+        .collect()
+}
+
+/// The disks to restore a snapshot with: those it recorded, or the `given` copies, which
+/// must match the recorded images in number, size and CRC32.
+pub fn snapshot_disks(
+    recorded: &[DiskRecord],
+    given: &[DiskSpec],
+) -> Result<Vec<DiskSpec>, DiskError> {
+    if given.is_empty() {
+        return Ok(recorded.iter().map(DiskRecord::spec).collect());
+    }
+    if given.len() != recorded.len() {
+        return Err(DiskError::Count {
+            recorded: recorded.len(),
+            given: given.len(),
+        });
+    }
+    for (spec, rec) in given.iter().zip(recorded) {
+        let (bytes, crc32) = image_sum(&spec.path)?;
+        let what = if bytes != rec.bytes {
+            format!("{bytes} bytes, the snapshot's had {}", rec.bytes)
+        } else if crc32 != rec.crc32 {
+            format!("CRC32 {crc32:#010x}, the snapshot's {:#010x}", rec.crc32)
+        } else {
+            continue;
+        };
+        return Err(DiskError::Mismatch {
+            path: spec.path.clone(),
+            what,
+        });
+    }
+    Ok(given.to_vec())
+}
+
+/// Length and CRC32 of a whole image file.
+pub fn image_sum(path: &Path) -> Result<(u64, u32), DiskError> {
+    let err = |source| DiskError::Digest {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = File::open(path).map_err(err)?;
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(err)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    Ok((bytes, h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse() {
+        let s: DiskSpec = "/tmp/a.img".parse().unwrap();
+        assert_eq!(s.path, PathBuf::from("/tmp/a.img"));
+        assert!(!s.read_only);
+        assert!("/tmp/a.img,readonly".parse::<DiskSpec>().unwrap().read_only);
+        for bad in ["", ",readonly", "a,rw", "a,readonly,ro"] {
+            let e = bad.parse::<DiskSpec>().unwrap_err().to_string();
+            assert!(e.starts_with("bad --disk"), "{e}");
+        }
+    }
+
+    #[test]
+    fn images_are_checked() {
+        let dir = std::env::temp_dir().join(format!("ftvm-disk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec = |p: &Path, ro| DiskSpec {
+            path: p.to_owned(),
+            read_only: ro,
+        };
+        assert!(matches!(
+            FileBackend::open(&spec(&dir, false)),
+            Err(DiskError::NotAFile { .. })
+        ));
+        assert!(matches!(
+            FileBackend::open(&spec(&dir.join("none"), false)),
+            Err(DiskError::Open { .. })
+        ));
+        let odd = dir.join("odd.img");
+        std::fs::write(&odd, [0u8; 100]).unwrap();
+        assert!(matches!(
+            FileBackend::open(&spec(&odd, false)),
+            Err(DiskError::Unaligned { len: 100, .. })
+        ));
+        let img = dir.join("a.img");
+        std::fs::write(&img, vec![0u8; 1024]).unwrap();
+        let mut b = FileBackend::open(&spec(&img, false)).unwrap();
+        b.write_at(512, &[7u8; 512]).unwrap();
+        let crc = b.io_crc();
+        assert_ne!(crc, 0);
+        let mut buf = [0u8; 512];
+        b.read_at(512, &mut buf).unwrap();
+        assert_eq!(buf, [7u8; 512]);
+        assert!(b.read_at(1000, &mut buf).is_err());
+        assert!(b.read_at(u64::MAX, &mut buf).is_err());
+        assert_ne!(b.io_crc(), crc);
+        let (len, _) = image_sum(&img).unwrap();
+        assert_eq!(len, 1024);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,340 @@
+//! The PCI part of the platform, present only when the machine has disks: the host bridge
+//! (configuration mechanism #1 at 0xcf8), one virtio-blk function per `--disk`, their BARs
+//! in the MMIO window and their INTx pins on ISA line [`PCI_IRQ`] (level-triggered, as
+//! firmware sets the ELCR for PCI lines).
+//!
+//! Requests complete synchronously at the exit of the driver's notify write (or a write
+//! through the PCI_CFG window): [`Pci::process`] runs right after every port or MMIO write,
+//! so the completion and its interrupt happen at a synchronous exit the log already names
+//! and a replayer verifies.
+//!
+//! Devices write guest memory (disk reads) through a second view of the guest's RAM whose
+//! bitmap marks the pages written: KVM's dirty log does not see those writes, so
+//! checkpoint deltas add [`Pci::take_written_pages`].
+
+use std::sync::{Arc, Mutex};
+
+use ftvm_devices::pci::{
+    PciFunction, CONFIG_ADDRESS_PORT, CONFIG_PORTS_LEN, DEFAULT_MMIO_WINDOW_LEN,
+    DEFAULT_MMIO_WINDOW_START,
+};
+use ftvm_devices::virtio::{Block, BlockState, VirtioPciState};
+use ftvm_devices::{IrqLines, LevelIrqLine, PciBus, PciBusState, PciMmio, StateError, VirtioPci};
+use serde::{Deserialize, Serialize};
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::mmap::MmapRegion;
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap};
+
+use crate::bus::{lock, Bus, BusError, SharedDevice};
+use crate::disk::FileBackend;
+use crate::memory::PAGE_SIZE;
+
+/// The ISA line every PCI function's INTA# is routed to (shared, wired-OR).
+pub const PCI_IRQ: u8 = 10;
+
+type BlockFunction = VirtioPci<Block<FileBackend>>;
+type DmaMemory = GuestMemoryMmap<AtomicBitmap>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PciSetupError {
+    #[error("cannot set up the PCI bus: {0}")]
+    Pci(#[from] ftvm_devices::pci::PciError),
+    #[error("cannot create virtio-blk function {index}: {source}")]
+    Virtio {
+        index: usize,
+        #[source]
+        source: ftvm_devices::virtio::VirtioError,
+    },
+    #[error("no free interrupt source for PCI function {0}")]
+    NoIrqSource(usize),
+    #[error("cannot map guest memory for device writes: {0}")]
+    Dma(String),
+}
+
+/// A disk as the machine's configuration gives it.
+#[derive(Clone)]
+pub struct DiskBackend {
+    pub backend: FileBackend,
+    pub read_only: bool,
+}
+
+/// What the platform needs to build its PCI part.
+pub struct PciSetup {
+    pub disks: Vec<DiskBackend>,
+    pub memory: GuestMemoryMmap,
+}
+
+/// One disk's saved device: the virtio-pci function and the backend's running CRC.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiskDeviceState {
+    pub function: VirtioPciState<BlockState>,
+    pub io_crc: u32,
+}
+
+/// The saved PCI part: the bus's registers and each function, in device-number order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PciState {
+    pub bus: PciBusState,
+    pub disks: Vec<DiskDeviceState>,
+}
+
+struct Disk {
+    function: Arc<Mutex<BlockFunction>>,
+    config: DiskBackend,
+    /// The function's INTx source, kept to give to a function rebuilt from a state.
+    line: LevelIrqLine,
+}
+
+pub struct Pci {
+    bus: Arc<Mutex<PciBus>>,
+    disks: Vec<Disk>,
+    dma: DmaMemory,
+    /// Keeps the mappings `dma` points into alive.
+    _memory: GuestMemoryMmap,
+}
+
+fn serial(index: usize) -> String {
+    format!("ftvm-disk{index}")
+}
+
+/// A view of `mem`'s mappings whose bitmap records the pages written through it.
+fn dma_view(mem: &GuestMemoryMmap) -> Result<DmaMemory, PciSetupError> {
+    let mut regions = Vec::new();
+    for region in mem.iter() {
+        let len = region.len() as usize;
+        // SAFETY: the pointer and length are those of a live mapping owned by `mem`, which
+        // `Pci` keeps (a clone sharing the mappings) for as long as the view exists; the
+        // view does not own the mapping and never unmaps it. Protection and flags are
+        // those vm-memory's `from_ranges` used to create it.
+        let mapping = unsafe {
+            MmapRegion::<AtomicBitmap>::build_raw(
+                region.as_ptr(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_PRIVATE,
+            )
+        }
+        .map_err(|e| PciSetupError::Dma(e.to_string()))?;
+        regions.push(
+            GuestRegionMmap::new(mapping, region.start_addr())
+                .ok_or_else(|| PciSetupError::Dma("region overflows".into()))?,
+        );
+    }
+    DmaMemory::from_regions(regions).map_err(|e| PciSetupError::Dma(e.to_string()))
+}
+
+fn function_of(
+    index: usize,
+    config: &DiskBackend,
+    line: LevelIrqLine,
+    state: &DiskDeviceState,
+) -> Result<BlockFunction, StateError> {
+    let block = Block::new(config.backend.clone(), config.read_only, &serial(index));
+    VirtioPci::from_state(block, line, &state.function)
+}
+
+/// A bus and functions built from a state, not in place yet.
+pub(crate) struct StagedPci {
+    bus: PciBus,
+    functions: Vec<BlockFunction>,
+    io_crcs: Vec<u32>,
+}
+
+impl Pci {
+    /// A freshly powered-on bus with one virtio-blk function per disk.
+    pub fn power_on(setup: PciSetup, irq_lines: &Arc<IrqLines>) -> Result<Self, PciSetupError> {
+        let (start, len) = (DEFAULT_MMIO_WINDOW_START, DEFAULT_MMIO_WINDOW_LEN);
+        let mut bus = PciBus::new(start, len)?;
+        let mut disks = Vec::new();
+        for (index, config) in setup.disks.into_iter().enumerate() {
+            let line = irq_lines
+                .level_line(PCI_IRQ)
+                .ok_or(PciSetupError::NoIrqSource(index))?;
+            let block = Block::new(config.backend.clone(), config.read_only, &serial(index));
+            let f = VirtioPci::new(block, line.clone())
+                .map_err(|source| PciSetupError::Virtio { index, source })?;
+            let function = Arc::new(Mutex::new(f));
+            bus.add_function(function.clone() as Arc<Mutex<dyn PciFunction>>, PCI_IRQ)?;
+            disks.push(Disk {
+                function,
+                config,
+                line,
+            });
+        }
+        Ok(Self {
+            bus: Arc::new(Mutex::new(bus)),
+            disks,
+            dma: dma_view(&setup.memory)?,
+            _memory: setup.memory,
+        })
+    }
+
+    /// The bus and functions of a saved state, over the disks of `setup` (validated: as
+    /// many disks as saved, each of the saved size and mode).
+    pub fn restore(
+        state: &PciState,
+        setup: PciSetup,
+        irq_lines: &Arc<IrqLines>,
+    ) -> Result<Self, StateError> {
+        let mut configs = Vec::new();
+        for (index, config) in setup.disks.into_iter().enumerate() {
+            let line = irq_lines.level_line(PCI_IRQ).ok_or_else(|| {
+                StateError::new("PCI", format!("no interrupt source for disk {index}"))
+            })?;
+            configs.push((config, line));
+        }
+        let StagedPci {
+            mut bus,
+            functions,
+            io_crcs,
+        } = stage(state, configs.iter().map(|(c, l)| (c, l)))?;
+        let mut disks = Vec::new();
+        for (((config, line), function), crc) in configs.into_iter().zip(functions).zip(io_crcs) {
+            config.backend.set_io_crc(crc);
+            let function = Arc::new(Mutex::new(function));
+            bus.attach_function(function.clone() as Arc<Mutex<dyn PciFunction>>)
+                .map_err(|e| StateError::new("PCI bus", e.to_string()))?;
+            disks.push(Disk {
+                function,
+                config,
+                line,
+            });
+        }
+        Ok(Self {
+            bus: Arc::new(Mutex::new(bus)),
+            disks,
+            dma: dma_view(&setup.memory).map_err(|e| StateError::new("PCI", e.to_string()))?,
+            _memory: setup.memory,
+        })
+    }
+
+    /// Build (and so validate) everything of `state` without touching the running devices.
+    pub(crate) fn stage(&self, state: &PciState) -> Result<StagedPci, StateError> {
+        stage(state, self.disks.iter().map(|d| (&d.config, &d.line)))
+    }
+
+    /// Put staged devices in place; the port and MMIO buses keep pointing at the same
+    /// handles. `restore_crc`: take the backends' running CRCs from the state (a snapshot)
+    /// rather than keep this machine's own (a checkpoint loaded by a replayer, whose
+    /// disk has seen only what it did itself: a replay that skipped writes must show).
+    pub(crate) fn replace(&self, staged: StagedPci, restore_crc: bool) -> Result<(), StateError> {
+        let StagedPci {
+            mut bus,
+            functions,
+            io_crcs,
+        } = staged;
+        for ((disk, function), crc) in self.disks.iter().zip(functions).zip(io_crcs) {
+            *lock(&disk.function) = function;
+            if restore_crc {
+                disk.config.backend.set_io_crc(crc);
+            }
+            bus.attach_function(disk.function.clone() as Arc<Mutex<dyn PciFunction>>)
+                .map_err(|e| StateError::new("PCI bus", e.to_string()))?;
+        }
+        *lock(&self.bus) = bus;
+        Ok(())
+    }
+
+    pub fn disk_count(&self) -> usize {
+        self.disks.len()
+    }
+
+    pub fn state(&self) -> PciState {
+        PciState {
+            bus: lock(&self.bus).state(),
+            disks: self
+                .disks
+                .iter()
+                .map(|d| DiskDeviceState {
+                    function: lock(&d.function).state(),
+                    io_crc: d.config.backend.io_crc(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Register the configuration ports and the MMIO window.
+    pub fn place(&self, pio: &mut Bus, mmio: &mut Bus) -> Result<(), BusError> {
+        pio.insert(
+            self.bus.clone() as SharedDevice,
+            CONFIG_ADDRESS_PORT,
+            CONFIG_PORTS_LEN,
+        )?;
+        let (start, len) = lock(&self.bus).window();
+        let window = Arc::new(Mutex::new(PciMmio::new(self.bus.clone())));
+        mmio.insert(window as SharedDevice, start, len)
+    }
+
+    /// Handle every queue the driver notified. A driver that broke the virtio contract
+    /// leaves its device in NEEDS_RESET (already signalled to the guest): reported, and the
+    /// machine goes on. Returns the requests completed.
+    pub fn process(&self) -> usize {
+        let mut done = 0;
+        for (index, disk) in self.disks.iter().enumerate() {
+            let mut f = lock(&disk.function);
+            if !f.has_pending() {
+                continue;
+            }
+            match f.process(&self.dma) {
+                Ok(n) => done += n,
+                Err(e) => tracing::warn!(
+                    disk = index,
+                    "virtio-blk: the guest driver broke the device: {e}"
+                ),
+            }
+            if let Some(e) = f.device_mut().take_last_error() {
+                tracing::warn!(disk = index, "virtio-blk request failed: {e}");
+            }
+        }
+        done
+    }
+
+    /// Pages devices wrote since the last call (guest-physical addresses).
+    pub fn take_written_pages(&self) -> Vec<u64> {
+        let mut pages = Vec::new();
+        for region in self.dma.iter() {
+            let start = region.start_addr().raw_value();
+            let bitmap = MmapRegion::bitmap(&**region);
+            for (w, word) in bitmap.get_and_reset().into_iter().enumerate() {
+                let mut bits = word;
+                while bits != 0 {
+                    let bit = u64::from(bits.trailing_zeros());
+                    bits &= bits - 1;
+                    pages.push(start + (w as u64 * 64 + bit) * PAGE_SIZE);
+                }
+            }
+        }
+        pages
+    }
+}
+
+/// The bus and functions of `state` over `disks` (configuration and INTx source each).
+fn stage<'a>(
+    state: &PciState,
+    disks: impl ExactSizeIterator<Item = (&'a DiskBackend, &'a LevelIrqLine)>,
+) -> Result<StagedPci, StateError> {
+    if state.disks.len() != disks.len() {
+        return Err(StateError::new(
+            "PCI",
+            format!(
+                "the state has {} disks, this machine {}",
+                state.disks.len(),
+                disks.len()
+            ),
+        ));
+    }
+    let bus = PciBus::from_state(
+        &state.bus,
+        DEFAULT_MMIO_WINDOW_START,
+        DEFAULT_MMIO_WINDOW_LEN,
+    )?;
+    let mut functions = Vec::new();
+    for (index, ((config, line), saved)) in disks.zip(&state.disks).enumerate() {
+        functions.push(function_of(index, config, line.clone(), saved)?);
+    }
+    Ok(StagedPci {
+        bus,
+        functions,
+        io_crcs: state.disks.iter().map(|d| d.io_crc).collect(),
+    })
+}
