@@ -93,23 +93,20 @@ fn without_disks_there_is_no_pci_bus() {
     );
 }
 
-fn record_replay(log: &Path, role: &str, img: &Path) -> std::process::Output {
-    let out = run_ftvm(
-        &[
-            role,
-            "--log",
-            log.to_str().unwrap(),
-            "--kernel",
-            guest("virtio-blk"),
-            "--mem",
-            "16",
-            "--disk",
-            img.to_str().unwrap(),
-        ],
-        b"",
-    );
+/// `ftvm ROLE OPTIONS` on the virtio-blk guest with `img` as its disk.
+fn run_blk(role: &[&str], img: &Path, options: &[&str]) -> std::process::Output {
+    let mut args = role.to_vec();
+    let kernel = guest("virtio-blk");
+    args.extend_from_slice(&["--kernel", kernel, "--mem", "16"]);
+    args.extend_from_slice(&["--disk", img.to_str().unwrap()]);
+    args.extend_from_slice(options);
+    let out = run_ftvm(&args, b"");
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
     out
+}
+
+fn record_replay(log: &Path, role: &str, img: &Path) -> std::process::Output {
+    run_blk(&[role, "--log", log.to_str().unwrap()], img, &[])
 }
 
 #[test]
@@ -189,22 +186,17 @@ fn a_snapshot_restores_only_over_its_own_image() {
     require_kvm();
     let img = image("snap.img", SECTOR0_MARK);
     let snap = temp("snap");
-    let out = run_ftvm(
+    let snap_dir = snap.to_str().unwrap();
+    let out = run_blk(
+        &["run"],
+        &img,
         &[
-            "run",
-            "--kernel",
-            guest("virtio-blk"),
-            "--mem",
-            "16",
-            "--disk",
-            img.to_str().unwrap(),
             "--snapshot-on",
             "virtio-blk: capacity",
             "--snapshot-dir",
-            snap.to_str().unwrap(),
+            snap_dir,
             "--exit-after-snapshot",
         ],
-        b"",
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let manifest = std::fs::read_to_string(snap.join("manifest.json")).unwrap();

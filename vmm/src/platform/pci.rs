@@ -85,6 +85,21 @@ struct Disk {
     line: LevelIrqLine,
 }
 
+impl Disk {
+    fn new(function: BlockFunction, config: DiskBackend, line: LevelIrqLine) -> Self {
+        Self {
+            function: Arc::new(Mutex::new(function)),
+            config,
+            line,
+        }
+    }
+
+    /// The function as the PCI bus holds it.
+    fn pci(&self) -> Arc<Mutex<dyn PciFunction>> {
+        self.function.clone()
+    }
+}
+
 pub struct Pci {
     bus: Arc<Mutex<PciBus>>,
     disks: Vec<Disk>,
@@ -153,19 +168,23 @@ impl Pci {
             let block = Block::new(config.backend.clone(), config.read_only, &serial(index));
             let f = VirtioPci::new(block, line.clone())
                 .map_err(|source| PciSetupError::Virtio { index, source })?;
-            let function = Arc::new(Mutex::new(f));
-            bus.add_function(function.clone() as Arc<Mutex<dyn PciFunction>>, PCI_IRQ)?;
-            disks.push(Disk {
-                function,
-                config,
-                line,
-            });
+            let disk = Disk::new(f, config, line);
+            bus.add_function(disk.pci(), PCI_IRQ)?;
+            disks.push(disk);
         }
+        Self::assemble(bus, disks, setup.memory)
+    }
+
+    fn assemble(
+        bus: PciBus,
+        disks: Vec<Disk>,
+        memory: GuestMemoryMmap,
+    ) -> Result<Self, PciSetupError> {
         Ok(Self {
             bus: Arc::new(Mutex::new(bus)),
             disks,
-            dma: dma_view(&setup.memory)?,
-            _memory: setup.memory,
+            dma: dma_view(&memory)?,
+            _memory: memory,
         })
     }
 
@@ -191,21 +210,12 @@ impl Pci {
         let mut disks = Vec::new();
         for (((config, line), function), crc) in configs.into_iter().zip(functions).zip(io_crcs) {
             config.backend.set_io_crc(crc);
-            let function = Arc::new(Mutex::new(function));
-            bus.attach_function(function.clone() as Arc<Mutex<dyn PciFunction>>)
+            let disk = Disk::new(function, config, line);
+            bus.attach_function(disk.pci())
                 .map_err(|e| StateError::new("PCI bus", e.to_string()))?;
-            disks.push(Disk {
-                function,
-                config,
-                line,
-            });
+            disks.push(disk);
         }
-        Ok(Self {
-            bus: Arc::new(Mutex::new(bus)),
-            disks,
-            dma: dma_view(&setup.memory).map_err(|e| StateError::new("PCI", e.to_string()))?,
-            _memory: setup.memory,
-        })
+        Self::assemble(bus, disks, setup.memory).map_err(|e| StateError::new("PCI", e.to_string()))
     }
 
     /// Build (and so validate) everything of `state` without touching the running devices.
@@ -228,7 +238,7 @@ impl Pci {
             if restore_crc {
                 disk.config.backend.set_io_crc(crc);
             }
-            bus.attach_function(disk.function.clone() as Arc<Mutex<dyn PciFunction>>)
+            bus.attach_function(disk.pci())
                 .map_err(|e| StateError::new("PCI bus", e.to_string()))?;
         }
         *lock(&self.bus) = bus;
