@@ -180,3 +180,73 @@ fn no_two_devices_share_an_interrupt_line() {
     }
     assert!(seen.contains(&SERIAL_IRQ));
 }
+
+/// A platform with one 64 KiB disk (a temporary file) on its PCI bus.
+fn platform_with_disk(tag: &str) -> (Platform, PciSetup) {
+    let path = std::env::temp_dir().join(format!("ftvm-pt-{}-{tag}.img", std::process::id()));
+    std::fs::write(&path, vec![0u8; 64 << 10]).unwrap();
+    let spec = crate::disk::DiskSpec {
+        path: path.clone(),
+        read_only: false,
+    };
+    let disks = crate::disk::open_disks(&[spec]).unwrap();
+    std::fs::remove_file(path).unwrap();
+    let memory = crate::memory::create(16).unwrap();
+    let setup = || PciSetup {
+        disks: disks.clone(),
+        memory: memory.clone(),
+    };
+    let p = Platform::new(
+        Arc::new(Frozen),
+        16,
+        WALL,
+        Box::new(std::io::sink()),
+        Arc::new(AtomicU64::new(0)),
+        Some(setup()),
+    )
+    .unwrap();
+    (p, setup())
+}
+
+#[test]
+fn pci_bus_is_there_only_with_disks_and_its_state_is_checked() {
+    // Without disks, configuration mechanism #1 is an absent range; line 10 stays edge.
+    let p = platform();
+    assert!(p.pio.write(0xcf8, &0x8000_0000u32.to_le_bytes()));
+    let mut id = [0u8; 4];
+    assert!(p.pio.read(0xcfc, &mut id));
+    assert_eq!(id, [0xff; 4]);
+    assert!(p.state().pci.is_none());
+
+    let (p, setup) = platform_with_disk("state");
+    assert!(p.pio.write(0xcf8, &0x8000_0800u32.to_le_bytes()));
+    assert!(p.pio.read(0xcfc, &mut id));
+    assert_eq!(u32::from_le_bytes(id), 0x1042_1af4, "virtio-blk at 00:01.0");
+    let mut elcr = [0u8];
+    assert!(p.pio.read(0x4d1, &mut elcr));
+    assert_eq!(elcr[0] & 0x04, 0x04, "IRQ 10 is level-triggered");
+    let state = p.state();
+    assert_eq!(state.pci.as_ref().map(|s| s.disks.len()), Some(1));
+
+    // The same machine takes its own state back; one without disks refuses it.
+    p.load_state(state.clone()).unwrap();
+    assert_eq!(p.state(), state);
+    let restore = |pci| {
+        Platform::restore(
+            state.clone(),
+            Arc::new(Frozen),
+            Box::new(std::io::sink()),
+            Arc::new(AtomicU64::new(0)),
+            pci,
+        )
+    };
+    assert_eq!(restore(Some(setup)).unwrap().state(), state);
+    assert!(matches!(
+        restore(None),
+        Err(PlatformError::DiskCount { saved: 1, given: 0 })
+    ));
+    assert!(matches!(
+        platform().load_state(state),
+        Err(PlatformError::DiskCount { saved: 1, given: 0 })
+    ));
+}
