@@ -30,18 +30,7 @@ cargo build --release --locked -p ftvm -p ftvm-test-guests
 ftvm=$PWD/target/release/ftvm
 counter=$(ls -t target/release/build/ftvm-test-guests-*/out/counter.elf | head -n1)
 
-work=$(mktemp -d /tmp/ftvm-kill-campaign-XXXXXX)
-pids=()
-failed=0
-cleanup() {
-    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    if [ "$failed" = 0 ]; then
-        rm -rf "$work"
-    else
-        log "the failed trials' files are kept in $work"
-    fi
-}
-trap cleanup EXIT
+trial_workspace ftvm-kill-campaign "the failed trials' files"
 
 # check_stream FILE: every count once, in order, between the banners; prints the verdict.
 check_stream() {

@@ -44,3 +44,23 @@ wait_for() {
     done
     return 1
 }
+
+# trial_workspace PREFIX WHAT: a scratch directory in $work for a script's trials, the
+# $pids it starts and its $failed count. On exit every pid is killed; $work is removed if
+# nothing failed, else kept and named ("WHAT are kept in ...").
+trial_workspace() {
+    work=$(mktemp -d "/tmp/$1-XXXXXX")
+    pids=()
+    failed=0
+    kept_what=$2
+    trap trial_workspace_cleanup EXIT
+}
+
+trial_workspace_cleanup() {
+    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    if [ "$failed" = 0 ]; then
+        rm -rf "$work"
+    else
+        log "$kept_what are kept in $work"
+    fi
+}

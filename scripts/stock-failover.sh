@@ -32,18 +32,7 @@ if [ ! -f "$snap/manifest.json" ]; then
         </dev/null >&2
 fi
 
-work=$(mktemp -d /tmp/ftvm-stock-failover-XXXXXX)
-pids=()
-failed=0
-cleanup() {
-    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    if [ "$failed" = 0 ]; then
-        rm -rf "$work"
-    else
-        log "the failed trials' files (console stream, both VMMs' stderr) are kept in $work"
-    fi
-}
-trap cleanup EXIT
+trial_workspace ftvm-stock-failover "the failed trials' files (console stream, both VMMs' stderr)"
 
 passed=0
 for ((trial = 1; trial <= trials; trial++)); do

@@ -8,7 +8,6 @@ use common::*;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -119,24 +118,6 @@ fn a_pair_needs_a_key_or_says_it_is_insecure() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn primary_with_key(dir: &Path, port: u16, key: &Path) -> Vmm {
-    Vmm::start(&[
-        "primary",
-        "--shared-dir",
-        dir.to_str().unwrap(),
-        "--name",
-        "counter",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--key",
-        key.to_str().unwrap(),
-        "--kernel",
-        guest("counter"),
-        "--mem",
-        "16",
-    ])
-}
-
 #[test]
 fn only_the_key_holder_joins_and_the_wire_shows_nothing_of_the_guest() {
     require_kvm();
@@ -198,7 +179,7 @@ fn only_the_key_holder_joins_and_the_wire_shows_nothing_of_the_guest() {
     // handshake's first message replays, the first record does not; it learns nothing.
     let dir2 = shared_dir("key-replay");
     let port2 = free_port();
-    let mut p2 = primary_with_key(&dir2, port2, &key);
+    let mut p2 = primary_with_key(&dir2, port2, key.to_str().unwrap());
     p2.wait_for("waiting for a backup", Duration::from_secs(30));
     let mut s = TcpStream::connect(("127.0.0.1", port2)).unwrap();
     s.write_all(&to_primary).unwrap();

@@ -122,7 +122,11 @@ pub fn pair_key(dir: &Path) -> String {
 }
 
 pub fn primary(dir: &Path, port: u16) -> Vmm {
-    let key = pair_key(dir);
+    primary_with_key(dir, port, &pair_key(dir))
+}
+
+/// A primary of the counter guest holding the channel key at `key`.
+pub fn primary_with_key(dir: &Path, port: u16, key: &str) -> Vmm {
     Vmm::start(&[
         "primary",
         "--shared-dir",
@@ -134,7 +138,7 @@ pub fn primary(dir: &Path, port: u16) -> Vmm {
         "--peer-timeout",
         TIMEOUT_MS,
         "--key-file",
-        &key,
+        key,
         "--kernel",
         guest("counter"),
         "--mem",
