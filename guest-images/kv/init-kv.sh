@@ -11,7 +11,8 @@
 # directly, which override the command line: `kv-init client get k`.
 #
 # Kernel command line parameters (all optional except as noted):
-#   kv.role=viewservice|server|client   which binary to run (required unless given as $1)
+#   kv.role=viewservice|server|client   which binary to run (required unless given as $1);
+#           |service                    service: the view service and two servers together
 #   kv.dev=eth0                         network device to configure (default eth0)
 #   kv.ip=ADDR/PREFIX                   address of kv.dev (the device is left alone if unset)
 #   kv.gw=ADDR                          default route
@@ -104,6 +105,26 @@ case "$kv_role" in
         # shellcheck disable=SC2086
         exec kvserver --vs "$kv_vs" --listen "$listen" --advertise "$advertise" $ping $verbose "$@"
         ;;
+    service)
+        # The whole service in one guest (the lecture's view service and its primary and
+        # backup servers as processes of the fault-tolerant VM): the view service on port
+        # 7000, servers on 7001 and 7002, all on the guest's address. Started in the
+        # background; kv-init returns once all three run.
+        addr=${kv_ip%/*}
+        [ -n "$addr" ] || addr=$(ip -4 -o addr show dev "$kv_dev" 2>/dev/null |
+            sed -n 's/.* inet \([0-9.]*\)\/.*/\1/p' | head -n1)
+        [ -n "$addr" ] || die "kv.role=service needs kv.ip or an address on $kv_dev"
+        dead=
+        [ -n "$kv_dead_pings" ] && dead="--dead-pings $kv_dead_pings"
+        # shellcheck disable=SC2086
+        viewservice --listen "0.0.0.0:7000" $ping $dead $verbose >/tmp/viewservice.log 2>&1 &
+        for port in 7001 7002; do
+            # shellcheck disable=SC2086
+            kvserver --vs "127.0.0.1:7000" --listen "0.0.0.0:$port" \
+                --advertise "$addr:$port" $ping $verbose >"/tmp/kvserver-$port.log" 2>&1 &
+        done
+        echo "kv-init: service on $addr (view service :7000, servers :7001 :7002)"
+        ;;
     client)
         [ -n "$kv_vs" ] || die "kv.role=client needs kv.vs=IP:PORT"
         if [ $# -eq 0 ]; then
@@ -116,6 +137,6 @@ case "$kv_role" in
         die "no role: give kv.role=viewservice|server|client on the kernel command line"
         ;;
     *)
-        die "unknown role $kv_role (expected viewservice, server or client)"
+        die "unknown role $kv_role (expected viewservice, server, client or service)"
         ;;
 esac

@@ -57,8 +57,14 @@ fi
 
 # The virtio modules of the kernel package, unpacked once into modules/.
 virtio_modules="drivers/virtio/virtio.ko drivers/virtio/virtio_ring.ko drivers/virtio/virtio_pci.ko
-drivers/virtio/virtio_pci_modern_dev.ko drivers/virtio/virtio_pci_legacy_dev.ko drivers/block/virtio_blk.ko"
-if [ ! -s "$out/modules/virtio_blk.ko" ]; then
+drivers/virtio/virtio_pci_modern_dev.ko drivers/virtio/virtio_pci_legacy_dev.ko drivers/block/virtio_blk.ko
+net/core/failover.ko drivers/net/net_failover.ko drivers/net/virtio_net.ko"
+modules_missing() {
+    local m
+    for m in $virtio_modules; do [ -s "$out/modules/$(basename "$m")" ] || return 0; done
+    return 1
+}
+if modules_missing; then
     kpkg=$(cat "$out/kernel-version")
     deb=$(fetch "$kpkg")
     rm -rf "$out/modules" "$out/modules-pkg"
@@ -73,6 +79,9 @@ if [ ! -s "$out/modules/virtio_blk.ko" ]; then
 fi
 modules=$(for m in $virtio_modules; do printf '%s ' "$out/modules/$(basename "$m")"; done)
 
+# The guest workload (the key/value service, static binaries) goes into every stock image,
+# so that tests, demo and benchmarks boot the same one.
+"$top/scripts/build-kv.sh"
 kv_bins=$( (find "$top/build/kv/bin" -type f 2>/dev/null || true) | sort | tr '\n' ' ')
 stamp=$(cat "$here/init" "$here/mkinitramfs.py" $kv_bins $modules | sha256sum | cut -c1-16)
 if [ ! -s "$out/initramfs.cpio" ] || [ "$(cat "$out/initramfs.stamp" 2>/dev/null)" != "$stamp" ]; then
