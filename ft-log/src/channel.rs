@@ -33,7 +33,7 @@ use crate::entry::Page;
 use crate::frame::{decode_exact, frame_error_into, Format, FrameReader};
 
 pub const CHANNEL_MAGIC: &[u8; 8] = b"FTVMCHN\0";
-pub const CHANNEL_VERSION: u32 = 1;
+pub const CHANNEL_VERSION: u32 = 2;
 /// Stream header: magic and version.
 pub const CHANNEL_HEADER_LEN: usize = crate::frame::STREAM_HEADER_LEN;
 /// Frame header: payload length and CRC32.
@@ -69,6 +69,18 @@ pub enum ToBackup {
     /// The next bytes of the log stream (ft-log's own format), in order.
     Log(#[serde(with = "serde_bytes")] Vec<u8>),
     Heartbeat,
+    /// State transfer of a guest with disks, right after the hello: each disk's size in
+    /// bytes, in device order. The backup's copies must have these sizes.
+    Disks { bytes: Vec<u64> },
+    /// State transfer: `len` bytes of disk `disk` at `offset`, which are `data`, or zeros
+    /// when `data` is empty. Chunks written again while the transfer runs come again.
+    DiskChunk {
+        disk: u32,
+        offset: u64,
+        len: u32,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
 }
 
 /// Primary -> backup, borrowing: serializes to exactly the bytes of the [`ToBackup`] variant
@@ -396,7 +408,7 @@ mod tests {
         assert_eq!(f[..4], (payload.len() as u32).to_le_bytes());
         assert_eq!(f[4..8], crc32fast::hash(&payload).to_le_bytes());
         assert_eq!(f[8..], payload[..]);
-        assert_eq!(encode_channel_header(), b"FTVMCHN\0\x01\0\0\0");
+        assert_eq!(encode_channel_header(), b"FTVMCHN\0\x02\0\0\0");
     }
 
     #[test]
@@ -547,10 +559,10 @@ mod tests {
         d.push(b"GET ");
         assert_eq!(d.next_message(), Err(ChannelError::BadMagic));
         let mut h = encode_channel_header();
-        h[8] = 2;
+        h[8] = 1;
         assert_eq!(
             decode_all::<ToBackup>(&h, 1),
-            Err(ChannelError::Version { found: 2 })
+            Err(ChannelError::Version { found: 1 })
         );
         let mut d = MessageDecoder::<ToBackup>::new();
         d.push(&encode_channel_header()[..5]);

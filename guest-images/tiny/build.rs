@@ -66,7 +66,7 @@ fn main() {
         let path = entry.expect("asm entry").path();
         println!("cargo:rerun-if-changed={}", path.display());
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-        if path.extension().is_none_or(|e| e != "S") || name == "lib" {
+        if path.extension().is_none_or(|e| e != "S") || name == "lib" || name.ends_with("-lib") {
             continue;
         }
         let obj = out.join(format!("{name}.o"));

@@ -18,6 +18,9 @@ use ftvm_devices::virtio::BlockBackend;
 use crate::platform::DiskBackend;
 use serde::{Deserialize, Serialize};
 
+mod dirty;
+pub use dirty::{DirtyChunks, CHUNK};
+
 const SECTOR: u64 = 512;
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +92,8 @@ pub struct FileBackend {
     len: u64,
     /// Running CRC32 of the blocks moved so far.
     io_crc: Arc<AtomicU32>,
+    /// Chunks written since a state transfer began sending the image.
+    dirty: Arc<DirtyChunks>,
 }
 
 impl FileBackend {
@@ -127,7 +132,30 @@ impl FileBackend {
             file: Arc::new(file),
             len,
             io_crc: Arc::new(AtomicU32::new(0)),
+            dirty: Arc::default(),
         })
+    }
+
+    /// Where the device's writes are marked during a state transfer.
+    pub fn dirty(&self) -> &DirtyChunks {
+        &self.dirty
+    }
+
+    /// Read image bytes for a state transfer (not the guest's I/O: not in the CRC).
+    pub fn read_raw(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.check(offset, buf.len())?;
+        self.file.read_exact_at(buf, offset)
+    }
+
+    /// Write image bytes a state transfer brought (not the guest's I/O: not in the CRC).
+    pub fn write_raw(&self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+        self.check(offset, buf.len())?;
+        self.file.write_all_at(buf, offset)
+    }
+
+    /// Make the image's contents durable.
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()
     }
 
     pub fn io_crc(&self) -> u32 {
@@ -173,6 +201,7 @@ impl BlockBackend for FileBackend {
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
         self.check(offset, buf.len())?;
         self.file.write_all_at(buf, offset)?;
+        self.dirty.mark(offset, buf.len() as u64);
         self.account(b'w', offset, buf);
         Ok(())
     }

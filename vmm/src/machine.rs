@@ -133,6 +133,8 @@ pub struct Vm {
     pub vm_fd: Arc<VmFd>,
     /// Its disk images (recorded in snapshots).
     pub disks: Vec<DiskSpec>,
+    /// The same images as the devices use them (state transfer reads them).
+    pub disk_backends: Vec<crate::disk::FileBackend>,
     _kvm: Kvm,
 }
 
@@ -453,6 +455,7 @@ impl Vm {
         };
         let exit_ordinal = hooks.exit_ordinal.unwrap_or_default();
         let vm_fd = slots.vm.clone();
+        let disk_backends = platform.disk_backends();
         let vcpu = VcpuHandle::spawn(VcpuParts {
             live_input: hooks.live_input,
             delta_request: hooks.delta_request,
@@ -482,6 +485,7 @@ impl Vm {
             exit_ordinal,
             vm_fd,
             disks,
+            disk_backends,
             _kvm: kvm_sys,
         })
     }

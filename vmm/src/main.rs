@@ -119,6 +119,12 @@ struct BackupArgs {
     /// Address to accept a new backup on once this one has gone live (re-protection).
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
+    /// This host's copy of each of the guest's disks, in the primary's order: an image of
+    /// the same size (its contents are brought up to date by the state transfer, and it
+    /// is written by the replay from then on; a read-only disk's copy must already be
+    /// equal).
+    #[arg(long, value_name = "PATH[,readonly]")]
+    disk: Vec<ftvm::disk::DiskSpec>,
 }
 
 #[derive(clap::Args)]
@@ -364,6 +370,7 @@ fn ft_options(pair: PairArgs, listen: Option<String>) -> anyhow::Result<ftvm::ft
         peer_timeout: Duration::from_millis(pair.peer_timeout),
         buffer_bytes: (pair.buffer as usize) << 10,
         key: pair_key(pair.key_file.as_deref(), pair.insecure)?,
+        disks: Vec::new(),
     })
 }
 
@@ -387,10 +394,10 @@ fn primary(args: PrimaryArgs) -> anyhow::Result<i32> {
     if run.snapshot_on.is_some() || run.trace_exits.is_some() {
         anyhow::bail!("--snapshot-on and --trace-exits are for 'run', not for a primary");
     }
-    if run.restore.is_some() && !run.disk.is_empty() {
-        anyhow::bail!("--disk with --restore is not supported for a primary yet");
+    let mut opts = ft_options(args.pair, Some(args.listen))?;
+    if run.restore.is_some() {
+        opts.disks = run.disk.clone();
     }
-    let opts = ft_options(args.pair, Some(args.listen))?;
     let started = Instant::now();
     let pci = !run.disk.is_empty();
     let config = run.kernel.map(|kernel| VmConfig {
@@ -414,7 +421,8 @@ fn primary(args: PrimaryArgs) -> anyhow::Result<i32> {
 
 fn backup(args: BackupArgs) -> anyhow::Result<i32> {
     install_stop_signals()?;
-    let opts = ft_options(args.pair, args.listen)?;
+    let mut opts = ft_options(args.pair, args.listen)?;
+    opts.disks = args.disk;
     let started = Instant::now();
     let outcome = ftvm::ft::run_backup(&args.primary, opts, spawn_stdin_reader(), &STOP_REQUESTED)?;
     Ok(pair_outcome(outcome, started))

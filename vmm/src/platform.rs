@@ -137,6 +137,11 @@ impl Platform {
         Self::assemble(staged, wiring, pci)
     }
 
+    /// The disks' image backends, in device order (none without a PCI part).
+    pub fn disk_backends(&self) -> Vec<crate::disk::FileBackend> {
+        self.pci.as_ref().map_or_else(Vec::new, Pci::disk_backends)
+    }
+
     fn assemble(staged: Staged, wiring: Wiring, pci: Option<Pci>) -> Result<Self, PlatformError> {
         let devices = Devices::new(staged);
         let mut pio = Bus::new();

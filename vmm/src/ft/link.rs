@@ -279,6 +279,7 @@ impl Link {
                         match other {
                             ToBackup::Hello { .. } => "hello",
                             ToBackup::Pages(_) => "pages",
+                            ToBackup::Disks { .. } | ToBackup::DiskChunk { .. } => "disk",
                             _ => "machine",
                         }
                     )))

@@ -14,6 +14,7 @@
 
 pub mod console;
 pub mod deadline;
+pub mod disk_copy;
 pub mod key;
 pub mod link;
 pub mod node;

@@ -38,6 +38,8 @@ pub enum FtError {
     Shared(#[from] SharedError),
     #[error(transparent)]
     Vm(#[from] VmError),
+    #[error(transparent)]
+    Disk(#[from] crate::disk::DiskError),
     #[error("cannot listen for a backup on {addr}")]
     Listen {
         addr: String,
@@ -75,6 +77,10 @@ pub struct FtOptions {
     pub buffer_bytes: usize,
     /// The pair's channel key (see [`super::key`]).
     pub key: ChannelKey,
+    /// This host's copies of the guest's disk images, in device order (a primary
+    /// restoring a snapshot: copies of the snapshot's; a backup: copies of the
+    /// primary's, which the state transfer brings up to date).
+    pub disks: Vec<crate::disk::DiskSpec>,
 }
 
 /// How long a peer may take over the channel's handshake.

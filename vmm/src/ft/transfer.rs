@@ -53,6 +53,18 @@ pub enum TransferError {
     Invalid { what: &'static str, reason: String },
     #[error("the state transfer did not complete within {0:?}")]
     Timeout(Duration),
+    #[error("cannot read disk {index} for the transfer")]
+    DiskRead {
+        index: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write the transferred disk {index} into this backup's copy")]
+    DiskWrite {
+        index: usize,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Everything about the machine that is not its memory, as a primary sends it.
@@ -72,6 +84,8 @@ pub struct MachineState {
 pub struct TransferReport {
     pub rounds: usize,
     pub pages_sent: u64,
+    /// Disk bytes sent (chunks of zeros count as none).
+    pub disk_bytes_sent: u64,
     pub paused_for: Duration,
     pub took: Duration,
     pub ordinal: u64,
@@ -145,7 +159,9 @@ pub fn send_state(
     out.write_all(&encode_channel_header())
         .map_err(LinkError::from)?;
     send(&mut out, &hello)?;
-    // Round 0: everything, from a clean dirty log on.
+    // Round 0: everything, from a clean dirty log on (the disks' too).
+    let (_tracking, disk_bytes) = super::disk_copy::send_all(&mut out, &vm.disk_backends)?;
+    report.disk_bytes_sent = disk_bytes;
     dirty_pages(vm)?;
     report.pages_sent += send_pages(
         &mut out,
@@ -170,6 +186,7 @@ pub fn send_state(
             last.sort_unstable();
             last.dedup();
             report.pages_sent += send_pages(&mut out, &vm.memory, last.into_iter(), false)?;
+            report.disk_bytes_sent += super::disk_copy::send_dirty(&mut out, &vm.disk_backends)?;
             let state = vm.vcpu.save_state()?;
             report.ordinal = state.vcpu.ordinal;
             let mut rec =
@@ -205,6 +222,7 @@ pub fn send_state(
             break;
         }
         report.pages_sent += send_pages(&mut out, &vm.memory, dirty.into_iter(), false)?;
+        report.disk_bytes_sent += super::disk_copy::send_dirty(&mut out, &vm.disk_backends)?;
         report.rounds += 1;
     }
     report.took = started.elapsed();
@@ -221,6 +239,8 @@ pub struct Received {
     pub epoch: u64,
     pub console_offset: u64,
     pub pages: u64,
+    /// Disk bytes received (zero chunks not counted).
+    pub disk_bytes: u64,
 }
 
 /// Backup: receive the primary's state from `stream` (whose read timeout bounds each wait).
@@ -229,7 +249,9 @@ pub fn receive_state(
     dec: &mut MessageDecoder<ToBackup>,
     vm_name: &str,
     limit: Duration,
+    disks: &[(crate::disk::FileBackend, bool)],
 ) -> Result<Received, TransferError> {
+    let mut disk_rx = super::disk_copy::DiskReceiver::new(disks);
     let deadline = Instant::now() + limit;
     let mut next = |stream: &mut SecureStream| -> Result<ToBackup, TransferError> {
         loop {
@@ -299,7 +321,15 @@ pub fn receive_state(
                     }
                 }
             }
+            ToBackup::Disks { bytes } => disk_rx.announce(&bytes)?,
+            ToBackup::DiskChunk {
+                disk,
+                offset,
+                len,
+                data,
+            } => disk_rx.chunk(disk, offset, len, &data)?,
             ToBackup::Machine { ordinal, state } => {
+                disk_rx.finish()?;
                 let machine: MachineState =
                     serde_json::from_slice(&state).map_err(|e| TransferError::Invalid {
                         what: "machine state",
@@ -327,6 +357,7 @@ pub fn receive_state(
                     epoch,
                     console_offset,
                     pages,
+                    disk_bytes: disk_rx.bytes,
                 });
             }
             ToBackup::Heartbeat => {}

@@ -249,6 +249,11 @@ impl Pci {
         self.disks.len()
     }
 
+    /// The disks' image backends, in device order (shared with the devices).
+    pub fn disk_backends(&self) -> Vec<FileBackend> {
+        self.disks.iter().map(|d| d.config.backend.clone()).collect()
+    }
+
     pub fn state(&self) -> PciState {
         PciState {
             bus: lock(&self.bus).state(),

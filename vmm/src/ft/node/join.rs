@@ -105,8 +105,9 @@ impl Node {
             self.opts.peer_timeout,
         )?;
         eprintln!(
-            "ftvm: protected: {} pages in {} rounds, paused {:.1} ms, {:.2} s in all; logging from exit {}",
+            "ftvm: protected: {} pages and {} KiB of disks in {} rounds, paused {:.1} ms, {:.2} s in all; logging from exit {}",
             report.pages_sent,
+            report.disk_bytes_sent >> 10,
             report.rounds,
             report.paused_for.as_secs_f64() * 1e3,
             report.took.as_secs_f64(),

@@ -104,8 +104,8 @@ pub fn run_primary(
             pause,
             LogStream::Off,
             hooks,
-            // `primary --restore` refuses --disk (main.rs): the recorded disks, if any.
-            &[],
+            // Copies of the snapshot's disks, or (none given) the recorded images.
+            &opts.disks,
         )?,
         (Some(c), None) => Vm::boot_with(c, console, Some(input), pause, LogStream::Off, hooks)?,
         (None, None) => unreachable!("the command line requires --kernel or --restore"),
@@ -134,6 +134,11 @@ pub fn run_backup(
     stop: &AtomicBool,
 ) -> Result<Outcome, FtError> {
     let listener = opts.listen.as_deref().map(bind).transpose()?;
+    // This host's copies of the disks, checked before anything is asked of the primary.
+    let disks = crate::disk::open_disks(&opts.disks)?
+        .into_iter()
+        .map(|d| (d.backend, d.read_only))
+        .collect::<Vec<_>>();
     let connect = |source| FtError::Connect {
         addr: primary.to_owned(),
         source,
@@ -171,11 +176,14 @@ pub fn run_backup(
         &mut dec,
         opts.shared.name(),
         Duration::from_secs(900),
+        &disks,
     )?;
+    drop(disks);
     eprintln!(
-        "ftvm: state transfer: {} pages ({} MiB) in {:.2} s; replaying from exit {} in epoch {}",
+        "ftvm: state transfer: {} pages ({} MiB), {} MiB of disks in {:.2} s; replaying from exit {} in epoch {}",
         got.pages,
         (got.pages * 4096) >> 20,
+        got.disk_bytes >> 20,
         t.elapsed().as_secs_f64(),
         got.machine.vm.vcpu.ordinal,
         got.epoch
@@ -225,9 +233,8 @@ pub fn run_backup(
             input_rx: None,
             trace_exits: None,
             pause_request: Arc::new(AtomicBool::new(false)),
-            // Disks under a pair come with issue 11: a primary with disks has a PCI
-            // state that a backup without them refuses.
-            disks: Vec::new(),
+            // The copies the transfer brought up to date.
+            disks: opts.disks.clone(),
         },
         LogStream::LiveReplay(Box::new(pipe.clone()), counters.clone()),
         hooks,
