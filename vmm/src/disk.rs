@@ -10,7 +10,7 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ftvm_devices::virtio::BlockBackend;
@@ -94,6 +94,16 @@ pub struct FileBackend {
     io_crc: Arc<AtomicU32>,
     /// Chunks written since a state transfer began sending the image.
     dirty: Arc<DirtyChunks>,
+    /// A replayer's comparisons of its running CRC with the recorder's at checkpoints.
+    checks: Arc<CrcChecks>,
+}
+
+/// How often a replaying disk was found in step with the recording one (equal running
+/// CRCs of all I/O at a checkpoint) and how often not.
+#[derive(Debug, Default)]
+pub struct CrcChecks {
+    pub matched: AtomicU64,
+    pub differed: AtomicU64,
 }
 
 impl FileBackend {
@@ -133,7 +143,28 @@ impl FileBackend {
             len,
             io_crc: Arc::new(AtomicU32::new(0)),
             dirty: Arc::default(),
+            checks: Arc::default(),
         })
+    }
+
+    /// Compare this disk's running CRC with the recorder's at a checkpoint; counted.
+    pub fn check_against(&self, recorded: u32) -> bool {
+        let same = self.io_crc() == recorded;
+        let counter = if same {
+            &self.checks.matched
+        } else {
+            &self.checks.differed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        same
+    }
+
+    /// (matched, differed) comparisons so far.
+    pub fn crc_checks(&self) -> (u64, u64) {
+        (
+            self.checks.matched.load(Ordering::Relaxed),
+            self.checks.differed.load(Ordering::Relaxed),
+        )
     }
 
     /// Where the device's writes are marked during a state transfer.
@@ -360,6 +391,10 @@ mod tests {
         assert_ne!(b.io_crc(), crc);
         let (len, _) = image_sum(&img).unwrap();
         assert_eq!(len, 1024);
+        // A replayer's comparison with the recorder's CRC at a checkpoint is counted.
+        assert!(b.check_against(b.io_crc()));
+        assert!(!b.check_against(!b.io_crc()));
+        assert_eq!(b.crc_checks(), (1, 1));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -41,6 +41,15 @@ pub struct StatusReport {
     pub recovering: bool,
     pub last_failover: Option<String>,
     pub updated_unix_ms: u64,
+    /// The guest's disks (this host's copies).
+    #[serde(default)]
+    pub disks: u32,
+    /// Backup: checkpoints at which its disks' running I/O CRCs equalled the primary's,
+    /// and at which they did not (a copy out of step).
+    #[serde(default)]
+    pub disk_checks_matched: u64,
+    #[serde(default)]
+    pub disk_checks_differed: u64,
 }
 
 /// A status report is about a kilobyte; anything much longer is not one.
@@ -148,7 +157,7 @@ impl StatusReport {
              peer {peer}; exit {ord}, acked {acked}, lag {lag} exits\n  \
              log {log} bytes, buffer {fill}/{cap} bytes ({pct:.0}%)\n  \
              output held {held} bytes, released {rel} bytes, delay avg {avg:.2} ms max {max:.2} ms\n  \
-             deltas {deltas}, divergences {div}{rec}; last failover: {fo}",
+             deltas {deltas}, divergences {div}{rec}; last failover: {fo}{disks}",
             vm = self.vm,
             pid = self.pid,
             host = self.host,
@@ -169,6 +178,17 @@ impl StatusReport {
             div = self.divergences,
             rec = if self.recovering { " (recovering now)" } else { "" },
             fo = self.last_failover.as_deref().unwrap_or("none"),
+            disks = match (self.disks, self.disk_checks_differed) {
+                (0, _) => String::new(),
+                (n, 0) => format!(
+                    "\n  disks {n}: in step at {} checkpoints",
+                    self.disk_checks_matched
+                ),
+                (n, bad) => format!(
+                    "\n  disks {n}: OUT OF STEP at {bad} checkpoints ({} in step)",
+                    self.disk_checks_matched
+                ),
+            },
         )
     }
 }
@@ -218,5 +238,16 @@ mod tests {
         std::fs::write(&path, b"{not json").unwrap();
         assert!(StatusReport::read(&path).is_err());
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn says_whether_the_disks_are_in_step() {
+        let mut r = StatusReport::default();
+        assert!(!r.render(0).contains("disks"), "no disks, no line");
+        r.disks = 1;
+        r.disk_checks_matched = 7;
+        assert!(r.render(0).contains("disks 1: in step at 7 checkpoints"));
+        r.disk_checks_differed = 2;
+        assert!(r.render(0).contains("OUT OF STEP at 2 checkpoints (7 in step)"));
     }
 }

@@ -233,10 +233,21 @@ impl Pci {
             functions,
             io_crcs,
         } = staged;
-        for ((disk, function), crc) in self.disks.iter().zip(functions).zip(io_crcs) {
+        for (index, ((disk, function), crc)) in
+            self.disks.iter().zip(functions).zip(io_crcs).enumerate()
+        {
             *lock(&disk.function) = function;
+            let backend = &disk.config.backend;
             if restore_crc {
-                disk.config.backend.set_io_crc(crc);
+                backend.set_io_crc(crc);
+            } else if !backend.check_against(crc) {
+                // Checkpoints do not carry disk contents: a copy that went astray stays
+                // so. Say it loudly; `ftvm status` counts it.
+                tracing::warn!(
+                    disk = index,
+                    "disk differs from the recording's at a checkpoint: running I/O CRC {:08x} here, {crc:08x} there",
+                    backend.io_crc()
+                );
             }
             bus.attach_function(disk.pci())
                 .map_err(|e| StateError::new("PCI bus", e.to_string()))?;

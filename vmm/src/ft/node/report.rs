@@ -21,6 +21,12 @@ impl Node {
             self.acked.load(Ordering::SeqCst)
         };
         let (written, read) = self.pipe.as_ref().map_or((0, 0), Pipe::totals);
+        let (matched, differed) = self
+            .vm
+            .disk_backends
+            .iter()
+            .map(crate::disk::FileBackend::crc_checks)
+            .fold((0, 0), |(m, d), (m1, d1)| (m + m1, d + d1));
         let report = StatusReport {
             vm: self.opts.shared.name().to_owned(),
             pid: std::process::id(),
@@ -47,6 +53,9 @@ impl Node {
             recovering: backup && self.counters.recovering.load(Ordering::SeqCst),
             last_failover: self.last_failover.clone(),
             updated_unix_ms: now_unix_ms(),
+            disks: self.vm.disk_backends.len() as u32,
+            disk_checks_matched: matched,
+            disk_checks_differed: differed,
         };
         if let Err(e) = self.status.write(report, Duration::from_secs(1)) {
             tracing::debug!("{}", chain(&e));
