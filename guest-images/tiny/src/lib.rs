@@ -10,6 +10,8 @@
 //! | `rdtsc` | native RDTSC, which no VMM can record on this host |
 //! | `syscall` | SYSCALL from CPL3 into a supervisor-only entry page, SYSRET back |
 //! | `counter` | a console counter paced by the PIT, for failover tests (every number exactly once) |
+//! | `virtio-blk` | PCI configuration mechanism #1, a virtio-blk queue, one write and one read |
+//! | `disk-writer` | 500 disk records paced by the PIT, read back at the end, for failover with disks |
 //! | `bad-port`, `bad-mmio`, `triple-fault` | guests that misbehave; the VMM must stop cleanly |
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));

@@ -1,0 +1,250 @@
+//! End-to-end tests of ftvm on simulated hosts: `scripts/hosts.sh` makes host A, host B and
+//! a client host in network namespaces joined by a LAN bridge, with a shared directory;
+//! the tests start real `ftvm` VMMs on those hosts (`ip netns exec`), cut a host's cable,
+//! kill its VMM, and watch what the other host and the observers see.
+//!
+//! Each test makes its own set of hosts (its own namespaces and LAN), so tests can run in
+//! parallel; the hosts are removed when the [`Hosts`] value is dropped, even on failure.
+//! Needs root (namespaces) and /dev/kvm; without them the tests fail loudly.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The repository's top directory.
+pub fn top() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The `ftvm` binary of this build (the workspace's test run builds it first).
+pub fn ftvm_binary() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| top().join("target"));
+    let bin = target.join("debug").join("ftvm");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build -p ftvm; scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+pub fn guest(name: &str) -> &'static str {
+    ftvm_test_guests::guest(name).unwrap_or_else(|| panic!("no tiny guest called {name}"))
+}
+
+/// The simulated machines need KVM and root; without them, fail loudly.
+pub fn require_kvm_and_root() {
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "/dev/kvm is missing: these tests run real VMs"
+    );
+    let uid = Command::new("id").arg("-u").output().expect("run id");
+    assert_eq!(
+        String::from_utf8_lossy(&uid.stdout).trim(),
+        "0",
+        "these tests make network namespaces and need root"
+    );
+}
+
+/// One set of simulated hosts (`scripts/hosts.sh up NAME`), removed on drop.
+pub struct Hosts {
+    pub name: String,
+}
+
+impl Hosts {
+    pub fn up(tag: &str) -> Self {
+        let name = format!("e2e{}-{tag}", std::process::id());
+        let hosts = Self { name };
+        hosts.script(&["up"]);
+        hosts
+    }
+
+    fn script(&self, args: &[&str]) {
+        let mut cmd = Command::new(top().join("scripts/hosts.sh"));
+        cmd.args(args).arg(&self.name);
+        let out = run_with_deadline(cmd, Duration::from_secs(120));
+        assert!(
+            out.0,
+            "scripts/hosts.sh {args:?} {} failed:\n{}",
+            self.name, out.1
+        );
+    }
+
+    /// The shared storage both VM hosts see.
+    pub fn shared(&self) -> PathBuf {
+        PathBuf::from(format!("/tmp/{}/shared", self.name))
+    }
+
+    /// A host's address on the LAN: "a", "b" or "client".
+    pub fn addr(host: &str) -> &'static str {
+        match host {
+            "a" => "10.77.0.1",
+            "b" => "10.77.0.2",
+            "client" => "10.77.0.10",
+            other => panic!("no host {other}"),
+        }
+    }
+
+    /// Unplug a host's cable (both directions at once).
+    pub fn cut(&self, host: &str) {
+        self.script_host("cut", host);
+    }
+
+    pub fn heal(&self, host: &str) {
+        self.script_host("heal", host);
+    }
+
+    fn script_host(&self, action: &str, host: &str) {
+        let mut cmd = Command::new(top().join("scripts/hosts.sh"));
+        cmd.args([action, host, &self.name]);
+        let out = run_with_deadline(cmd, Duration::from_secs(30));
+        assert!(out.0, "hosts.sh {action} {host} failed:\n{}", out.1);
+    }
+
+    /// `ftvm ARGS` on `host`, its stderr collected.
+    pub fn ftvm(&self, host: &str, args: &[&str]) -> Vmm {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &format!("{}-{host}", self.name)])
+            .arg(ftvm_binary())
+            .args(args);
+        Vmm::spawn(cmd)
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        let _ = Command::new(top().join("scripts/hosts.sh"))
+            .args(["down", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Run `cmd` to completion within `limit`: (success, stdout+stderr).
+fn run_with_deadline(mut cmd: Command, limit: Duration) -> (bool, String) {
+    let out = PathBuf::from(format!(
+        "/tmp/ftvm-e2e-cmd-{}-{:?}.out",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let file = std::fs::File::create(&out).expect("command output file");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("dup"))
+        .stderr(file)
+        .spawn()
+        .expect("start command");
+    let t = Instant::now();
+    let ok = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s.success();
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    (ok, text)
+}
+
+/// A VMM process on a simulated host.
+pub struct Vmm {
+    pub child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Vmm {
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ftvm");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push_str(&text);
+            }
+        });
+        Self { child, stderr }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Until stderr contains `text`; panics after `limit` or if the VMM exits first.
+    pub fn wait_for(&mut self, text: &str, limit: Duration) {
+        let t = Instant::now();
+        while !self.stderr().contains(text) {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(50));
+                panic!("exited with {s} before '{text}':\n{}", self.stderr());
+            }
+            assert!(
+                t.elapsed() < limit,
+                "no '{text}' within {limit:?}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Its exit status (-1 for a signal); panics (killing it) after `limit`.
+    pub fn wait(&mut self, limit: Duration) -> i32 {
+        let t = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                std::thread::sleep(Duration::from_millis(50));
+                return s.code().unwrap_or(-1);
+            }
+            if t.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("still running after {limit:?}:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL, as a power loss would end it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The pair's key in `dir`, made with `ftvm keygen`.
+pub fn keygen(dir: &Path) -> String {
+    let path = dir.join("pair.key");
+    let status = Command::new(ftvm_binary())
+        .arg("keygen")
+        .arg(&path)
+        .stderr(Stdio::null())
+        .status()
+        .expect("ftvm keygen");
+    assert!(status.success(), "ftvm keygen failed");
+    path.to_str().expect("utf-8 path").to_owned()
+}
