@@ -201,3 +201,39 @@ fn only_the_key_holder_joins_and_the_wire_shows_nothing_of_the_guest() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&dir2);
 }
+
+#[test]
+fn peers_stalling_their_handshakes_do_not_keep_a_backup_waiting() {
+    require_kvm();
+    let dir = shared_dir("stalled-handshakes");
+    let port = free_port();
+    let mut p = primary(&dir, port);
+    p.wait_for("waiting for a backup", Duration::from_secs(30));
+    // Two peers connect and never finish a handshake (one silent, one trickling a byte
+    // now and then): each may hold a handshake for 10 s, but not the primary.
+    let _silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut trickler = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_trickling = stop.clone();
+    let trickling = std::thread::spawn(move || {
+        while !stop_trickling.load(std::sync::atomic::Ordering::SeqCst) {
+            if trickler.write_all(&[0]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let joined = std::time::Instant::now();
+    let _b = backup(&dir, port, None);
+    p.wait_for("protected:", Duration::from_secs(30));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = trickling.join();
+    assert!(
+        joined.elapsed() < Duration::from_secs(5),
+        "the backup waited {:?} behind the stalled handshakes:\n{}",
+        joined.elapsed(),
+        p.stderr()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

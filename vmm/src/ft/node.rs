@@ -8,6 +8,7 @@
 //! - `join`: a primary taking a backup (handshake, state transfer, live log);
 //! - `report`: the status file.
 
+mod doorman;
 mod join;
 mod report;
 mod start;
@@ -122,7 +123,8 @@ struct Node {
     core: RoleCore,
     link: Option<Link>,
     pipe: Option<Pipe>,
-    listener: Option<TcpListener>,
+    /// Where backups knock (their handshakes run on its threads).
+    listener: Option<doorman::Doorman>,
     last_failover: Option<String>,
     who: String,
     status: super::status::StatusWriter,
@@ -143,6 +145,7 @@ impl Node {
         listener: Option<TcpListener>,
         who: String,
     ) -> Self {
+        let key = opts.key.clone();
         let status_path =
             opts.shared
                 .status_path(&format!("{}-{}", start::hostname(), std::process::id()));
@@ -157,7 +160,7 @@ impl Node {
             core,
             link: None,
             pipe: None,
-            listener,
+            listener: listener.map(|l| doorman::Doorman::spawn(l, key)),
             last_failover: None,
             who,
             status: super::status::StatusWriter::new(status_path),
@@ -239,10 +242,9 @@ impl Node {
             let now_ns = self.now_ns();
             self.handle(Event::PeerLost { why, now_ns });
         }
-        if self.core.accepts_backup() && self.link.is_none() {
-            if let Some(event) = self.accept_backup() {
-                self.handle(event);
-            }
+        let wanted = self.core.accepts_backup() && self.link.is_none();
+        if let Some(event) = self.accept_backup(wanted) {
+            self.handle(event);
         }
         let now_ns = self.now_ns();
         self.handle(Event::Tick { now_ns });

@@ -1,68 +1,51 @@
 //! A primary taking a backup: the handshake, the state transfer and the live log.
 
-use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use ft_log::channel::{MessageDecoder, ToBackup, ToPrimary};
+use ft_log::channel::ToBackup;
 
-use super::{FtError, Node, HANDSHAKE_LIMIT};
+use super::doorman::{Candidate, Knock};
+use super::{FtError, Node};
 use crate::counters::LiveCounters;
-use crate::ft::link::{chain, recv, Link, LinkError, PrimaryAcks};
+use crate::ft::link::{chain, Link, LinkError, PrimaryAcks};
 use crate::ft::pipe::Pipe;
 use crate::ft::role::Event;
-use crate::ft::secure::SecureStream;
 use crate::ft::transfer;
 
 impl Node {
-    /// A backup is knocking: transfer the state and start protecting the guest. The
-    /// outcome, for the role core: joined, or failed to join (None: nobody knocked).
-    pub(super) fn accept_backup(&mut self) -> Option<Event> {
-        let listener = self.listener.as_ref()?;
-        let (stream, from) = match listener.accept() {
-            Ok(s) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
-            Err(e) => {
-                tracing::warn!("accepting a backup failed: {e}");
-                return None;
+    /// A backup has knocked (its handshake done off this loop, see [`super::doorman`]):
+    /// if this VMM can take one (`wanted`), transfer the state and start protecting the
+    /// guest. The outcome, for the role core: joined, or failed to join (None: nobody
+    /// knocked, or a knock not wanted now, which is closed at once).
+    pub(super) fn accept_backup(&mut self, wanted: bool) -> Option<Event> {
+        let knock = self.listener.as_ref()?.next()?;
+        if !wanted {
+            tracing::info!("a backup knocked while this VMM cannot take one: closed");
+            return None;
+        }
+        Some(match knock {
+            Knock::Failed { from, why } => Event::BackupFailedToJoin { from, why },
+            Knock::Ready(candidate) => {
+                let from = candidate.peer.to_string();
+                match self.protect(*candidate) {
+                    Ok(()) => Event::BackupJoined,
+                    Err(e) => Event::BackupFailedToJoin {
+                        from,
+                        why: chain(&e),
+                    },
+                }
             }
-        };
-        Some(match self.protect(stream) {
-            Ok(()) => Event::BackupJoined,
-            Err(e) => Event::BackupFailedToJoin {
-                from: from.to_string(),
-                why: chain(&e),
-            },
         })
     }
 
-    fn protect(&mut self, tcp: TcpStream) -> Result<(), FtError> {
-        tcp.set_nodelay(true).map_err(LinkError::from)?;
-        let peer = tcp.peer_addr().map_err(LinkError::from)?;
-        // Nothing about the guest goes to a peer that has not proved it holds the key.
-        let mut stream =
-            SecureStream::accept(tcp, &self.opts.key, HANDSHAKE_LIMIT).map_err(|source| {
-                FtError::Secure {
-                    peer: peer.to_string(),
-                    source,
-                }
-            })?;
-        stream
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .map_err(LinkError::from)?;
-        let mut dec = MessageDecoder::<ToPrimary>::new();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let name = loop {
-            match recv(&mut stream, &mut dec)? {
-                Some(ToPrimary::Hello { vm_name }) => break vm_name,
-                Some(_) => return Err(LinkError::Protocol("no hello".into()).into()),
-                None if Instant::now() > deadline => {
-                    return Err(LinkError::Timeout(Duration::from_secs(10)).into())
-                }
-                None => {}
-            }
-        };
+    fn protect(&mut self, candidate: Candidate) -> Result<(), FtError> {
+        let Candidate {
+            mut stream,
+            dec,
+            peer,
+            vm_name: name,
+        } = candidate;
         if name != self.opts.shared.name() {
             // Tell it why before hanging up: it will say so and exit.
             return Err(LinkError::Protocol(format!(
