@@ -81,6 +81,9 @@ pub enum ToBackup {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
+    /// The log is complete (the primary's guest stopped and its shutdown entry was sent):
+    /// the connection closing after this is the end of the run, not a failure.
+    Goodbye,
 }
 
 /// Primary -> backup, borrowing: serializes to exactly the bytes of the [`ToBackup`] variant

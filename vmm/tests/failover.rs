@@ -346,3 +346,28 @@ fn bad_peers_and_settings_are_refused_clearly() {
     check_counter(&console(&dir));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_guest_that_powers_off_ends_both_vmms_without_a_failover() {
+    require_kvm();
+    let dir = shared_dir("clean-end");
+    let port = free_port();
+    let mut p = primary(&dir, port);
+    p.wait_for("waiting for a backup", Duration::from_secs(30));
+    let mut b = backup(&dir, port, None);
+    assert_eq!(p.wait(Duration::from_secs(120)), 0, "{}", p.stderr());
+    assert_eq!(b.wait(Duration::from_secs(60)), 0, "{}", b.stderr());
+    // The primary said goodbye: its close was the end of the run, not a loss.
+    let err = b.stderr();
+    assert!(!err.contains("primary lost"), "{err}");
+    assert!(err.contains("matches the recording"), "{err}");
+    let owners: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".owner"))
+        .collect();
+    assert_eq!(owners, ["counter.epoch-1.owner"], "no epoch claimed after the end");
+    check_counter(&console(&dir));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -162,12 +162,17 @@ pub struct Link {
     threads: Vec<JoinHandle<()>>,
     /// Backup: the log pipe is full, so silence from the primary is expected.
     log_pipe: Option<Pipe>,
+    /// Backup: the primary said its log is complete; its silence or close is the end.
+    peer_finished: Arc<AtomicBool>,
 }
 
 impl Link {
     /// Why the peer counts as failed, if it does: a broken or damaged connection, or no
     /// word from it within the timeout.
     pub fn failure(&self) -> Option<String> {
+        if self.peer_finished() {
+            return None;
+        }
         if let Some(f) = lock(&self.health.failure).clone() {
             return Some(f);
         }
@@ -185,6 +190,11 @@ impl Link {
         let l = lock(&self.health.liveness);
         l.expired(now)
             .then(|| LinkError::Timeout(self.timeout).to_string())
+    }
+
+    /// Backup: the primary said goodbye (its guest stopped; the log it sent is complete).
+    pub fn peer_finished(&self) -> bool {
+        self.peer_finished.load(Ordering::SeqCst)
     }
 
     /// Primary, its log closed: wait (at most `limit`) until the sender has put the rest
@@ -248,6 +258,8 @@ impl Link {
             if !data.is_empty() {
                 send(tx, &ToBackup::Log(data))?;
             } else if log.is_finished() {
+                // Everything logged is on its way: the close that follows is no failure.
+                send(tx, &ToBackup::Goodbye)?;
                 return Ok(false);
             } else {
                 send(tx, &ToBackup::Heartbeat)?;
@@ -269,10 +281,13 @@ impl Link {
         timeout: Duration,
     ) -> Result<Self, LinkError> {
         let mut pipe = log.clone();
+        let finished = Arc::new(AtomicBool::new(false));
+        let said_goodbye = finished.clone();
         let on_message = move |m: ToBackup| -> Result<(), LinkError> {
             match m {
                 ToBackup::Log(bytes) => pipe.write_all(&bytes)?,
                 ToBackup::Heartbeat => {}
+                ToBackup::Goodbye => said_goodbye.store(true, Ordering::SeqCst),
                 other => {
                     return Err(LinkError::Protocol(format!(
                         "state transfer message after the transfer ({})",
@@ -311,7 +326,9 @@ impl Link {
             std::thread::sleep(Duration::from_micros(500));
             Ok(true)
         };
-        Self::start(stream, decoder, timeout, Some(log), on_message, send_step)
+        let mut link = Self::start(stream, decoder, timeout, Some(log), on_message, send_step)?;
+        link.peer_finished = finished;
+        Ok(link)
     }
 
     /// The scaffolding both sides share: a receiver thread that hands each message from
@@ -364,6 +381,7 @@ impl Link {
             timeout,
             threads: vec![sender, receiver],
             log_pipe,
+            peer_finished: Arc::default(),
         })
     }
 }

@@ -170,6 +170,21 @@ impl Node {
         }
     }
 
+    /// Why the peer counts as lost, if it does. A primary that said goodbye (its guest
+    /// stopped) is not lost: the replay runs to the end of its complete log, with no
+    /// claim, unless this backup is recovering from a divergence and needed the
+    /// primary's checkpoint, which will not come now.
+    fn link_failure(&self, link: &Link) -> Option<String> {
+        if link.peer_finished() {
+            return self
+                .counters
+                .recovering
+                .load(Ordering::SeqCst)
+                .then(|| "the primary's guest stopped while this backup was recovering".into());
+        }
+        link.failure()
+    }
+
     fn now_ns(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
@@ -238,7 +253,7 @@ impl Node {
                 });
             }
         }
-        if let Some(why) = self.link.as_ref().and_then(Link::failure) {
+        if let Some(why) = self.link.as_ref().and_then(|l| self.link_failure(l)) {
             let now_ns = self.now_ns();
             self.handle(Event::PeerLost { why, now_ns });
         }

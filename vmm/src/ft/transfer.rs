@@ -361,10 +361,10 @@ pub fn receive_state(
                 });
             }
             ToBackup::Heartbeat => {}
-            ToBackup::Log(_) | ToBackup::Hello { .. } => {
+            ToBackup::Log(_) | ToBackup::Hello { .. } | ToBackup::Goodbye => {
                 return Err(TransferError::Invalid {
                     what: "message",
-                    reason: "log or hello before the machine state".into(),
+                    reason: "log, hello or goodbye before the machine state".into(),
                 })
             }
         }
