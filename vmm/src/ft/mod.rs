@@ -12,6 +12,7 @@
 //! - [`node`]: the controller that owns it all, feeds the role core what happens and
 //!   carries out what it decides.
 
+pub mod announce;
 pub mod console;
 pub mod deadline;
 pub mod disk_copy;
