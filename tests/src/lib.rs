@@ -163,7 +163,8 @@ pub struct Vmm {
 }
 
 impl Vmm {
-    fn spawn(mut cmd: Command) -> Self {
+    /// Start `cmd` (an ftvm command line) with its stderr collected.
+    pub fn spawn(mut cmd: Command) -> Self {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -192,8 +193,13 @@ impl Vmm {
 
     /// Until stderr contains `text`; panics after `limit` or if the VMM exits first.
     pub fn wait_for(&mut self, text: &str, limit: Duration) {
+        self.wait_for_nth(text, 1, limit);
+    }
+
+    /// Until stderr contains `text` `n` times.
+    pub fn wait_for_nth(&mut self, text: &str, n: usize, limit: Duration) {
         let t = Instant::now();
-        while !self.stderr().contains(text) {
+        while self.stderr().matches(text).count() < n {
             if let Ok(Some(s)) = self.child.try_wait() {
                 std::thread::sleep(Duration::from_millis(50));
                 panic!("exited with {s} before '{text}':\n{}", self.stderr());

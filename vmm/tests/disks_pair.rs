@@ -30,7 +30,7 @@ fn image(dir: &Path, name: &str, fill: u8, mark: bool) -> PathBuf {
 }
 
 fn disk_primary(dir: &Path, port: u16, img: &Path) -> Vmm {
-    Vmm::start(&[
+    vmm(&[
         "primary",
         "--shared-dir",
         dir.to_str().unwrap(),
@@ -70,7 +70,7 @@ fn disk_backup(dir: &Path, port: u16, disks: &[&Path]) -> Vmm {
     for d in disks {
         args.extend(["--disk", d.to_str().unwrap()]);
     }
-    Vmm::start(&args)
+    vmm(&args)
 }
 
 fn console(dir: &Path) -> String {

@@ -2,98 +2,19 @@
 //! them; shared by the pair tests.
 
 use super::*;
-use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 pub const TIMEOUT_MS: &str = "300";
 
-pub struct Vmm {
-    pub child: Child,
-    stderr: Arc<Mutex<String>>,
-}
+/// A VMM child process with its stderr collected (the end-to-end tests' own).
+pub use ftvm_e2e::Vmm;
 
-impl Vmm {
-    pub fn start(args: &[&str]) -> Self {
-        let mut child = ftvm()
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start ftvm");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().unwrap();
-        let s = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                s.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Self { child, stderr }
-    }
-
-    pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Wait until stderr contains `text`; panics after `limit`.
-    pub fn wait_for(&mut self, text: &str, limit: Duration) {
-        self.wait_for_nth(text, 1, limit);
-    }
-
-    /// Wait until stderr contains `text` `n` times.
-    pub fn wait_for_nth(&mut self, text: &str, n: usize, limit: Duration) {
-        let t = Instant::now();
-        while self.stderr().matches(text).count() < n {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                std::thread::sleep(Duration::from_millis(50));
-                panic!("exited with {s} before '{text}':\n{}", self.stderr());
-            }
-            assert!(
-                t.elapsed() < limit,
-                "no '{text}' within {limit:?}:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    pub fn wait(&mut self, limit: Duration) -> i32 {
-        let t = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(50)); // let stderr drain
-                return s.code().unwrap_or(-1);
-            }
-            if t.elapsed() > limit {
-                let _ = self.child.kill();
-                panic!("still running after {limit:?}:\n{}", self.stderr());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `ftvm ARGS` as a child process.
+pub fn vmm(args: &[&str]) -> Vmm {
+    let mut cmd = ftvm();
+    cmd.args(args);
+    Vmm::spawn(cmd)
 }
 
 pub fn shared_dir(tag: &str) -> PathBuf {
@@ -127,7 +48,7 @@ pub fn primary(dir: &Path, port: u16) -> Vmm {
 
 /// A primary of the counter guest holding the channel key at `key`.
 pub fn primary_with_key(dir: &Path, port: u16, key: &str) -> Vmm {
-    Vmm::start(&[
+    vmm(&[
         "primary",
         "--shared-dir",
         dir.to_str().unwrap(),
@@ -166,5 +87,5 @@ pub fn backup(dir: &Path, primary_port: u16, listen: Option<u16>) -> Vmm {
     if let Some(l) = &listen {
         args.extend(["--listen", l]);
     }
-    Vmm::start(&args)
+    vmm(&args)
 }
