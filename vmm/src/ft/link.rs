@@ -6,6 +6,12 @@
 //! Backup: its receiver fills the log pipe from the connection (blocking while the pipe is
 //! full, which in turn stalls the primary through TCP); its sender acknowledges what the
 //! replay has verified and asks for a checkpoint delta when the replay diverged.
+//!
+//! Two verdicts make the peer failed besides a broken or damaged connection: silence
+//! (no message for the peer timeout, [`Liveness`]) and back-pressure (one write to the peer
+//! stuck for the stall limit, [`SendProgress`]). The second catches a peer that keeps
+//! sending heartbeats but has stopped reading: the primary's log buffer would fill and its
+//! guest stall for as long as that lasted.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -15,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ft_log::channel::{encode_message, MessageDecoder, ToBackup, ToPrimary};
-use ft_log::liveness::Liveness;
+use ft_log::liveness::{Liveness, SendProgress};
 use serde::de::DeserializeOwned;
 
 use super::console::ConsoleSink;
@@ -39,6 +45,20 @@ pub enum LinkError {
     Protocol(String),
     #[error("no word from the peer for {0:?}")]
     Timeout(Duration),
+    #[error("the peer has taken nothing from the logging channel for {0:?}: it stopped reading")]
+    Stalled(Duration),
+}
+
+/// How long the peer may be silent, and how long one write to it may stay stuck, before
+/// it counts as failed.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkLimits {
+    pub peer_timeout: Duration,
+    pub stall_limit: Duration,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// How long one [`recv`] keeps reading bytes that do not complete a message.
@@ -107,18 +127,17 @@ pub fn send<M: serde::Serialize>(stream: &mut impl Write, m: &M) -> Result<(), L
 struct Health {
     started: Instant,
     liveness: Mutex<Liveness>,
+    sending: Mutex<SendProgress>,
     failure: Mutex<Option<String>>,
     stop: AtomicBool,
 }
 
 impl Health {
-    fn new(timeout: Duration) -> Arc<Self> {
+    fn new(limits: LinkLimits) -> Arc<Self> {
         Arc::new(Self {
             started: Instant::now(),
-            liveness: Mutex::new(Liveness::new(
-                u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX),
-                0,
-            )),
+            liveness: Mutex::new(Liveness::new(nanos(limits.peer_timeout), 0)),
+            sending: Mutex::new(SendProgress::new(nanos(limits.stall_limit))),
             failure: Mutex::new(None),
             stop: AtomicBool::new(false),
         })
@@ -141,6 +160,31 @@ impl Health {
     }
 }
 
+/// The sender threads' side of the connection: every write is timed for the back-pressure
+/// verdict.
+struct Outgoing {
+    tx: SecureStream,
+    health: Arc<Health>,
+}
+
+impl Write for Outgoing {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let now = self.health.now();
+        lock(&self.health.sending).started(now);
+        let r = self.tx.write(data);
+        lock(&self.health.sending).finished();
+        r
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let now = self.health.now();
+        lock(&self.health.sending).started(now);
+        let r = self.tx.flush();
+        lock(&self.health.sending).finished();
+        r
+    }
+}
+
 /// What the primary's receiver updates from the backup's messages.
 pub struct PrimaryAcks {
     /// The console under the output rule: acks release its output.
@@ -158,18 +202,21 @@ pub struct Link {
     stream: SecureStream,
     pub peer: SocketAddr,
     health: Arc<Health>,
-    timeout: Duration,
+    limits: LinkLimits,
     threads: Vec<JoinHandle<()>>,
     /// Backup: the log pipe is full, so silence from the primary is expected.
     log_pipe: Option<Pipe>,
 }
 
 impl Link {
-    /// Why the peer counts as failed, if it does: a broken or damaged connection, or no
-    /// word from it within the timeout.
+    /// Why the peer counts as failed, if it does: a broken or damaged connection, no
+    /// word from it within the timeout, or a write to it stuck for the stall limit.
     pub fn failure(&self) -> Option<String> {
         if let Some(f) = lock(&self.health.failure).clone() {
             return Some(f);
+        }
+        if lock(&self.health.sending).stalled(self.health.now()) {
+            return Some(LinkError::Stalled(self.limits.stall_limit).to_string());
         }
         // A backup whose log pipe is full is behind, and its receiver deliberately stopped
         // reading: the primary's silence is then its own doing.
@@ -184,7 +231,7 @@ impl Link {
         let now = self.health.now();
         let l = lock(&self.health.liveness);
         l.expired(now)
-            .then(|| LinkError::Timeout(self.timeout).to_string())
+            .then(|| LinkError::Timeout(self.limits.peer_timeout).to_string())
     }
 
     /// Primary, its log closed: wait (at most `limit`) until the sender has put the rest
@@ -214,7 +261,7 @@ impl Link {
         decoder: MessageDecoder<ToPrimary>,
         log: Pipe,
         on_ack: PrimaryAcks,
-        timeout: Duration,
+        limits: LinkLimits,
     ) -> Result<Self, LinkError> {
         let PrimaryAcks {
             sink,
@@ -243,7 +290,7 @@ impl Link {
             }
             Ok(())
         };
-        let send_step = move |tx: &mut SecureStream, beat: Duration| -> Result<bool, LinkError> {
+        let send_step = move |tx: &mut Outgoing, beat: Duration| -> Result<bool, LinkError> {
             let data = log.drain_up_to(LOG_CHUNK, beat);
             if !data.is_empty() {
                 send(tx, &ToBackup::Log(data))?;
@@ -254,7 +301,7 @@ impl Link {
             }
             Ok(true)
         };
-        Self::start(stream, decoder, timeout, None, on_message, send_step)
+        Self::start(stream, decoder, limits, None, on_message, send_step)
     }
 
     /// Backup side, after the state transfer: fill `log` from the primary, acknowledge
@@ -266,7 +313,7 @@ impl Link {
         log: Pipe,
         sink: Arc<ConsoleSink>,
         counters: Arc<LiveCounters>,
-        timeout: Duration,
+        limits: LinkLimits,
     ) -> Result<Self, LinkError> {
         let mut pipe = log.clone();
         let on_message = move |m: ToBackup| -> Result<(), LinkError> {
@@ -289,7 +336,7 @@ impl Link {
         let mut last_ack = 0;
         let mut last_sent = Instant::now();
         let mut asked = false;
-        let send_step = move |tx: &mut SecureStream, beat: Duration| -> Result<bool, LinkError> {
+        let send_step = move |tx: &mut Outgoing, beat: Duration| -> Result<bool, LinkError> {
             let v = counters.verified.load(Ordering::SeqCst);
             if v > last_ack {
                 sink.ack(v);
@@ -310,7 +357,7 @@ impl Link {
             std::thread::sleep(Duration::from_micros(500));
             Ok(true)
         };
-        Self::start(stream, decoder, timeout, Some(log), on_message, send_step)
+        Self::start(stream, decoder, limits, Some(log), on_message, send_step)
     }
 
     /// The scaffolding both sides share: a receiver thread that hands each message from
@@ -320,7 +367,7 @@ impl Link {
     fn start<M, R, S>(
         stream: SecureStream,
         mut decoder: MessageDecoder<M>,
-        timeout: Duration,
+        limits: LinkLimits,
         log_pipe: Option<Pipe>,
         mut on_message: R,
         mut send_step: S,
@@ -328,13 +375,16 @@ impl Link {
     where
         M: DeserializeOwned + 'static,
         R: FnMut(M) -> Result<(), LinkError> + Send + 'static,
-        S: FnMut(&mut SecureStream, Duration) -> Result<bool, LinkError> + Send + 'static,
+        S: FnMut(&mut Outgoing, Duration) -> Result<bool, LinkError> + Send + 'static,
     {
         let peer = stream.peer_addr()?;
-        let health = Health::new(timeout);
+        let health = Health::new(limits);
         // Heartbeats at a fifth of the timeout: four can go missing before the peer fails.
-        let beat = timeout / 5;
-        let mut tx = stream.try_clone()?;
+        let beat = limits.peer_timeout / 5;
+        let mut tx = Outgoing {
+            tx: stream.try_clone()?,
+            health: health.clone(),
+        };
         let mut rx = stream.try_clone()?;
         rx.set_read_timeout(Some(beat.max(Duration::from_millis(10))))?;
         let sender = spawn_worker("ft-send", &health, move |h| {
@@ -360,7 +410,7 @@ impl Link {
             stream,
             peer,
             health,
-            timeout,
+            limits,
             threads: vec![sender, receiver],
             log_pipe,
         })
@@ -385,25 +435,4 @@ fn spawn_worker(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recv_reports_a_closed_and_a_damaged_stream() {
-        let mut dec: MessageDecoder<ToPrimary> = MessageDecoder::new();
-        let mut bytes = ft_log::channel::encode_channel_header();
-        bytes.extend(encode_message(&ToPrimary::Ack { ordinal: 7 }));
-        let mut r = std::io::Cursor::new(bytes.clone());
-        assert_eq!(
-            recv(&mut r, &mut dec).unwrap(),
-            Some(ToPrimary::Ack { ordinal: 7 })
-        );
-        assert!(matches!(recv(&mut r, &mut dec), Err(LinkError::Closed)));
-        let mut damaged = bytes;
-        let last = damaged.len() - 1;
-        damaged[last] ^= 0xff;
-        let mut dec: MessageDecoder<ToPrimary> = MessageDecoder::new();
-        let e = recv(&mut std::io::Cursor::new(damaged), &mut dec).unwrap_err();
-        assert!(matches!(e, LinkError::Damaged(_)), "{e}");
-    }
-}
+mod tests;
