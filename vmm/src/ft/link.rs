@@ -7,22 +7,23 @@
 //! full, which in turn stalls the primary through TCP); its sender acknowledges what the
 //! replay has verified and asks for a checkpoint delta when the replay diverged.
 //!
-//! Two verdicts make the peer failed besides a broken or damaged connection: silence
-//! (no message for the peer timeout, [`Liveness`]) and back-pressure (one write to the peer
-//! stuck for the stall limit, [`SendProgress`]). The second catches a peer that keeps
-//! sending heartbeats but has stopped reading: the primary's log buffer would fill and its
-//! guest stall for as long as that lasted.
+//! Two verdicts make the peer failed besides a broken or damaged connection: silence (no
+//! message for the peer timeout, [`ft_log::liveness::Liveness`]) and back-pressure (one
+//! write to the peer stuck for the stall limit, [`ft_log::liveness::SendProgress`]). The
+//! second catches a peer that keeps sending heartbeats but has stopped reading: the
+//! primary's log buffer would fill and its guest stall for as long as that lasted.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ft_log::channel::{encode_message, MessageDecoder, ToBackup, ToPrimary};
-use ft_log::liveness::{Liveness, SendProgress};
 use serde::de::DeserializeOwned;
+
+use health::{Health, Outgoing};
 
 use super::console::ConsoleSink;
 use super::pipe::Pipe;
@@ -121,68 +122,6 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 pub fn send<M: serde::Serialize>(stream: &mut impl Write, m: &M) -> Result<(), LinkError> {
     stream.write_all(&encode_message(m))?;
     Ok(())
-}
-
-/// What both sides' threads share with their controller.
-struct Health {
-    started: Instant,
-    liveness: Mutex<Liveness>,
-    sending: Mutex<SendProgress>,
-    failure: Mutex<Option<String>>,
-    stop: AtomicBool,
-}
-
-impl Health {
-    fn new(limits: LinkLimits) -> Arc<Self> {
-        Arc::new(Self {
-            started: Instant::now(),
-            liveness: Mutex::new(Liveness::new(nanos(limits.peer_timeout), 0)),
-            sending: Mutex::new(SendProgress::new(nanos(limits.stall_limit))),
-            failure: Mutex::new(None),
-            stop: AtomicBool::new(false),
-        })
-    }
-
-    fn now(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    fn heard(&self) {
-        let now = self.now();
-        lock(&self.liveness).heard(now);
-    }
-
-    fn fail(&self, why: String) {
-        let mut f = lock(&self.failure);
-        if f.is_none() && !self.stop.load(Ordering::SeqCst) {
-            *f = Some(why);
-        }
-    }
-}
-
-/// The sender threads' side of the connection: every write is timed for the back-pressure
-/// verdict.
-struct Outgoing {
-    tx: SecureStream,
-    health: Arc<Health>,
-}
-
-impl Write for Outgoing {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let now = self.health.now();
-        lock(&self.health.sending).started(now);
-        let r = self.tx.write(data);
-        lock(&self.health.sending).finished();
-        r
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        let now = self.health.now();
-        lock(&self.health.sending).started(now);
-        let r = self.tx.flush();
-        lock(&self.health.sending).finished();
-        r
-    }
 }
 
 /// What the primary's receiver updates from the backup's messages.
@@ -434,5 +373,6 @@ fn spawn_worker(
     Ok(handle)
 }
 
+mod health;
 #[cfg(test)]
 mod tests;
