@@ -43,8 +43,8 @@ fn held_output_at_its_cap_makes_a_stuck_backup_lost() {
     assert!(err.contains("held output at its cap (1024 bytes)"), "{err}");
     assert_eq!(p.wait(Duration::from_secs(60)), 0, "{}", p.stderr());
     // Every number once, in order: nothing lost while the output waited.
-    let text = String::from_utf8_lossy(&std::fs::read(dir.join("counter.console")).unwrap())
-        .into_owned();
+    let text =
+        String::from_utf8_lossy(&std::fs::read(dir.join("counter.console")).unwrap()).into_owned();
     let counts: Vec<u64> = text
         .lines()
         .filter_map(|l| l.strip_prefix("count ")?.parse().ok())
