@@ -25,6 +25,6 @@ pub use channel::{
 };
 pub use codec::{encode_entry, encode_header, CodecError, Decoder, FORMAT_VERSION, MAGIC};
 pub use entry::{Delta, Digest, Entry, ExitKind, ExitRecord, Page};
-pub use liveness::Liveness;
+pub use liveness::{Liveness, SendProgress};
 pub use output::{OutputGate, OutputStats, Released};
 pub use stats::LogStats;

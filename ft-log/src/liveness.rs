@@ -52,9 +52,75 @@ impl Liveness {
     }
 }
 
+/// Back-pressure's bookkeeping: how long the sender has been stuck handing one message to
+/// the peer. A peer that keeps sending heartbeats but stops reading looks alive to
+/// [`Liveness`], while the sender (and behind it a full log buffer, and the guest) waits;
+/// past `limit_ns` of one write without progress the peer counts as failed.
+#[derive(Debug, Clone)]
+pub struct SendProgress {
+    limit_ns: u64,
+    /// When the write in progress began (None: the sender is not writing).
+    writing_since_ns: Option<u64>,
+}
+
+impl SendProgress {
+    pub fn new(limit_ns: u64) -> Self {
+        Self {
+            limit_ns,
+            writing_since_ns: None,
+        }
+    }
+
+    /// The sender starts handing a message to the peer.
+    pub fn started(&mut self, now_ns: u64) {
+        self.writing_since_ns.get_or_insert(now_ns);
+    }
+
+    /// The peer took it (or the write failed, which is a verdict of its own).
+    pub fn finished(&mut self) {
+        self.writing_since_ns = None;
+    }
+
+    /// How long the write in progress has been waiting (0 when none is).
+    pub fn stuck_for_ns(&self, now_ns: u64) -> u64 {
+        self.writing_since_ns
+            .map_or(0, |since| now_ns.saturating_sub(since))
+    }
+
+    /// True once one write has waited longer than the limit.
+    pub fn stalled(&self, now_ns: u64) -> bool {
+        self.stuck_for_ns(now_ns) > self.limit_ns
+    }
+
+    pub fn limit_ns(&self) -> u64 {
+        self.limit_ns
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_stuck_past_the_limit_is_a_stall() {
+        let mut p = SendProgress::new(100);
+        assert!(!p.stalled(u64::MAX), "no write, no stall");
+        p.started(1000);
+        assert!(!p.stalled(1100));
+        assert!(p.stalled(1101));
+        assert_eq!(p.stuck_for_ns(1050), 50);
+        // Starting again while writing keeps the first start.
+        p.started(1090);
+        assert!(p.stalled(1101));
+        p.finished();
+        assert!(!p.stalled(5000));
+        assert_eq!(p.stuck_for_ns(5000), 0);
+        // Each write has the whole limit; a clock read before the start is harmless.
+        p.started(5000);
+        assert!(!p.stalled(5100));
+        assert!(!p.stalled(10));
+        assert_eq!(p.limit_ns(), 100);
+    }
 
     #[test]
     fn expires_only_after_more_than_the_timeout() {

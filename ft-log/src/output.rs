@@ -7,6 +7,13 @@
 //! tagged with the exit ordinal, and leaves in order as acks arrive. A primary with no
 //! backup (it won the test-and-set) is *alone* and releases at once.
 //!
+//! Held output is capped ([`OutputGate::cap`], [`DEFAULT_HELD_CAP`]): a backup far behind
+//! must not make the primary buffer the guest's output without bound. The gate itself never
+//! drops a byte the guest wrote; it tells its caller whether a write fits
+//! ([`OutputGate::has_room`]), and the caller (the VMM's console) makes the guest's output
+//! path wait for acknowledgements, as a slow serial line would, until a deadline after which
+//! the backup counts as lost (see `vmm/src/ft/console.rs`).
+//!
 //! No I/O and no clocks: callers pass `now_ns` (any monotonic clock) so the delay
 //! statistics mean something and tests are deterministic.
 
@@ -19,6 +26,27 @@ pub struct Released {
     pub offset: u64,
     pub bytes: Vec<u8>,
 }
+
+/// Held output allowed by default before the guest's output waits: 16 MiB, the size of the
+/// default log buffer.
+pub const DEFAULT_HELD_CAP: u64 = 16 << 20;
+
+/// Upper bounds (inclusive, nanoseconds) of the output delay histogram's buckets; a last,
+/// unbounded bucket follows. From "released at once" to "waited seconds".
+pub const DELAY_BOUNDS_NS: [u64; 12] = [
+    0,
+    100_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    1_000_000_000,
+    10_000_000_000,
+];
 
 /// What the gate has done so far. A *chunk* is the bytes of one [`OutputGate::hold`] call.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -36,6 +64,9 @@ pub struct OutputStats {
     pub chunks_released: u64,
     /// Bytes dropped by [`OutputGate::discard`].
     pub bytes_discarded: u64,
+    /// Released chunks by delay: `delay_counts[i]` counts delays at most
+    /// `DELAY_BOUNDS_NS[i]` (and above the bucket before); the last counts the rest.
+    pub delay_counts: [u64; DELAY_BOUNDS_NS.len() + 1],
 }
 
 impl OutputStats {
@@ -45,6 +76,15 @@ impl OutputStats {
             return 0;
         }
         u64::try_from(self.total_delay_ns / u128::from(self.chunks_released)).unwrap_or(u64::MAX)
+    }
+
+    /// One chunk released after waiting `delay_ns`.
+    fn count_release(&mut self, delay_ns: u64) {
+        self.total_delay_ns += u128::from(delay_ns);
+        self.max_delay_ns = self.max_delay_ns.max(delay_ns);
+        self.chunks_released += 1;
+        let bucket = DELAY_BOUNDS_NS.partition_point(|&bound| bound < delay_ns);
+        self.delay_counts[bucket] += 1;
     }
 }
 
@@ -71,6 +111,8 @@ pub struct OutputGate {
     bytes: VecDeque<u8>,
     chunks: VecDeque<Held>,
     stats: OutputStats,
+    /// Bytes that may be held before [`OutputGate::has_room`] says no.
+    cap: u64,
 }
 
 impl OutputGate {
@@ -84,7 +126,27 @@ impl OutputGate {
             bytes: VecDeque::new(),
             chunks: VecDeque::new(),
             stats: OutputStats::default(),
+            cap: DEFAULT_HELD_CAP,
         }
+    }
+
+    /// Hold at most `cap` bytes (see [`OutputGate::has_room`]).
+    pub fn with_cap(mut self, cap: u64) -> Self {
+        self.cap = cap;
+        self
+    }
+
+    pub fn cap(&self) -> u64 {
+        self.cap
+    }
+
+    /// Whether `len` more bytes keep the held output within the cap. Always true when
+    /// they would leave at once (alone, or nothing held) - so a single write larger than
+    /// the cap is still taken once everything before it has left. [`OutputGate::hold`]
+    /// takes bytes whatever this says: waiting (or giving up on the peer) is the caller's
+    /// decision, and the guest's bytes are never dropped here.
+    pub fn has_room(&self, len: u64) -> bool {
+        self.alone || self.chunks.is_empty() || self.held_bytes().saturating_add(len) <= self.cap
     }
 
     /// The guest produced `bytes` at exit `ordinal`. Released at once (returned) when the
@@ -105,7 +167,7 @@ impl OutputGate {
             self.stats.bytes_released =
                 self.stats.bytes_released.saturating_add(bytes.len() as u64);
             self.stats.releases += 1;
-            self.stats.chunks_released += 1;
+            self.stats.count_release(0);
             return Some(r);
         }
         self.bytes.extend(bytes);
@@ -157,10 +219,8 @@ impl OutputGate {
         let mut len = 0u64;
         for c in self.chunks.drain(..n) {
             len = len.saturating_add(c.len);
-            let delay = now_ns.saturating_sub(c.held_at_ns);
-            self.stats.total_delay_ns += u128::from(delay);
-            self.stats.max_delay_ns = self.stats.max_delay_ns.max(delay);
-            self.stats.chunks_released += 1;
+            self.stats
+                .count_release(now_ns.saturating_sub(c.held_at_ns));
         }
         // `len` counts bytes that are in `bytes`, so it fits in usize.
         let take = usize::try_from(len)
@@ -233,204 +293,4 @@ impl OutputGate {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::simnet::Rng;
-
-    fn rel(offset: u64, bytes: &[u8]) -> Released {
-        Released {
-            offset,
-            bytes: bytes.to_vec(),
-        }
-    }
-
-    #[test]
-    fn holds_until_acked_then_releases_in_order() {
-        let mut g = OutputGate::new(100);
-        assert!(!g.is_alone());
-        assert_eq!(g.hold(1, b"ab", 10), None);
-        assert_eq!(g.hold(2, b"c", 20), None);
-        assert_eq!(g.hold(4, b"de", 30), None);
-        assert_eq!(g.offset(), 105);
-        assert_eq!(g.held_bytes(), 5);
-        assert_eq!(g.ack(1, 50), vec![rel(100, b"ab")]);
-        // Ack 3 covers ordinal 2 but not 4.
-        assert_eq!(g.ack(3, 60), vec![rel(102, b"c")]);
-        assert_eq!(g.acked(), 3);
-        assert_eq!(g.released_offset(), 103);
-        // Output at an acked ordinal goes straight out only when nothing is waiting.
-        assert_eq!(g.ack(9, 70), vec![rel(103, b"de")]);
-        assert_eq!(g.hold(9, b"f", 80), Some(rel(105, b"f")));
-        assert_eq!(g.hold(10, b"", 80), None);
-        assert_eq!(g.offset(), 106);
-        let s = g.stats();
-        assert_eq!(s.bytes_held, 0);
-        assert_eq!(s.bytes_released, 6);
-        assert_eq!(s.releases, 4);
-        assert_eq!(s.chunks_released, 4);
-        assert_eq!(s.total_delay_ns, 40 + 40 + 40);
-        assert_eq!(s.max_delay_ns, 40);
-        assert_eq!(s.mean_delay_ns(), 30);
-    }
-
-    #[test]
-    fn acks_going_backwards_are_ignored() {
-        let mut g = OutputGate::new(0);
-        g.hold(5, b"x", 0);
-        assert_eq!(g.ack(7, 1).len(), 1);
-        g.hold(8, b"y", 2);
-        assert_eq!(g.ack(6, 3), vec![]);
-        assert_eq!(g.ack(7, 3), vec![]);
-        assert_eq!(g.acked(), 7);
-        assert_eq!(g.held_bytes(), 1);
-        assert_eq!(g.ack(8, 4), vec![rel(1, b"y")]);
-    }
-
-    #[test]
-    fn ordinals_going_backwards_keep_the_byte_order() {
-        let mut g = OutputGate::new(0);
-        g.hold(5, b"a", 0);
-        g.ack(3, 0);
-        // Ordinal 2 is acked, but "a" (ordinal 5) was produced first and is still held.
-        assert_eq!(g.hold(2, b"b", 0), None);
-        assert_eq!(g.ack(4, 0), vec![]);
-        assert_eq!(g.ack(5, 0), vec![rel(0, b"ab")]);
-    }
-
-    #[test]
-    fn going_alone_releases_everything_and_stays_open() {
-        let mut g = OutputGate::new(0);
-        g.hold(1, b"ab", 0);
-        g.hold(2, b"cd", 5);
-        assert_eq!(g.set_alone(true, 10), vec![rel(0, b"abcd")]);
-        assert!(g.is_alone());
-        assert_eq!(g.hold(3, b"e", 11), Some(rel(4, b"e")));
-        assert_eq!(g.stats().max_delay_ns, 10);
-        // A new backup: holding again, from the next unacked ordinal.
-        assert_eq!(g.set_alone(false, 12), vec![]);
-        assert_eq!(g.hold(4, b"f", 13), None);
-        assert_eq!(g.ack(4, 14), vec![rel(5, b"f")]);
-    }
-
-    #[test]
-    fn offsets_at_the_end_of_the_range_saturate() {
-        // A checkpoint from the peer may carry any console position.
-        let mut g = OutputGate::new(u64::MAX - 1);
-        assert!(g.hold(1, b"abc", 0).is_none());
-        assert_eq!(g.offset(), u64::MAX);
-        let r = g.ack(1, 0);
-        assert_eq!(r.len(), 1);
-        assert_eq!(g.released_offset(), u64::MAX);
-        g.rebase(u64::MAX);
-        assert_eq!(g.hold(2, b"d", 0), None);
-        assert_eq!(g.discard(), 1);
-        g.set_alone(true, 0);
-        assert!(g.hold(3, b"e", 0).is_some());
-    }
-
-    #[test]
-    fn discard_drops_what_is_held_and_only_that() {
-        let mut g = OutputGate::new(10);
-        g.hold(1, b"ab", 0);
-        g.ack(1, 0);
-        g.hold(2, b"cde", 0);
-        assert_eq!(g.discard(), 3);
-        assert_eq!(g.held_bytes(), 0);
-        assert_eq!(g.offset(), 15);
-        assert_eq!(g.released_offset(), 15);
-        assert_eq!(g.stats().bytes_discarded, 3);
-        assert_eq!(g.stats().bytes_released, 2);
-        assert_eq!(g.ack(5, 0), vec![]);
-        assert_eq!(g.set_alone(true, 0), vec![]);
-    }
-
-    /// Random holds, acks (some stale), alone switches and a final discard or go-alone:
-    /// the released bytes are exactly the produced ones, in order, contiguous, each once,
-    /// and nothing leaves above the ack unless alone.
-    #[test]
-    fn random_operations_keep_the_invariants() {
-        for seed in 0..300 {
-            let mut rng = Rng::new(seed);
-            let start = rng.below(1000);
-            let mut g = OutputGate::new(start);
-            // Produced console stream, with the ordinal of each byte.
-            let mut produced: Vec<(u64, u8)> = Vec::new();
-            let mut out: Vec<u8> = Vec::new();
-            let mut ordinal = 0u64;
-            let mut now = 0u64;
-            let check =
-                |g: &OutputGate, r: &Released, out: &mut Vec<u8>, produced: &[(u64, u8)]| {
-                    assert_eq!(
-                        r.offset,
-                        start + out.len() as u64,
-                        "seed {seed}: gap or overlap"
-                    );
-                    assert!(!r.bytes.is_empty());
-                    for (i, b) in r.bytes.iter().enumerate() {
-                        let (ord, want) = produced[out.len() + i];
-                        assert_eq!(*b, want, "seed {seed}");
-                        assert!(
-                            g.is_alone() || ord <= g.acked(),
-                            "seed {seed}: ordinal {ord} > ack {}",
-                            g.acked()
-                        );
-                    }
-                    out.extend(&r.bytes);
-                };
-            for _ in 0..200 {
-                now += rng.below(1000);
-                match rng.below(10) {
-                    0..=4 => {
-                        ordinal += rng.below(3);
-                        let n = rng.below(5) as usize;
-                        let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
-                        produced.extend(bytes.iter().map(|&b| (ordinal, b)));
-                        if let Some(r) = g.hold(ordinal, &bytes, now) {
-                            check(&g, &r, &mut out, &produced);
-                        }
-                    }
-                    5..=7 => {
-                        let a = if rng.below(4) == 0 {
-                            rng.below(g.acked() + 1)
-                        } else {
-                            g.acked() + rng.below(ordinal.saturating_sub(g.acked()) + 2)
-                        };
-                        let before = g.acked();
-                        for r in g.ack(a, now) {
-                            check(&g, &r, &mut out, &produced);
-                        }
-                        assert_eq!(g.acked(), before.max(a));
-                    }
-                    8 if rng.below(5) == 0 => {
-                        let alone = !g.is_alone();
-                        let rs = g.set_alone(alone, now);
-                        assert!(rs.len() <= 1);
-                        for r in rs {
-                            check(&g, &r, &mut out, &produced);
-                        }
-                    }
-                    _ => {}
-                }
-                assert_eq!(g.offset(), start + produced.len() as u64);
-                assert_eq!(g.held_bytes() + out.len() as u64, produced.len() as u64);
-                assert_eq!(g.stats().bytes_held, g.held_bytes());
-                assert_eq!(g.stats().bytes_released, out.len() as u64);
-                assert!(g.is_alone() && g.held_bytes() == 0 || !g.is_alone());
-            }
-            if rng.below(2) == 0 {
-                for r in g.set_alone(true, now) {
-                    check(&g, &r, &mut out, &produced);
-                }
-                assert_eq!(out.len(), produced.len(), "seed {seed}");
-            } else {
-                let held = g.held_bytes();
-                assert_eq!(g.discard(), held);
-                assert_eq!(out.len() as u64 + held, produced.len() as u64);
-            }
-            assert!(
-                g.stats().max_delay_ns as u128 <= g.stats().total_delay_ns
-                    || g.stats().chunks_released == 0
-            );
-        }
-    }
-}
+mod tests;

@@ -39,7 +39,7 @@ enum Command {
     /// (go live) when it fails.
     Backup(BackupArgs),
     /// Show the role, epoch, log lag, held output and failovers of a pair's VMMs.
-    Status(NamedVm),
+    Status(StatusArgs),
     /// Print the guest's console stream (every byte once, whichever VMM wrote it).
     Console(ConsoleArgs),
     /// Make a new random channel key for a pair: to FILE (created with mode 0600), or to
@@ -64,6 +64,16 @@ struct NamedVm {
     /// Name of the VM (its files in the shared directory start with it).
     #[arg(long, default_value = "vm")]
     name: String,
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    vm: NamedVm,
+    /// Print one JSON object (the owner of the current epoch and every VMM's report)
+    /// instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -96,6 +106,18 @@ struct PairArgs {
     /// ftvm out on a closed network only.
     #[arg(long, conflicts_with = "key_file")]
     insecure: bool,
+    /// Milliseconds back-pressure may stall the guest before the peer counts as failed:
+    /// one write to the peer that does not complete (it stopped reading), or console
+    /// output waiting for room under --output-cap.
+    #[arg(long, default_value_t = 5000, value_name = "MS", value_parser = clap::value_parser!(u64).range(20..=600_000))]
+    stall_limit: u64,
+    /// Console output a primary may hold under the output rule, in KiB; past it the
+    /// guest's output waits for the backup's acknowledgements (at most --stall-limit).
+    #[arg(long, default_value_t = 16384, value_name = "KIB", value_parser = clap::value_parser!(u64).range(1..=4_194_304))]
+    output_cap: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -371,6 +393,9 @@ fn ft_options(pair: PairArgs, listen: Option<String>) -> anyhow::Result<ftvm::ft
         buffer_bytes: (pair.buffer as usize) << 10,
         key: pair_key(pair.key_file.as_deref(), pair.insecure)?,
         disks: Vec::new(),
+        stall_limit: Duration::from_millis(pair.stall_limit),
+        output_cap: pair.output_cap << 10,
+        metrics: pair.metrics,
     })
 }
 
@@ -460,8 +485,36 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn status(vm: NamedVm) -> anyhow::Result<i32> {
+fn status(args: StatusArgs) -> anyhow::Result<i32> {
+    let vm = args.vm;
     let shared = ftvm::ft::shared::SharedDir::new(&vm.shared_dir, &vm.name)?;
+    if args.json {
+        let owner = shared.current_owner()?;
+        anyhow::ensure!(
+            owner.is_some(),
+            "no VM '{}' in {}",
+            vm.name,
+            vm.shared_dir.display()
+        );
+        let (mut vmms, mut unreadable) = (Vec::new(), Vec::new());
+        for path in shared.status_files()? {
+            match ftvm::ft::status::StatusReport::read(&path) {
+                Ok(r) => vmms.push(r),
+                Err(e) => unreadable.push(e),
+            }
+        }
+        let (epoch, holder) = owner.unzip();
+        let out = serde_json::json!({
+            "vm": vm.name,
+            "epoch": epoch,
+            "owner": holder,
+            "now_unix_ms": ftvm::ft::status::now_unix_ms(),
+            "vmms": vmms,
+            "unreadable": unreadable,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(0);
+    }
     match shared.current_owner()? {
         Some((epoch, holder)) => println!("{}: epoch {epoch} owned by {holder}", vm.name),
         None => anyhow::bail!("no VM '{}' in {}", vm.name, vm.shared_dir.display()),

@@ -117,7 +117,12 @@ impl Replayer {
                 // Sticky: a log cut inside a frame says so on every later read too.
                 return Ok(self.decoder.finish()?);
             }
-            let got = self.source.read(&mut buf).map_err(ReplayError::Read)?;
+            let got = match self.source.read(&mut buf) {
+                Ok(n) => n,
+                // A signal interrupted the read: nothing was lost, read again.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ReplayError::Read(e)),
+            };
             if got == 0 {
                 self.eof = true;
                 if self.live {
@@ -189,5 +194,74 @@ impl Replayer {
             "divergence at exit {ordinal}: {what}: recorded {recorded}, replayed {replayed}; \
              recovering from the next checkpoint delta"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log source that fails with `Interrupted` before every piece it hands out.
+    struct Interrupting {
+        pieces: VecDeque<Vec<u8>>,
+        interrupt_next: bool,
+    }
+
+    impl Read for Interrupting {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            if std::mem::replace(&mut self.interrupt_next, false) {
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
+            self.interrupt_next = true;
+            let Some(mut piece) = self.pieces.pop_front() else {
+                return Ok(0);
+            };
+            let n = piece.len().min(out.len());
+            out[..n].copy_from_slice(&piece[..n]);
+            if n < piece.len() {
+                self.pieces.push_front(piece.split_off(n));
+            }
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn an_interrupted_read_is_retried() {
+        let entries = [
+            Entry::Start {
+                wall_clock_unix_secs: 7,
+            },
+            Entry::Interrupt {
+                ordinal: 3,
+                vector: 0x20,
+            },
+        ];
+        let mut log = ft_log::encode_header();
+        for e in &entries {
+            log.extend(ft_log::encode_entry(e));
+        }
+        // In pieces of 5 bytes, each behind an interruption.
+        let pieces = log.chunks(5).map(<[u8]>::to_vec).collect();
+        let source = Interrupting {
+            pieces,
+            interrupt_next: true,
+        };
+        let mut r = Replayer::new(Box::new(source));
+        for e in &entries {
+            assert_eq!(r.pop().unwrap().as_ref(), Some(e));
+        }
+        assert_eq!(r.pop().unwrap(), None);
+    }
+
+    #[test]
+    fn other_read_errors_are_fatal() {
+        struct Broken;
+        impl Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Err(std::io::ErrorKind::ConnectionReset.into())
+            }
+        }
+        let mut r = Replayer::new(Box::new(Broken));
+        assert!(matches!(r.pop(), Err(ReplayError::Read(_))));
     }
 }

@@ -306,6 +306,85 @@ fn bring_up(s: &mut Vec<u8>, queues: &[[u8; 3]]) {
     }
 }
 
+/// A powered-on machine's state as a snapshot holds it, with a manifest to match, as
+/// `snapshot_loader` inputs: each flag setting, then a few port accesses.
+fn snapshot_seeds(dir: &Path) {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+    let vcpu = ftvm::state::VcpuState {
+        regs: Default::default(),
+        sregs: Default::default(),
+        fpu: kvm_bindings::kvm_fpu::default().into(),
+        msrs: vec![(0x10, 5)],
+        events: Default::default(),
+        debugregs: Default::default(),
+        xsave: Some(vec![0; 1024]),
+        xcrs: Some(vec![(0, 1)]),
+        ordinal: 42,
+        halted: false,
+    };
+    let platform = ftvm::platform::Platform::new(
+        FuzzClock::new(),
+        8,
+        1_700_000_000,
+        Box::new(std::io::sink()),
+        Arc::new(AtomicU64::new(0)),
+        None,
+    )
+    .expect("a platform powers on");
+    let state = ftvm::state::VmState {
+        vcpu,
+        platform: platform.state(),
+        clock_ns: 1_000_000,
+    };
+    let state = serde_json::to_vec(&state).expect("encode a VM state");
+    let manifest = serde_json::to_vec(&ftvm::snapshot::Manifest {
+        format: ftvm::snapshot::FORMAT.into(),
+        version: ftvm::snapshot::VERSION,
+        mem_mib: 8,
+        clock: ftvm::clock::ClockMode::Host,
+        state: ftvm::snapshot::FileSum {
+            bytes: state.len() as u64,
+            crc32: crc32fast::hash(&state),
+        },
+        memory: ftvm::snapshot::FileSum {
+            bytes: 8 << 20,
+            crc32: 0,
+        },
+        disks: vec![],
+    })
+    .expect("encode a manifest");
+    // Port accesses: read the PIC's mask (0x21), write COM1 (0x3f8), advance time.
+    let ops = [0x00, 0x21, 0x00, 0x01, 0xf8, 0x03, b'x', 0x04, 0xff, 0x00];
+    for (flags, name) in [(0u8, "as-is"), (1, "fixed"), (2, "good-memory")] {
+        let mut input = vec![flags];
+        for part in [&manifest[..], &state[..], &[][..]] {
+            input.extend((part.len() as u16).to_le_bytes());
+            input.extend(part);
+        }
+        input.extend(ops);
+        write(dir, "snapshot_loader", name, &input);
+    }
+}
+
+/// A view service and three servers brought to a view with a primary and a backup, and a
+/// client's Put (its transfer and forward answered for real), as `kv_cores` steps.
+fn kv_core_seeds(dir: &Path) {
+    let mut s = vec![2u8]; // dead after 2 ticks
+    s.extend([0, 0, 0, 0]); // A pings (restarted): view 1 (A)
+    s.extend([0, 0, 1, 0]); // A acknowledges view 1
+    s.extend([0, 0, 0, 1]); // B pings
+    s.extend([1, 0]); // a tick: view 2 (A, B)
+    s.extend([0, 0, 1, 0]); // A acknowledges view 2
+    s.extend([2, 0, 2, 1]); // A and B learn the view
+    // A client's Put k=vvv on A: a transfer to B first (answered as B answers), then the
+    // forward.
+    s.extend([4, 0, 0x11, b'k', 1, 1, 3, 2]);
+    s.extend([4, 0, 0x11, b'k', 1, 1, 3, 2]);
+    s.extend([1, 0, 1, 0, 1, 0]); // ticks: A and B silent, C never came
+    write(dir, "kv_cores", "view-and-put", &s);
+}
+
 fn virtio_seeds(dir: &Path) {
     // Block: one read of sector 0 (header, 512-byte buffer, status byte), notified.
     let mut s = vec![0, 0];
@@ -341,4 +420,6 @@ fn main() {
     device_seeds(dir);
     kv_seeds(dir);
     virtio_seeds(dir);
+    snapshot_seeds(dir);
+    kv_core_seeds(dir);
 }

@@ -116,11 +116,60 @@ pub struct LastWrite {
     pub result: OpResult,
 }
 
-/// The full state a primary sends to a new backup.
+/// The full state a primary sends to a new backup. On the wire both tables are lists of
+/// pairs; a key that appears twice is refused when decoding (a map would silently keep the
+/// last one, so a corrupt or forged transfer could differ from the primary's store yet be
+/// accepted - see [`unique_keys`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
+    #[serde(deserialize_with = "unique_keys::deserialize")]
     pub data: BTreeMap<String, String>,
+    #[serde(deserialize_with = "unique_keys::deserialize")]
     pub last: BTreeMap<u64, LastWrite>,
+}
+
+/// Decoding a map whose keys must all differ.
+pub mod unique_keys {
+    use serde::de::{Deserialize, Deserializer, Error, MapAccess, Visitor};
+    use std::collections::BTreeMap;
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    struct UniqueKeys<K, V>(PhantomData<(K, V)>);
+
+    impl<'de, K, V> Visitor<'de> for UniqueKeys<K, V>
+    where
+        K: Deserialize<'de> + Ord + fmt::Debug,
+        V: Deserialize<'de>,
+    {
+        type Value = BTreeMap<K, V>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a map without duplicate keys")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+            let mut map = BTreeMap::new();
+            while let Some((k, v)) = access.next_entry::<K, V>()? {
+                if map.contains_key(&k) {
+                    // Keys are bounded by the frame size; show at most the start of one.
+                    let shown: String = format!("{k:?}").chars().take(64).collect();
+                    return Err(A::Error::custom(format!("duplicate key {shown}")));
+                }
+                map.insert(k, v);
+            }
+            Ok(map)
+        }
+    }
+
+    pub fn deserialize<'de, D, K, V>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        D: Deserializer<'de>,
+        K: Deserialize<'de> + Ord + fmt::Debug,
+        V: Deserialize<'de>,
+    {
+        d.deserialize_map(UniqueKeys(PhantomData))
+    }
 }
 
 /// What a key/value server says about itself (for tests and humans).
@@ -223,4 +272,82 @@ pub fn check_op_size(op: &Op) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot as it travels: bincode writes a map exactly as a list of pairs.
+    #[derive(Serialize)]
+    struct WireSnapshot {
+        data: Vec<(String, String)>,
+        last: Vec<(u64, LastWrite)>,
+    }
+
+    fn last(seq: u64) -> LastWrite {
+        LastWrite {
+            seq,
+            result: OpResult::Done,
+        }
+    }
+
+    #[test]
+    fn a_snapshot_with_a_key_twice_is_refused() {
+        let kv = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        let good = WireSnapshot {
+            data: vec![kv("a", "1"), kv("b", "2")],
+            last: vec![(1, last(5)), (2, last(6))],
+        };
+        let s: Snapshot = decode(&encode(&good).unwrap()).unwrap();
+        assert_eq!(s.data.len(), 2);
+        assert_eq!(s.last.len(), 2);
+        // A key twice: a plain map would keep "evil" and report one key.
+        let dup = WireSnapshot {
+            data: vec![kv("a", "1"), kv("a", "evil")],
+            last: vec![],
+        };
+        let e = decode::<Snapshot>(&encode(&dup).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("duplicate key"), "{e}");
+        let dup_client = WireSnapshot {
+            data: vec![],
+            last: vec![(7, last(1)), (7, last(2))],
+        };
+        assert!(decode::<Snapshot>(&encode(&dup_client).unwrap()).is_err());
+        // Inside a whole Transfer request too (what a backup's server decodes).
+        // Request's variants up to Transfer, so that Transfer gets the same index.
+        #[allow(dead_code)]
+        #[derive(Serialize)]
+        enum WireRequest {
+            Ping,
+            GetView,
+            Client,
+            Forward,
+            Transfer {
+                view: u64,
+                from: String,
+                msg_seq: u64,
+                snapshot: WireSnapshot,
+            },
+        }
+        let forged = WireRequest::Transfer {
+            view: 2,
+            from: "A".into(),
+            msg_seq: 1,
+            snapshot: dup,
+        };
+        let e = decode::<Request>(&encode(&forged).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("duplicate key"), "{e}");
+        // The same request without the duplicate decodes: the mirror is faithful.
+        let fine = WireRequest::Transfer {
+            view: 2,
+            from: "A".into(),
+            msg_seq: 1,
+            snapshot: good,
+        };
+        assert!(matches!(
+            decode::<Request>(&encode(&fine).unwrap()).unwrap(),
+            Request::Transfer { .. }
+        ));
+    }
 }

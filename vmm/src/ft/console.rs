@@ -7,18 +7,38 @@
 //! writes a byte (the primary, or the backup that replayed it and later went live) the
 //! observer of the stream sees it exactly once, in order. A VMM's stdout shows what it
 //! released while it was the one serving (a primary, or a backup once live).
+//!
+//! Held output is capped (`--output-cap`). When a primary's backup lags so far that the
+//! next write would exceed the cap, the guest's output path waits for acknowledgements -
+//! the guest sees a slow console, as on a real serial line, and loses nothing - for at most
+//! the stall limit (`--stall-limit`). A write still waiting then is taken anyway and the
+//! wait is reported ([`ConsoleSink::take_stall`]): the controller counts the backup as
+//! lost and goes on alone, which releases everything held. A backup never waits (its own
+//! replay is what releases its output).
 
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use ft_log::output::{OutputGate, OutputStats, Released};
+use ft_log::output::{OutputGate, OutputStats, Released, DEFAULT_HELD_CAP};
+
+/// How long a write may wait for room by default.
+pub const DEFAULT_STALL_LIMIT: Duration = Duration::from_secs(5);
 
 pub struct ConsoleSink {
     gate: Mutex<OutputGate>,
+    /// Signalled whenever held output leaves (acks, going alone, discards, rebases).
+    room: Condvar,
+    /// A write waits for room only while a primary holds output for a backup.
+    waits_for_peer: AtomicBool,
+    stall_limit: Duration,
+    /// A write waited the whole stall limit (taken by [`ConsoleSink::take_stall`]).
+    stalled: AtomicBool,
+    /// Nanoseconds writes have spent waiting for room, in all.
+    waited_ns: AtomicU64,
     file: Option<File>,
     /// Bytes at or after this console offset are also written to stdout (u64::MAX: none).
     stdout_from: AtomicU64,
@@ -34,8 +54,25 @@ impl ConsoleSink {
     /// A sink whose console stream continues at `offset`; `stdout` says whether this VMM
     /// serves the console on stdout from the start (a primary does, a backup does not).
     pub fn new(offset: u64, file: Option<File>, stdout: bool) -> Arc<Self> {
+        Self::with_limits(offset, file, stdout, DEFAULT_HELD_CAP, DEFAULT_STALL_LIMIT)
+    }
+
+    /// [`ConsoleSink::new`] holding at most `cap` bytes, a write waiting for room at most
+    /// `stall_limit`.
+    pub fn with_limits(
+        offset: u64,
+        file: Option<File>,
+        stdout: bool,
+        cap: u64,
+        stall_limit: Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
-            gate: Mutex::new(OutputGate::new(offset)),
+            gate: Mutex::new(OutputGate::new(offset).with_cap(cap)),
+            room: Condvar::new(),
+            waits_for_peer: AtomicBool::new(false),
+            stall_limit,
+            stalled: AtomicBool::new(false),
+            waited_ns: AtomicU64::new(0),
             file,
             stdout_from: AtomicU64::new(if stdout { 0 } else { u64::MAX }),
             started: Instant::now(),
@@ -98,9 +135,72 @@ impl ConsoleSink {
                 "console stream rebased on a checkpoint"
             );
         }
+        // The delay counts from the guest's write, time spent waiting for room included.
+        let mut gate = self.wait_for_room(gate, bytes.len() as u64);
         if let Some(r) = gate.hold(ordinal, bytes, now) {
             self.emit(std::slice::from_ref(&r));
         }
+    }
+
+    /// Wait (the gate unlocked meanwhile) until `len` more bytes fit under the cap, the
+    /// sink stops waiting for a peer, or the stall limit passes (reported as a stall).
+    fn wait_for_room<'a>(
+        &'a self,
+        mut gate: MutexGuard<'a, OutputGate>,
+        len: u64,
+    ) -> MutexGuard<'a, OutputGate> {
+        if gate.has_room(len) || !self.waits_for_peer.load(Ordering::SeqCst) {
+            return gate;
+        }
+        let started = Instant::now();
+        let deadline = started + self.stall_limit;
+        tracing::debug!(
+            held = gate.held_bytes(),
+            len,
+            "output at its cap: waiting for the backup"
+        );
+        while !gate.has_room(len) && self.waits_for_peer.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::warn!(
+                    "held output at its cap ({} bytes) for {:?}: the backup counts as lost",
+                    gate.cap(),
+                    self.stall_limit
+                );
+                self.stalled.store(true, Ordering::SeqCst);
+                break;
+            }
+            gate = self
+                .room
+                .wait_timeout(gate, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        let waited = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.waited_ns.fetch_add(waited, Ordering::Relaxed);
+        gate
+    }
+
+    /// Whether a write waited for room past the stall limit since the last call.
+    pub fn take_stall(&self) -> bool {
+        self.stalled.swap(false, Ordering::SeqCst)
+    }
+
+    /// The peer is being given up: writes stop waiting for room (what is held stays held
+    /// until it is released or discarded).
+    pub fn stop_waiting(&self) {
+        self.waits_for_peer.store(false, Ordering::SeqCst);
+        let _gate = self.gate();
+        self.room.notify_all();
+    }
+
+    /// Time writes have spent waiting for room.
+    pub fn waited(&self) -> Duration {
+        Duration::from_nanos(self.waited_ns.load(Ordering::Relaxed))
+    }
+
+    pub fn cap(&self) -> u64 {
+        self.gate().cap()
     }
 
     /// The peer (or, on a backup, this VMM's own replay) verified through `ordinal`.
@@ -110,22 +210,31 @@ impl ConsoleSink {
         let released = gate.ack(ordinal, now);
         if !released.is_empty() {
             self.emit(&released);
+            self.room.notify_all();
         }
     }
 
-    /// Alone (no peer to wait for) or protected again.
+    /// Alone (no peer to wait for) or protected again (a backup joined this primary:
+    /// writes wait for room again).
     pub fn set_alone(&self, alone: bool) {
         let now = self.now_ns();
         let mut gate = self.gate();
         let released = gate.set_alone(alone, now);
+        self.waits_for_peer.store(!alone, Ordering::SeqCst);
+        if !alone {
+            self.stalled.store(false, Ordering::SeqCst);
+        }
         if !released.is_empty() {
             self.emit(&released);
         }
+        self.room.notify_all();
     }
 
     /// This VMM lost the test-and-set: what it holds must never appear.
     pub fn discard(&self) -> u64 {
-        self.gate().discard()
+        let n = self.gate().discard();
+        self.room.notify_all();
+        n
     }
 
     /// A backup going live serves the console on its stdout from here on.
@@ -182,73 +291,4 @@ impl Write for GatedConsole {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn temp(tag: &str) -> std::path::PathBuf {
-        std::env::temp_dir().join(format!("ftvm-console-{tag}-{}", std::process::id()))
-    }
-
-    #[test]
-    fn held_output_reaches_the_stream_only_when_acked() {
-        let path = temp("held");
-        let file = File::create(&path).unwrap();
-        let sink = ConsoleSink::new(0, Some(file), false);
-        let ordinal = Arc::new(AtomicU64::new(4));
-        let position = Arc::new(AtomicU64::new(0));
-        let mut w = sink.writer(ordinal.clone(), position.clone());
-        w.write_all(b"one\n").unwrap(); // exit 5
-        position.store(4, Ordering::SeqCst);
-        ordinal.store(9, Ordering::SeqCst);
-        w.write_all(b"two\n").unwrap(); // exit 10
-        assert_eq!(std::fs::read(&path).unwrap(), b"");
-        assert_eq!(sink.held_bytes(), 8);
-        sink.ack(5);
-        assert_eq!(std::fs::read(&path).unwrap(), b"one\n");
-        sink.ack(10);
-        assert_eq!(std::fs::read(&path).unwrap(), b"one\ntwo\n");
-        assert_eq!(sink.held_bytes(), 0);
-        let _ = std::fs::remove_file(&path);
-    }
-
-    #[test]
-    fn two_writers_of_the_same_stream_leave_each_byte_once() {
-        // A primary and the backup that replays it write the same bytes at the same
-        // offsets; the backup then goes live and continues the stream.
-        let path = temp("two");
-        let primary = ConsoleSink::new(0, Some(File::create(&path).unwrap()), false);
-        let backup = ConsoleSink::new(
-            0,
-            Some(std::fs::OpenOptions::new().write(true).open(&path).unwrap()),
-            false,
-        );
-        backup.produce(1, b"0\n1\n", None);
-        backup.ack(1);
-        primary.produce(1, b"0\n1\n", None);
-        primary.produce(2, b"2\n", None);
-        primary.ack(1); // the primary dies before exit 2 is acked
-        backup.set_alone(true);
-        backup.produce(2, b"2\n3\n", None); // live now: its own exit 2
-        assert_eq!(std::fs::read(&path).unwrap(), b"0\n1\n2\n3\n");
-        assert_eq!(primary.discard(), 2);
-        let _ = std::fs::remove_file(&path);
-    }
-
-    #[test]
-    fn a_checkpoint_rebases_what_a_diverged_replay_held() {
-        let path = temp("rebase");
-        let sink = ConsoleSink::new(0, Some(File::create(&path).unwrap()), false);
-        sink.produce(1, b"ok\n", Some(0));
-        sink.ack(1);
-        sink.produce(2, b"diverged\n", Some(3)); // never verified
-                                                 // A checkpoint says the primary's console is at 6 ("ok\nab" with "ab" released
-                                                 // by the primary itself): the held bytes go, the stream goes on at 6.
-        sink.produce(5, b"c\n", Some(6));
-        sink.ack(5);
-        let text = std::fs::read(&path).unwrap();
-        assert_eq!(&text[..3], b"ok\n");
-        assert_eq!(&text[6..], b"c\n");
-        assert_eq!(sink.offset(), 8);
-        let _ = std::fs::remove_file(&path);
-    }
-}
+mod tests;

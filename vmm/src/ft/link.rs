@@ -6,17 +6,24 @@
 //! Backup: its receiver fills the log pipe from the connection (blocking while the pipe is
 //! full, which in turn stalls the primary through TCP); its sender acknowledges what the
 //! replay has verified and asks for a checkpoint delta when the replay diverged.
+//!
+//! Two verdicts make the peer failed besides a broken or damaged connection: silence (no
+//! message for the peer timeout, [`ft_log::liveness::Liveness`]) and back-pressure (one
+//! write to the peer stuck for the stall limit, [`ft_log::liveness::SendProgress`]). The
+//! second catches a peer that keeps sending heartbeats but has stopped reading: the
+//! primary's log buffer would fill and its guest stall for as long as that lasted.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ft_log::channel::{encode_message, MessageDecoder, ToBackup, ToPrimary};
-use ft_log::liveness::Liveness;
 use serde::de::DeserializeOwned;
+
+use health::{Health, Outgoing};
 
 use super::console::ConsoleSink;
 use super::pipe::Pipe;
@@ -39,6 +46,20 @@ pub enum LinkError {
     Protocol(String),
     #[error("no word from the peer for {0:?}")]
     Timeout(Duration),
+    #[error("the peer has taken nothing from the logging channel for {0:?}: it stopped reading")]
+    Stalled(Duration),
+}
+
+/// How long the peer may be silent, and how long one write to it may stay stuck, before
+/// it counts as failed.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkLimits {
+    pub peer_timeout: Duration,
+    pub stall_limit: Duration,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// How long one [`recv`] keeps reading bytes that do not complete a message.
@@ -103,44 +124,6 @@ pub fn send<M: serde::Serialize>(stream: &mut impl Write, m: &M) -> Result<(), L
     Ok(())
 }
 
-/// What both sides' threads share with their controller.
-struct Health {
-    started: Instant,
-    liveness: Mutex<Liveness>,
-    failure: Mutex<Option<String>>,
-    stop: AtomicBool,
-}
-
-impl Health {
-    fn new(timeout: Duration) -> Arc<Self> {
-        Arc::new(Self {
-            started: Instant::now(),
-            liveness: Mutex::new(Liveness::new(
-                u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX),
-                0,
-            )),
-            failure: Mutex::new(None),
-            stop: AtomicBool::new(false),
-        })
-    }
-
-    fn now(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    fn heard(&self) {
-        let now = self.now();
-        lock(&self.liveness).heard(now);
-    }
-
-    fn fail(&self, why: String) {
-        let mut f = lock(&self.failure);
-        if f.is_none() && !self.stop.load(Ordering::SeqCst) {
-            *f = Some(why);
-        }
-    }
-}
-
 /// What the primary's receiver updates from the backup's messages.
 pub struct PrimaryAcks {
     /// The console under the output rule: acks release its output.
@@ -158,7 +141,7 @@ pub struct Link {
     stream: SecureStream,
     pub peer: SocketAddr,
     health: Arc<Health>,
-    timeout: Duration,
+    limits: LinkLimits,
     threads: Vec<JoinHandle<()>>,
     /// Backup: the log pipe is full, so silence from the primary is expected.
     log_pipe: Option<Pipe>,
@@ -167,14 +150,17 @@ pub struct Link {
 }
 
 impl Link {
-    /// Why the peer counts as failed, if it does: a broken or damaged connection, or no
-    /// word from it within the timeout.
+    /// Why the peer counts as failed, if it does: a broken or damaged connection, no
+    /// word from it within the timeout, or a write to it stuck for the stall limit.
     pub fn failure(&self) -> Option<String> {
         if self.peer_finished() {
             return None;
         }
         if let Some(f) = lock(&self.health.failure).clone() {
             return Some(f);
+        }
+        if lock(&self.health.sending).stalled(self.health.now()) {
+            return Some(LinkError::Stalled(self.limits.stall_limit).to_string());
         }
         // A backup whose log pipe is full is behind, and its receiver deliberately stopped
         // reading: the primary's silence is then its own doing.
@@ -189,7 +175,7 @@ impl Link {
         let now = self.health.now();
         let l = lock(&self.health.liveness);
         l.expired(now)
-            .then(|| LinkError::Timeout(self.timeout).to_string())
+            .then(|| LinkError::Timeout(self.limits.peer_timeout).to_string())
     }
 
     /// Backup: the primary said goodbye (its guest stopped; the log it sent is complete).
@@ -224,7 +210,7 @@ impl Link {
         decoder: MessageDecoder<ToPrimary>,
         log: Pipe,
         on_ack: PrimaryAcks,
-        timeout: Duration,
+        limits: LinkLimits,
     ) -> Result<Self, LinkError> {
         let PrimaryAcks {
             sink,
@@ -253,7 +239,7 @@ impl Link {
             }
             Ok(())
         };
-        let send_step = move |tx: &mut SecureStream, beat: Duration| -> Result<bool, LinkError> {
+        let send_step = move |tx: &mut Outgoing, beat: Duration| -> Result<bool, LinkError> {
             let data = log.drain_up_to(LOG_CHUNK, beat);
             if !data.is_empty() {
                 send(tx, &ToBackup::Log(data))?;
@@ -266,7 +252,7 @@ impl Link {
             }
             Ok(true)
         };
-        Self::start(stream, decoder, timeout, None, on_message, send_step)
+        Self::start(stream, decoder, limits, None, on_message, send_step)
     }
 
     /// Backup side, after the state transfer: fill `log` from the primary, acknowledge
@@ -278,7 +264,7 @@ impl Link {
         log: Pipe,
         sink: Arc<ConsoleSink>,
         counters: Arc<LiveCounters>,
-        timeout: Duration,
+        limits: LinkLimits,
     ) -> Result<Self, LinkError> {
         let mut pipe = log.clone();
         let finished = Arc::new(AtomicBool::new(false));
@@ -305,7 +291,7 @@ impl Link {
         let mut last_ack = 0;
         let mut last_sent = Instant::now();
         let mut asked = false;
-        let send_step = move |tx: &mut SecureStream, beat: Duration| -> Result<bool, LinkError> {
+        let send_step = move |tx: &mut Outgoing, beat: Duration| -> Result<bool, LinkError> {
             let v = counters.verified.load(Ordering::SeqCst);
             if v > last_ack {
                 sink.ack(v);
@@ -326,7 +312,7 @@ impl Link {
             std::thread::sleep(Duration::from_micros(500));
             Ok(true)
         };
-        let mut link = Self::start(stream, decoder, timeout, Some(log), on_message, send_step)?;
+        let mut link = Self::start(stream, decoder, limits, Some(log), on_message, send_step)?;
         link.peer_finished = finished;
         Ok(link)
     }
@@ -338,7 +324,7 @@ impl Link {
     fn start<M, R, S>(
         stream: SecureStream,
         mut decoder: MessageDecoder<M>,
-        timeout: Duration,
+        limits: LinkLimits,
         log_pipe: Option<Pipe>,
         mut on_message: R,
         mut send_step: S,
@@ -346,13 +332,16 @@ impl Link {
     where
         M: DeserializeOwned + 'static,
         R: FnMut(M) -> Result<(), LinkError> + Send + 'static,
-        S: FnMut(&mut SecureStream, Duration) -> Result<bool, LinkError> + Send + 'static,
+        S: FnMut(&mut Outgoing, Duration) -> Result<bool, LinkError> + Send + 'static,
     {
         let peer = stream.peer_addr()?;
-        let health = Health::new(timeout);
+        let health = Health::new(limits);
         // Heartbeats at a fifth of the timeout: four can go missing before the peer fails.
-        let beat = timeout / 5;
-        let mut tx = stream.try_clone()?;
+        let beat = limits.peer_timeout / 5;
+        let mut tx = Outgoing {
+            tx: stream.try_clone()?,
+            health: health.clone(),
+        };
         let mut rx = stream.try_clone()?;
         rx.set_read_timeout(Some(beat.max(Duration::from_millis(10))))?;
         let sender = spawn_worker("ft-send", &health, move |h| {
@@ -378,7 +367,7 @@ impl Link {
             stream,
             peer,
             health,
-            timeout,
+            limits,
             threads: vec![sender, receiver],
             log_pipe,
             peer_finished: Arc::default(),
@@ -403,26 +392,6 @@ fn spawn_worker(
     Ok(handle)
 }
 
+mod health;
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recv_reports_a_closed_and_a_damaged_stream() {
-        let mut dec: MessageDecoder<ToPrimary> = MessageDecoder::new();
-        let mut bytes = ft_log::channel::encode_channel_header();
-        bytes.extend(encode_message(&ToPrimary::Ack { ordinal: 7 }));
-        let mut r = std::io::Cursor::new(bytes.clone());
-        assert_eq!(
-            recv(&mut r, &mut dec).unwrap(),
-            Some(ToPrimary::Ack { ordinal: 7 })
-        );
-        assert!(matches!(recv(&mut r, &mut dec), Err(LinkError::Closed)));
-        let mut damaged = bytes;
-        let last = damaged.len() - 1;
-        damaged[last] ^= 0xff;
-        let mut dec: MessageDecoder<ToPrimary> = MessageDecoder::new();
-        let e = recv(&mut std::io::Cursor::new(damaged), &mut dec).unwrap_err();
-        assert!(matches!(e, LinkError::Damaged(_)), "{e}");
-    }
-}
+mod tests;

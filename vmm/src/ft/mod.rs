@@ -7,6 +7,7 @@
 //! - [`console`]: the console under the output rule, and its exactly-once stream;
 //! - [`shared`]: the shared directory's atomic test-and-set;
 //! - [`status`]: what `ftvm status` shows;
+//! - [`metrics`]: the same for Prometheus (`--metrics ADDR`);
 //! - [`role`]: the roles (primary alone or protected, backup, going live, halted) as a core
 //!   without I/O: events in, actions out;
 //! - [`node`]: the controller that owns it all, feeds the role core what happens and
@@ -18,6 +19,7 @@ pub mod deadline;
 pub mod disk_copy;
 pub mod key;
 pub mod link;
+pub mod metrics;
 pub mod node;
 pub mod pipe;
 pub mod role;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use super::console::ConsoleSink;
 use super::key::ChannelKey;
-use super::link::{Link, LinkError};
+use super::link::{Link, LinkError, LinkLimits};
 use super::pipe::Pipe;
 use super::role::{Action, Event, PairRole, RoleConfig, RoleCore};
 use super::secure::SecureError;
@@ -59,6 +59,8 @@ pub enum FtError {
     Link(#[from] LinkError),
     #[error("the primary runs epoch {claimed}, but the shared directory's owner is of epoch {owned}: refusing to follow a stale or lying primary")]
     EpochMismatch { claimed: u64, owned: u64 },
+    #[error(transparent)]
+    Metrics(#[from] super::metrics::MetricsError),
     #[error("the logging channel with {peer} is not secure")]
     Secure {
         peer: String,
@@ -82,6 +84,24 @@ pub struct FtOptions {
     /// restoring a snapshot: copies of the snapshot's; a backup: copies of the
     /// primary's, which the state transfer brings up to date).
     pub disks: Vec<crate::disk::DiskSpec>,
+    /// How long back-pressure may stall the guest (one write to the peer stuck, or the
+    /// console waiting for room under the held-output cap) before the peer counts as
+    /// failed.
+    pub stall_limit: Duration,
+    /// Console bytes a primary may hold under the output rule before the guest's output
+    /// waits.
+    pub output_cap: u64,
+    /// Where to serve Prometheus metrics (HOST:PORT), if anywhere.
+    pub metrics: Option<String>,
+}
+
+impl FtOptions {
+    pub(crate) fn link_limits(&self) -> LinkLimits {
+        LinkLimits {
+            peer_timeout: self.peer_timeout,
+            stall_limit: self.stall_limit,
+        }
+    }
 }
 
 /// How long a peer may take over the channel's handshake.
@@ -133,6 +153,13 @@ struct Node {
     /// Output bytes discarded when this VMM lost (for the halt message).
     dropped: u64,
     outcome: Option<Outcome>,
+    /// Where status reports are published for `--metrics`.
+    board: Arc<super::metrics::Board>,
+    failovers: u64,
+    /// State transfers completed, and the last one's figures.
+    transfers: u64,
+    last_transfer: Option<report::TransferFigures>,
+    log_rate: report::RateMeter,
 }
 
 impl Node {
@@ -167,6 +194,11 @@ impl Node {
             started: Instant::now(),
             dropped: 0,
             outcome: None,
+            board: Arc::default(),
+            failovers: 0,
+            transfers: 0,
+            last_transfer: None,
+            log_rate: report::RateMeter::default(),
         }
     }
 
@@ -253,6 +285,15 @@ impl Node {
                 });
             }
         }
+        if self.sink.take_stall() && self.link.is_some() && !self.core.is_replaying() {
+            let why = format!(
+                "held output at its cap ({} bytes) and no acknowledgement for {:?}: the backup is too far behind",
+                self.sink.cap(),
+                self.opts.stall_limit
+            );
+            let now_ns = self.now_ns();
+            self.handle(Event::PeerLost { why, now_ns });
+        }
         if let Some(why) = self.link.as_ref().and_then(|l| self.link_failure(l)) {
             let now_ns = self.now_ns();
             self.handle(Event::PeerLost { why, now_ns });
@@ -291,6 +332,8 @@ impl Node {
                 }
             }
             Action::AbortPipe => {
+                // Unstall the guest: its log and its output wait for the peer no more.
+                self.sink.stop_waiting();
                 if let Some(p) = self.pipe.take() {
                     p.abort();
                 }
@@ -336,6 +379,7 @@ impl Node {
             Action::Announce(notice) => {
                 eprintln!("ftvm: {notice}");
                 if notice.is_failover() {
+                    self.failovers += 1;
                     self.last_failover = Some(notice.to_string());
                 }
             }

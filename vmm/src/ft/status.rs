@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// Also what `ftvm status --json` prints and what `--metrics` serves (`super::metrics`).
+/// Fields missing from a file written by an older ftvm read as their defaults.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct StatusReport {
     pub vm: String,
     pub pid: u32,
@@ -50,6 +53,25 @@ pub struct StatusReport {
     pub disk_checks_matched: u64,
     #[serde(default)]
     pub disk_checks_differed: u64,
+    /// Failovers this VMM went through (went on alone, or went live).
+    pub failovers: u64,
+    /// Log bytes per second over the last second or so.
+    pub log_rate_bytes_per_s: f64,
+    /// Released output chunks by delay, in the buckets of
+    /// `ft_log::output::DELAY_BOUNDS_NS` (and a last unbounded one), and their total.
+    pub output_delay_buckets: Vec<u64>,
+    pub output_delay_sum_s: f64,
+    /// Console bytes that may be held before the guest's output waits, and how long it
+    /// has waited for room in all.
+    pub output_cap_bytes: u64,
+    pub output_wait_s: f64,
+    /// State transfers completed (sent as a primary, received as a backup), and the
+    /// figures of the last one (rounds and pause: primary only).
+    pub transfers: u64,
+    pub transfer_pages: u64,
+    pub transfer_rounds: u64,
+    pub transfer_pause_ms: f64,
+    pub transfer_took_ms: f64,
 }
 
 /// A status report is about a kilobyte; anything much longer is not one.
@@ -157,7 +179,7 @@ impl StatusReport {
              peer {peer}; exit {ord}, acked {acked}, lag {lag} exits\n  \
              log {log} bytes, buffer {fill}/{cap} bytes ({pct:.0}%)\n  \
              output held {held} bytes, released {rel} bytes, delay avg {avg:.2} ms max {max:.2} ms\n  \
-             deltas {deltas}, divergences {div}{rec}; last failover: {fo}{disks}",
+             deltas {deltas}, divergences {div}{rec}; failovers {fos}, last: {fo}{disks}",
             vm = self.vm,
             pid = self.pid,
             host = self.host,
@@ -177,6 +199,7 @@ impl StatusReport {
             deltas = self.deltas,
             div = self.divergences,
             rec = if self.recovering { " (recovering now)" } else { "" },
+            fos = self.failovers,
             fo = self.last_failover.as_deref().unwrap_or("none"),
             disks = match (self.disks, self.disk_checks_differed) {
                 (0, _) => String::new(),

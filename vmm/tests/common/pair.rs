@@ -48,26 +48,46 @@ pub fn primary(dir: &Path, port: u16) -> Vmm {
 
 /// A primary of the counter guest holding the channel key at `key`.
 pub fn primary_with_key(dir: &Path, port: u16, key: &str) -> Vmm {
-    vmm(&[
+    primary_with(dir, port, key, &[])
+}
+
+/// A primary of the counter guest holding the channel key at `key`, with `extra`
+/// arguments.
+pub fn primary_with(dir: &Path, port: u16, key: &str, extra: &[&str]) -> Vmm {
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
         "primary",
         "--shared-dir",
         dir.to_str().unwrap(),
         "--name",
         "counter",
         "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--peer-timeout",
-        TIMEOUT_MS,
+        &listen,
         "--key-file",
         key,
         "--kernel",
         guest("counter"),
         "--mem",
         "16",
-    ])
+    ];
+    with_extra(&mut args, extra);
+    vmm(&args)
+}
+
+/// `extra` after `args`, and the tests' short peer timeout unless `extra` sets one.
+fn with_extra<'a>(args: &mut Vec<&'a str>, extra: &[&'a str]) {
+    if !extra.contains(&"--peer-timeout") {
+        args.extend(["--peer-timeout", TIMEOUT_MS]);
+    }
+    args.extend_from_slice(extra);
 }
 
 pub fn backup(dir: &Path, primary_port: u16, listen: Option<u16>) -> Vmm {
+    backup_with(dir, primary_port, listen, &[])
+}
+
+/// A backup of the counter guest with `extra` arguments.
+pub fn backup_with(dir: &Path, primary_port: u16, listen: Option<u16>, extra: &[&str]) -> Vmm {
     let primary = format!("127.0.0.1:{primary_port}");
     let listen = listen.map(|p| format!("127.0.0.1:{p}"));
     let key = pair_key(dir);
@@ -79,13 +99,12 @@ pub fn backup(dir: &Path, primary_port: u16, listen: Option<u16>) -> Vmm {
         "counter",
         "--primary",
         &primary,
-        "--peer-timeout",
-        TIMEOUT_MS,
         "--key-file",
         &key,
     ];
     if let Some(l) = &listen {
         args.extend(["--listen", l]);
     }
+    with_extra(&mut args, extra);
     vmm(&args)
 }

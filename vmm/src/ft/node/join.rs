@@ -74,6 +74,13 @@ impl Node {
             &self.sink,
         )?;
         self.acked.store(report.ordinal, Ordering::SeqCst);
+        self.transfers += 1;
+        self.last_transfer = Some(super::report::TransferFigures {
+            pages: report.pages_sent,
+            rounds: report.rounds as u64,
+            paused: report.paused_for,
+            took: report.took,
+        });
         stream.set_read_timeout(None).map_err(LinkError::from)?;
         let link = Link::primary(
             stream,
@@ -85,7 +92,7 @@ impl Node {
                 acked: self.acked.clone(),
                 guest_ordinal: self.vm.exit_ordinal.clone(),
             },
-            self.opts.peer_timeout,
+            self.opts.link_limits(),
         )?;
         eprintln!(
             "ftvm: protected: {} pages and {} KiB of disks in {} rounds, paused {:.1} ms, {:.2} s in all; logging from exit {}",

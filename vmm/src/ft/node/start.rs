@@ -13,6 +13,7 @@ use super::{FtError, FtOptions, Node, Outcome, HANDSHAKE_LIMIT};
 use crate::counters::LiveCounters;
 use crate::ft::console::ConsoleSink;
 use crate::ft::link::Link;
+use crate::ft::metrics::{self, Board};
 use crate::ft::pipe::Pipe;
 use crate::ft::role::RoleCore;
 use crate::ft::secure::SecureStream;
@@ -24,6 +25,16 @@ pub(super) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "localhost".into())
+}
+
+/// The board this VMM publishes its reports on, served at `--metrics` if given.
+fn metrics_board(opts: &FtOptions) -> Result<Arc<Board>, FtError> {
+    let board = Arc::new(Board::default());
+    if let Some(addr) = &opts.metrics {
+        let at = metrics::serve(addr, board.clone(), opts.shared.name())?;
+        eprintln!("ftvm: metrics on http://{at}/metrics");
+    }
+    Ok(board)
 }
 
 fn bind(addr: &str) -> Result<TcpListener, FtError> {
@@ -84,9 +95,16 @@ pub fn run_primary(
     stop: &AtomicBool,
 ) -> Result<Outcome, FtError> {
     let listener = opts.listen.as_deref().map(bind).transpose()?;
+    let board = metrics_board(&opts)?;
     let who = format!("primary pid {} on {}", std::process::id(), hostname());
     let epoch = opts.shared.claim_first(&who)?;
-    let sink = ConsoleSink::new(0, Some(opts.shared.open_console()?), true);
+    let sink = ConsoleSink::with_limits(
+        0,
+        Some(opts.shared.open_console()?),
+        true,
+        opts.output_cap,
+        opts.stall_limit,
+    );
     sink.set_alone(true);
     let Wiring {
         hooks,
@@ -120,7 +138,8 @@ pub fn run_primary(
             .unwrap_or("(no --listen: unprotected)")
     );
     let core = RoleCore::primary(epoch, super::role_config(&opts));
-    let node = Node::new(vm, opts, sink, delta_request, core, listener, who);
+    let mut node = Node::new(vm, opts, sink, delta_request, core, listener, who);
+    node.board = board;
     node.vm.vcpu.resume();
     node.run(stop)
 }
@@ -139,6 +158,7 @@ pub fn run_backup(
         .into_iter()
         .map(|d| (d.backend, d.read_only))
         .collect::<Vec<_>>();
+    let board = metrics_board(&opts)?;
     let connect = |source| FtError::Connect {
         addr: primary.to_owned(),
         source,
@@ -179,6 +199,7 @@ pub fn run_backup(
         &disks,
     )?;
     drop(disks);
+    let transfer_took = t.elapsed();
     eprintln!(
         "ftvm: state transfer: {} pages ({} MiB), {} MiB of disks in {:.2} s; replaying from exit {} in epoch {}",
         got.pages,
@@ -196,10 +217,12 @@ pub fn run_backup(
             owned,
         });
     }
-    let sink = ConsoleSink::new(
+    let sink = ConsoleSink::with_limits(
         got.machine.console_offset,
         Some(opts.shared.open_console()?),
         false,
+        opts.output_cap,
+        opts.stall_limit,
     );
     sink.set_base(got.machine.console_base);
     let Wiring {
@@ -221,7 +244,7 @@ pub fn run_backup(
         pipe.clone(),
         sink.clone(),
         counters.clone(),
-        opts.peer_timeout,
+        opts.link_limits(),
     )?;
     let vm = Vm::from_state(
         got.memory,
@@ -243,6 +266,13 @@ pub fn run_backup(
     let core = RoleCore::backup(got.epoch, super::role_config(&opts));
     let mut node = Node::new(vm, opts, sink, delta_request, core, listener, who);
     node.counters = counters;
+    node.board = board;
+    node.transfers = 1;
+    node.last_transfer = Some(super::report::TransferFigures {
+        pages: got.pages,
+        took: transfer_took,
+        ..Default::default()
+    });
     node.link = Some(link);
     node.pipe = Some(pipe);
     node.vm.vcpu.resume();

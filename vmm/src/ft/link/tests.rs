@@ -1,0 +1,115 @@
+//! The link's tests: message reading, and the back-pressure verdict over a real (loopback)
+//! secure connection.
+
+use super::*;
+
+#[test]
+fn recv_reports_a_closed_and_a_damaged_stream() {
+    let mut dec: MessageDecoder<ToPrimary> = MessageDecoder::new();
+    let mut bytes = ft_log::channel::encode_channel_header();
+    bytes.extend(encode_message(&ToPrimary::Ack { ordinal: 7 }));
+    let mut r = std::io::Cursor::new(bytes.clone());
+    assert_eq!(
+        recv(&mut r, &mut dec).unwrap(),
+        Some(ToPrimary::Ack { ordinal: 7 })
+    );
+    assert!(matches!(recv(&mut r, &mut dec), Err(LinkError::Closed)));
+    let mut damaged = bytes;
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0xff;
+    let mut dec: MessageDecoder<ToPrimary> = MessageDecoder::new();
+    let e = recv(&mut std::io::Cursor::new(damaged), &mut dec).unwrap_err();
+    assert!(matches!(e, LinkError::Damaged(_)), "{e}");
+}
+
+/// A primary's link to a "backup" that completed the handshake and keeps sending
+/// heartbeats, but never reads: the log buffer fills, the sender's write sticks, and after
+/// the stall limit (not the peer timeout, which the heartbeats keep at bay) the backup
+/// counts as failed; shutting the link down frees the stuck sender.
+#[test]
+fn a_peer_that_stops_reading_fails_after_the_stall_limit() {
+    use crate::ft::key::ChannelKey;
+    use std::net::{TcpListener, TcpStream};
+
+    let key = ChannelKey::random().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let k = key.clone();
+    let backup = std::thread::spawn(move || {
+        let tcp = TcpStream::connect(addr).unwrap();
+        SecureStream::connect(tcp, &k, Duration::from_secs(10)).unwrap()
+    });
+    let (tcp, _) = listener.accept().unwrap();
+    let primary_end = SecureStream::accept(tcp, &key, Duration::from_secs(10)).unwrap();
+    let mut backup_end = backup.join().unwrap();
+
+    // The backup's side: header, then a heartbeat every 20 ms, and never a read.
+    let beating = Arc::new(AtomicBool::new(true));
+    let b = beating.clone();
+    let heartbeats = std::thread::spawn(move || {
+        let mut first = ft_log::channel::encode_channel_header();
+        first.extend(encode_message(&ToPrimary::Heartbeat));
+        backup_end.write_all(&first).unwrap();
+        while b.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+            if send(&mut backup_end, &ToPrimary::Heartbeat).is_err() {
+                break;
+            }
+        }
+        backup_end
+    });
+
+    let pipe = Pipe::new(1 << 20);
+    let limits = LinkLimits {
+        peer_timeout: Duration::from_millis(500),
+        stall_limit: Duration::from_millis(400),
+    };
+    let acks = PrimaryAcks {
+        sink: ConsoleSink::new(0, None, false),
+        delta_request: Arc::default(),
+        acked: Arc::default(),
+        guest_ordinal: Arc::default(),
+    };
+    let link = Link::primary(
+        primary_end,
+        MessageDecoder::new(),
+        pipe.clone(),
+        acks,
+        limits,
+    )
+    .unwrap();
+    // The recorder's side: log as fast as the pipe takes it (it blocks when full).
+    let mut w = pipe.clone();
+    let recorder = std::thread::spawn(move || {
+        let chunk = vec![0x5au8; 64 << 10];
+        let mut written = 0u64;
+        // The socket buffers take some megabytes; then the pipe fills and this blocks,
+        // until the pipe is aborted (writes then vanish).
+        while written < (1 << 30) && !w.is_finished() {
+            w.write_all(&chunk).unwrap();
+            written += chunk.len() as u64;
+        }
+        written
+    });
+    let t = std::time::Instant::now();
+    let why = loop {
+        if let Some(why) = link.failure() {
+            break why;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the stall was never detected"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(why.contains("stopped reading"), "{why}");
+    assert!(t.elapsed() >= limits.stall_limit);
+    assert!(pipe.fill() > 0, "the log had to be waiting");
+    // What the controller does next: shut the link, abort the pipe (the guest runs on).
+    link.shutdown();
+    pipe.abort();
+    let written = recorder.join().unwrap();
+    assert!(written > 0);
+    beating.store(false, Ordering::SeqCst);
+    drop(heartbeats.join().unwrap());
+}
