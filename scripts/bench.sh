@@ -25,7 +25,7 @@ for n in "$rounds" "$failovers"; do
     case $n in '' | *[!0-9]* | 0) log "counts must be positive numbers, not '$n'"; exit 2 ;; esac
 done
 ensure_base_tools
-ensure_tools bc:bc ip:iproute2
+ensure_tools bc:bc ip:iproute2 python3:python3
 require_kvm
 log "building ftvm and the tiny guests (release)"
 cargo build --release --locked -q -p ftvm -p ftvm-test-guests
@@ -78,22 +78,44 @@ pair_once() {
     wait "$b" || true
     local delays
     delays=$(sed -n 's/.*delay avg \([0-9.]*\) ms, max \([0-9.]*\) ms.*/\1 \2/p' "$dir/primary.err" | tail -n1)
-    local logged
+    local logged p99
     logged=$(sed -n 's/^ftvm record: log \([0-9]*\) bytes.*/\1/p' "$dir/primary.err" | tail -n1)
-    echo "$ms ${logged:-0} ${delays:-nan nan}"
+    p99=$(delay_p99 "$dir/shared/g.$(hostname)-$p.status")
+    echo "$ms ${logged:-0} ${delays:-nan nan} $p99"
     cp "$dir/primary.err" "$work/pair-$1.err"
 }
 
-declare -A run_ms rec_ms pair_ms rec_log pair_log delay_avg delay_max
+# delay_p99 STATUS_FILE: the bucket bound (ms) under which 99% of the primary's released
+# output waited, from its last status report's histogram (ft_log::output::DELAY_BOUNDS_NS).
+delay_p99() {
+    python3 - "$1" <<'EOF'
+import json, sys
+bounds_ms = [0, 0.1, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 1000, 10000]
+try:
+    counts = json.load(open(sys.argv[1])).get("output_delay_buckets", [])
+except (OSError, ValueError):
+    counts = []
+total, seen = sum(counts), 0
+for i, c in enumerate(counts):
+    seen += c
+    if total and seen >= 0.99 * total:
+        print(bounds_ms[i] if i < len(bounds_ms) else "inf")
+        break
+else:
+    print("nan")
+EOF
+}
+
+declare -A run_ms rec_ms pair_ms rec_log pair_log delay_avg delay_max delay_p99
 for g in spin chatter counter; do
     log "measuring $g: run, record and pair, $rounds rounds each (interleaved)"
-    r=(); c=(); p=(); cl=(); pl=(); da=(); dm=()
+    r=(); c=(); p=(); cl=(); pl=(); da=(); dm=(); d99=()
     for _ in $(seq "$rounds"); do
         r+=("$(run_once "$g")")
         read -r ms bytes < <(record_once "$g")
         c+=("$ms"); cl+=("$bytes")
-        read -r ms bytes avg max < <(pair_once "$g")
-        p+=("$ms"); pl+=("$bytes"); da+=("$avg"); dm+=("$max")
+        read -r ms bytes avg max p99 < <(pair_once "$g")
+        p+=("$ms"); pl+=("$bytes"); da+=("$avg"); dm+=("$max"); d99+=("$p99")
     done
     run_ms[$g]=$(printf '%s\n' "${r[@]}" | median)
     rec_ms[$g]=$(printf '%s\n' "${c[@]}" | median)
@@ -102,6 +124,7 @@ for g in spin chatter counter; do
     pair_log[$g]=$(printf '%s\n' "${pl[@]}" | median)
     delay_avg[$g]=$(printf '%s\n' "${da[@]}" | median)
     delay_max[$g]=$(printf '%s\n' "${dm[@]}" | maxof)
+    delay_p99[$g]=$(printf '%s\n' "${d99[@]}" | maxof)
 done
 console_bytes=$("$ftvm" run --kernel "$(guest chatter)" --mem 16 </dev/null 2>/dev/null | wc -c)
 
@@ -191,8 +214,8 @@ printf '%-44s %12s %12s %12s\n' "    log Mbit/s busy (spin)" - \
     "$(mbit "${rec_log[spin]}" "${rec_ms[spin]}")" "$(mbit "${pair_log[spin]}" "${pair_ms[spin]}")"
 printf '%-44s %12s %12s %12s\n' "    log Mbit/s console (chatter)" - \
     "$(mbit "${rec_log[chatter]}" "${rec_ms[chatter]}")" "$(mbit "${pair_log[chatter]}" "${pair_ms[chatter]}")"
-printf '%-44s %12s %12s %12s\n' "(e) output delay ms avg/max: counter" - - "${delay_avg[counter]}/${delay_max[counter]}"
-printf '%-44s %12s %12s %12s\n' "    output delay ms avg/max: chatter" - - "${delay_avg[chatter]}/${delay_max[chatter]}"
+printf '%-44s %12s %12s %12s\n' "(e) output delay ms avg/p99<=/max: counter" - - "${delay_avg[counter]}/${delay_p99[counter]}/${delay_max[counter]}"
+printf '%-44s %12s %12s %12s\n' "    output delay ms avg/p99<=/max: chatter" - - "${delay_avg[chatter]}/${delay_p99[chatter]}/${delay_max[chatter]}"
 printf '%-44s %s\n' "(f) failover by silence, $failovers trials" \
     "stall median $(printf '%s\n' "${stalls[@]}" | median) ms, worst $(printf '%s\n' "${stalls[@]}" | maxof) ms; cut-to-live median $(printf '%s\n' "${lives[@]}" | median) ms, worst $(printf '%s\n' "${lives[@]}" | maxof) ms (peer timeout 300 ms)"
 printf '%-44s %s\n' "(g) state transfer (spin, 16 MiB guest)" \
