@@ -315,7 +315,7 @@ fn snapshot_seeds(dir: &Path) {
         regs: Default::default(),
         sregs: Default::default(),
         fpu: kvm_bindings::kvm_fpu::default().into(),
-        msrs: vec![(0x10, 5)],
+        msrs: vec![],
         events: Default::default(),
         debugregs: Default::default(),
         xsave: Some(vec![0; 1024]),
