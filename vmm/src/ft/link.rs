@@ -218,6 +218,11 @@ impl Link {
             acked,
             guest_ordinal,
         } = on_ack;
+        let gate = Arc::new(std::sync::Mutex::new(resync::ResyncGate::new(
+            resync::MIN_RESYNC_INTERVAL,
+        )));
+        let deferred = gate.clone();
+        let delta_later = delta_request.clone();
         let on_message = move |m: ToPrimary| -> Result<(), LinkError> {
             match m {
                 ToPrimary::Ack { ordinal } => {
@@ -231,7 +236,11 @@ impl Link {
                     acked.fetch_max(ordinal, Ordering::SeqCst);
                     sink.ack(ordinal);
                 }
-                ToPrimary::Resync => delta_request.store(true, Ordering::SeqCst),
+                ToPrimary::Resync => {
+                    if lock(&gate).request(Instant::now()) {
+                        delta_request.store(true, Ordering::SeqCst);
+                    }
+                }
                 ToPrimary::Heartbeat => {}
                 ToPrimary::Hello { .. } => {
                     return Err(LinkError::Protocol("a second hello".into()))
@@ -240,6 +249,9 @@ impl Link {
             Ok(())
         };
         let send_step = move |tx: &mut Outgoing, beat: Duration| -> Result<bool, LinkError> {
+            if lock(&deferred).poll(Instant::now()) {
+                delta_later.store(true, Ordering::SeqCst);
+            }
             let data = log.drain_up_to(LOG_CHUNK, beat);
             if !data.is_empty() {
                 send(tx, &ToBackup::Log(data))?;
@@ -393,5 +405,6 @@ fn spawn_worker(
 }
 
 mod health;
+mod resync;
 #[cfg(test)]
 mod tests;
