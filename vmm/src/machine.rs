@@ -14,7 +14,10 @@ use crate::compat::CompatError;
 use crate::cpu::{self, CpuError};
 use crate::disk::{open_disks, snapshot_disks, DiskError, DiskRecord, DiskSpec};
 use crate::memory::{self, MemoryError, MemorySlots};
-use crate::platform::{ConsoleOut, DiskBackend, PciSetup, Platform, PlatformError};
+use crate::net::host::{self as nic_host, NetHost};
+use crate::net::tap::Tap;
+use crate::net::{NetError, NetSpec};
+use crate::platform::{ConsoleOut, DiskBackend, NicSetup, PciSetup, Platform, PlatformError};
 use crate::record::{RecordError, Recorder};
 use crate::replay::Replayer;
 use crate::snapshot::{self, SnapshotError};
@@ -31,8 +34,11 @@ pub struct VmConfig {
     pub mem_mib: u64,
     pub clock: ClockMode,
     pub trace_exits: Option<PathBuf>,
-    /// Disk images, each a virtio-blk function on a PCI bus (none: no PCI bus at all).
+    /// Disk images, each a virtio-blk function on a PCI bus (no disks and no NIC: no PCI
+    /// bus at all).
     pub disks: Vec<DiskSpec>,
+    /// A virtio-net function on a host TAP (a replayer takes its NIC from the log).
+    pub net: Option<NetSpec>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +71,8 @@ pub enum VmError {
     Replay(String),
     #[error(transparent)]
     Disk(#[from] DiskError),
+    #[error(transparent)]
+    Net(#[from] NetError),
     #[error("cannot create exit trace file {path}")]
     Trace {
         path: PathBuf,
@@ -115,6 +123,8 @@ pub struct Resources<'a> {
     pub pause_request: Arc<std::sync::atomic::AtomicBool>,
     /// The disk images for the saved machine's virtio-blk functions, in order.
     pub disks: Vec<DiskSpec>,
+    /// The TAP for the saved machine's NIC (it may be another than the one it had).
+    pub net: Option<NetSpec>,
 }
 
 /// A running (or paused) VM.
@@ -135,15 +145,34 @@ pub struct Vm {
     pub disks: Vec<DiskSpec>,
     /// The same images as the devices use them (state transfer reads them).
     pub disk_backends: Vec<crate::disk::FileBackend>,
+    /// The host side of its NIC, under `run` and `record`.
+    pub net: Option<NetHost>,
     _kvm: Kvm,
 }
 
-/// The PCI part of a machine with `disks`; none without.
-fn pci_setup(disks: Vec<DiskBackend>, memory: &GuestMemoryMmap) -> Option<PciSetup> {
-    (!disks.is_empty()).then(|| PciSetup {
+/// The PCI part of a machine with `disks` or a NIC; none without either.
+fn pci_setup(
+    disks: Vec<DiskBackend>,
+    nic: Option<NicSetup>,
+    memory: &GuestMemoryMmap,
+) -> Option<PciSetup> {
+    (!disks.is_empty() || nic.is_some()).then(|| PciSetup {
         disks,
+        nic,
         memory: memory.clone(),
     })
+}
+
+fn is_replay(log: &LogStream) -> bool {
+    matches!(log, LogStream::Replay(_) | LogStream::LiveReplay(..))
+}
+
+/// The TAP of `--net` (checked before the guest exists); a replayer opens none.
+fn open_tap(spec: Option<&NetSpec>, replaying: bool) -> Result<Option<Tap>, VmError> {
+    match spec {
+        Some(spec) if !replaying => Ok(Some(Tap::open(&spec.tap).map_err(NetError::from)?)),
+        _ => Ok(None),
+    }
 }
 
 /// The vCPU's log from its stream.
@@ -160,28 +189,60 @@ fn open_log(log: LogStream, vm_fd: &Arc<VmFd>) -> Result<LogMode, VmError> {
     })
 }
 
-/// The first entry of a log: a recorder writes the machine's start inputs, a replayer
-/// takes them from its log. Returns the wall-clock start to use.
-fn log_start(log: &mut LogMode, now_unix_secs: u64) -> Result<u64, VmError> {
+/// The first entries of a log: a recorder writes the machine's start inputs and its NIC
+/// (`nic`, its MAC), a replayer takes them from its log. Returns the wall-clock start and
+/// the NIC to use.
+fn log_start(
+    log: &mut LogMode,
+    now_unix_secs: u64,
+    nic: Option<[u8; 6]>,
+) -> Result<(u64, Option<[u8; 6]>), VmError> {
     match log {
-        LogMode::Off => Ok(now_unix_secs),
+        LogMode::Off => Ok((now_unix_secs, nic)),
         LogMode::Record(rec) => {
             rec.log(&ft_log::Entry::Start {
                 wall_clock_unix_secs: now_unix_secs,
             })
             .map_err(VmError::Record)?;
-            Ok(now_unix_secs)
+            if let Some(mac) = nic {
+                rec.log(&ft_log::Entry::Nic { mac })
+                    .map_err(VmError::Record)?;
+            }
+            Ok((now_unix_secs, nic))
         }
         LogMode::Replay(r) => match r.pop() {
             Ok(Some(ft_log::Entry::Start {
                 wall_clock_unix_secs,
-            })) => Ok(wall_clock_unix_secs),
+            })) => {
+                let logged = match r.peek(0) {
+                    Ok(Some(ft_log::Entry::Nic { mac })) => Some(*mac),
+                    _ => None,
+                };
+                if logged.is_some() {
+                    let _ = r.pop();
+                }
+                Ok((wall_clock_unix_secs, logged))
+            }
             Ok(other) => Err(VmError::Replay(format!(
                 "the log does not begin with a start record (found {:?})",
                 other.map(|e| ft_log::Entry::kind_name(e.kind()))
             ))),
             Err(e) => Err(VmError::Replay(e.to_string())),
         },
+    }
+}
+
+/// The NIC's configuration and host side, on a machine with one (`mac`).
+fn attach_nic(
+    mac: Option<[u8; 6]>,
+    tap: Option<Tap>,
+) -> Result<(Option<NicSetup>, Option<NetHost>), VmError> {
+    match mac {
+        Some(mac) => {
+            let (setup, host) = nic_host::attach(mac, tap)?;
+            Ok((Some(setup), host))
+        }
+        None => Ok((None, None)),
     }
 }
 
@@ -253,6 +314,8 @@ impl Vm {
         };
         let trace = open_trace(config.trace_exits.as_deref())?;
         let disks = open_disks(&config.disks)?;
+        let replaying = is_replay(&log);
+        let tap = open_tap(config.net.as_ref(), replaying)?;
         let kvm_sys = Kvm::new().map_err(VmError::OpenKvm)?;
         let mem = memory::create(config.mem_mib)?;
         let kernel = boot::load_kernel(&mem, kernel_file, &config.kernel, config.mem_mib)?;
@@ -286,14 +349,21 @@ impl Vm {
             ClockMode::Exits { .. } => DETERMINISTIC_EPOCH,
         };
         // The wall-clock time the guest starts from is an input like any other.
-        let wall = log_start(&mut log, now)?;
+        let configured_nic = nic_host::boot_mac(config.net.as_ref());
+        let (wall, logged_nic) = log_start(&mut log, now, configured_nic)?;
+        let nic_mac = if replaying {
+            nic_host::replay_mac(config.net.as_ref(), logged_nic)?
+        } else {
+            configured_nic
+        };
+        let (nic, net) = attach_nic(nic_mac, tap)?;
         let platform = Platform::new(
             clock.clone(),
             config.mem_mib,
             wall,
             console,
             hooks.console_position.clone().unwrap_or_default(),
-            pci_setup(disks, &mem),
+            pci_setup(disks, nic, &mem),
         )?;
         tracing::info!(
             kernel = %config.kernel.display(),
@@ -317,6 +387,7 @@ impl Vm {
             log,
             hooks,
             config.disks.clone(),
+            net,
         )
     }
 
@@ -330,6 +401,7 @@ impl Vm {
         pause_request: Arc<std::sync::atomic::AtomicBool>,
         log: LogStream,
         disks: &[DiskSpec],
+        net: Option<NetSpec>,
     ) -> Result<Self, VmError> {
         Self::restore_with(
             dir,
@@ -340,6 +412,7 @@ impl Vm {
             log,
             FtHooks::default(),
             disks,
+            net,
         )
     }
 
@@ -354,6 +427,7 @@ impl Vm {
         log: LogStream,
         hooks: FtHooks,
         disks: &[DiskSpec],
+        net: Option<NetSpec>,
     ) -> Result<Self, VmError> {
         let loaded = snapshot::load(dir)?;
         let disks = snapshot_disks(&loaded.manifest.disks, disks)?;
@@ -369,6 +443,7 @@ impl Vm {
                 trace_exits,
                 pause_request,
                 disks,
+                net,
             },
             log,
             hooks,
@@ -388,20 +463,40 @@ impl Vm {
     ) -> Result<Self, VmError> {
         let trace = open_trace(res.trace_exits)?;
         let disks = open_disks(&res.disks)?;
+        let replaying = is_replay(&log);
+        let saved_nic = state
+            .platform
+            .pci
+            .as_ref()
+            .and_then(|p| p.nic.as_ref())
+            .map(|n| n.function.device.mac);
+        let restored_nic = if replaying {
+            None
+        } else {
+            nic_host::restore_mac(res.net.as_ref(), saved_nic)?
+        };
+        let tap = open_tap(res.net.as_ref(), replaying)?;
         let kvm_sys = Kvm::new().map_err(VmError::OpenKvm)?;
         let dirty_log = hooks.dirty_log || matches!(log, LogStream::Record(_));
         let (slots, vcpu_fd) = create_vm(&kvm_sys, &memory, dirty_log)?;
         state.vcpu.restore(&vcpu_fd)?;
         let mut log = open_log(log, &slots.vm)?;
         // The CMOS base is in the state; logged anyway so every log starts alike.
-        log_start(&mut log, state.platform.cmos.base_unix_secs)?;
+        let (_, logged_nic) =
+            log_start(&mut log, state.platform.cmos.base_unix_secs, restored_nic)?;
+        let nic_mac = if replaying {
+            nic_host::replay_mac(res.net.as_ref(), logged_nic)?
+        } else {
+            restored_nic
+        };
+        let (nic, net) = attach_nic(nic_mac, tap)?;
         let clock = Arc::new(VmClock::new(clock_mode, state.clock_ns));
         let platform = Platform::restore(
             state.platform,
             clock.clone(),
             res.console,
             hooks.console_position.clone().unwrap_or_default(),
-            pci_setup(disks, &memory),
+            pci_setup(disks, nic, &memory),
         )?;
         tracing::info!(ordinal = state.vcpu.ordinal, mem_mib, "VM restored");
         Self::start(
@@ -419,6 +514,7 @@ impl Vm {
             log,
             hooks,
             res.disks,
+            net,
         )
     }
 
@@ -438,6 +534,7 @@ impl Vm {
         log: LogMode,
         hooks: FtHooks,
         disks: Vec<DiskSpec>,
+        net: Option<NetHost>,
     ) -> Result<Self, VmError> {
         let replaying = matches!(log, LogMode::Replay(_));
         // A replayer takes input and time only from its log.
@@ -474,6 +571,7 @@ impl Vm {
             trace,
             ordinal,
             halted,
+            net_rx: net.as_ref().map(|n| n.rx.clone()),
         })?;
         Ok(Self {
             vcpu,
@@ -486,6 +584,7 @@ impl Vm {
             vm_fd,
             disks,
             disk_backends,
+            net,
             _kvm: kvm_sys,
         })
     }
