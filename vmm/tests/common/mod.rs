@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod pair;
+pub mod tap;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};

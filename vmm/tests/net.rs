@@ -1,0 +1,273 @@
+//! The network card: `--net tap=NAME` gives the guest a virtio-net function on a host TAP.
+//! The tiny `virtio-net` guest echoes every frame it receives (MACs swapped) a fixed
+//! number of times; the host sends frames into the TAP with a packet socket and checks
+//! each echo byte for byte, under `run` and `record`; a `replay` of the log needs no TAP
+//! and verifies every exit. Bad `--net` arguments and missing TAPs are one-line errors.
+//! Needs root (TAP devices, packet sockets), as the test host gives.
+
+mod common;
+use common::tap::{echo_of, test_frame, PacketSocket, TapGuard};
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const ECHOES: usize = 8;
+const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+fn temp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("ftvm-net-{}-{name}", std::process::id()))
+}
+
+/// `ftvm ARGS` in the background, killed after two minutes whatever happens.
+fn spawn(args: &[&str]) -> Child {
+    require_kvm();
+    let child = ftvm()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ftvm");
+    let pid = child.id() as i32;
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(120));
+        // SAFETY: kill(2) passes no memory; the pid is the VMM this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    child
+}
+
+/// Send the test frames into `tap` once a VMM is on it, and check every echo.
+fn exchange(tap: &TapGuard, mac: &[u8; 6]) {
+    tap.wait_attached(Duration::from_secs(20));
+    let sock = PacketSocket::bind(&tap.name);
+    // All sent at once: the first ones arrive before the guest has posted its buffers
+    // and wait in the queue until it has.
+    let frames: Vec<Vec<u8>> = (0..ECHOES).map(|i| test_frame(mac, i)).collect();
+    for f in &frames {
+        sock.send(f);
+    }
+    for (i, f) in frames.iter().enumerate() {
+        let echo = sock
+            .recv(Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("no echo of frame {i}"));
+        assert_eq!(echo, echo_of(f), "echo of frame {i}");
+    }
+}
+
+fn finish(child: Child) -> Output {
+    let out = child.wait_with_output().expect("wait for ftvm");
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    out
+}
+
+fn assert_echoed(out: &Output) {
+    let text = stdout(out);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(out));
+    assert!(text.contains("virtio-net: pci device 1 irq 10"), "{text}");
+    assert!(
+        text.contains("virtio-net: mac 0x0000000000000052 0x0000000000000054 0x0000000000000000 0x0000000000000012 0x0000000000000034 0x0000000000000056"),
+        "{text}"
+    );
+    for i in 0..ECHOES {
+        let line = format!("virtio-net: frame {i} length {}", 60 + i * 150);
+        assert!(text.contains(&line), "{line} in {text}");
+    }
+    assert!(text.contains("virtio-net: echoed every frame"), "{text}");
+    let err = stderr(out);
+    assert!(
+        err.contains(&format!("ftvm: net: received {ECHOES} frames (0 dropped"))
+            && err.contains(&format!("transmitted {ECHOES} (0 dropped")),
+        "{err}"
+    );
+}
+
+fn guest_args<'a>(role: &'a str, tap: &'a str) -> Vec<String> {
+    let net = format!("tap={tap}");
+    [
+        role,
+        "--kernel",
+        guest("virtio-net"),
+        "--mem",
+        "16",
+        "--net",
+        &net,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn guest_echoes_frames_from_the_tap() {
+    let tap = TapGuard::new();
+    let child = spawn(&as_strs(&guest_args("run", &tap.name)));
+    exchange(&tap, &DEFAULT_MAC);
+    assert_echoed(&finish(child));
+}
+
+#[test]
+fn a_given_mac_is_the_guests() {
+    let tap = TapGuard::new();
+    let mut args = guest_args("run", &tap.name);
+    args[6] = format!("tap={},mac=52:54:00:ab:cd:ef", tap.name);
+    let child = spawn(&as_strs(&args));
+    exchange(&tap, &[0x52, 0x54, 0x00, 0xab, 0xcd, 0xef]);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("0x00000000000000ab 0x00000000000000cd"));
+}
+
+fn replay(log: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["replay", "--log", log.to_str().unwrap()];
+    args.extend_from_slice(&["--kernel", guest("virtio-net"), "--mem", "16"]);
+    args.extend_from_slice(extra);
+    let out = run_ftvm(&args, b"");
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    out
+}
+
+fn assert_verified(out: &Output) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("matches the recording"), "{err}");
+    assert!(err.contains(" 0 divergences"), "{err}");
+    assert!(!err.contains("ftvm: net:"), "a replayer has no TAP: {err}");
+}
+
+/// The log with the first received frame's chain head changed.
+fn with_tampered_packet(log: &Path) -> Vec<u8> {
+    let bytes = std::fs::read(log).unwrap();
+    let mut decoder = ft_log::Decoder::new();
+    decoder.push(&bytes);
+    let mut out = ft_log::encode_header();
+    let mut done = false;
+    while let Some(mut entry) = decoder.next_entry().unwrap() {
+        if let ft_log::Entry::Packet { outcome, .. } = &mut entry {
+            if let (false, ft_log::PacketOutcome::Delivered { head, .. }) = (done, outcome) {
+                *head += 1;
+                done = true;
+            }
+        }
+        out.extend(ft_log::encode_entry(&entry));
+    }
+    assert!(done, "the log has a delivered frame");
+    out
+}
+
+#[test]
+fn a_recording_replays_without_a_tap() {
+    let tap = TapGuard::new();
+    let log = temp("rr.log");
+    let mut args = guest_args("record", &tap.name);
+    args.insert(1, "--log".into());
+    args.insert(2, log.to_str().unwrap().into());
+    let child = spawn(&as_strs(&args));
+    exchange(&tap, &DEFAULT_MAC);
+    let rec = finish(child);
+    assert_echoed(&rec);
+    assert!(
+        stderr(&rec).contains(&format!("packet {ECHOES}")),
+        "{}",
+        stderr(&rec)
+    );
+    drop(tap);
+
+    // No --net: the NIC comes from the log; the TAP is gone and not needed.
+    let rep = replay(&log, &[]);
+    assert_verified(&rep);
+    assert_eq!(
+        stdout(&rep),
+        stdout(&rec),
+        "the replayed guest saw the same frames"
+    );
+    assert!(stderr(&rep).contains("exits verified"), "{}", stderr(&rep));
+
+    // A --net given to a replayer is checked against the log, its TAP never opened.
+    assert_verified(&replay(&log, &["--net", "tap=ftvm-none0"]));
+    let other_mac = replay(&log, &["--net", "tap=ftvm-none0,mac=52:54:00:00:00:01"]);
+    assert_eq!(other_mac.status.code(), Some(1), "{}", stderr(&other_mac));
+    assert!(
+        stderr(&other_mac).contains("differs from the MAC the log was made with"),
+        "{}",
+        stderr(&other_mac)
+    );
+
+    // A frame that lands in another chain than recorded is a divergence with both values.
+    let tampered = temp("tampered.log");
+    std::fs::write(&tampered, with_tampered_packet(&log)).unwrap();
+    let bad = replay(&tampered, &[]);
+    let err = stderr(&bad);
+    assert!(
+        err.contains("received frame lands differently")
+            && err.contains("recorded delivered into chain 1")
+            && err.contains("replayed delivered into chain 0"),
+        "{err}"
+    );
+    for f in [log, tampered] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+/// A refused start: status 1, one line, quickly, before any guest ran.
+fn assert_refused(extra: &[&str], needle: &str) {
+    require_kvm();
+    let mut args = vec!["run", "--kernel", guest("virtio-net"), "--mem", "16"];
+    args.extend_from_slice(extra);
+    let started = Instant::now();
+    let out = run_ftvm(&args, b"");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "slow refusal");
+    assert_eq!(err.lines().count(), 1, "want one line:\n{err}");
+    assert!(
+        err.starts_with("ftvm: error: ") && err.contains(needle),
+        "{needle:?} in {err}"
+    );
+    assert!(stdout(&out).is_empty(), "the guest ran: {}", stdout(&out));
+}
+
+#[test]
+fn missing_or_wrong_taps_are_refused_before_the_guest_starts() {
+    assert_refused(
+        &["--net", "tap=ftvm-none0"],
+        "TAP device ftvm-none0 does not exist",
+    );
+    assert_refused(&["--net", "tap=lo"], "lo is not a TUN/TAP device");
+    // A TUN device is no TAP: the kernel refuses to attach it as one.
+    let tun = format!("ftu{}", std::process::id() % 1_000_000);
+    let made = std::process::Command::new("ip")
+        .args(["tuntap", "add", "dev", &tun, "mode", "tun"])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let guard = TapGuard { name: tun.clone() };
+    assert_refused(&["--net", &format!("tap={tun}")], "cannot attach to TAP");
+    drop(guard);
+    assert!(
+        !Path::new(&format!("/sys/class/net/{tun}")).exists(),
+        "the guard removed it"
+    );
+    // ftvm never creates a TAP it was not given.
+    assert!(!Path::new("/sys/class/net/ftvm-none0").exists());
+}
+
+#[test]
+fn bad_net_specs_are_refused() {
+    for (spec, needle) in [
+        ("ftvm0", "bad --net 'ftvm0': 'ftvm0' is not KEY=VALUE"),
+        ("tap=", "TAP name is empty"),
+        ("tap=a,mac=52:54:00:12:34", "is not six bytes"),
+        ("tap=a,mac=01:00:5e:00:00:01", "is a multicast address"),
+        ("tap=a,mac=zz:54:00:12:34:56", "'zz' is not two hex digits"),
+        ("tap=a,queues=4", "unknown option 'queues'"),
+        ("tap=averyveryverylongname", "longer than 15 bytes"),
+    ] {
+        assert_refused(&["--net", spec], needle);
+    }
+}
