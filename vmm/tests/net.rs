@@ -57,6 +57,36 @@ fn exchange(tap: &TapGuard, mac: &[u8; 6]) {
     }
 }
 
+/// Wait until the guest says it is ready (its buffers posted, waiting), then exchange;
+/// returns the VMM's output, with everything it printed.
+fn exchange_when_ready(mut child: Child, tap: &TapGuard) -> Output {
+    use std::io::BufRead;
+    let pipe = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            all.push_str(&line);
+            all.push('\n');
+            let _ = tx.send(line);
+        }
+        all
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("virtio-net: ready") => break,
+            Ok(_) => {}
+            Err(e) => panic!("the guest never got ready: {e}"),
+        }
+    }
+    exchange(tap, &DEFAULT_MAC);
+    let mut out = finish(child);
+    out.stdout = reader.join().unwrap().into_bytes();
+    out
+}
+
 fn finish(child: Child) -> Output {
     let out = child.wait_with_output().expect("wait for ftvm");
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
@@ -84,19 +114,15 @@ fn assert_echoed(out: &Output) {
     );
 }
 
-fn guest_args<'a>(role: &'a str, tap: &'a str) -> Vec<String> {
+fn guest_args(role: &str, tap: &str) -> Vec<String> {
+    guest_args_of("virtio-net", role, tap)
+}
+
+fn guest_args_of(name: &str, role: &str, tap: &str) -> Vec<String> {
     let net = format!("tap={tap}");
-    [
-        role,
-        "--kernel",
-        guest("virtio-net"),
-        "--mem",
-        "16",
-        "--net",
-        &net,
-    ]
-    .map(String::from)
-    .to_vec()
+    [role, "--kernel", guest(name), "--mem", "16", "--net", &net]
+        .map(String::from)
+        .to_vec()
 }
 
 fn as_strs(v: &[String]) -> Vec<&str> {
@@ -124,8 +150,12 @@ fn a_given_mac_is_the_guests() {
 }
 
 fn replay(log: &Path, extra: &[&str]) -> Output {
+    replay_of("virtio-net", log, extra)
+}
+
+fn replay_of(name: &str, log: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["replay", "--log", log.to_str().unwrap()];
-    args.extend_from_slice(&["--kernel", guest("virtio-net"), "--mem", "16"]);
+    args.extend_from_slice(&["--kernel", guest(name), "--mem", "16"]);
     args.extend_from_slice(extra);
     let out = run_ftvm(&args, b"");
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
@@ -212,6 +242,33 @@ fn a_recording_replays_without_a_tap() {
     for f in [log, tampered] {
         let _ = std::fs::remove_file(f);
     }
+}
+
+#[test]
+fn frames_reach_a_guest_that_makes_no_exits_at_kicks() {
+    // The guest waits for frames in a loop without exits: each frame waits at most the
+    // event bound, then the kicker takes the vCPU out and (recording) a checkpoint delta
+    // is logged before the frame is written into the guest.
+    let tap = TapGuard::new();
+    let log = temp("spin.log");
+    let mut args = guest_args_of("virtio-net-spin", "record", &tap.name);
+    args.insert(1, "--log".into());
+    args.insert(2, log.to_str().unwrap().into());
+    let child = spawn(&as_strs(&args));
+    let rec = exchange_when_ready(child, &tap);
+    assert_echoed(&rec);
+    let err = stderr(&rec);
+    assert!(
+        !err.contains("(0 after a kick)"),
+        "delivered at a kick: {err}"
+    );
+    assert!(err.contains("hlt 0,"), "the guest never halted: {err}");
+    drop(tap);
+    let rep = replay_of("virtio-net-spin", &log, &[]);
+    assert_verified(&rep);
+    let err = stderr(&rep);
+    assert!(!err.contains(" 0 deltas applied"), "{err}");
+    let _ = std::fs::remove_file(log);
 }
 
 /// A refused start: status 1, one line, quickly, before any guest ran.

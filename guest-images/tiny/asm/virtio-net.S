@@ -5,6 +5,7 @@
 # source and destination MACs swapped, reposting each buffer, until ECHOES frames have
 # gone back; then power off with status 0 (1 on the first failure). Sleeps in HLT between
 # frames: IRQ 10 (slave PIC line 2) wakes it, the handler reads the ISR to drop the line.
+# With SPIN defined (virtio-net-spin.S) it waits for frames in a loop that makes no exits.
 # Assumes ftvm's BAR0 layout (common 0x0, ISR 0x1000, device 0x2000, notify 0x3000, x4).
 .include "lib.S"
 
@@ -200,9 +201,18 @@ main:
 5:  movzx eax, word ptr [USED0 + 2]
     cmp ax, r15w
     jne 6f
+.ifdef SPIN
+    # Wait without an exit: only a kick can bring the frame (see virtio-net-spin.S).
+    sti
+7:  movzx eax, word ptr [USED0 + 2]
+    cmp ax, r15w
+    je 7b
+    cli
+.else
     sti
     hlt
     cli
+.endif
     jmp 5b
 6:  mov ecx, r15d
     and ecx, QSIZE - 1
