@@ -13,6 +13,8 @@ use crate::stop::StopReason;
 
 mod devices;
 mod nic;
+#[cfg(test)]
+mod nic_tests;
 mod pci;
 #[cfg(test)]
 mod tests;

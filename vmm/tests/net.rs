@@ -328,3 +328,65 @@ fn bad_net_specs_are_refused() {
         assert_refused(&["--net", spec], needle);
     }
 }
+
+#[test]
+fn a_snapshot_keeps_its_nic_and_restores_onto_another_tap() {
+    let first = TapGuard::new();
+    let snap = temp("snap");
+    let snap_dir = snap.to_str().unwrap();
+    let mut args = guest_args("run", &first.name);
+    args.extend(
+        [
+            "--snapshot-on",
+            "virtio-net: ready",
+            "--snapshot-dir",
+            snap_dir,
+            "--exit-after-snapshot",
+        ]
+        .map(String::from),
+    );
+    let out = finish(spawn(&as_strs(&args)));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    drop(first);
+    let state = std::fs::read_to_string(snap.join("state.json")).unwrap();
+    assert!(
+        state.contains("\"nic\"") && state.contains("tx_crc"),
+        "{state}"
+    );
+
+    fn restore<'a>(snap_dir: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["run", "--restore", snap_dir];
+        args.extend_from_slice(extra);
+        args
+    }
+    // Without a TAP, or with another MAC: refused before the guest runs.
+    let out = run_ftvm(&restore(snap_dir, &[]), b"");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the snapshot's machine has a network card (MAC 52:54:00:12:34:56)"),
+        "{}",
+        stderr(&out)
+    );
+    let second = TapGuard::new();
+    let net = format!("tap={},mac=52:54:00:00:00:01", second.name);
+    let out = run_ftvm(&restore(snap_dir, &["--net", &net]), b"");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("differs from the MAC the snapshot was made with"),
+        "{}",
+        stderr(&out)
+    );
+
+    // On another TAP: the restored guest, buffers already posted, echoes there.
+    let net = format!("tap={}", second.name);
+    let child = spawn(&restore(snap_dir, &["--net", &net]));
+    exchange(&second, &DEFAULT_MAC);
+    let out = finish(child);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("virtio-net: echoed every frame"),
+        "{}",
+        stdout(&out)
+    );
+    let _ = std::fs::remove_dir_all(snap);
+}
