@@ -214,9 +214,15 @@ fn log_start(
             Ok(Some(ft_log::Entry::Start {
                 wall_clock_unix_secs,
             })) => {
-                let logged = match r.peek(0) {
-                    Ok(Some(ft_log::Entry::Nic { mac })) => Some(*mac),
-                    _ => None,
+                // A live log (a backup's) has no NIC yet, and looking ahead in it would
+                // wait for the primary's next entry, which may wait for this backup.
+                let logged = if r.is_live() {
+                    None
+                } else {
+                    match r.peek(0) {
+                        Ok(Some(ft_log::Entry::Nic { mac })) => Some(*mac),
+                        _ => None,
+                    }
                 };
                 if logged.is_some() {
                     let _ = r.pop();
