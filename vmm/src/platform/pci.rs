@@ -325,7 +325,10 @@ impl Pci {
 
     /// The disks' image backends, in device order (shared with the devices).
     pub fn disk_backends(&self) -> Vec<FileBackend> {
-        self.disks.iter().map(|d| d.config.backend.clone()).collect()
+        self.disks
+            .iter()
+            .map(|d| d.config.backend.clone())
+            .collect()
     }
 
     /// The NIC's MAC, on a machine with one.
