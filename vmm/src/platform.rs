@@ -12,6 +12,7 @@ use crate::bus::{lock, Bus, BusError};
 use crate::stop::StopReason;
 
 mod devices;
+mod dma;
 mod nic;
 #[cfg(test)]
 mod nic_tests;

@@ -22,13 +22,11 @@ use ftvm_devices::pci::{
 use ftvm_devices::virtio::{Block, BlockState, Delivery, VirtioError, VirtioPciState};
 use ftvm_devices::{IrqLines, LevelIrqLine, PciBus, PciBusState, PciMmio, StateError, VirtioPci};
 use serde::{Deserialize, Serialize};
-use vm_memory::bitmap::AtomicBitmap;
-use vm_memory::mmap::MmapRegion;
-use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap};
+use vm_memory::GuestMemoryMmap;
 
+use super::dma::{dma_view, DmaMemory};
 use crate::bus::{lock, Bus, BusError, SharedDevice};
 use crate::disk::FileBackend;
-use crate::memory::PAGE_SIZE;
 
 use super::nic::{NetFunction, Nic, NicDeviceState, NicSetup};
 
@@ -36,7 +34,6 @@ use super::nic::{NetFunction, Nic, NicDeviceState, NicSetup};
 pub const PCI_IRQ: u8 = 10;
 
 type BlockFunction = VirtioPci<Block<FileBackend>>;
-type DmaMemory = GuestMemoryMmap<AtomicBitmap>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PciSetupError {
@@ -122,32 +119,6 @@ fn serial(index: usize) -> String {
     format!("ftvm-disk{index}")
 }
 
-/// A view of `mem`'s mappings whose bitmap records the pages written through it.
-fn dma_view(mem: &GuestMemoryMmap) -> Result<DmaMemory, PciSetupError> {
-    let mut regions = Vec::new();
-    for region in mem.iter() {
-        let len = region.len() as usize;
-        // SAFETY: the pointer and length are those of a live mapping owned by `mem`, which
-        // `Pci` keeps (a clone sharing the mappings) for as long as the view exists; the
-        // view does not own the mapping and never unmaps it. Protection and flags are
-        // those vm-memory's `from_ranges` used to create it.
-        let mapping = unsafe {
-            MmapRegion::<AtomicBitmap>::build_raw(
-                region.as_ptr(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_PRIVATE,
-            )
-        }
-        .map_err(|e| PciSetupError::Dma(e.to_string()))?;
-        regions.push(
-            GuestRegionMmap::new(mapping, region.start_addr())
-                .ok_or_else(|| PciSetupError::Dma("region overflows".into()))?,
-        );
-    }
-    DmaMemory::from_regions(regions).map_err(|e| PciSetupError::Dma(e.to_string()))
-}
-
 fn function_of(
     index: usize,
     config: &DiskBackend,
@@ -208,7 +179,7 @@ impl Pci {
             bus: Arc::new(Mutex::new(bus)),
             disks,
             nic,
-            dma: dma_view(&memory)?,
+            dma: dma_view(&memory).map_err(PciSetupError::Dma)?,
             _memory: memory,
         })
     }
@@ -397,20 +368,7 @@ impl Pci {
 
     /// Pages devices wrote since the last call (guest-physical addresses).
     pub fn take_written_pages(&self) -> Vec<u64> {
-        let mut pages = Vec::new();
-        for region in self.dma.iter() {
-            let start = region.start_addr().raw_value();
-            let bitmap = MmapRegion::bitmap(&**region);
-            for (w, word) in bitmap.get_and_reset().into_iter().enumerate() {
-                let mut bits = word;
-                while bits != 0 {
-                    let bit = u64::from(bits.trailing_zeros());
-                    bits &= bits - 1;
-                    pages.push(start + (w as u64 * 64 + bit) * PAGE_SIZE);
-                }
-            }
-        }
-        pages
+        super::dma::take_written_pages(&self.dma)
     }
 }
 
