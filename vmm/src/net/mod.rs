@@ -7,6 +7,8 @@
 //! - [`tx`]: frames the guest transmits go to a [`tx::TxPort`]: the TAP under `run` and
 //!   `record` (non-blocking, a full TAP drops), nothing under `replay`. The port is an
 //!   object so that a primary can hold frames back under the output rule.
+//! - [`host`]: which NIC (MAC) a machine gets when it boots, is restored or is replayed,
+//!   and its host side (the receive thread and queue, the transmit port).
 
 use std::str::FromStr;
 
