@@ -390,3 +390,50 @@ fn a_snapshot_keeps_its_nic_and_restores_onto_another_tap() {
     );
     let _ = std::fs::remove_dir_all(snap);
 }
+
+#[test]
+fn a_flood_is_dropped_at_the_queue_bound_and_counted() {
+    // 8 test frames, then 2,000 full-size ones while the guest has 8 buffers and echoes
+    // 8 frames: the receive queue keeps at most 256 frames, drops the rest and says so.
+    let tap = TapGuard::new();
+    let child = spawn(&as_strs(&guest_args("run", &tap.name)));
+    tap.wait_attached(Duration::from_secs(20));
+    let sock = PacketSocket::bind(&tap.name);
+    let frames: Vec<Vec<u8>> = (0..ECHOES).map(|i| test_frame(&DEFAULT_MAC, i)).collect();
+    for f in &frames {
+        sock.send(f);
+    }
+    let mut filler = test_frame(&DEFAULT_MAC, 9);
+    filler.resize(1514, 0xff);
+    for _ in 0..2000 {
+        sock.send(&filler);
+    }
+    for (i, f) in frames.iter().enumerate() {
+        let echo = sock.recv(Duration::from_secs(20)).expect("an echo");
+        assert_eq!(echo, echo_of(f), "echo of frame {i}, in order");
+    }
+    let out = finish(child);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    let counter = |label: &str| -> u64 {
+        let at = err
+            .find(label)
+            .unwrap_or_else(|| panic!("{label} in {err}"));
+        let digits: String = err[..at]
+            .chars()
+            .rev()
+            .skip(1)
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.chars().rev().collect::<String>().parse().unwrap()
+    };
+    let received = counter("frames (");
+    let dropped = counter("dropped, queue full");
+    assert!(dropped > 0, "{err}");
+    assert!(received + dropped <= 2008, "{err}");
+    // The guest takes at most 16 frames (8 buffers, each reposted once).
+    assert!(
+        received <= 256 + 16,
+        "never more than the bound held: {err}"
+    );
+}
