@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod net_guest;
 pub mod pair;
 pub mod tap;
 
