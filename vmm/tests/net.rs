@@ -251,7 +251,21 @@ fn a_snapshot_keeps_its_nic_and_restores_onto_another_tap() {
         "{}",
         stdout(&out)
     );
+
+    // Recorded from the snapshot, replayed from it without a TAP.
+    let log = temp("snap.log");
+    let log_path = log.to_str().unwrap();
+    let mut args = restore(snap_dir, &["--net", &net, "--log", log_path]);
+    args[0] = "record";
+    let child = spawn(&args);
+    exchange(&second, &DEFAULT_MAC);
+    let rec = finish(child);
+    assert_eq!(rec.status.code(), Some(0), "{}", stderr(&rec));
+    let mut args = restore(snap_dir, &["--log", log_path]);
+    args[0] = "replay";
+    assert_verified(&run_ftvm(&args, b""));
     let _ = std::fs::remove_dir_all(snap);
+    let _ = std::fs::remove_file(log);
 }
 
 #[test]
