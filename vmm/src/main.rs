@@ -595,8 +595,8 @@ fn report_log(log: &ftvm::vcpu::LogReport, guest_code: i32) -> i32 {
     );
     if let Some(r) = &log.replay {
         eprintln!(
-            "ftvm replay: {} exits verified, {} deltas applied ({} pages), {} divergences, {} exits skipped while recovering",
-            r.exits_verified, r.deltas_applied, r.delta_pages_applied, r.divergences, r.exits_skipped
+            "ftvm replay: {} exits verified, {} deltas applied ({} pages), {} divergences, {} exits skipped while recovering, {} received frames verified",
+            r.exits_verified, r.deltas_applied, r.delta_pages_applied, r.divergences, r.exits_skipped, r.frames_verified
         );
     }
     if let Some(p) = &log.problem {

@@ -27,6 +27,8 @@ pub struct ReplayStats {
     pub divergences: u64,
     /// Exits the recorder made while the replayer, recovering from a divergence, skipped.
     pub exits_skipped: u64,
+    /// Received frames offered at their logged exit with the logged outcome.
+    pub frames_verified: u64,
 }
 
 pub struct Replayer {

@@ -143,5 +143,7 @@ pub fn assert_verified(out: &Output) {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("matches the recording"), "{err}");
     assert!(err.contains(" 0 divergences"), "{err}");
+    let frames = format!(" {ECHOES} received frames verified");
+    assert!(err.contains(&frames), "every delivery checked: {err}");
     assert!(!err.contains("ftvm: net:"), "a replayer has no TAP: {err}");
 }
