@@ -178,6 +178,19 @@ fn missing_or_wrong_taps_are_refused_before_the_guest_starts() {
 }
 
 #[test]
+fn a_tap_another_vmm_holds_is_refused() {
+    let tap = TapGuard::new();
+    let mut first = spawn(&as_strs(&guest_args("run", &tap.name)));
+    tap.wait_attached(Duration::from_secs(20));
+    assert_refused(
+        &["--net", &format!("tap={}", tap.name)],
+        "(is it a TAP, not a TUN, and free?): Device or resource busy",
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+}
+
+#[test]
 fn bad_net_specs_are_refused() {
     for (spec, needle) in [
         ("ftvm0", "bad --net 'ftvm0': 'ftvm0' is not KEY=VALUE"),

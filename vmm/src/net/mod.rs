@@ -39,7 +39,7 @@ pub enum NetError {
     },
     #[error("the log's machine has no network card, but --net was given")]
     LogHasNoNic,
-    #[error("cannot start the receive thread of TAP {tap}: {source}")]
+    #[error("cannot start the receive thread of TAP {tap}")]
     Thread {
         tap: String,
         #[source]

@@ -26,13 +26,13 @@ pub enum TapError {
     Missing(String),
     #[error("network interface {0} is not a TUN/TAP device")]
     NotTunTap(String),
-    #[error("cannot open /dev/net/tun for TAP {name}: {source}")]
+    #[error("cannot open /dev/net/tun for TAP {name}")]
     OpenTun {
         name: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot attach to TAP {name} (is it a TAP, not a TUN, and free?): {source}")]
+    #[error("cannot attach to TAP {name} (is it a TAP, not a TUN, and free?)")]
     Attach {
         name: String,
         #[source]
