@@ -71,7 +71,9 @@ pub enum ToBackup {
     Heartbeat,
     /// State transfer of a guest with disks, right after the hello: each disk's size in
     /// bytes, in device order. The backup's copies must have these sizes.
-    Disks { bytes: Vec<u64> },
+    Disks {
+        bytes: Vec<u64>,
+    },
     /// State transfer: `len` bytes of disk `disk` at `offset`, which are `data`, or zeros
     /// when `data` is empty. Chunks written again while the transfer runs come again.
     DiskChunk {

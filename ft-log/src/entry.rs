@@ -73,6 +73,29 @@ impl std::fmt::Display for Digest {
     }
 }
 
+/// What the virtio-net device did with a received frame it was offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PacketOutcome {
+    /// Written into the receive chain at `head`, `len` bytes with the virtio header.
+    Delivered { head: u16, len: u32 },
+    /// The next receive chain was too small: returned empty, the frame dropped.
+    TooLarge { head: u16 },
+    /// The receive queue was malformed: the device marked itself broken (NEEDS_RESET).
+    Broken,
+}
+
+impl std::fmt::Display for PacketOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PacketOutcome::Delivered { head, len } => {
+                write!(f, "delivered into chain {head} ({len} bytes)")
+            }
+            PacketOutcome::TooLarge { head } => write!(f, "too large for chain {head}"),
+            PacketOutcome::Broken => write!(f, "receive queue broken"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Entry {
     /// First entry of every log: the inputs fixed when the machine was created.
@@ -87,14 +110,24 @@ pub enum Entry {
     Interrupt { ordinal: u64, vector: u8 },
     /// A checkpoint delta (boxed: it is large and rare).
     Delta(Box<Delta>),
-    /// A network packet delivered to the guest (reserved for the virtio-net device).
-    Packet { ordinal: u64, data: Vec<u8> },
+    /// An Ethernet frame offered to the guest's virtio-net receive queue at this ordinal,
+    /// and what the device did with it (the replayer offers the same bytes at the same
+    /// point and checks it does the same).
+    Packet {
+        ordinal: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        outcome: PacketOutcome,
+    },
     /// A disk request completed (reserved for the virtio-blk device).
     DiskCompletion {
         ordinal: u64,
         request: u64,
         status: u8,
     },
+    /// The machine has a virtio-net card with this MAC (right after `Start`, when it has
+    /// one): a replayer builds the same machine without being told.
+    Nic { mac: [u8; 6] },
     /// The recorded run ended: why, and the digest of its final state.
     Shutdown {
         ordinal: u64,
@@ -107,7 +140,7 @@ impl Entry {
     /// The ordinal this entry belongs to.
     pub fn ordinal(&self) -> u64 {
         match self {
-            Entry::Start { .. } => 0,
+            Entry::Start { .. } | Entry::Nic { .. } => 0,
             Entry::Exit(e) => e.ordinal,
             Entry::Delta(d) => d.ordinal,
             Entry::TimeSample { ordinal, .. }
@@ -132,6 +165,7 @@ impl Entry {
             Entry::DiskCompletion { .. } => 7,
             Entry::Shutdown { .. } => 8,
             Entry::Start { .. } => 9,
+            Entry::Nic { .. } => 10,
         }
     }
 
@@ -146,6 +180,7 @@ impl Entry {
             7 => "disk completion",
             8 => "shutdown",
             9 => "start",
+            10 => "nic",
             _ => "unknown",
         }
     }

@@ -32,6 +32,37 @@ struct Shared {
 pub struct Kicker {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    clock: Arc<VmClock>,
+}
+
+/// Lets another thread (the network receive thread) ask for a kick: the earliest asked
+/// time wins, until the vCPU's next exit disarms the kicker.
+#[derive(Clone)]
+pub struct KickHandle {
+    shared: Arc<Shared>,
+    thread: std::thread::Thread,
+    clock: Arc<VmClock>,
+}
+
+impl KickHandle {
+    /// The kicker's clock now (live virtual ns).
+    pub fn now_ns(&self) -> u64 {
+        self.clock.live_ns()
+    }
+
+    /// Kick the vCPU at `at_ns` at the latest (if it is still running then).
+    pub fn arm_by(&self, at_ns: u64) {
+        arm_shared(&self.shared, &self.thread, at_ns);
+    }
+}
+
+/// Lower the kick time to `at_ns` (never raise it: the vCPU disarms at every exit, so
+/// whoever asks between two exits gets the earliest of the times asked for).
+fn arm_shared(shared: &Shared, thread: &std::thread::Thread, at_ns: u64) {
+    let old = shared.kick_at_ns.fetch_min(at_ns, Ordering::SeqCst);
+    if at_ns < old {
+        thread.unpark();
+    }
 }
 
 impl Kicker {
@@ -42,12 +73,14 @@ impl Kicker {
             stop: AtomicBool::new(false),
         });
         let s = shared.clone();
+        let c = clock.clone();
         let thread = std::thread::Builder::new()
             .name("kicker".into())
-            .spawn(move || Self::run(&s, &clock, signal))?;
+            .spawn(move || Self::run(&s, &c, signal))?;
         Ok(Self {
             shared,
             thread: Some(thread),
+            clock,
         })
     }
 
@@ -85,14 +118,21 @@ impl Kicker {
         self.shared.target.store(me as u64, Ordering::SeqCst);
     }
 
-    /// Kick the vCPU if it is still running at virtual time `at_ns`.
+    /// Kick the vCPU if it is still running at virtual time `at_ns` (or earlier, if a
+    /// [`KickHandle`] asked for an earlier time since the last `disarm`).
     pub fn arm(&self, at_ns: u64) {
-        let old = self.shared.kick_at_ns.swap(at_ns, Ordering::SeqCst);
-        if at_ns < old {
-            if let Some(t) = &self.thread {
-                t.thread().unpark();
-            }
+        if let Some(t) = &self.thread {
+            arm_shared(&self.shared, t.thread(), at_ns);
         }
+    }
+
+    /// A handle for other threads to ask for kicks.
+    pub fn handle(&self) -> Option<KickHandle> {
+        Some(KickHandle {
+            shared: self.shared.clone(),
+            thread: self.thread.as_ref()?.thread().clone(),
+            clock: self.clock.clone(),
+        })
     }
 
     pub fn disarm(&self) {

@@ -18,6 +18,7 @@ pub mod layout;
 pub mod linux;
 pub mod machine;
 pub mod memory;
+pub mod net;
 pub mod pagecheck;
 pub mod platform;
 pub mod record;

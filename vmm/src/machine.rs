@@ -14,11 +14,15 @@ use crate::compat::CompatError;
 use crate::cpu::{self, CpuError};
 use crate::disk::{open_disks, snapshot_disks, DiskError, DiskRecord, DiskSpec};
 use crate::memory::{self, MemoryError, MemorySlots};
-use crate::platform::{ConsoleOut, DiskBackend, PciSetup, Platform, PlatformError};
-use crate::record::{RecordError, Recorder};
-use crate::replay::Replayer;
+use crate::net::host::{self as nic_host, NetHost};
+use crate::net::{NetError, NetSpec};
+use crate::platform::{ConsoleOut, Platform, PlatformError};
+use crate::record::RecordError;
 use crate::snapshot::{self, SnapshotError};
 use crate::vcpu::{LogMode, VcpuError, VcpuHandle, VcpuParts};
+
+mod setup;
+use setup::{attach_nic, is_replay, log_start, open_log, open_tap, open_trace, pci_setup};
 
 /// Wall-clock time (Unix seconds) that deterministic runs start at: 2026-01-01T00:00:00Z.
 pub const DETERMINISTIC_EPOCH: u64 = 1_767_225_600;
@@ -31,8 +35,11 @@ pub struct VmConfig {
     pub mem_mib: u64,
     pub clock: ClockMode,
     pub trace_exits: Option<PathBuf>,
-    /// Disk images, each a virtio-blk function on a PCI bus (none: no PCI bus at all).
+    /// Disk images, each a virtio-blk function on a PCI bus (no disks and no NIC: no PCI
+    /// bus at all).
     pub disks: Vec<DiskSpec>,
+    /// A virtio-net function on a host TAP (a replayer takes its NIC from the log).
+    pub net: Option<NetSpec>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +72,8 @@ pub enum VmError {
     Replay(String),
     #[error(transparent)]
     Disk(#[from] DiskError),
+    #[error(transparent)]
+    Net(#[from] NetError),
     #[error("cannot create exit trace file {path}")]
     Trace {
         path: PathBuf,
@@ -115,6 +124,8 @@ pub struct Resources<'a> {
     pub pause_request: Arc<std::sync::atomic::AtomicBool>,
     /// The disk images for the saved machine's virtio-blk functions, in order.
     pub disks: Vec<DiskSpec>,
+    /// The TAP for the saved machine's NIC (it may be another than the one it had).
+    pub net: Option<NetSpec>,
 }
 
 /// A running (or paused) VM.
@@ -135,63 +146,9 @@ pub struct Vm {
     pub disks: Vec<DiskSpec>,
     /// The same images as the devices use them (state transfer reads them).
     pub disk_backends: Vec<crate::disk::FileBackend>,
+    /// The host side of its NIC, under `run` and `record`.
+    pub net: Option<NetHost>,
     _kvm: Kvm,
-}
-
-/// The PCI part of a machine with `disks`; none without.
-fn pci_setup(disks: Vec<DiskBackend>, memory: &GuestMemoryMmap) -> Option<PciSetup> {
-    (!disks.is_empty()).then(|| PciSetup {
-        disks,
-        memory: memory.clone(),
-    })
-}
-
-/// The vCPU's log from its stream.
-fn open_log(log: LogStream, vm_fd: &Arc<VmFd>) -> Result<LogMode, VmError> {
-    Ok(match log {
-        LogStream::Off => LogMode::Off,
-        LogStream::Record(out) => LogMode::Record(Box::new(
-            Recorder::new(out, vm_fd.clone()).map_err(VmError::Record)?,
-        )),
-        LogStream::Replay(source) => LogMode::Replay(Box::new(Replayer::new(source))),
-        LogStream::LiveReplay(source, verified) => {
-            LogMode::Replay(Box::new(Replayer::live(source, verified)))
-        }
-    })
-}
-
-/// The first entry of a log: a recorder writes the machine's start inputs, a replayer
-/// takes them from its log. Returns the wall-clock start to use.
-fn log_start(log: &mut LogMode, now_unix_secs: u64) -> Result<u64, VmError> {
-    match log {
-        LogMode::Off => Ok(now_unix_secs),
-        LogMode::Record(rec) => {
-            rec.log(&ft_log::Entry::Start {
-                wall_clock_unix_secs: now_unix_secs,
-            })
-            .map_err(VmError::Record)?;
-            Ok(now_unix_secs)
-        }
-        LogMode::Replay(r) => match r.pop() {
-            Ok(Some(ft_log::Entry::Start {
-                wall_clock_unix_secs,
-            })) => Ok(wall_clock_unix_secs),
-            Ok(other) => Err(VmError::Replay(format!(
-                "the log does not begin with a start record (found {:?})",
-                other.map(|e| ft_log::Entry::kind_name(e.kind()))
-            ))),
-            Err(e) => Err(VmError::Replay(e.to_string())),
-        },
-    }
-}
-
-fn open_trace(path: Option<&Path>) -> Result<Option<Box<dyn std::io::Write + Send>>, VmError> {
-    let Some(path) = path else { return Ok(None) };
-    let file = std::fs::File::create(path).map_err(|source| VmError::Trace {
-        path: path.to_owned(),
-        source,
-    })?;
-    Ok(Some(Box::new(std::io::BufWriter::new(file))))
 }
 
 /// A KVM VM with `mem` mapped and its one vCPU, with the normalised CPUID.
@@ -253,6 +210,8 @@ impl Vm {
         };
         let trace = open_trace(config.trace_exits.as_deref())?;
         let disks = open_disks(&config.disks)?;
+        let replaying = is_replay(&log);
+        let tap = open_tap(config.net.as_ref(), replaying)?;
         let kvm_sys = Kvm::new().map_err(VmError::OpenKvm)?;
         let mem = memory::create(config.mem_mib)?;
         let kernel = boot::load_kernel(&mem, kernel_file, &config.kernel, config.mem_mib)?;
@@ -286,14 +245,21 @@ impl Vm {
             ClockMode::Exits { .. } => DETERMINISTIC_EPOCH,
         };
         // The wall-clock time the guest starts from is an input like any other.
-        let wall = log_start(&mut log, now)?;
+        let configured_nic = nic_host::boot_mac(config.net.as_ref());
+        let (wall, logged_nic) = log_start(&mut log, now, configured_nic)?;
+        let nic_mac = if replaying {
+            nic_host::replay_mac(config.net.as_ref(), logged_nic)?
+        } else {
+            configured_nic
+        };
+        let (nic, net) = attach_nic(nic_mac, tap)?;
         let platform = Platform::new(
             clock.clone(),
             config.mem_mib,
             wall,
             console,
             hooks.console_position.clone().unwrap_or_default(),
-            pci_setup(disks, &mem),
+            pci_setup(disks, nic, &mem),
         )?;
         tracing::info!(
             kernel = %config.kernel.display(),
@@ -317,6 +283,7 @@ impl Vm {
             log,
             hooks,
             config.disks.clone(),
+            net,
         )
     }
 
@@ -330,6 +297,7 @@ impl Vm {
         pause_request: Arc<std::sync::atomic::AtomicBool>,
         log: LogStream,
         disks: &[DiskSpec],
+        net: Option<NetSpec>,
     ) -> Result<Self, VmError> {
         Self::restore_with(
             dir,
@@ -340,6 +308,7 @@ impl Vm {
             log,
             FtHooks::default(),
             disks,
+            net,
         )
     }
 
@@ -354,6 +323,7 @@ impl Vm {
         log: LogStream,
         hooks: FtHooks,
         disks: &[DiskSpec],
+        net: Option<NetSpec>,
     ) -> Result<Self, VmError> {
         let loaded = snapshot::load(dir)?;
         let disks = snapshot_disks(&loaded.manifest.disks, disks)?;
@@ -369,6 +339,7 @@ impl Vm {
                 trace_exits,
                 pause_request,
                 disks,
+                net,
             },
             log,
             hooks,
@@ -388,20 +359,40 @@ impl Vm {
     ) -> Result<Self, VmError> {
         let trace = open_trace(res.trace_exits)?;
         let disks = open_disks(&res.disks)?;
+        let replaying = is_replay(&log);
+        let saved_nic = state
+            .platform
+            .pci
+            .as_ref()
+            .and_then(|p| p.nic.as_ref())
+            .map(|n| n.function.device.mac);
+        let restored_nic = if replaying {
+            None
+        } else {
+            nic_host::restore_mac(res.net.as_ref(), saved_nic)?
+        };
+        let tap = open_tap(res.net.as_ref(), replaying)?;
         let kvm_sys = Kvm::new().map_err(VmError::OpenKvm)?;
         let dirty_log = hooks.dirty_log || matches!(log, LogStream::Record(_));
         let (slots, vcpu_fd) = create_vm(&kvm_sys, &memory, dirty_log)?;
         state.vcpu.restore(&vcpu_fd)?;
         let mut log = open_log(log, &slots.vm)?;
         // The CMOS base is in the state; logged anyway so every log starts alike.
-        log_start(&mut log, state.platform.cmos.base_unix_secs)?;
+        let (_, logged_nic) =
+            log_start(&mut log, state.platform.cmos.base_unix_secs, restored_nic)?;
+        let nic_mac = if replaying {
+            nic_host::replay_mac(res.net.as_ref(), logged_nic)?
+        } else {
+            restored_nic
+        };
+        let (nic, net) = attach_nic(nic_mac, tap)?;
         let clock = Arc::new(VmClock::new(clock_mode, state.clock_ns));
         let platform = Platform::restore(
             state.platform,
             clock.clone(),
             res.console,
             hooks.console_position.clone().unwrap_or_default(),
-            pci_setup(disks, &memory),
+            pci_setup(disks, nic, &memory),
         )?;
         tracing::info!(ordinal = state.vcpu.ordinal, mem_mib, "VM restored");
         Self::start(
@@ -419,6 +410,7 @@ impl Vm {
             log,
             hooks,
             res.disks,
+            net,
         )
     }
 
@@ -438,6 +430,7 @@ impl Vm {
         log: LogMode,
         hooks: FtHooks,
         disks: Vec<DiskSpec>,
+        net: Option<NetHost>,
     ) -> Result<Self, VmError> {
         let replaying = matches!(log, LogMode::Replay(_));
         // A replayer takes input and time only from its log.
@@ -474,6 +467,7 @@ impl Vm {
             trace,
             ordinal,
             halted,
+            net_rx: net.as_ref().map(|n| n.rx.clone()),
         })?;
         Ok(Self {
             vcpu,
@@ -486,6 +480,7 @@ impl Vm {
             vm_fd,
             disks,
             disk_backends,
+            net,
             _kvm: kvm_sys,
         })
     }

@@ -212,6 +212,13 @@ struct RunArgs {
     /// (same size and contents), in the same order; by default the recorded paths.
     #[arg(long, value_name = "PATH[,readonly]")]
     disk: Vec<ftvm::disk::DiskSpec>,
+    /// A network card for the guest: a virtio-net function on the PCI bus, backed by the
+    /// existing host TAP device NAME (ftvm never creates one; e.g. 'ip tuntap add NAME mode
+    /// tap'). MAC defaults to 52:54:00:12:34:56. With --restore: the TAP to attach the
+    /// snapshot's NIC to (any TAP; the MAC stays the saved one). `replay` takes the NIC
+    /// from its log and never opens a TAP; a --net given to it is checked against the log.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    net: Option<ftvm::net::NetSpec>,
 }
 
 /// Serial output straight to stdout, flushed at once so prompts appear.
@@ -295,20 +302,32 @@ fn run(args: RunArgs, log_file: LogFile) -> anyhow::Result<i32> {
             pause_request,
             log,
             &args.disk,
+            args.net.clone(),
         )?,
         (None, Some(kernel)) => {
+            // A replayed machine has the NIC its log names, with or without --net. A log
+            // that cannot be read here is reported by the replayer itself, below.
+            let logged_nic = match &log_file {
+                LogFile::Replay(path) => std::fs::File::open(path)
+                    .ok()
+                    .and_then(|f| ftvm::replay::logged_nic(std::io::BufReader::new(f)).ok())
+                    .flatten()
+                    .is_some(),
+                _ => false,
+            };
             let config = VmConfig {
                 kernel,
                 initrd: args.initrd,
                 cmdline: ftvm::linux::build_cmdline(
                     &args.cmdline,
                     !args.no_default_cmdline,
-                    !args.disk.is_empty(),
+                    !args.disk.is_empty() || args.net.is_some() || logged_nic,
                 ),
                 mem_mib: args.mem,
                 clock: args.clock,
                 trace_exits: args.trace_exits,
                 disks: args.disk,
+                net: args.net.clone(),
             };
             Vm::boot(&config, console, input, pause_request, log)?
         }
@@ -345,6 +364,9 @@ fn run(args: RunArgs, log_file: LogFile) -> anyhow::Result<i32> {
     }
     let syscall_probe = vm.syscall_probe;
     let report = vm.vcpu.finish();
+    if let Some(net) = &vm.net {
+        eprintln!("ftvm: net: {}", net.counters());
+    }
     Ok(summarise(&report, started, Some(syscall_probe)))
 }
 
@@ -419,6 +441,11 @@ fn primary(args: PrimaryArgs) -> anyhow::Result<i32> {
     if run.snapshot_on.is_some() || run.trace_exits.is_some() {
         anyhow::bail!("--snapshot-on and --trace-exits are for 'run', not for a primary");
     }
+    if run.net.is_some() {
+        anyhow::bail!(
+            "--net is not supported for a primary yet (the NIC under a pair is the next step)"
+        );
+    }
     let mut opts = ft_options(args.pair, Some(args.listen))?;
     if run.restore.is_some() {
         opts.disks = run.disk.clone();
@@ -433,6 +460,7 @@ fn primary(args: PrimaryArgs) -> anyhow::Result<i32> {
         clock: run.clock,
         trace_exits: None,
         disks: run.disk,
+        net: None,
     });
     let outcome = ftvm::ft::run_primary(
         config.as_ref(),
@@ -567,8 +595,8 @@ fn report_log(log: &ftvm::vcpu::LogReport, guest_code: i32) -> i32 {
     );
     if let Some(r) = &log.replay {
         eprintln!(
-            "ftvm replay: {} exits verified, {} deltas applied ({} pages), {} divergences, {} exits skipped while recovering",
-            r.exits_verified, r.deltas_applied, r.delta_pages_applied, r.divergences, r.exits_skipped
+            "ftvm replay: {} exits verified, {} deltas applied ({} pages), {} divergences, {} exits skipped while recovering, {} received frames verified",
+            r.exits_verified, r.deltas_applied, r.delta_pages_applied, r.divergences, r.exits_skipped, r.frames_verified
         );
     }
     if let Some(p) = &log.problem {

@@ -12,12 +12,17 @@ use crate::bus::{lock, Bus, BusError};
 use crate::stop::StopReason;
 
 mod devices;
+mod dma;
+mod nic;
+#[cfg(test)]
+mod nic_tests;
 mod pci;
 #[cfg(test)]
 mod tests;
 
 pub use devices::{DeviceKind, DeviceState, PlatformDevice, PlatformState, PowerOn, Wiring};
 use devices::{Devices, Staged};
+pub use nic::{NicDeviceState, NicSetup};
 pub use pci::{DiskBackend, DiskDeviceState, Pci, PciSetup, PciSetupError, PciState, PCI_IRQ};
 
 /// Where the serial console's output goes.
@@ -63,6 +68,36 @@ pub enum PlatformError {
     Pci(#[from] PciSetupError),
     #[error("the saved machine has {saved} disks but {given} were given")]
     DiskCount { saved: usize, given: usize },
+    #[error("the saved machine has {} but this one {}", nic_words(*.saved), nic_words(*.given))]
+    NicPresence { saved: bool, given: bool },
+}
+
+fn nic_words(has: bool) -> &'static str {
+    if has {
+        "a NIC"
+    } else {
+        "no NIC"
+    }
+}
+
+/// Whether a saved PCI part and the PCI configuration of this machine have the same
+/// devices (disk count, NIC or not).
+fn check_pci_match(saved: Option<&PciState>, disks: usize, nic: bool) -> Result<(), PlatformError> {
+    let saved_disks = saved.map_or(0, |s| s.disks.len());
+    if saved_disks != disks {
+        return Err(PlatformError::DiskCount {
+            saved: saved_disks,
+            given: disks,
+        });
+    }
+    let saved_nic = saved.is_some_and(|s| s.nic.is_some());
+    if saved_nic != nic {
+        return Err(PlatformError::NicPresence {
+            saved: saved_nic,
+            given: nic,
+        });
+    }
+    Ok(())
 }
 
 /// The machine's devices (see [`devices`] for the table of them) on their buses.
@@ -71,7 +106,7 @@ pub struct Platform {
     pub mmio: Bus,
     devices: Devices,
     wiring: Wiring,
-    /// The PCI bus and its functions, on a machine with disks.
+    /// The PCI bus and its functions, on a machine with disks or a NIC.
     pci: Option<Pci>,
 }
 
@@ -120,18 +155,14 @@ impl Platform {
         position.store(state.console_bytes, Ordering::SeqCst);
         let wiring = Wiring::new(clock, console, position);
         let saved_pci = state.pci.clone();
-        let given = pci.as_ref().map_or(0, |p| p.disks.len());
+        check_pci_match(
+            saved_pci.as_ref(),
+            pci.as_ref().map_or(0, |p| p.disks.len()),
+            pci.as_ref().is_some_and(|p| p.nic.is_some()),
+        )?;
         let pci = match (saved_pci, pci) {
-            (None, None) => None,
-            (Some(saved), Some(setup)) if saved.disks.len() == given => {
-                Some(Pci::restore(&saved, setup, &wiring.irq_lines)?)
-            }
-            (saved, _) => {
-                return Err(PlatformError::DiskCount {
-                    saved: saved.map_or(0, |s| s.disks.len()),
-                    given,
-                })
-            }
+            (Some(saved), Some(setup)) => Some(Pci::restore(&saved, setup, &wiring.irq_lines)?),
+            _ => None,
         };
         let staged = Staged::restore(state, &wiring)?;
         Self::assemble(staged, wiring, pci)
@@ -177,6 +208,20 @@ impl Platform {
         self.pci.as_ref().map_or(0, Pci::process)
     }
 
+    /// The NIC's MAC, on a machine with one.
+    pub fn nic_mac(&self) -> Option<[u8; 6]> {
+        self.pci.as_ref().and_then(Pci::nic_mac)
+    }
+
+    /// Offer a received frame to the NIC: call only at a point the log names, and log the
+    /// outcome. None: the machine has no NIC.
+    pub fn deliver_frame(
+        &self,
+        frame: &[u8],
+    ) -> Option<Result<ftvm_devices::virtio::Delivery, ftvm_devices::virtio::VirtioError>> {
+        self.pci.as_ref()?.deliver_frame(frame)
+    }
+
     /// Guest pages devices wrote since the last call (not in KVM's dirty log).
     pub fn take_device_pages(&self) -> Vec<u64> {
         self.pci
@@ -211,15 +256,14 @@ impl Platform {
     /// keeps its writer). The state is validated first; on error nothing changes.
     pub fn load_state(&self, state: PlatformState) -> Result<(), PlatformError> {
         let console_bytes = state.console_bytes;
+        check_pci_match(
+            state.pci.as_ref(),
+            self.pci.as_ref().map_or(0, Pci::disk_count),
+            self.nic_mac().is_some(),
+        )?;
         let pci = match (&self.pci, &state.pci) {
-            (None, None) => None,
             (Some(pci), Some(saved)) => Some((pci, pci.stage(saved)?)),
-            (pci, saved) => {
-                return Err(PlatformError::DiskCount {
-                    saved: saved.as_ref().map_or(0, |s| s.disks.len()),
-                    given: pci.as_ref().map_or(0, Pci::disk_count),
-                })
-            }
+            _ => None,
         };
         let staged = Staged::restore(state, &self.wiring)?;
         self.devices.replace(staged);

@@ -27,6 +27,8 @@ pub struct ReplayStats {
     pub divergences: u64,
     /// Exits the recorder made while the replayer, recovering from a divergence, skipped.
     pub exits_skipped: u64,
+    /// Received frames offered at their logged exit with the logged outcome.
+    pub frames_verified: u64,
 }
 
 pub struct Replayer {
@@ -197,6 +199,32 @@ impl Replayer {
     }
 }
 
+/// The NIC (its MAC) of the machine a log was recorded on: the `Nic` entry right after
+/// `Start`, if there is one. Read before the replayed machine is built, whose kernel
+/// command line depends on whether it has a PCI bus.
+pub fn logged_nic(mut source: impl Read) -> Result<Option<[u8; 6]>, ReplayError> {
+    let mut decoder = Decoder::new();
+    let mut buf = vec![0u8; 4096];
+    let mut seen = 0;
+    loop {
+        while let Some(entry) = decoder.next_entry()? {
+            seen += 1;
+            match (seen, entry) {
+                (1, Entry::Start { .. }) => {}
+                (2, Entry::Nic { mac }) => return Ok(Some(mac)),
+                _ => return Ok(None),
+            }
+        }
+        let got = match source.read(&mut buf) {
+            Ok(0) => return Ok(None),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ReplayError::Read(e)),
+        };
+        decoder.push(&buf[..got]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,5 +291,33 @@ mod tests {
         }
         let mut r = Replayer::new(Box::new(Broken));
         assert!(matches!(r.pop(), Err(ReplayError::Read(_))));
+    }
+
+    fn log_of(entries: &[Entry]) -> Vec<u8> {
+        let mut bytes = ft_log::encode_header();
+        for e in entries {
+            bytes.extend(ft_log::encode_entry(e));
+        }
+        bytes
+    }
+
+    #[test]
+    fn the_logged_nic_is_read_from_the_start_of_the_log() {
+        let start = Entry::Start {
+            wall_clock_unix_secs: 1,
+        };
+        let mac = [0x52, 0x54, 0, 1, 2, 3];
+        let with = log_of(&[start.clone(), Entry::Nic { mac }]);
+        assert_eq!(logged_nic(&with[..]).unwrap(), Some(mac));
+        let without = log_of(&[
+            start,
+            Entry::TimeSample {
+                ordinal: 0,
+                time_ns: 5,
+            },
+        ]);
+        assert_eq!(logged_nic(&without[..]).unwrap(), None);
+        assert_eq!(logged_nic(&b""[..]).unwrap(), None);
+        assert!(logged_nic(&b"not a log at all, not at all"[..]).is_err());
     }
 }

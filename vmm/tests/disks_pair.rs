@@ -99,7 +99,11 @@ fn a_backup_with_its_own_disk_copy_takes_over_the_writes() {
     let status = backup.wait(Duration::from_secs(120));
     let text = console(&dir);
     assert_eq!(status, 0, "backup:\n{}\nconsole:\n{text}", backup.stderr());
-    assert!(backup.stderr().contains("live at exit"), "{}", backup.stderr());
+    assert!(
+        backup.stderr().contains("live at exit"),
+        "{}",
+        backup.stderr()
+    );
     assert!(
         text.contains("disk-writer: all records read back"),
         "the guest on the backup's copy:\n{text}"
@@ -130,8 +134,14 @@ fn a_backup_without_matching_disks_is_refused() {
     let mut primary = disk_primary(&dir, port, &a);
     primary.wait_for("waiting for a backup", Duration::from_secs(30));
     for (disks, needle) in [
-        (vec![], "the primary's guest has 1 disks, this backup was given 0"),
-        (vec![small.as_path()], "disk 0 is 1048576 bytes on the primary, 65536 here"),
+        (
+            vec![],
+            "the primary's guest has 1 disks, this backup was given 0",
+        ),
+        (
+            vec![small.as_path()],
+            "disk 0 is 1048576 bytes on the primary, 65536 here",
+        ),
     ] {
         let mut backup = disk_backup(&dir, port, &disks);
         let status = backup.wait(Duration::from_secs(60));
@@ -139,7 +149,12 @@ fn a_backup_without_matching_disks_is_refused() {
         assert!(backup.stderr().contains(needle), "{}", backup.stderr());
     }
     // The primary carried on alone and finishes its guest.
-    assert_eq!(primary.wait(Duration::from_secs(60)), 0, "{}", primary.stderr());
+    assert_eq!(
+        primary.wait(Duration::from_secs(60)),
+        0,
+        "{}",
+        primary.stderr()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -150,6 +165,9 @@ fn a_backup_disk_that_cannot_be_opened_is_refused_before_connecting() {
     let mut backup = disk_backup(&dir, free_port(), &[&dir.join("missing.img")]);
     assert_ne!(backup.wait(Duration::from_secs(10)), 0);
     let err = backup.stderr();
-    assert!(err.contains("missing.img") && !err.contains("cannot reach"), "{err}");
+    assert!(
+        err.contains("missing.img") && !err.contains("cannot reach"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

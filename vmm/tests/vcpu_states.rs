@@ -53,6 +53,7 @@ fn pause_save_resume_finish() {
         clock: ClockMode::Host,
         trace_exits: None,
         disks: Vec::new(),
+        net: None,
     };
     let mut vm = Vm::boot(
         &config,
@@ -114,6 +115,7 @@ fn finish_stops_a_running_guest() {
         clock: ClockMode::Host,
         trace_exits: None,
         disks: Vec::new(),
+        net: None,
     };
     // The serial guest waits for input forever (its input channel stays open).
     let (_input_tx, input_rx) = crossbeam_channel::unbounded::<Vec<u8>>();

@@ -108,6 +108,40 @@ fn deliver_frame_fills_the_next_receive_chain() {
 }
 
 #[test]
+fn an_offer_without_a_buffer_changes_nothing() {
+    // The VMM logs only offers the device acted on: one it had no buffer for must leave
+    // the function's state, and guest memory, as they were (a replayer never makes it).
+    let mem = memory();
+    let (mut f, lines) = running(&mem);
+    let rx = MockSplitQueue::create(&mem, RX_ADDR, QUEUE_LEN);
+    let before = f.state();
+    assert_eq!(
+        f.deliver_frame(&mem, &frame(60)).unwrap(),
+        Delivery::NoBuffer
+    );
+    assert_eq!(f.state(), before);
+    offer(&rx, 0, &[writable(DATA_ADDR, 2048, None)], 0);
+    assert!(matches!(
+        f.deliver_frame(&mem, &frame(60)).unwrap(),
+        Delivery::Delivered { head: 0, .. }
+    ));
+    // The one buffer is used: the next offer finds none, and again changes nothing.
+    let before = f.state();
+    let ring = get(&mem, RX_ADDR.0, 0x1000);
+    assert_eq!(
+        f.deliver_frame(&mem, &frame(60)).unwrap(),
+        Delivery::NoBuffer
+    );
+    assert_eq!(f.state(), before);
+    assert_eq!(get(&mem, RX_ADDR.0, 0x1000), ring);
+    assert_eq!(
+        lines.levels(),
+        1 << IRQ,
+        "only the delivered frame's interrupt"
+    );
+}
+
+#[test]
 fn frame_larger_than_the_buffer_is_dropped() {
     let mem = memory();
     let (mut f, _lines) = running(&mem);

@@ -13,7 +13,7 @@ extern crate libfuzzer_sys;
 
 use ft_log::{
     encode_channel_header, encode_entry, encode_header, encode_log_messages, encode_message,
-    encode_pages_messages, Delta, Digest, Entry, ExitKind, ExitRecord, Page, ToBackup, ToPrimary,
+    encode_pages_messages, Delta, Digest, Entry, ExitKind, ExitRecord, PacketOutcome, Page, ToBackup, ToPrimary,
 };
 use ftvm_devices::{
     AbsentPorts, AbsentPortsState, Cmos, IrqLine, IrqLines, Pic, Pit, Serial, SysCtl, I8042,
@@ -76,6 +76,10 @@ fn log_seeds(dir: &Path) {
         Entry::Packet {
             ordinal: 3,
             data: vec![0xab; 8],
+            outcome: PacketOutcome::Delivered { head: 3, len: 20 },
+        },
+        Entry::Nic {
+            mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
         },
         Entry::DiskCompletion {
             ordinal: 4,

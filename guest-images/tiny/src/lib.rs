@@ -14,6 +14,8 @@
 //! | `spin` | the `usermode` loop, 50 times longer (the benchmark's CPU-bound guest) |
 //! | `chatter` | 5,000 console lines, unpaced (the benchmark's console throughput) |
 //! | `disk-writer` | 500 disk records paced by the PIT, read back at the end, for failover with disks |
+//! | `virtio-net` | a minimal virtio-net driver: finds the NIC on bus 0, posts receive buffers, echoes 8 frames with the MACs swapped |
+//! | `virtio-net-spin` | the same, waiting for frames in a loop without exits (frames come at kicks) |
 //! | `bad-port`, `bad-mmio`, `triple-fault` | guests that misbehave; the VMM must stop cleanly |
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));

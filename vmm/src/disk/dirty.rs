@@ -42,7 +42,9 @@ impl DirtyChunks {
         let first = offset / CHUNK;
         let last = offset.saturating_add(len - 1) / CHUNK;
         for chunk in first..=last {
-            let Ok(word) = usize::try_from(chunk / 64) else { break };
+            let Ok(word) = usize::try_from(chunk / 64) else {
+                break;
+            };
             let Some(w) = bits.get_mut(word) else { break };
             *w |= 1 << (chunk % 64);
         }

@@ -158,11 +158,15 @@ impl<'a> DiskReceiver<'a> {
     ) -> Result<(), TransferError> {
         use ftvm_devices::virtio::BlockBackend;
         if !self.announced {
-            return Err(invalid("a disk chunk before the disks were announced".into()));
+            return Err(invalid(
+                "a disk chunk before the disks were announced".into(),
+            ));
         }
         let index = disk as usize;
         let Some((copy, read_only)) = self.disks.get(index) else {
-            return Err(invalid(format!("chunk for disk {disk}, which does not exist")));
+            return Err(invalid(format!(
+                "chunk for disk {disk}, which does not exist"
+            )));
         };
         let len64 = u64::from(len);
         let fits = offset
@@ -324,7 +328,10 @@ mod tests {
         }
         rx.chunk(0, CHUNK, 512, &[3u8; 512]).unwrap();
         let none: [(FileBackend, bool); 0] = [];
-        assert!(DiskReceiver::new(&backup).finish().is_err(), "never announced");
+        assert!(
+            DiskReceiver::new(&backup).finish().is_err(),
+            "never announced"
+        );
         DiskReceiver::new(&none).finish().unwrap();
         let _ = std::fs::remove_file(a);
     }
@@ -335,7 +342,8 @@ mod tests {
         let backup = [(open(&a, true), true)];
         let mut rx = DiskReceiver::new(&backup);
         rx.announce(&[CHUNK]).unwrap();
-        rx.chunk(0, 0, CHUNK as u32, &vec![5u8; CHUNK as usize]).unwrap();
+        rx.chunk(0, 0, CHUNK as u32, &vec![5u8; CHUNK as usize])
+            .unwrap();
         let e = rx.chunk(0, 0, CHUNK as u32, &[]).unwrap_err().to_string();
         assert!(e.contains("differs"), "{e}");
         let _ = std::fs::remove_file(a);

@@ -271,6 +271,8 @@ mod tests {
         r.disk_checks_matched = 7;
         assert!(r.render(0).contains("disks 1: in step at 7 checkpoints"));
         r.disk_checks_differed = 2;
-        assert!(r.render(0).contains("OUT OF STEP at 2 checkpoints (7 in step)"));
+        assert!(r
+            .render(0)
+            .contains("OUT OF STEP at 2 checkpoints (7 in step)"));
     }
 }

@@ -1,6 +1,7 @@
-//! The PCI part of the platform, present only when the machine has disks: the host bridge
-//! (configuration mechanism #1 at 0xcf8), one virtio-blk function per `--disk`, their BARs
-//! in the MMIO window and their INTx pins on ISA line [`PCI_IRQ`] (level-triggered, as
+//! The PCI part of the platform, present only when the machine has disks or a NIC: the
+//! host bridge (configuration mechanism #1 at 0xcf8), one virtio-blk function per `--disk`
+//! (devices 1, 2, ...), then the virtio-net function of `--net` (see [`super::nic`]), their
+//! BARs in the MMIO window and their INTx pins on ISA line [`PCI_IRQ`] (level-triggered, as
 //! firmware sets the ELCR for PCI lines).
 //!
 //! Requests complete synchronously at the exit of the driver's notify write (or a write
@@ -18,27 +19,28 @@ use ftvm_devices::pci::{
     PciFunction, CONFIG_ADDRESS_PORT, CONFIG_PORTS_LEN, DEFAULT_MMIO_WINDOW_LEN,
     DEFAULT_MMIO_WINDOW_START,
 };
-use ftvm_devices::virtio::{Block, BlockState, VirtioPciState};
+use ftvm_devices::virtio::{Block, BlockState, Delivery, VirtioError, VirtioPciState};
 use ftvm_devices::{IrqLines, LevelIrqLine, PciBus, PciBusState, PciMmio, StateError, VirtioPci};
 use serde::{Deserialize, Serialize};
-use vm_memory::bitmap::AtomicBitmap;
-use vm_memory::mmap::MmapRegion;
-use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap};
+use vm_memory::GuestMemoryMmap;
 
+use super::dma::{dma_view, DmaMemory};
 use crate::bus::{lock, Bus, BusError, SharedDevice};
 use crate::disk::FileBackend;
-use crate::memory::PAGE_SIZE;
+
+use super::nic::{NetFunction, Nic, NicDeviceState, NicSetup};
 
 /// The ISA line every PCI function's INTA# is routed to (shared, wired-OR).
 pub const PCI_IRQ: u8 = 10;
 
 type BlockFunction = VirtioPci<Block<FileBackend>>;
-type DmaMemory = GuestMemoryMmap<AtomicBitmap>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PciSetupError {
     #[error("cannot set up the PCI bus: {0}")]
     Pci(#[from] ftvm_devices::pci::PciError),
+    #[error("cannot create the virtio-net function: {0}")]
+    Net(#[source] VirtioError),
     #[error("cannot create virtio-blk function {index}: {source}")]
     Virtio {
         index: usize,
@@ -61,6 +63,7 @@ pub struct DiskBackend {
 /// What the platform needs to build its PCI part.
 pub struct PciSetup {
     pub disks: Vec<DiskBackend>,
+    pub nic: Option<NicSetup>,
     pub memory: GuestMemoryMmap,
 }
 
@@ -76,6 +79,9 @@ pub struct DiskDeviceState {
 pub struct PciState {
     pub bus: PciBusState,
     pub disks: Vec<DiskDeviceState>,
+    /// The NIC, on a machine with one (absent from states saved before NICs existed).
+    #[serde(default)]
+    pub nic: Option<NicDeviceState>,
 }
 
 struct Disk {
@@ -103,6 +109,7 @@ impl Disk {
 pub struct Pci {
     bus: Arc<Mutex<PciBus>>,
     disks: Vec<Disk>,
+    nic: Option<Nic>,
     dma: DmaMemory,
     /// Keeps the mappings `dma` points into alive.
     _memory: GuestMemoryMmap,
@@ -110,32 +117,6 @@ pub struct Pci {
 
 fn serial(index: usize) -> String {
     format!("ftvm-disk{index}")
-}
-
-/// A view of `mem`'s mappings whose bitmap records the pages written through it.
-fn dma_view(mem: &GuestMemoryMmap) -> Result<DmaMemory, PciSetupError> {
-    let mut regions = Vec::new();
-    for region in mem.iter() {
-        let len = region.len() as usize;
-        // SAFETY: the pointer and length are those of a live mapping owned by `mem`, which
-        // `Pci` keeps (a clone sharing the mappings) for as long as the view exists; the
-        // view does not own the mapping and never unmaps it. Protection and flags are
-        // those vm-memory's `from_ranges` used to create it.
-        let mapping = unsafe {
-            MmapRegion::<AtomicBitmap>::build_raw(
-                region.as_ptr(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_PRIVATE,
-            )
-        }
-        .map_err(|e| PciSetupError::Dma(e.to_string()))?;
-        regions.push(
-            GuestRegionMmap::new(mapping, region.start_addr())
-                .ok_or_else(|| PciSetupError::Dma("region overflows".into()))?,
-        );
-    }
-    DmaMemory::from_regions(regions).map_err(|e| PciSetupError::Dma(e.to_string()))
 }
 
 fn function_of(
@@ -153,6 +134,8 @@ pub(crate) struct StagedPci {
     bus: PciBus,
     functions: Vec<BlockFunction>,
     io_crcs: Vec<u32>,
+    /// The NIC's function and transmit CRC.
+    nic: Option<(NetFunction, u32)>,
 }
 
 impl Pci {
@@ -172,18 +155,31 @@ impl Pci {
             bus.add_function(disk.pci(), PCI_IRQ)?;
             disks.push(disk);
         }
-        Self::assemble(bus, disks, setup.memory)
+        let nic = match setup.nic {
+            Some(nic) => {
+                let line = irq_lines
+                    .level_line(PCI_IRQ)
+                    .ok_or(PciSetupError::NoIrqSource(disks.len()))?;
+                let nic = Nic::power_on(nic, line).map_err(PciSetupError::Net)?;
+                bus.add_function(nic.pci(), PCI_IRQ)?;
+                Some(nic)
+            }
+            None => None,
+        };
+        Self::assemble(bus, disks, nic, setup.memory)
     }
 
     fn assemble(
         bus: PciBus,
         disks: Vec<Disk>,
+        nic: Option<Nic>,
         memory: GuestMemoryMmap,
     ) -> Result<Self, PciSetupError> {
         Ok(Self {
             bus: Arc::new(Mutex::new(bus)),
             disks,
-            dma: dma_view(&memory)?,
+            nic,
+            dma: dma_view(&memory).map_err(PciSetupError::Dma)?,
             _memory: memory,
         })
     }
@@ -202,11 +198,25 @@ impl Pci {
             })?;
             configs.push((config, line));
         }
+        let nic_config = match setup.nic {
+            Some(nic) => {
+                let line = irq_lines
+                    .level_line(PCI_IRQ)
+                    .ok_or_else(|| StateError::new("PCI", "no interrupt source for the NIC"))?;
+                Some((nic, line))
+            }
+            None => None,
+        };
         let StagedPci {
             mut bus,
             functions,
             io_crcs,
-        } = stage(state, configs.iter().map(|(c, l)| (c, l)))?;
+            nic: staged_nic,
+        } = stage(
+            state,
+            configs.iter().map(|(c, l)| (c, l)),
+            nic_config.as_ref().map(|(c, l)| (c, l)),
+        )?;
         let mut disks = Vec::new();
         for (((config, line), function), crc) in configs.into_iter().zip(functions).zip(io_crcs) {
             config.backend.set_io_crc(crc);
@@ -215,12 +225,27 @@ impl Pci {
                 .map_err(|e| StateError::new("PCI bus", e.to_string()))?;
             disks.push(disk);
         }
-        Self::assemble(bus, disks, setup.memory).map_err(|e| StateError::new("PCI", e.to_string()))
+        let nic = match (nic_config, staged_nic) {
+            (Some((config, line)), Some((function, crc))) => {
+                config.sink.set_tx_crc(crc);
+                let nic = Nic::new(function, config, line);
+                bus.attach_function(nic.pci())
+                    .map_err(|e| StateError::new("PCI bus", e.to_string()))?;
+                Some(nic)
+            }
+            _ => None,
+        };
+        Self::assemble(bus, disks, nic, setup.memory)
+            .map_err(|e| StateError::new("PCI", e.to_string()))
     }
 
     /// Build (and so validate) everything of `state` without touching the running devices.
     pub(crate) fn stage(&self, state: &PciState) -> Result<StagedPci, StateError> {
-        stage(state, self.disks.iter().map(|d| (&d.config, &d.line)))
+        stage(
+            state,
+            self.disks.iter().map(|d| (&d.config, &d.line)),
+            self.nic.as_ref().map(|n| (&n.setup, &n.line)),
+        )
     }
 
     /// Put staged devices in place; the port and MMIO buses keep pointing at the same
@@ -232,6 +257,7 @@ impl Pci {
             mut bus,
             functions,
             io_crcs,
+            nic,
         } = staged;
         for (index, ((disk, function), crc)) in
             self.disks.iter().zip(functions).zip(io_crcs).enumerate()
@@ -252,6 +278,14 @@ impl Pci {
             bus.attach_function(disk.pci())
                 .map_err(|e| StateError::new("PCI bus", e.to_string()))?;
         }
+        if let (Some(mine), Some((function, crc))) = (&self.nic, nic) {
+            *lock(&mine.function) = function;
+            if restore_crc {
+                mine.setup.sink.set_tx_crc(crc);
+            }
+            bus.attach_function(mine.pci())
+                .map_err(|e| StateError::new("PCI bus", e.to_string()))?;
+        }
         *lock(&self.bus) = bus;
         Ok(())
     }
@@ -262,7 +296,20 @@ impl Pci {
 
     /// The disks' image backends, in device order (shared with the devices).
     pub fn disk_backends(&self) -> Vec<FileBackend> {
-        self.disks.iter().map(|d| d.config.backend.clone()).collect()
+        self.disks
+            .iter()
+            .map(|d| d.config.backend.clone())
+            .collect()
+    }
+
+    /// The NIC's MAC, on a machine with one.
+    pub fn nic_mac(&self) -> Option<[u8; 6]> {
+        self.nic.as_ref().map(|n| n.setup.mac)
+    }
+
+    /// Offer a received frame to the NIC (None: there is none).
+    pub fn deliver_frame(&self, frame: &[u8]) -> Option<Result<Delivery, VirtioError>> {
+        Some(self.nic.as_ref()?.deliver(&self.dma, frame))
     }
 
     pub fn state(&self) -> PciState {
@@ -276,6 +323,7 @@ impl Pci {
                     io_crc: d.config.backend.io_crc(),
                 })
                 .collect(),
+            nic: self.nic.as_ref().map(Nic::state),
         }
     }
 
@@ -312,32 +360,24 @@ impl Pci {
                 tracing::warn!(disk = index, "virtio-blk request failed: {e}");
             }
         }
+        if let Some(nic) = &self.nic {
+            done += nic.process(&self.dma);
+        }
         done
     }
 
     /// Pages devices wrote since the last call (guest-physical addresses).
     pub fn take_written_pages(&self) -> Vec<u64> {
-        let mut pages = Vec::new();
-        for region in self.dma.iter() {
-            let start = region.start_addr().raw_value();
-            let bitmap = MmapRegion::bitmap(&**region);
-            for (w, word) in bitmap.get_and_reset().into_iter().enumerate() {
-                let mut bits = word;
-                while bits != 0 {
-                    let bit = u64::from(bits.trailing_zeros());
-                    bits &= bits - 1;
-                    pages.push(start + (w as u64 * 64 + bit) * PAGE_SIZE);
-                }
-            }
-        }
-        pages
+        super::dma::take_written_pages(&self.dma)
     }
 }
 
-/// The bus and functions of `state` over `disks` (configuration and INTx source each).
+/// The bus and functions of `state` over `disks` and `nic` (configuration and INTx source
+/// each).
 fn stage<'a>(
     state: &PciState,
     disks: impl ExactSizeIterator<Item = (&'a DiskBackend, &'a LevelIrqLine)>,
+    nic: Option<(&NicSetup, &LevelIrqLine)>,
 ) -> Result<StagedPci, StateError> {
     if state.disks.len() != disks.len() {
         return Err(StateError::new(
@@ -349,6 +389,23 @@ fn stage<'a>(
             ),
         ));
     }
+    let nic = match (nic, &state.nic) {
+        (None, None) => None,
+        (Some((setup, line)), Some(saved)) => {
+            Some((Nic::stage(setup, line.clone(), saved)?, saved.tx_crc))
+        }
+        (mine, saved) => {
+            let has = |b: bool| if b { "a NIC" } else { "no NIC" };
+            return Err(StateError::new(
+                "PCI",
+                format!(
+                    "the state has {}, this machine {}",
+                    has(saved.is_some()),
+                    has(mine.is_some())
+                ),
+            ));
+        }
+    };
     let bus = PciBus::from_state(
         &state.bus,
         DEFAULT_MMIO_WINDOW_START,
@@ -362,5 +419,6 @@ fn stage<'a>(
         bus,
         functions,
         io_crcs: state.disks.iter().map(|d| d.io_crc).collect(),
+        nic,
     })
 }

@@ -194,6 +194,7 @@ fn platform_with_disk(tag: &str) -> (Platform, PciSetup) {
     let memory = crate::memory::create(16).unwrap();
     let setup = || PciSetup {
         disks: disks.clone(),
+        nic: None,
         memory: memory.clone(),
     };
     let p = Platform::new(

@@ -36,7 +36,12 @@ impl Vcpu {
             .pending_since
             .filter(|_| !window)
             .map(|t| t.max(earliest).saturating_add(*bound));
-        match timer.into_iter().chain(pending).min() {
+        // Frames waiting in the receive queue, from when the first of them arrived.
+        let frames = self.net_rx.as_ref().and_then(|rx| {
+            let at = rx.core().kick_at(*bound)?;
+            Some(at.max(earliest.saturating_add(*bound)))
+        });
+        match timer.into_iter().chain(pending).chain(frames).min() {
             Some(at) => kicker.arm(at),
             None => kicker.disarm(),
         }
@@ -64,8 +69,13 @@ impl Vcpu {
         if !ready {
             // Nothing may change at a point that is not logged: wait for the window.
             let now = self.clock.live_ns();
+            let bound = self.kicker.as_ref().map_or(0, |(_, b)| *b);
             let due = self.pending_since.is_some()
-                || self.platform.next_deadline_ns().is_some_and(|d| d <= now);
+                || self.platform.next_deadline_ns().is_some_and(|d| d <= now)
+                || self
+                    .net_rx
+                    .as_ref()
+                    .is_some_and(|rx| rx.core().kick_at(bound).is_some_and(|t| t <= now));
             if due {
                 self.fd.get_kvm_run().request_interrupt_window = 1;
             }
@@ -273,6 +283,7 @@ impl Vcpu {
     /// interrupt if the guest can take it now. Returns whether it injected one.
     pub(super) fn deliver(&mut self) -> bool {
         self.deliver_input();
+        self.deliver_frames();
         self.platform.update_interrupts();
         if !self.platform.interrupt_pending() {
             self.pending_since = None;
@@ -347,8 +358,8 @@ impl Vcpu {
         let deadline = self.platform.next_deadline_ns();
         let wait = match deadline {
             Some(d) => self.clock.halt_until(d),
-            None if self.input_rx.is_none() && self.input.is_empty() => {
-                // No timer armed and no input left: nothing can ever wake this guest.
+            None if self.input_rx.is_none() && self.input.is_empty() && self.net_rx.is_none() => {
+                // No timer armed, no input left, no NIC: nothing can ever wake this guest.
                 return Some(StopReason::HaltedForever { rip: self.rip() });
             }
             None => Duration::from_secs(3600),
@@ -358,6 +369,9 @@ impl Vcpu {
         }
         let never = crossbeam_channel::never();
         let input = self.input_rx.as_ref().unwrap_or(&never);
+        let never_frames = crossbeam_channel::never();
+        let net = self.net_rx.clone();
+        let frames = net.as_ref().map_or(&never_frames, |rx| rx.doorbell());
         crossbeam_channel::select! {
             recv(self.commands) -> cmd => match cmd {
                 Ok(cmd) => return self.on_command(cmd, mode),
@@ -368,6 +382,8 @@ impl Vcpu {
                 // End of input: stop listening, keep running on timers.
                 Err(_) => self.input_rx = None,
             },
+            // The next pass delivers it.
+            recv(frames) -> _ => {}
             default(wait) => {}
         }
         None

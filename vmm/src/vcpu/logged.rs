@@ -45,7 +45,7 @@ pub struct LogReport {
     pub problem: Option<String>,
 }
 
-fn log_failed(e: impl std::fmt::Display) -> StopReason {
+pub(super) fn log_failed(e: impl std::fmt::Display) -> StopReason {
     StopReason::Log(e.to_string())
 }
 
@@ -504,6 +504,7 @@ impl Vcpu {
                 None
             }
             Ok(Some(Entry::SerialInput { ordinal, .. }))
+            | Ok(Some(Entry::Packet { ordinal, .. }))
             | Ok(Some(Entry::Interrupt { ordinal, .. }))
                 if *ordinal == self.ordinal =>
             {

@@ -24,6 +24,7 @@ use crate::stop::StopReason;
 mod exits;
 mod guest_context;
 mod logged;
+mod net_input;
 
 pub use logged::{LogMode, LogReport};
 
@@ -151,6 +152,8 @@ pub struct Vcpu {
     if_flag: bool,
     input: VecDeque<u8>,
     input_rx: Option<Receiver<Vec<u8>>>,
+    /// Frames the NIC's TAP received, waiting for a point the log can name.
+    net_rx: Option<Arc<crate::net::rx::RxQueue>>,
     commands: Receiver<VcpuCommand>,
     events: Sender<VcpuEvent>,
     trace: Option<Box<dyn Write + Send>>,
@@ -204,6 +207,8 @@ pub struct VcpuParts {
     /// Where a restored VM continues from (0 and not halted for a fresh boot).
     pub ordinal: u64,
     pub halted: bool,
+    /// Received frames (run and record with a NIC on a TAP).
+    pub net_rx: Option<Arc<crate::net::rx::RxQueue>>,
 }
 
 /// The controller's side of a vCPU thread.
@@ -239,6 +244,11 @@ impl VcpuHandle {
             )),
             None => None,
         };
+        if let (Some((k, bound)), Some(rx)) = (&kicker, &parts.net_rx) {
+            if let Some(handle) = k.handle() {
+                rx.set_kicker(handle, *bound);
+            }
+        }
         parts
             .exit_ordinal
             .store(parts.ordinal, std::sync::atomic::Ordering::SeqCst);
@@ -266,6 +276,7 @@ impl VcpuHandle {
             if_flag,
             input: VecDeque::new(),
             input_rx: parts.input_rx,
+            net_rx: parts.net_rx,
             commands: cmd_rx,
             events: evt_tx,
             trace: parts.trace,

@@ -2,7 +2,9 @@
 
 #![allow(dead_code)]
 
+pub mod net_guest;
 pub mod pair;
+pub mod tap;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};

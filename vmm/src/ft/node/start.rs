@@ -124,6 +124,9 @@ pub fn run_primary(
             hooks,
             // Copies of the snapshot's disks, or (none given) the recorded images.
             &opts.disks,
+            // A primary refuses --net: a snapshot with a NIC is refused (the NIC under a
+            // pair is the next issue).
+            None,
         )?,
         (Some(c), None) => Vm::boot_with(c, console, Some(input), pause, LogStream::Off, hooks)?,
         (None, None) => unreachable!("the command line requires --kernel or --restore"),
@@ -258,6 +261,8 @@ pub fn run_backup(
             pause_request: Arc::new(AtomicBool::new(false)),
             // The copies the transfer brought up to date.
             disks: opts.disks.clone(),
+            // A primary refuses --net.
+            net: None,
         },
         LogStream::LiveReplay(Box::new(pipe.clone()), counters.clone()),
         hooks,
