@@ -21,6 +21,7 @@ pub mod memory;
 pub mod net;
 pub mod pagecheck;
 pub mod platform;
+pub mod profile;
 pub mod record;
 pub mod replay;
 pub mod snapshot;

@@ -205,6 +205,16 @@ struct RunArgs {
     /// injected interrupt to this file.
     #[arg(long, value_name = "FILE")]
     trace_exits: Option<PathBuf>,
+    /// Write a flat profile of where the guest spent its time (RIP and CPL sampled at
+    /// exits, weighted by host time) to this file when the VM stops. Does not change
+    /// what the guest does or what a recording logs.
+    #[arg(long, value_name = "FILE")]
+    profile: Option<PathBuf>,
+    /// Name the profile's kernel addresses from this System.map or copy of the guest's
+    /// /proc/kallsyms (Debian's kernel package ships only a placeholder System.map; the
+    /// real one is in its -dbg package).
+    #[arg(long, value_name = "FILE", requires = "profile")]
+    profile_symbols: Option<PathBuf>,
     /// A raw disk image for the guest, as a virtio-blk device on a PCI bus (/dev/vda,
     /// /dev/vdb, ... in order); several allowed. The file must exist and be a multiple
     /// of 512 bytes; ',readonly' attaches it read-only. Without --disk the machine has no
@@ -265,6 +275,7 @@ fn spawn_stdin_reader() -> crossbeam_channel::Receiver<Vec<u8>> {
 }
 
 fn run(args: RunArgs, log_file: LogFile) -> anyhow::Result<i32> {
+    request_profile(&args)?;
     install_stop_signals()?;
     let (snap_tx, snap_rx) = crossbeam_channel::bounded(1);
     let pause_request = std::sync::Arc::new(AtomicBool::new(false));
@@ -435,7 +446,20 @@ fn pair_outcome(outcome: ftvm::ft::Outcome, started: Instant) -> i32 {
     }
 }
 
+/// `--profile`: sample the guest of this process (see `ftvm::profile`). The symbols are
+/// read now, so that a bad file is an error before the guest runs, not after.
+fn request_profile(run: &RunArgs) -> anyhow::Result<()> {
+    if let Some(out) = &run.profile {
+        if let Some(symbols) = &run.profile_symbols {
+            ftvm::profile::Symbols::load(symbols)?;
+        }
+        ftvm::profile::request(out.clone(), run.profile_symbols.clone());
+    }
+    Ok(())
+}
+
 fn primary(args: PrimaryArgs) -> anyhow::Result<i32> {
+    request_profile(&args.run)?;
     install_stop_signals()?;
     let run = args.run;
     if run.snapshot_on.is_some() || run.trace_exits.is_some() {

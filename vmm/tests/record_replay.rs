@@ -261,3 +261,49 @@ fn a_logged_interrupt_a_halted_guest_cannot_take_is_a_divergence_not_a_hang() {
     assert!(err.contains("matches the recording"), "{err}");
     assert_eq!(rep.status.code(), Some(0), "{err}");
 }
+
+/// `--profile` while recording: the profile names where the guest ran (the usermode guest
+/// spends nearly all its time at CPL3), and the recording still replays exactly.
+#[test]
+fn a_profiled_recording_still_replays_exactly() {
+    require_kvm();
+    let log = log_path("profiled");
+    let profile = log.with_extension("profile");
+    let symbols = log.with_extension("map");
+    std::fs::write(&symbols, "0000000000100000 T guest_text\n").unwrap();
+    let kernel = guest("usermode");
+    let base = ["--kernel", kernel, "--mem", "16"];
+    let mut args = vec!["record", "--log", log.to_str().unwrap()];
+    args.extend(base);
+    args.extend([
+        "--profile",
+        profile.to_str().unwrap(),
+        "--profile-symbols",
+        symbols.to_str().unwrap(),
+    ]);
+    let rec = run_ftvm(&args, b"");
+    assert_eq!(rec.status.code(), Some(0), "{}", stderr(&rec));
+    let text = std::fs::read_to_string(&profile).unwrap();
+    assert!(text.contains("samples over"), "{text}");
+    let cpl3: f64 = text
+        .split("CPL3 ")
+        .nth(1)
+        .and_then(|t| t.split('%').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no CPL3 share in:\n{text}"));
+    assert!(cpl3 > 50.0, "the usermode guest loops at CPL3:\n{text}");
+    let mut args = vec!["replay", "--log", log.to_str().unwrap()];
+    args.extend(base);
+    let rep = run_ftvm(&args, b"");
+    assert!(stderr(&rep).contains("matches the recording"), "{}", stderr(&rep));
+    // A symbols file that cannot be read is refused before the guest runs.
+    let mut args = vec!["run"];
+    args.extend(base);
+    args.extend(["--profile", "/dev/null", "--profile-symbols", "/nonexistent.map"]);
+    let bad = run_ftvm(&args, b"");
+    assert_ne!(bad.status.code(), Some(0));
+    assert!(stderr(&bad).contains("/nonexistent.map"), "{}", stderr(&bad));
+    for f in [log, profile, symbols] {
+        let _ = std::fs::remove_file(f);
+    }
+}

@@ -97,6 +97,7 @@ impl Vcpu {
                 return outcome;
             }
         }
+        self.sample_for_profile();
         self.arm_kicker();
         let result = self.fd.run();
         if let Some((k, _)) = &self.kicker {
@@ -215,6 +216,24 @@ impl Vcpu {
         };
         self.if_flag = self.fd.get_kvm_run().if_flag != 0;
         self.after_sync_exit(sync)
+    }
+
+    /// `--profile`: note where the guest is, if a sample is due (registers are only read).
+    fn sample_for_profile(&mut self) {
+        let Some(p) = self.profiler.as_mut() else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        if !p.due(now) {
+            return;
+        }
+        if let (Ok(regs), Ok(sregs)) = (self.fd.get_regs(), self.fd.get_sregs()) {
+            let spot = crate::profile::Spot {
+                rip: regs.rip,
+                cpl: sregs.cs.dpl,
+            };
+            p.record(spot, now);
+        }
     }
 
     pub(super) fn rip(&self) -> u64 {

@@ -154,6 +154,8 @@ pub struct Vcpu {
     input_rx: Option<Receiver<Vec<u8>>>,
     /// Frames the NIC's TAP received, waiting for a point the log can name.
     net_rx: Option<Arc<crate::net::rx::RxQueue>>,
+    /// `--profile`: where the guest is, sampled at exits (see [`crate::profile`]).
+    profiler: Option<crate::profile::Profiler>,
     commands: Receiver<VcpuCommand>,
     events: Sender<VcpuEvent>,
     trace: Option<Box<dyn Write + Send>>,
@@ -277,6 +279,7 @@ impl VcpuHandle {
             input: VecDeque::new(),
             input_rx: parts.input_rx,
             net_rx: parts.net_rx,
+            profiler: crate::profile::requested(),
             commands: cmd_rx,
             events: evt_tx,
             trace: parts.trace,
@@ -391,6 +394,12 @@ impl Vcpu {
         self.clock.pause();
         if let Some(t) = self.trace.as_mut() {
             let _ = t.flush();
+        }
+        if let Some(p) = &self.profiler {
+            match p.write() {
+                Ok(()) => tracing::info!("guest profile written"),
+                Err(e) => eprintln!("ftvm: {}", crate::ft::link::chain(&e)),
+            }
         }
         let _ = self.events.send(VcpuEvent::Stopped(stop.clone()));
         VcpuReport {
