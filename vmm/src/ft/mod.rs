@@ -17,6 +17,7 @@ pub mod announce;
 pub mod console;
 pub mod deadline;
 pub mod disk_copy;
+pub mod frames;
 pub mod key;
 pub mod link;
 pub mod metrics;
