@@ -13,7 +13,8 @@ extern crate libfuzzer_sys;
 
 use ft_log::{
     encode_channel_header, encode_entry, encode_header, encode_log_messages, encode_message,
-    encode_pages_messages, Delta, Digest, Entry, ExitKind, ExitRecord, PacketOutcome, Page, ToBackup, ToPrimary,
+    encode_pages_messages, Delta, Digest, Entry, ExitKind, ExitRecord, PacketOutcome, Page,
+    ToBackup, ToPrimary,
 };
 use ftvm_devices::{
     AbsentPorts, AbsentPortsState, Cmos, IrqLine, IrqLines, Pic, Pit, Serial, SysCtl, I8042,
@@ -381,8 +382,8 @@ fn kv_core_seeds(dir: &Path) {
     s.extend([1, 0]); // a tick: view 2 (A, B)
     s.extend([0, 0, 1, 0]); // A acknowledges view 2
     s.extend([2, 0, 2, 1]); // A and B learn the view
-    // A client's Put k=vvv on A: a transfer to B first (answered as B answers), then the
-    // forward.
+                            // A client's Put k=vvv on A: a transfer to B first (answered as B answers), then the
+                            // forward.
     s.extend([4, 0, 0x11, b'k', 1, 1, 3, 2]);
     s.extend([4, 0, 0x11, b'k', 1, 1, 3, 2]);
     s.extend([1, 0, 1, 0, 1, 0]); // ticks: A and B silent, C never came
