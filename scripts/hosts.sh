@@ -55,6 +55,7 @@ up() {
     ensure_tools ip:iproute2 ping:iputils-ping
     down
     ip netns add "$lan"
+    ip netns exec "$lan" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
     ip -n "$lan" link add lan0 type bridge
     ip -n "$lan" link set lan0 up
     ip -n "$lan" link set lo up
@@ -62,6 +63,8 @@ up() {
     for h in "${hosts[@]}"; do
         ns=$name-$h
         ip netns add "$ns"
+        # IPv4 only: no router solicitations or MLD reports chattering at the guests.
+        ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
         ip -n "$ns" link set lo up
         # The cable: eth0 in the host, port-HOST on the LAN's bridge.
         ip link add "v$$${h:0:1}" type veth peer name "l$$${h:0:1}"

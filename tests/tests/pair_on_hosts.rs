@@ -103,7 +103,9 @@ fn power_loss_on_host_a_is_seen_by_silence_and_the_backup_finishes() {
     eprintln!(
         "cut to the backup's end: {:.0} ms; {}",
         cut.elapsed().as_secs_f64() * 1e3,
-        err.lines().find(|l| l.contains("live at exit")).unwrap_or("")
+        err.lines()
+            .find(|l| l.contains("live at exit"))
+            .unwrap_or("")
     );
 }
 

@@ -114,6 +114,16 @@ pub struct FtHooks {
     pub exit_ordinal: Option<Arc<AtomicU64>>,
     /// Where the platform keeps the guest's console position (for the output rule).
     pub console_position: Option<Arc<AtomicU64>>,
+    /// A pair member's NIC: its frames under the output rule, and (a backup) reading
+    /// its TAP only once live.
+    pub pair_nic: Option<PairNicRole>,
+}
+
+/// Which side of a pair a NIC is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairNicRole {
+    Primary,
+    Backup,
 }
 
 /// What a restored VM is connected to.
@@ -199,7 +209,7 @@ impl Vm {
         input_rx: Option<crossbeam_channel::Receiver<Vec<u8>>>,
         pause_request: Arc<std::sync::atomic::AtomicBool>,
         log: LogStream,
-        hooks: FtHooks,
+        mut hooks: FtHooks,
     ) -> Result<Self, VmError> {
         // Everything the user named is checked before KVM is touched.
         memory::check_size(config.mem_mib)?;
@@ -252,7 +262,7 @@ impl Vm {
         } else {
             configured_nic
         };
-        let (nic, net) = attach_nic(nic_mac, tap)?;
+        let (nic, net) = attach_nic(nic_mac, tap, &mut hooks)?;
         let platform = Platform::new(
             clock.clone(),
             config.mem_mib,
@@ -355,11 +365,14 @@ impl Vm {
         clock_mode: ClockMode,
         res: Resources<'_>,
         log: LogStream,
-        hooks: FtHooks,
+        mut hooks: FtHooks,
     ) -> Result<Self, VmError> {
         let trace = open_trace(res.trace_exits)?;
         let disks = open_disks(&res.disks)?;
-        let replaying = is_replay(&log);
+        // A backup's live replay has the NIC of the transferred state, on its own TAP
+        // (opened now, read only once live); a replay of a file has its log's, on none.
+        let live_backup = hooks.pair_nic == Some(PairNicRole::Backup);
+        let replaying = is_replay(&log) && !live_backup;
         let saved_nic = state
             .platform
             .pci
@@ -385,7 +398,7 @@ impl Vm {
         } else {
             restored_nic
         };
-        let (nic, net) = attach_nic(nic_mac, tap)?;
+        let (nic, net) = attach_nic(nic_mac, tap, &mut hooks)?;
         let clock = Arc::new(VmClock::new(clock_mode, state.clock_ns));
         let platform = Platform::restore(
             state.platform,

@@ -147,6 +147,11 @@ struct BackupArgs {
     /// equal).
     #[arg(long, value_name = "PATH[,readonly]")]
     disk: Vec<ftvm::disk::DiskSpec>,
+    /// This host's TAP for the guest's network card (which the primary's guest has): it
+    /// must exist from the start, and is neither read nor written until this backup
+    /// goes live. `mac=` is checked against the guest's.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    net: Option<ftvm::net::NetSpec>,
 }
 
 #[derive(clap::Args)]
@@ -429,6 +434,7 @@ fn ft_options(pair: PairArgs, listen: Option<String>) -> anyhow::Result<ftvm::ft
         stall_limit: Duration::from_millis(pair.stall_limit),
         output_cap: pair.output_cap << 10,
         metrics: pair.metrics,
+        net: None,
     })
 }
 
@@ -465,17 +471,13 @@ fn primary(args: PrimaryArgs) -> anyhow::Result<i32> {
     if run.snapshot_on.is_some() || run.trace_exits.is_some() {
         anyhow::bail!("--snapshot-on and --trace-exits are for 'run', not for a primary");
     }
-    if run.net.is_some() {
-        anyhow::bail!(
-            "--net is not supported for a primary yet (the NIC under a pair is the next step)"
-        );
-    }
     let mut opts = ft_options(args.pair, Some(args.listen))?;
     if run.restore.is_some() {
         opts.disks = run.disk.clone();
     }
+    opts.net = run.net.clone();
     let started = Instant::now();
-    let pci = !run.disk.is_empty();
+    let pci = !run.disk.is_empty() || run.net.is_some();
     let config = run.kernel.map(|kernel| VmConfig {
         kernel,
         initrd: run.initrd,
@@ -484,7 +486,7 @@ fn primary(args: PrimaryArgs) -> anyhow::Result<i32> {
         clock: run.clock,
         trace_exits: None,
         disks: run.disk,
-        net: None,
+        net: run.net,
     });
     let outcome = ftvm::ft::run_primary(
         config.as_ref(),
@@ -500,6 +502,7 @@ fn backup(args: BackupArgs) -> anyhow::Result<i32> {
     install_stop_signals()?;
     let mut opts = ft_options(args.pair, args.listen)?;
     opts.disks = args.disk;
+    opts.net = args.net;
     let started = Instant::now();
     let outcome = ftvm::ft::run_backup(&args.primary, opts, spawn_stdin_reader(), &STOP_REQUESTED)?;
     Ok(pair_outcome(outcome, started))

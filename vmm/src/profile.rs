@@ -219,7 +219,11 @@ mod tests {
         );
         assert_eq!(s.name(0xffffffff81000010), Some("_text"));
         assert_eq!(s.name(0xffffffff81001fff), Some("do_one"));
-        assert_eq!(s.name(0xffffffff81002500), Some("do_one"), "data is not code");
+        assert_eq!(
+            s.name(0xffffffff81002500),
+            Some("do_one"),
+            "data is not code"
+        );
         assert_eq!(s.name(0xffffffff81003001), Some("two"));
         assert_eq!(s.name(0x1000), None);
     }

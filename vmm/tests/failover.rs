@@ -367,7 +367,11 @@ fn a_guest_that_powers_off_ends_both_vmms_without_a_failover() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".owner"))
         .collect();
-    assert_eq!(owners, ["counter.epoch-1.owner"], "no epoch claimed after the end");
+    assert_eq!(
+        owners,
+        ["counter.epoch-1.owner"],
+        "no epoch claimed after the end"
+    );
     check_counter(&console(&dir));
     let _ = std::fs::remove_dir_all(&dir);
 }

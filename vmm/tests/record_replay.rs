@@ -295,14 +295,27 @@ fn a_profiled_recording_still_replays_exactly() {
     let mut args = vec!["replay", "--log", log.to_str().unwrap()];
     args.extend(base);
     let rep = run_ftvm(&args, b"");
-    assert!(stderr(&rep).contains("matches the recording"), "{}", stderr(&rep));
+    assert!(
+        stderr(&rep).contains("matches the recording"),
+        "{}",
+        stderr(&rep)
+    );
     // A symbols file that cannot be read is refused before the guest runs.
     let mut args = vec!["run"];
     args.extend(base);
-    args.extend(["--profile", "/dev/null", "--profile-symbols", "/nonexistent.map"]);
+    args.extend([
+        "--profile",
+        "/dev/null",
+        "--profile-symbols",
+        "/nonexistent.map",
+    ]);
     let bad = run_ftvm(&args, b"");
     assert_ne!(bad.status.code(), Some(0));
-    assert!(stderr(&bad).contains("/nonexistent.map"), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("/nonexistent.map"),
+        "{}",
+        stderr(&bad)
+    );
     for f in [log, profile, symbols] {
         let _ = std::fs::remove_file(f);
     }

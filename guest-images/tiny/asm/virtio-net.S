@@ -9,7 +9,9 @@
 # Assumes ftvm's BAR0 layout (common 0x0, ISR 0x1000, device 0x2000, notify 0x3000, x4).
 .include "lib.S"
 
+.ifndef ECHOES
 .set ECHOES, 8
+.endif
 .set QSIZE, 16
 .set RX_BUFS, 8
 .set BUF_LEN, 2048

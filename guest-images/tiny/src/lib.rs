@@ -11,6 +11,7 @@
 //! | `syscall` | SYSCALL from CPL3 into a supervisor-only entry page, SYSRET back |
 //! | `counter` | a console counter paced by the PIT, for failover tests (every number exactly once) |
 //! | `virtio-blk` | PCI configuration mechanism #1, a virtio-blk queue, one write and one read |
+//! | `net-echo-server` | the `virtio-net` echo guest without an end (the pair tests on simulated hosts) |
 //! | `spin` | the `usermode` loop, 50 times longer (the benchmark's CPU-bound guest) |
 //! | `chatter` | 5,000 console lines, unpaced (the benchmark's console throughput) |
 //! | `disk-writer` | 500 disk records paced by the PIT, read back at the end, for failover with disks |

@@ -48,6 +48,10 @@ mod tests {
         assert_eq!(f[22..28], mac, "sender hardware address");
         assert_eq!(f[28..32], [0; 4], "sender protocol address unknown");
         assert_eq!(f[32..38], mac, "target hardware address");
-        assert_eq!(f[38..60], [0; 22], "target protocol address unknown, padding");
+        assert_eq!(
+            f[38..60],
+            [0; 22],
+            "target protocol address unknown, padding"
+        );
     }
 }

@@ -48,6 +48,9 @@ pub struct ConsoleSink {
     /// The guest's console position (the platform's count) where this stream began: a
     /// pair started from a snapshot starts its stream empty.
     base: AtomicU64,
+    /// The guest's network frames, under the same rule: acks, going alone and losing
+    /// apply to them as to console bytes (see [`crate::ft::frames`]).
+    frames: std::sync::OnceLock<Arc<crate::net::gated::GatedTx>>,
 }
 
 impl ConsoleSink {
@@ -78,6 +81,7 @@ impl ConsoleSink {
             started: Instant::now(),
             file_failed: AtomicBool::new(false),
             base: AtomicU64::new(0),
+            frames: std::sync::OnceLock::new(),
         })
     }
 
@@ -203,8 +207,16 @@ impl ConsoleSink {
         self.gate().cap()
     }
 
+    /// Put the guest's network frames under the same rule as its console.
+    pub fn attach_frames(&self, frames: Arc<crate::net::gated::GatedTx>) {
+        let _ = self.frames.set(frames);
+    }
+
     /// The peer (or, on a backup, this VMM's own replay) verified through `ordinal`.
     pub fn ack(&self, ordinal: u64) {
+        if let Some(f) = self.frames.get() {
+            f.ack(ordinal);
+        }
         let now = self.now_ns();
         let mut gate = self.gate();
         let released = gate.ack(ordinal, now);
@@ -217,6 +229,13 @@ impl ConsoleSink {
     /// Alone (no peer to wait for) or protected again (a backup joined this primary:
     /// writes wait for room again).
     pub fn set_alone(&self, alone: bool) {
+        if let Some(f) = self.frames.get() {
+            if alone {
+                f.alone();
+            } else {
+                f.protect();
+            }
+        }
         let now = self.now_ns();
         let mut gate = self.gate();
         let released = gate.set_alone(alone, now);
@@ -232,6 +251,9 @@ impl ConsoleSink {
 
     /// This VMM lost the test-and-set: what it holds must never appear.
     pub fn discard(&self) -> u64 {
+        if let Some(f) = self.frames.get() {
+            f.die();
+        }
         let n = self.gate().discard();
         self.room.notify_all();
         n

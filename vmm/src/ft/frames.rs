@@ -111,7 +111,8 @@ impl FrameGate {
     /// A primary lost its backup (and won the next epoch): everything held leaves now,
     /// and later frames at once.
     pub fn alone(&mut self) -> Vec<Vec<u8>> {
-        if self.mode == Mode::Dead {
+        // A backup's frames leave only by going live (`go_live` knows which are its own).
+        if matches!(self.mode, Mode::Dead | Mode::Standby) {
             return Vec::new();
         }
         self.mode = Mode::Pass;
@@ -127,7 +128,8 @@ impl FrameGate {
         let old = self.take_while(|o| o <= ordinal);
         self.counts.released -= old.len() as u64;
         self.counts.discarded += old.len() as u64;
-        self.alone()
+        self.mode = Mode::Pass;
+        self.take_while(|_| true)
     }
 
     /// This VMM lost: nothing it holds, or produces later, may ever leave.
@@ -187,7 +189,11 @@ mod tests {
         let mut g = FrameGate::backup(1 << 20);
         assert!(g.produce(3, &f(3)).is_empty());
         assert!(g.produce(8, &f(8)).is_empty());
-        assert!(g.ack(100).is_empty(), "its own verification releases nothing");
+        assert!(
+            g.ack(100).is_empty(),
+            "its own verification releases nothing"
+        );
+        assert!(g.alone().is_empty(), "nor does the claim it won");
         assert!(g.produce(12, &f(12)).is_empty());
         // Live at exit 8: frames of exits 3 and 8 were the primary's; 12 is its own.
         assert_eq!(g.go_live(8), vec![f(12)]);

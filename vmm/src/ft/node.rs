@@ -93,6 +93,8 @@ pub struct FtOptions {
     pub output_cap: u64,
     /// Where to serve Prometheus metrics (HOST:PORT), if anywhere.
     pub metrics: Option<String>,
+    /// This host's TAP for the guest's NIC (a primary booting: the NIC's own spec).
+    pub net: Option<crate::net::NetSpec>,
 }
 
 impl FtOptions {
@@ -217,6 +219,21 @@ impl Node {
         link.failure()
     }
 
+    /// A backup's guest runs live from exit `ordinal`: its NIC announces where the guest
+    /// is now, sends the frames of its own run, and starts receiving from this host's TAP.
+    fn nic_goes_live(&self, ordinal: u64) {
+        let Some(net) = &self.vm.net else { return };
+        if let Some(gated) = &net.gated {
+            gated.go_live(ordinal);
+        }
+        if let Err(e) = net.start_receiving() {
+            eprintln!(
+                "ftvm: the live guest gets no network input: {}",
+                crate::ft::link::chain(&e)
+            );
+        }
+    }
+
     fn now_ns(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
@@ -257,12 +274,15 @@ impl Node {
                     let (held_bytes, now_ns) = (self.sink.held_bytes(), self.now_ns());
                     return self.handle(Event::GuestStopped { held_bytes, now_ns });
                 }
-                Some(VcpuEvent::WentLive { ordinal, replay }) => self.handle(Event::WentLive {
-                    ordinal,
-                    exits_verified: replay.exits_verified,
-                    divergences: replay.divergences,
-                    now_ns: self.now_ns(),
-                }),
+                Some(VcpuEvent::WentLive { ordinal, replay }) => {
+                    self.nic_goes_live(ordinal);
+                    self.handle(Event::WentLive {
+                        ordinal,
+                        exits_verified: replay.exits_verified,
+                        divergences: replay.divergences,
+                        now_ns: self.now_ns(),
+                    })
+                }
                 _ => {}
             }
         }

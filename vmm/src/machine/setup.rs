@@ -105,13 +105,34 @@ pub(super) fn log_start(
 }
 
 /// The NIC's configuration and host side, on a machine with one (`mac`).
+/// A pair member's frames go through the output rule (`hooks.pair_nic`).
 pub(super) fn attach_nic(
     mac: Option<[u8; 6]>,
     tap: Option<Tap>,
+    hooks: &mut super::FtHooks,
 ) -> Result<(Option<NicSetup>, Option<NetHost>), VmError> {
+    let pair = hooks.pair_nic.map(|role| {
+        let exit_ordinal = hooks
+            .exit_ordinal
+            .get_or_insert_with(Default::default)
+            .clone();
+        let cap = crate::ft::frames::DEFAULT_FRAMES_CAP;
+        match role {
+            super::PairNicRole::Primary => nic_host::PairNic {
+                gate: crate::ft::frames::FrameGate::primary(cap),
+                exit_ordinal,
+                receive_now: true,
+            },
+            super::PairNicRole::Backup => nic_host::PairNic {
+                gate: crate::ft::frames::FrameGate::backup(cap),
+                exit_ordinal,
+                receive_now: false,
+            },
+        }
+    });
     match mac {
         Some(mac) => {
-            let (setup, host) = nic_host::attach(mac, tap)?;
+            let (setup, host) = nic_host::attach(mac, tap, pair)?;
             Ok((Some(setup), host))
         }
         None => Ok((None, None)),

@@ -1,8 +1,11 @@
 //! Attaching a machine's NIC to the host: the transmit port and, under `run` and
 //! `record`, the TAP's receive thread and queue. A replayer's NIC is attached to nothing.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use super::gated::GatedTx;
+use crate::ft::frames::FrameGate;
 
 use super::rx::{RxCounters, RxQueue, RxThread, DEFAULT_LIMITS};
 use super::tap::Tap;
@@ -14,7 +17,21 @@ use crate::platform::NicSetup;
 pub struct NetHost {
     pub rx: Arc<RxQueue>,
     tx: Arc<TapTx>,
-    _thread: RxThread,
+    tap: Tap,
+    /// The receive thread; a backup starts it only when it goes live.
+    thread: std::sync::Mutex<Option<RxThread>>,
+    /// A pair member's transmit port under the output rule.
+    pub gated: Option<Arc<GatedTx>>,
+}
+
+/// How a pair member attaches its NIC (see [`attach`]).
+pub struct PairNic {
+    /// The output rule's gate the transmitted frames go through.
+    pub gate: FrameGate,
+    /// Where the vCPU publishes its exit ordinal (frames are tagged with it).
+    pub exit_ordinal: Arc<AtomicU64>,
+    /// Receive from the TAP from the start (a primary) or only once live (a backup).
+    pub receive_now: bool,
 }
 
 /// What the host side of a NIC counted over a run.
@@ -36,6 +53,46 @@ impl std::fmt::Display for NetCounters {
 }
 
 impl NetHost {
+    /// Start reading the TAP (a backup going live); once.
+    pub fn start_receiving(&self) -> Result<(), NetError> {
+        self.receive(true)
+    }
+
+    /// Start the receive thread, first dropping what the TAP queued (`drop_stale`) when
+    /// it starts late.
+    fn receive(&self, drop_stale: bool) -> Result<(), NetError> {
+        let mut thread = crate::bus::lock(&self.thread);
+        if thread.is_none() && drop_stale {
+            // What the TAP queued while nobody read it came before this VMM served the
+            // guest: the primary may have had the same frames (a LAN floods frames for
+            // an address it has not learned), and the guest must not get them twice.
+            // A NIC that was not connected would have dropped them; so are they.
+            let mut buf = vec![0u8; 65_536];
+            let mut stale = 0u64;
+            while stale < 1_000_000 && self.tap.read_frame(&mut buf).is_ok() {
+                stale += 1;
+            }
+            if stale > 0 {
+                tracing::info!(
+                    tap = self.tap.name(),
+                    frames = stale,
+                    "stale frames dropped"
+                );
+            }
+        }
+        if thread.is_none() {
+            let t = RxThread::spawn(self.tap.clone(), self.rx.clone()).map_err(|source| {
+                NetError::Thread {
+                    tap: self.tap.name().to_owned(),
+                    source,
+                }
+            })?;
+            *thread = Some(t);
+            tracing::info!(tap = self.tap.name(), "receiving from the TAP");
+        }
+        Ok(())
+    }
+
     pub fn counters(&self) -> NetCounters {
         NetCounters {
             rx: self.rx.counters(),
@@ -45,9 +102,14 @@ impl NetHost {
     }
 }
 
-/// Attach a NIC with `mac`: to `tap` when there is one (its frames are read from then on),
-/// else to nothing (a replayer's).
-pub fn attach(mac: [u8; 6], tap: Option<Tap>) -> Result<(NicSetup, Option<NetHost>), NetError> {
+/// Attach a NIC with `mac`: to `tap` when there is one (its frames are read from then on,
+/// or, for a backup, from when it goes live), else to nothing (a replayer's). A pair
+/// member's frames go through the output rule (`pair`).
+pub fn attach(
+    mac: [u8; 6],
+    tap: Option<Tap>,
+    pair: Option<PairNic>,
+) -> Result<(NicSetup, Option<NetHost>), NetError> {
     let Some(tap) = tap else {
         let port: Arc<dyn TxPort> = Arc::new(DiscardTx);
         return Ok((
@@ -60,22 +122,39 @@ pub fn attach(mac: [u8; 6], tap: Option<Tap>) -> Result<(NicSetup, Option<NetHos
     };
     let tx = Arc::new(TapTx::new(tap.clone()));
     let rx = RxQueue::new(DEFAULT_LIMITS);
-    let thread = RxThread::spawn(tap.clone(), rx.clone()).map_err(|source| NetError::Thread {
-        tap: tap.name().to_owned(),
-        source,
-    })?;
+    let (gated, receive_now) = match pair {
+        Some(p) => (
+            Some(Arc::new(GatedTx::new(
+                p.gate,
+                tx.clone(),
+                p.exit_ordinal,
+                mac,
+            ))),
+            p.receive_now,
+        ),
+        None => (None, true),
+    };
+    let host = NetHost {
+        rx,
+        tx: tx.clone(),
+        tap: tap.clone(),
+        thread: std::sync::Mutex::new(None),
+        gated: gated.clone(),
+    };
+    if receive_now {
+        host.receive(false)?;
+    }
     tracing::info!(tap = tap.name(), mac = %format_mac(&mac), "NIC attached");
-    let port: Arc<dyn TxPort> = tx.clone();
+    let port: Arc<dyn TxPort> = match gated {
+        Some(g) => g,
+        None => tx,
+    };
     Ok((
         NicSetup {
             mac,
             sink: NicSink::new(port),
         },
-        Some(NetHost {
-            rx,
-            tx,
-            _thread: thread,
-        }),
+        Some(host),
     ))
 }
 

@@ -12,6 +12,7 @@
 
 use std::str::FromStr;
 
+pub mod gated;
 pub mod host;
 pub mod rx;
 pub mod tap;

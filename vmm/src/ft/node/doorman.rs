@@ -117,12 +117,11 @@ fn handshake(tcp: TcpStream, key: &ChannelKey) -> Result<Candidate, FtError> {
     tcp.set_nodelay(true).map_err(LinkError::from)?;
     let peer = tcp.peer_addr().map_err(LinkError::from)?;
     // Nothing about the guest goes to a peer that has not proved it holds the key.
-    let mut stream = SecureStream::accept(tcp, key, HANDSHAKE_LIMIT).map_err(|source| {
-        FtError::Secure {
+    let mut stream =
+        SecureStream::accept(tcp, key, HANDSHAKE_LIMIT).map_err(|source| FtError::Secure {
             peer: peer.to_string(),
             source,
-        }
-    })?;
+        })?;
     stream
         .set_read_timeout(Some(Duration::from_millis(200)))
         .map_err(LinkError::from)?;
@@ -132,9 +131,7 @@ fn handshake(tcp: TcpStream, key: &ChannelKey) -> Result<Candidate, FtError> {
         match recv(&mut stream, &mut dec)? {
             Some(ToPrimary::Hello { vm_name }) => break vm_name,
             Some(_) => return Err(LinkError::Protocol("no hello".into()).into()),
-            None if Instant::now() > deadline => {
-                return Err(LinkError::Timeout(HELLO_LIMIT).into())
-            }
+            None if Instant::now() > deadline => return Err(LinkError::Timeout(HELLO_LIMIT).into()),
             None => {}
         }
     };

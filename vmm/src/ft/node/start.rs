@@ -65,6 +65,7 @@ impl Wiring {
     fn new(
         sink: &Arc<ConsoleSink>,
         live_input: Option<crossbeam_channel::Receiver<Vec<u8>>>,
+        pair_nic: crate::machine::PairNicRole,
     ) -> Self {
         let exit_ordinal = Arc::new(AtomicU64::new(0));
         let position = Arc::new(AtomicU64::new(0));
@@ -75,6 +76,7 @@ impl Wiring {
             delta_request: Some(delta_request.clone()),
             exit_ordinal: Some(exit_ordinal.clone()),
             console_position: Some(position.clone()),
+            pair_nic: Some(pair_nic),
         };
         Self {
             hooks,
@@ -111,7 +113,7 @@ pub fn run_primary(
         console,
         delta_request,
         position,
-    } = Wiring::new(&sink, None);
+    } = Wiring::new(&sink, None, crate::machine::PairNicRole::Primary);
     let pause = Arc::new(AtomicBool::new(false));
     let vm = match (config, restore) {
         (_, Some(dir)) => Vm::restore_with(
@@ -124,13 +126,15 @@ pub fn run_primary(
             hooks,
             // Copies of the snapshot's disks, or (none given) the recorded images.
             &opts.disks,
-            // A primary refuses --net: a snapshot with a NIC is refused (the NIC under a
-            // pair is the next issue).
-            None,
+            // Another TAP for the snapshot's NIC, if it has one.
+            opts.net.clone(),
         )?,
         (Some(c), None) => Vm::boot_with(c, console, Some(input), pause, LogStream::Off, hooks)?,
         (None, None) => unreachable!("the command line requires --kernel or --restore"),
     };
+    if let Some(g) = vm.net.as_ref().and_then(|n| n.gated.clone()) {
+        sink.attach_frames(g);
+    }
     // The stream starts empty even when the guest (restored) has printed before.
     sink.set_base(position.load(Ordering::SeqCst));
     eprintln!(
@@ -233,7 +237,7 @@ pub fn run_backup(
         console,
         delta_request,
         position: _,
-    } = Wiring::new(&sink, Some(input));
+    } = Wiring::new(&sink, Some(input), crate::machine::PairNicRole::Backup);
     let counters = Arc::new(LiveCounters::default());
     counters
         .verified
@@ -261,12 +265,15 @@ pub fn run_backup(
             pause_request: Arc::new(AtomicBool::new(false)),
             // The copies the transfer brought up to date.
             disks: opts.disks.clone(),
-            // A primary refuses --net.
-            net: None,
+            // This host's TAP for the guest's NIC (read only once live).
+            net: opts.net.clone(),
         },
         LogStream::LiveReplay(Box::new(pipe.clone()), counters.clone()),
         hooks,
     )?;
+    if let Some(g) = vm.net.as_ref().and_then(|n| n.gated.clone()) {
+        sink.attach_frames(g);
+    }
     let who = format!("backup pid {} on {}", std::process::id(), hostname());
     let core = RoleCore::backup(got.epoch, super::role_config(&opts));
     let mut node = Node::new(vm, opts, sink, delta_request, core, listener, who);
