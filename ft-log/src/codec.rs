@@ -19,7 +19,8 @@ use crate::entry::Entry;
 use crate::frame::{decode_exact, frame_error_into, Format, FrameReader};
 
 pub const MAGIC: &[u8; 8] = b"FTVMLOG\0";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: checkpoint pages as a [`crate::pages::PageSet`].
+pub const FORMAT_VERSION: u32 = 2;
 pub const HEADER_LEN: usize = crate::frame::STREAM_HEADER_LEN;
 pub const FRAME_HEADER_LEN: usize = FORMAT.frame_header_len();
 /// Largest payload accepted: a full checkpoint of up to 1 GiB of non-zero guest memory,
@@ -197,10 +198,10 @@ mod tests {
                 full: false,
                 vcpu: vec![1, 2, 3],
                 devices: vec![4, 5],
-                pages: vec![Page {
+                pages: crate::pages::PageSet::Raw(vec![Page {
                     gpa: 0x1000,
                     data: vec![7; 4096],
-                }],
+                }]),
             })),
             Entry::Shutdown {
                 ordinal: 3,

@@ -52,7 +52,9 @@ pub struct Delta {
     pub full: bool,
     pub vcpu: Vec<u8>,
     pub devices: Vec<u8>,
-    pub pages: Vec<Page>,
+    /// The pages, encoded against the replayer's copies (see [`crate::pages`]); a
+    /// replayer decodes them as it reads the entry, so the machine sees whole pages.
+    pub pages: crate::pages::PageSet,
 }
 
 /// A digest of a final machine state, to compare recorder and replayer.

@@ -19,6 +19,7 @@ pub mod linux;
 pub mod machine;
 pub mod memory;
 pub mod pagecheck;
+pub mod pagesets;
 pub mod platform;
 pub mod record;
 pub mod replay;

@@ -83,7 +83,11 @@ fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 /// its dirty-page log.
 pub enum LogStream {
     Off,
-    Record(Box<dyn std::io::Write + Send>),
+    /// Record, encoding delta pages as said.
+    Record(
+        Box<dyn std::io::Write + Send>,
+        ft_log::pages::PageEncoding,
+    ),
     Replay(Box<dyn std::io::Read + Send>),
     /// A backup following its primary's live log, publishing what it has verified.
     LiveReplay(
@@ -144,17 +148,31 @@ fn pci_setup(disks: Vec<DiskBackend>, memory: &GuestMemoryMmap) -> Option<PciSet
     })
 }
 
-/// The vCPU's log from its stream.
-fn open_log(log: LogStream, vm_fd: &Arc<VmFd>) -> Result<LogMode, VmError> {
+/// The vCPU's log from its stream. Both sides of a log start from `mem` as it is now:
+/// delta pages are encoded against it.
+fn open_log(
+    log: LogStream,
+    vm_fd: &Arc<VmFd>,
+    mem: &GuestMemoryMmap,
+) -> Result<LogMode, VmError> {
+    let pages = |e: crate::pagesets::PageSetError| {
+        VmError::Record(crate::record::RecordError::Pages(e))
+    };
     Ok(match log {
         LogStream::Off => LogMode::Off,
-        LogStream::Record(out) => LogMode::Record(Box::new(
-            Recorder::new(out, vm_fd.clone()).map_err(VmError::Record)?,
-        )),
-        LogStream::Replay(source) => LogMode::Replay(Box::new(Replayer::new(source))),
-        LogStream::LiveReplay(source, verified) => {
-            LogMode::Replay(Box::new(Replayer::live(source, verified)))
+        LogStream::Record(out, encoding) => {
+            let encoder = crate::pagesets::encoder(mem, encoding).map_err(pages)?;
+            LogMode::Record(Box::new(
+                Recorder::new(out, vm_fd.clone(), encoder).map_err(VmError::Record)?,
+            ))
         }
+        LogStream::Replay(source) => LogMode::Replay(Box::new(
+            Replayer::new(source).with_shadow(crate::pagesets::shadow(mem).map_err(pages)?),
+        )),
+        LogStream::LiveReplay(source, verified) => LogMode::Replay(Box::new(
+            Replayer::live(source, verified)
+                .with_shadow(crate::pagesets::shadow(mem).map_err(pages)?),
+        )),
     })
 }
 
@@ -270,10 +288,10 @@ impl Vm {
         boot::write_zero_page(&mem, header, initrd, config.cmdline.len())?;
         cpu::write_boot_tables(&mem)?;
 
-        let dirty_log = hooks.dirty_log || matches!(log, LogStream::Record(_));
+        let dirty_log = hooks.dirty_log || matches!(log, LogStream::Record(..));
         let (slots, vcpu_fd) = create_vm(&kvm_sys, &mem, dirty_log)?;
         cpu::setup_boot_registers(&vcpu_fd, info.entry)?;
-        let mut log = open_log(log, &slots.vm)?;
+        let mut log = open_log(log, &slots.vm, &mem)?;
 
         let clock = Arc::new(VmClock::new(config.clock, 0));
         let now = match config.clock {
@@ -387,10 +405,10 @@ impl Vm {
         let trace = open_trace(res.trace_exits)?;
         let disks = open_disks(&res.disks)?;
         let kvm_sys = Kvm::new().map_err(VmError::OpenKvm)?;
-        let dirty_log = hooks.dirty_log || matches!(log, LogStream::Record(_));
+        let dirty_log = hooks.dirty_log || matches!(log, LogStream::Record(..));
         let (slots, vcpu_fd) = create_vm(&kvm_sys, &memory, dirty_log)?;
         state.vcpu.restore(&vcpu_fd)?;
-        let mut log = open_log(log, &slots.vm)?;
+        let mut log = open_log(log, &slots.vm, &memory)?;
         // The CMOS base is in the state; logged anyway so every log starts alike.
         log_start(&mut log, state.platform.cmos.base_unix_secs)?;
         let clock = Arc::new(VmClock::new(clock_mode, state.clock_ns));

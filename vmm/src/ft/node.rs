@@ -75,6 +75,8 @@ pub struct FtOptions {
     pub buffer_bytes: usize,
     /// The pair's channel key (see [`super::key`]).
     pub key: ChannelKey,
+    /// How pages go to a backup (state transfer, checkpoints).
+    pub page_encoding: ft_log::pages::PageEncoding,
 }
 
 /// How long a peer may take over the channel's handshake.

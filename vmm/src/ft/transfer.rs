@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ft_log::channel::{encode_channel_header, MessageDecoder, ToBackup};
-use ft_log::Page;
+use ft_log::pages::{decode_onto, Listing, PageCodecError, PageEncoder, PageEncoding};
 use serde::{Deserialize, Serialize};
 use vm_memory::{
     Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
@@ -51,6 +51,10 @@ pub enum TransferError {
     Record(#[from] crate::record::RecordError),
     #[error("the primary sent an invalid {what}: {reason}")]
     Invalid { what: &'static str, reason: String },
+    #[error("the primary sent pages that do not decode")]
+    Pages(#[from] PageCodecError),
+    #[error("cannot encode pages for the transfer")]
+    Encode(#[from] crate::pagesets::PageSetError),
     #[error("the state transfer did not complete within {0:?}")]
     Timeout(Duration),
 }
@@ -98,29 +102,38 @@ fn dirty_pages(vm: &Vm) -> Result<Vec<u64>, TransferError> {
     Ok(out)
 }
 
+/// Send the pages at `gpas` (ascending) as they are now, encoded against what the backup
+/// got before; `skip_zero`: leave out zero pages (the first round, onto zeroed memory).
 fn send_pages(
     out: &mut impl Write,
     mem: &GuestMemoryMmap,
+    enc: &mut PageEncoder,
     gpas: impl Iterator<Item = u64>,
     skip_zero: bool,
 ) -> Result<u64, TransferError> {
-    let mut batch = Vec::with_capacity(BATCH);
+    let mut data = vec![0u8; PAGE];
     let mut sent = 0;
+    let mut batch = enc.batch(Listing::Changed);
+    let mut in_batch = 0;
     for gpa in gpas {
-        let mut data = vec![0u8; PAGE];
         mem.read_slice(&mut data, GuestAddress(gpa))?;
         if skip_zero && data.iter().all(|&b| b == 0) {
             continue;
         }
-        batch.push(Page { gpa, data });
-        if batch.len() == BATCH {
-            sent += batch.len() as u64;
-            send(out, &ToBackup::Pages(std::mem::take(&mut batch)))?;
+        batch.push(gpa, &data)?;
+        in_batch += 1;
+        if in_batch == BATCH {
+            let set = batch.finish()?;
+            sent += set.len() as u64;
+            send(out, &ToBackup::Pages(set))?;
+            batch = enc.batch(Listing::Changed);
+            in_batch = 0;
         }
     }
-    if !batch.is_empty() {
-        sent += batch.len() as u64;
-        send(out, &ToBackup::Pages(batch))?;
+    let set = batch.finish()?;
+    if !set.is_empty() {
+        sent += set.len() as u64;
+        send(out, &ToBackup::Pages(set))?;
     }
     Ok(sent)
 }
@@ -134,6 +147,7 @@ pub fn send_state(
     log: &Pipe,
     counters: Arc<LiveCounters>,
     sink: &super::console::ConsoleSink,
+    encoding: PageEncoding,
 ) -> Result<TransferReport, TransferError> {
     let started = Instant::now();
     let mut report = TransferReport::default();
@@ -145,11 +159,15 @@ pub fn send_state(
     out.write_all(&encode_channel_header())
         .map_err(LinkError::from)?;
     send(&mut out, &hello)?;
+    // Pages go as differences from what the backup got before; the log then goes on
+    // from the same copy (the backup's memory when the transfer ends).
+    let mut enc = PageEncoder::new(encoding, crate::pagesets::ranges(&vm.memory));
     // Round 0: everything, from a clean dirty log on.
     dirty_pages(vm)?;
     report.pages_sent += send_pages(
         &mut out,
         &vm.memory,
+        &mut enc,
         crate::memory::page_addresses(&vm.memory),
         true,
     )?;
@@ -169,11 +187,12 @@ pub fn send_state(
             last.extend(dirty_pages(vm)?);
             last.sort_unstable();
             last.dedup();
-            report.pages_sent += send_pages(&mut out, &vm.memory, last.into_iter(), false)?;
+            report.pages_sent +=
+                send_pages(&mut out, &vm.memory, &mut enc, last.into_iter(), false)?;
             let state = vm.vcpu.save_state()?;
             report.ordinal = state.vcpu.ordinal;
-            let mut rec =
-                Recorder::new(Box::new(log.clone()), vm.vm_fd.clone())?.with_counters(counters);
+            let mut rec = Recorder::new(Box::new(log.clone()), vm.vm_fd.clone(), enc)?
+                .with_counters(counters);
             rec.log(&ft_log::Entry::Start {
                 wall_clock_unix_secs: state.platform.cmos.base_unix_secs,
             })?;
@@ -204,7 +223,7 @@ pub fn send_state(
             report.paused_for = pause.elapsed();
             break;
         }
-        report.pages_sent += send_pages(&mut out, &vm.memory, dirty.into_iter(), false)?;
+        report.pages_sent += send_pages(&mut out, &vm.memory, &mut enc, dirty.into_iter(), false)?;
         report.rounds += 1;
     }
     report.took = started.elapsed();
@@ -275,9 +294,16 @@ pub fn receive_state(
     let started = Instant::now();
     loop {
         match next(stream)? {
-            ToBackup::Pages(batch) => {
+            ToBackup::Pages(set) => {
+                // The backup's memory holds exactly what was sent before: the base.
+                let max = crate::memory::page_addresses(&memory).count();
+                let batch = decode_onto(set, max, |gpa, buf| {
+                    memory
+                        .read_slice(buf, GuestAddress(gpa))
+                        .map_err(|_| PageCodecError::Base { gpa })
+                })?;
                 for p in batch {
-                    if p.data.len() != PAGE || p.gpa % PAGE as u64 != 0 {
+                    if p.gpa % PAGE as u64 != 0 {
                         return Err(TransferError::Invalid {
                             what: "page",
                             reason: format!("{} bytes at {:#x}", p.data.len(), p.gpa),

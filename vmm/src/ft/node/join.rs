@@ -89,6 +89,7 @@ impl Node {
             &pipe,
             self.counters.clone(),
             &self.sink,
+            self.opts.page_encoding,
         )?;
         self.acked.store(report.ordinal, Ordering::SeqCst);
         stream.set_read_timeout(None).map_err(LinkError::from)?;
