@@ -47,12 +47,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let (mut raw_bytes, mut lz4_only, mut lz4_only_time) = (0u64, 0u64, Duration::ZERO);
     let (mut deltas, mut pages_total) = (0u64, 0u64);
+    // vCPU and device state of the deltas: as logged, lz4, XOR with the previous then lz4.
+    let (mut state, mut state_lz4, mut state_xor_lz4) = (0u64, 0u64, 0u64);
+    let mut prev_state: Vec<u8> = Vec::new();
     let mut dec = Decoder::new();
     let mut file = std::fs::File::open(&path)?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
         while let Some(entry) = dec.next_entry()? {
             let Entry::Delta(d) = entry else { continue };
+            let mut st = d.vcpu.clone();
+            st.extend_from_slice(&d.devices);
+            state += st.len() as u64;
+            state_lz4 += lz4_flex::block::compress(&st).len() as u64;
+            if prev_state.len() == st.len() {
+                let x: Vec<u8> = st.iter().zip(&prev_state).map(|(a, b)| a ^ b).collect();
+                state_xor_lz4 += lz4_flex::block::compress(&x).len() as u64;
+            } else {
+                state_xor_lz4 += lz4_flex::block::compress(&st).len() as u64;
+            }
+            prev_state = st;
             let Some(pages) = d.pages.decoded() else {
                 return Err("the log's pages are not raw: record with --page-encoding raw".into());
             };
@@ -99,6 +113,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         dec.push(&buf[..n]);
     }
     println!("{deltas} deltas, {pages_total} pages, raw {raw_bytes} bytes");
+    println!(
+        "vCPU and device state: {state} bytes as logged, {state_lz4} lz4, {state_xor_lz4} XOR with the previous delta's then lz4"
+    );
     let mb = |b: u64| b as f64 / 1e6;
     let rate = |d: Duration| mb(pages_total * PAGE_SIZE as u64) / d.as_secs_f64().max(1e-9);
     println!(

@@ -398,7 +398,7 @@ mod tests {
         assert_eq!(f[..4], (payload.len() as u32).to_le_bytes());
         assert_eq!(f[4..8], crc32fast::hash(&payload).to_le_bytes());
         assert_eq!(f[8..], payload[..]);
-        assert_eq!(encode_channel_header(), b"FTVMCHN\0\x01\0\0\0");
+        assert_eq!(encode_channel_header(), b"FTVMCHN\0\x02\0\0\0");
     }
 
     #[test]
@@ -549,10 +549,10 @@ mod tests {
         d.push(b"GET ");
         assert_eq!(d.next_message(), Err(ChannelError::BadMagic));
         let mut h = encode_channel_header();
-        h[8] = 2;
+        h[8] = 1;
         assert_eq!(
             decode_all::<ToBackup>(&h, 1),
-            Err(ChannelError::Version { found: 2 })
+            Err(ChannelError::Version { found: 1 })
         );
         let mut d = MessageDecoder::<ToBackup>::new();
         d.push(&encode_channel_header()[..5]);

@@ -188,6 +188,7 @@ impl Script {
                     ordinal: k,
                     time_ns: k * 1000,
                     full: false,
+                    state_encoding: Default::default(),
                     vcpu: rng.bytes(40),
                     devices: rng.bytes(20),
                     pages: crate::pages::PageSet::Raw(vec![Page {

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use ft_log::pages::{Listing, PageEncoder};
+use ft_log::pages::{Listing, PageEncoder, PageEncoding, StateCodec, StateEncoding};
 use ft_log::{Delta, Digest, Entry, LogStats};
 use kvm_ioctls::{VcpuFd, VmFd};
 use vm_memory::{
@@ -45,6 +45,9 @@ pub struct Recorder {
     vm: Arc<VmFd>,
     /// Pages go as differences from what the replayer has (see `ft_log::pages`).
     pages: PageEncoder,
+    /// With the page codec, delta states go as differences from the previous delta's.
+    vcpu_state: StateCodec,
+    device_state: StateCodec,
     pub stats: LogStats,
     /// Shared with a primary's controller (status).
     counters: Option<Arc<crate::counters::LiveCounters>>,
@@ -69,6 +72,8 @@ impl Recorder {
             out,
             vm,
             pages,
+            vcpu_state: StateCodec::default(),
+            device_state: StateCodec::default(),
             stats,
             counters: None,
         })
@@ -140,10 +145,20 @@ impl Recorder {
         };
         let pages = crate::pagesets::encode(&mut self.pages, mem, gpas, listing)?;
         crate::pagecheck::at_delta(mem, ordinal);
+        let (state_encoding, vcpu, devices) = if self.pages.encoding() == PageEncoding::Raw {
+            (StateEncoding::Raw, vcpu, devices)
+        } else {
+            (
+                StateEncoding::XorLz4,
+                self.vcpu_state.encode(&vcpu),
+                self.device_state.encode(&devices),
+            )
+        };
         Ok(Delta {
             ordinal,
             time_ns,
             full,
+            state_encoding,
             vcpu,
             devices,
             pages,

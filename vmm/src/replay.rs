@@ -6,6 +6,7 @@ use std::io::Read;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use ft_log::pages::{PageCodecError, PageSet, StateEncoding};
 use ft_log::{CodecError, Decoder, Entry, LogStats};
 
 use crate::counters::LiveCounters;
@@ -54,6 +55,8 @@ pub struct Replayer {
     /// The copy of the recorder's pages that delta pages are encoded against (see
     /// `ft_log::pages`); without one, deltas are passed on as logged.
     shadow: Option<ft_log::pages::Shadow>,
+    /// The previous delta's states, which encoded states are sent against.
+    states: [ft_log::pages::StateCodec; 2],
     /// A delta whose pages could not be decoded: the copy no longer matches the
     /// recorder's, so no later delta can be trusted either (every read fails with it).
     pages_failed: Option<(u64, ft_log::pages::PageCodecError)>,
@@ -74,6 +77,7 @@ impl Replayer {
             counters: Arc::default(),
             popped: 0,
             shadow: None,
+            states: Default::default(),
             pages_failed: None,
         }
     }
@@ -181,21 +185,32 @@ impl Replayer {
         self.popped += 1;
         self.log_stats.count(&e, size);
         trace_entry(&e);
-        if let (Entry::Delta(d), Some(shadow)) = (&mut e, self.shadow.as_mut()) {
-            let set = std::mem::take(&mut d.pages);
-            let pages = match shadow.apply(set, d.full) {
-                Ok(pages) => pages,
-                Err(source) => {
-                    self.pages_failed = Some((d.ordinal, source.clone()));
-                    return Err(ReplayError::Pages {
-                        ordinal: d.ordinal,
-                        source,
-                    });
-                }
-            };
-            d.pages = ft_log::pages::PageSet::Raw(pages);
+        if let Entry::Delta(d) = &mut e {
+            if let Err(source) = self.decode_delta(d) {
+                self.pages_failed = Some((d.ordinal, source.clone()));
+                return Err(ReplayError::Pages {
+                    ordinal: d.ordinal,
+                    source,
+                });
+            }
         }
         Ok(Some(e))
+    }
+
+    /// Decode a delta's states and pages against this side's copies (with a shadow only:
+    /// a reader without one passes deltas on as logged).
+    fn decode_delta(&mut self, d: &mut ft_log::Delta) -> Result<(), PageCodecError> {
+        let Some(shadow) = self.shadow.as_mut() else {
+            return Ok(());
+        };
+        if d.state_encoding == StateEncoding::XorLz4 {
+            d.vcpu = self.states[0].decode(&d.vcpu)?;
+            d.devices = self.states[1].decode(&d.devices)?;
+            d.state_encoding = StateEncoding::Raw;
+        }
+        let set = std::mem::take(&mut d.pages);
+        d.pages = PageSet::Raw(shadow.apply(set, d.full)?);
+        Ok(())
     }
 
     /// Record a divergence (reported at once) and start recovering.

@@ -20,6 +20,7 @@
 mod decode;
 mod encode;
 mod shadow;
+mod state;
 #[cfg(test)]
 mod tests;
 
@@ -30,6 +31,7 @@ use crate::entry::Page;
 pub use decode::decode_onto;
 pub use encode::{Listing, PageBatch, PageEncoder};
 pub use shadow::Shadow;
+pub use state::{StateCodec, StateEncoding, MAX_STATE};
 
 /// Bytes per guest page.
 pub const PAGE_SIZE: usize = 4096;
@@ -166,6 +168,8 @@ pub enum PageCodecError {
          the receiver's copy of them has drifted from the sender's"
     )]
     Drift { sent: u32, computed: u32 },
+    #[error("a machine state of {len} bytes is damaged or over the limit of {MAX_STATE}")]
+    State { len: usize },
     #[error("cannot read the receiver's copy of page {gpa:#x}")]
     Base { gpa: u64 },
 }

@@ -66,6 +66,7 @@ fn log_seeds(dir: &Path) {
             ordinal: 3,
             time_ns: 6_000_000,
             full: false,
+            state_encoding: Default::default(),
             vcpu: vec![1, 2, 3],
             devices: vec![4, 5],
             pages: ft_log::pages::PageSet::Raw(vec![Page {
@@ -77,6 +78,7 @@ fn log_seeds(dir: &Path) {
             ordinal: 3,
             time_ns: 6_000_000,
             full: false,
+            state_encoding: Default::default(),
             vcpu: vec![1, 2, 3],
             devices: vec![4, 5],
             pages: xor_set(),
