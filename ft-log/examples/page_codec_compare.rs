@@ -26,7 +26,9 @@ struct Variant {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let path = args.next().ok_or("usage: page_codec_compare LOG [MEM_MIB]")?;
+    let path = args
+        .next()
+        .ok_or("usage: page_codec_compare LOG [MEM_MIB]")?;
     let mib: u64 = args.next().map_or(Ok(256), |m| m.parse())?;
     let ranges = vec![(0u64, mib << 20)];
     let mut variants: Vec<Variant> = Vec::new();

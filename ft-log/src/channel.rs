@@ -30,8 +30,8 @@ use std::marker::PhantomData;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::entry::Page;
-use crate::pages::PageSet;
 use crate::frame::{decode_exact, frame_error_into, Format, FrameReader};
+use crate::pages::PageSet;
 
 pub const CHANNEL_MAGIC: &[u8; 8] = b"FTVMCHN\0";
 pub const CHANNEL_VERSION: u32 = 2;

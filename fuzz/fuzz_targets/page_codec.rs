@@ -19,7 +19,9 @@ fn ranges() -> Vec<(u64, u64)> {
 }
 
 fn seeded(fill: u8) -> Vec<u8> {
-    (0..PAGE_SIZE).map(|i| (i as u8).wrapping_mul(fill)).collect()
+    (0..PAGE_SIZE)
+        .map(|i| (i as u8).wrapping_mul(fill))
+        .collect()
 }
 
 fn decode(full: bool, data: &[u8]) {
@@ -41,7 +43,11 @@ fn decode(full: bool, data: &[u8]) {
 }
 
 fn round_trip(data: &[u8]) {
-    for encoding in [PageEncoding::XorLz4, PageEncoding::XorZstd, PageEncoding::Raw] {
+    for encoding in [
+        PageEncoding::XorLz4,
+        PageEncoding::XorZstd,
+        PageEncoding::Raw,
+    ] {
         let mut enc = PageEncoder::new(encoding, ranges()).with_block_pages(3);
         let mut rx = Shadow::new(ranges());
         let mut mem: Vec<Vec<u8>> = (0..PAGES).map(|_| vec![0; PAGE_SIZE]).collect();

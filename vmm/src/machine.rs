@@ -84,10 +84,7 @@ fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 pub enum LogStream {
     Off,
     /// Record, encoding delta pages as said.
-    Record(
-        Box<dyn std::io::Write + Send>,
-        ft_log::pages::PageEncoding,
-    ),
+    Record(Box<dyn std::io::Write + Send>, ft_log::pages::PageEncoding),
     Replay(Box<dyn std::io::Read + Send>),
     /// A backup following its primary's live log, publishing what it has verified.
     LiveReplay(
@@ -150,14 +147,9 @@ fn pci_setup(disks: Vec<DiskBackend>, memory: &GuestMemoryMmap) -> Option<PciSet
 
 /// The vCPU's log from its stream. Both sides of a log start from `mem` as it is now:
 /// delta pages are encoded against it.
-fn open_log(
-    log: LogStream,
-    vm_fd: &Arc<VmFd>,
-    mem: &GuestMemoryMmap,
-) -> Result<LogMode, VmError> {
-    let pages = |e: crate::pagesets::PageSetError| {
-        VmError::Record(crate::record::RecordError::Pages(e))
-    };
+fn open_log(log: LogStream, vm_fd: &Arc<VmFd>, mem: &GuestMemoryMmap) -> Result<LogMode, VmError> {
+    let pages =
+        |e: crate::pagesets::PageSetError| VmError::Record(crate::record::RecordError::Pages(e));
     Ok(match log {
         LogStream::Off => LogMode::Off,
         LogStream::Record(out, encoding) => {

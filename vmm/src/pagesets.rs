@@ -7,7 +7,9 @@
 //! the guest's RAM size as the guest touches more of it.
 
 use ft_log::pages::{Listing, PageCodecError, PageEncoder, PageEncoding, PageSet, Shadow};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
 
 use crate::memory::PAGE_SIZE;
 

@@ -1,7 +1,7 @@
 //! Rebuilding pages from an [`XorPages`] set and the receiver's copies.
 
-use super::{crc_page, Compressor, PageCodecError, PageKind, PageSet, XorPages, PAGE_SIZE};
 use super::MAX_BLOCK_PAGES;
+use super::{crc_page, Compressor, PageCodecError, PageKind, PageSet, XorPages, PAGE_SIZE};
 use crate::entry::Page;
 
 /// Decompress `block` into exactly `out` (every byte of it, no more).

@@ -121,8 +121,7 @@ impl PageBatch<'_> {
         } else if is_zero(data) {
             PageKind::Zero
         } else {
-            self.block
-                .extend(old.iter().zip(data).map(|(o, n)| o ^ n));
+            self.block.extend(old.iter().zip(data).map(|(o, n)| o ^ n));
             PageKind::Xor
         };
         self.pages.push((number, kind));

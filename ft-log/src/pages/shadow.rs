@@ -47,7 +47,9 @@ impl Shadow {
 
     /// The copy of page `gpa` (zeros if never set).
     pub fn get(&self, gpa: u64) -> &[u8; PAGE_SIZE] {
-        self.pages.get(&(gpa / PAGE_SIZE as u64)).map_or(&ZERO, |p| p)
+        self.pages
+            .get(&(gpa / PAGE_SIZE as u64))
+            .map_or(&ZERO, |p| p)
     }
 
     /// Set the copy of page `gpa`.

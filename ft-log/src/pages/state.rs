@@ -48,9 +48,9 @@ impl StateCodec {
     /// Decode (untrusted): the length is bounded, the block must fill it exactly, the CRC
     /// must match. A failure leaves the previous state as it was.
     pub fn decode(&mut self, encoded: &[u8]) -> Result<Vec<u8>, PageCodecError> {
-        let head = encoded.get(..HEAD).ok_or(PageCodecError::State {
-            len: encoded.len(),
-        })?;
+        let head = encoded
+            .get(..HEAD)
+            .ok_or(PageCodecError::State { len: encoded.len() })?;
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
         let sent = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
         let based = match head[8] {
@@ -64,7 +64,12 @@ impl StateCodec {
         let mut out = vec![0u8; len];
         match lz4_flex::block::decompress_into(&encoded[HEAD..], &mut out) {
             Ok(n) if n == len => {}
-            _ => return Err(PageCodecError::Decompress { block: 0, expected: len }),
+            _ => {
+                return Err(PageCodecError::Decompress {
+                    block: 0,
+                    expected: len,
+                })
+            }
         }
         if based {
             for (b, p) in out.iter_mut().zip(&self.prev) {
@@ -109,7 +114,10 @@ mod tests {
         let second = tx.encode(&[2; 100]);
         let mut drifted = rx.clone();
         drifted.prev[5] = 9;
-        assert!(matches!(drifted.decode(&second), Err(PageCodecError::Drift { .. })));
+        assert!(matches!(
+            drifted.decode(&second),
+            Err(PageCodecError::Drift { .. })
+        ));
         let mut huge = second.clone();
         huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(rx.clone().decode(&huge).is_err());

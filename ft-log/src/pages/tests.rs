@@ -41,7 +41,11 @@ fn encode(enc: &mut PageEncoder, listing: Listing, pages: &[(u64, Vec<u8>)]) -> 
 
 #[test]
 fn dirty_pages_round_trip_over_many_deltas() {
-    for encoding in [PageEncoding::XorLz4, PageEncoding::XorZstd, PageEncoding::Raw] {
+    for encoding in [
+        PageEncoding::XorLz4,
+        PageEncoding::XorZstd,
+        PageEncoding::Raw,
+    ] {
         let mut rng = Rng(7);
         let mut enc = PageEncoder::new(encoding, ranges());
         let mut rx = Shadow::new(ranges());
@@ -82,10 +86,18 @@ fn zero_and_unchanged_pages_carry_no_payload() {
     assert!(x.blocks.is_empty());
     assert_eq!(
         x.pages,
-        vec![(0, PageKind::Unchanged), (1, PageKind::Zero), (2, PageKind::Unchanged)]
+        vec![
+            (0, PageKind::Unchanged),
+            (1, PageKind::Zero),
+            (2, PageKind::Unchanged)
+        ]
     );
     // Left out where the receiver's memory is its copy.
-    let set = encode(&mut enc, Listing::Changed, &[(0, page(5)), (0x3000, page(0))]);
+    let set = encode(
+        &mut enc,
+        Listing::Changed,
+        &[(0, page(5)), (0x3000, page(0))],
+    );
     assert!(set.is_empty());
 }
 
@@ -136,13 +148,19 @@ fn a_drifted_copy_is_an_error_not_a_corrupt_page() {
     enc.seed(0, &page(1)).unwrap();
     rx.set(0, &page(2)).unwrap(); // drifted
     let set = encode(&mut enc, Listing::Dirty, &[(0, page(3))]);
-    assert!(matches!(rx.apply(set, false), Err(PageCodecError::Drift { .. })));
+    assert!(matches!(
+        rx.apply(set, false),
+        Err(PageCodecError::Drift { .. })
+    ));
     // A full checkpoint against a drifted copy also fails, and leaves the copy as it was.
     let mut all: Vec<(u64, Vec<u8>)> = (0..64u64).map(|n| (n * 0x1000, page(0))).collect();
     all[0].1 = page(3); // unchanged for the sender: not sent, the drift stays
     all[1].1 = page(4);
     let set = encode(&mut enc, Listing::Full, &all);
-    assert!(matches!(rx.apply(set, true), Err(PageCodecError::Drift { .. })));
+    assert!(matches!(
+        rx.apply(set, true),
+        Err(PageCodecError::Drift { .. })
+    ));
     assert_eq!(rx.get(0x1000)[..], page(0)[..]);
     assert_eq!(rx.get(0)[..], page(2)[..]);
 }
@@ -214,8 +232,20 @@ fn damaged_sets_are_refused() {
             y.blocks[2] = y.blocks[0].clone(); // two pages where one belongs
             y
         }),
-        ("zero block size", XorPages { block_pages: 0, ..x.clone() }),
-        ("huge block size", XorPages { block_pages: 60000, ..x.clone() }),
+        (
+            "zero block size",
+            XorPages {
+                block_pages: 0,
+                ..x.clone()
+            },
+        ),
+        (
+            "huge block size",
+            XorPages {
+                block_pages: 60000,
+                ..x.clone()
+            },
+        ),
         ("out of order", {
             let mut y = x.clone();
             y.pages.swap(0, 1);
@@ -236,8 +266,20 @@ fn damaged_sets_are_refused() {
             y.pages[4].0 = u64::MAX;
             y
         }),
-        ("wrong crc", XorPages { crc32: x.crc32 ^ 1, ..x.clone() }),
-        ("zstd label on lz4 data", XorPages { compressor: Compressor::Zstd, ..x.clone() }),
+        (
+            "wrong crc",
+            XorPages {
+                crc32: x.crc32 ^ 1,
+                ..x.clone()
+            },
+        ),
+        (
+            "zstd label on lz4 data",
+            XorPages {
+                compressor: Compressor::Zstd,
+                ..x.clone()
+            },
+        ),
         ("too many pages", {
             let mut y = x.clone();
             y.pages = (0..65).map(|n| (n, PageKind::Zero)).collect();
@@ -264,7 +306,7 @@ fn random_bytes_never_panic() {
         let mut block = y.blocks[b].to_vec();
         let at = (rng.next() as usize) % block.len();
         block[at] = rng.next() as u8;
-        if rng.next() % 4 == 0 {
+        if rng.next().is_multiple_of(4) {
             block.truncate(at);
         }
         y.blocks[b] = serde_bytes::ByteBuf::from(block);
@@ -275,20 +317,36 @@ fn random_bytes_never_panic() {
 #[test]
 fn raw_pages_are_checked() {
     let mut rx = Shadow::new(ranges());
-    let bad = PageSet::Raw(vec![Page { gpa: 0, data: vec![1; 10] }]);
-    assert!(matches!(rx.apply(bad, false), Err(PageCodecError::PageLength { len: 10 })));
-    let outside = PageSet::Raw(vec![Page { gpa: 1 << 30, data: page(1) }]);
+    let bad = PageSet::Raw(vec![Page {
+        gpa: 0,
+        data: vec![1; 10],
+    }]);
+    assert!(matches!(
+        rx.apply(bad, false),
+        Err(PageCodecError::PageLength { len: 10 })
+    ));
+    let outside = PageSet::Raw(vec![Page {
+        gpa: 1 << 30,
+        data: page(1),
+    }]);
     assert!(rx.apply(outside, false).is_err());
     let mut enc = PageEncoder::new(PageEncoding::XorLz4, ranges());
     assert!(enc.batch(Listing::Dirty).push(0x10, &page(1)).is_err());
     let mut b = enc.batch(Listing::Dirty);
     b.push(0x2000, &page(1)).unwrap();
-    assert!(matches!(b.push(0x1000, &page(1)), Err(PageCodecError::Order { .. })));
+    assert!(matches!(
+        b.push(0x1000, &page(1)),
+        Err(PageCodecError::Order { .. })
+    ));
 }
 
 #[test]
 fn encoding_names() {
-    for e in [PageEncoding::Raw, PageEncoding::XorLz4, PageEncoding::XorZstd] {
+    for e in [
+        PageEncoding::Raw,
+        PageEncoding::XorLz4,
+        PageEncoding::XorZstd,
+    ] {
         assert_eq!(PageEncoding::from_name(e.name()), Some(e));
     }
     assert_eq!(PageEncoding::from_name("gzip"), None);
