@@ -76,6 +76,8 @@ pub struct MachineState {
 pub struct TransferReport {
     pub rounds: usize,
     pub pages_sent: u64,
+    /// Bytes of the page messages (encoded pages and their framing).
+    pub page_bytes: u64,
     pub paused_for: Duration,
     pub took: Duration,
     pub ordinal: u64,
@@ -104,15 +106,22 @@ fn dirty_pages(vm: &Vm) -> Result<Vec<u64>, TransferError> {
 
 /// Send the pages at `gpas` (ascending) as they are now, encoded against what the backup
 /// got before; `skip_zero`: leave out zero pages (the first round, onto zeroed memory).
+/// Counts pages and bytes sent into `report`.
 fn send_pages(
     out: &mut impl Write,
     mem: &GuestMemoryMmap,
     enc: &mut PageEncoder,
     gpas: impl Iterator<Item = u64>,
     skip_zero: bool,
-) -> Result<u64, TransferError> {
+    report: &mut TransferReport,
+) -> Result<(), TransferError> {
+    let mut flush = |set: ft_log::pages::PageSet, out: &mut dyn Write| {
+        report.pages_sent += set.len() as u64;
+        let frame = ft_log::encode_message(&ToBackup::Pages(set));
+        report.page_bytes += frame.len() as u64;
+        out.write_all(&frame).map_err(LinkError::from)
+    };
     let mut data = vec![0u8; PAGE];
-    let mut sent = 0;
     let mut batch = enc.batch(Listing::Changed);
     let mut in_batch = 0;
     for gpa in gpas {
@@ -123,19 +132,16 @@ fn send_pages(
         batch.push(gpa, &data)?;
         in_batch += 1;
         if in_batch == BATCH {
-            let set = batch.finish()?;
-            sent += set.len() as u64;
-            send(out, &ToBackup::Pages(set))?;
+            flush(batch.finish()?, out)?;
             batch = enc.batch(Listing::Changed);
             in_batch = 0;
         }
     }
     let set = batch.finish()?;
     if !set.is_empty() {
-        sent += set.len() as u64;
-        send(out, &ToBackup::Pages(set))?;
+        flush(set, out)?;
     }
-    Ok(sent)
+    Ok(())
 }
 
 /// Primary: transfer the running VM to the backup on `stream` and start logging into
@@ -164,12 +170,13 @@ pub fn send_state(
     let mut enc = PageEncoder::new(encoding, crate::pagesets::ranges(&vm.memory));
     // Round 0: everything, from a clean dirty log on.
     dirty_pages(vm)?;
-    report.pages_sent += send_pages(
+    send_pages(
         &mut out,
         &vm.memory,
         &mut enc,
         crate::memory::page_addresses(&vm.memory),
         true,
+        &mut report,
     )?;
     report.rounds = 1;
     loop {
@@ -187,8 +194,14 @@ pub fn send_state(
             last.extend(dirty_pages(vm)?);
             last.sort_unstable();
             last.dedup();
-            report.pages_sent +=
-                send_pages(&mut out, &vm.memory, &mut enc, last.into_iter(), false)?;
+            send_pages(
+                &mut out,
+                &vm.memory,
+                &mut enc,
+                last.into_iter(),
+                false,
+                &mut report,
+            )?;
             let state = vm.vcpu.save_state()?;
             report.ordinal = state.vcpu.ordinal;
             let mut rec = Recorder::new(Box::new(log.clone()), vm.vm_fd.clone(), enc)?
@@ -223,7 +236,14 @@ pub fn send_state(
             report.paused_for = pause.elapsed();
             break;
         }
-        report.pages_sent += send_pages(&mut out, &vm.memory, &mut enc, dirty.into_iter(), false)?;
+        send_pages(
+            &mut out,
+            &vm.memory,
+            &mut enc,
+            dirty.into_iter(),
+            false,
+            &mut report,
+        )?;
         report.rounds += 1;
     }
     report.took = started.elapsed();
@@ -291,13 +311,13 @@ pub fn receive_state(
         reason: e.to_string(),
     })?;
     let mut pages = 0u64;
+    let max_pages = crate::memory::page_addresses(&memory).count();
     let started = Instant::now();
     loop {
         match next(stream)? {
             ToBackup::Pages(set) => {
                 // The backup's memory holds exactly what was sent before: the base.
-                let max = crate::memory::page_addresses(&memory).count();
-                let batch = decode_onto(set, max, |gpa, buf| {
+                let batch = decode_onto(set, max_pages, |gpa, buf| {
                     memory
                         .read_slice(buf, GuestAddress(gpa))
                         .map_err(|_| PageCodecError::Base { gpa })

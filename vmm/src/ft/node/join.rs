@@ -106,8 +106,9 @@ impl Node {
             self.opts.peer_timeout,
         )?;
         eprintln!(
-            "ftvm: protected: {} pages in {} rounds, paused {:.1} ms, {:.2} s in all; logging from exit {}",
+            "ftvm: protected: {} pages ({} bytes sent) in {} rounds, paused {:.1} ms, {:.2} s in all; logging from exit {}",
             report.pages_sent,
+            report.page_bytes,
             report.rounds,
             report.paused_for.as_secs_f64() * 1e3,
             report.took.as_secs_f64(),
