@@ -52,6 +52,7 @@ record_and_replay() { # KEY ENC INPUT ARGS...
         failed=1
         exit 1
     fi
+    log "$key $enc: $b bytes over $s s of guest time, $v exits verified, $x divergences"
     bytes[$key,$enc]=$(( ${bytes[$key,$enc]:-0} + b ))
     secs[$key,$enc]=$(echo "${secs[$key,$enc]:-0} + $s" | bc -l)
     deltas[$key,$enc]=$(( ${deltas[$key,$enc]:-0} + d ))
@@ -87,19 +88,20 @@ transfer() {
     local enc=$1 dir=$work/pair-$1 port=$((20000 + RANDOM % 20000))
     mkdir -p "$dir/shared"
     "$ftvm" keygen "$dir/pair.key" 2>/dev/null
-    sleep 3600 >"$dir/stdin" &
-    local holder=$!; pids+=("$holder")
+    mkfifo "$dir/stdin"
     "$ftvm" primary --shared-dir "$dir/shared" --name bench --key-file "$dir/pair.key" \
         --listen "127.0.0.1:$port" --page-encoding "$enc" --restore "$snap" \
         <"$dir/stdin" >/dev/null 2>"$dir/primary.err" &
     local primary=$!; pids+=("$primary")
+    exec 7>"$dir/stdin" # the primary's console input stays open (and empty)
     wait_for "$dir/primary.err" "waiting for a backup" 60 || { failed=1; log "transfer $enc: no primary"; exit 1; }
     "$ftvm" backup --shared-dir "$dir/shared" --name bench --key-file "$dir/pair.key" \
         --primary "127.0.0.1:$port" </dev/null >/dev/null 2>"$dir/backup.err" &
     local backup=$!; pids+=("$backup")
     wait_for "$dir/primary.err" "protected:" 300 || { failed=1; log "transfer $enc: never protected"; exit 1; }
-    kill -9 "$primary" "$backup" "$holder" 2>/dev/null || true
-    wait "$primary" "$backup" "$holder" 2>/dev/null || true
+    kill -9 "$primary" "$backup" 2>/dev/null || true
+    wait "$primary" "$backup" 2>/dev/null || true
+    exec 7>&-
     sed -n 's/.*protected: \([0-9]*\) pages (\([0-9]*\) bytes sent) in \([0-9]*\) rounds.*/\1 \2 \3/p' "$dir/primary.err" >"$dir/result"
 }
 declare -A tpages tbytes trounds
