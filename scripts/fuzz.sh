@@ -23,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-ALL_TARGETS=(log_decoder channel_decoder output_gate device_states virtio_queues replay_reader kv_frames kv_cores snapshot_loader)
+ALL_TARGETS=(log_decoder channel_decoder output_gate device_states virtio_queues replay_reader kv_frames kv_cores snapshot_loader page_codec)
 
 if [ $# -lt 1 ] || ! [[ $1 =~ ^[0-9]+$ ]]; then
     echo "usage: $0 SECONDS [TARGET...]   (targets: ${ALL_TARGETS[*]})" >&2

@@ -31,6 +31,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::entry::Page;
 use crate::frame::{decode_exact, frame_error_into, Format, FrameReader};
+use crate::pages::PageSet;
 
 pub const CHANNEL_MAGIC: &[u8; 8] = b"FTVMCHN\0";
 pub const CHANNEL_VERSION: u32 = 2;
@@ -58,8 +59,9 @@ pub enum ToBackup {
         mem_mib: u64,
         console_offset: u64,
     },
-    /// Guest pages of the state transfer (pre-copy rounds and the final round).
-    Pages(Vec<Page>),
+    /// Guest pages of the state transfer (pre-copy rounds and the final round), encoded
+    /// against what the backup received before (see [`crate::pages`]).
+    Pages(PageSet),
     /// End of state transfer: the machine state (encoded by the VMM, opaque here) at exit
     /// `ordinal`.
     Machine {
@@ -101,7 +103,7 @@ enum ToBackupRef<'a> {
         mem_mib: u64,
         console_offset: u64,
     },
-    Pages(&'a [Page]),
+    Pages(&'a PageSet),
     #[allow(dead_code)]
     Machine {
         ordinal: u64,
@@ -218,7 +220,7 @@ pub fn encode_log_messages(log: &[u8]) -> Vec<u8> {
 pub fn encode_pages_messages(pages: &[Page]) -> Vec<u8> {
     let mut out = Vec::new();
     for batch in pages.chunks(MAX_PAGES_PER_MESSAGE) {
-        encode_into(&ToBackupRef::Pages(batch), &mut out);
+        encode_into(&ToBackupRef::Pages(&PageSet::Raw(batch.to_vec())), &mut out);
     }
     out
 }
@@ -328,8 +330,8 @@ mod tests {
                 mem_mib: 256,
                 console_offset: 12345,
             },
-            ToBackup::Pages(vec![page(0x1000, 1), page(0x2000, 2)]),
-            ToBackup::Pages(vec![]),
+            ToBackup::Pages(PageSet::Raw(vec![page(0x1000, 1), page(0x2000, 2)])),
+            ToBackup::Pages(PageSet::Raw(vec![])),
             ToBackup::Machine {
                 ordinal: 99,
                 state: vec![9; 700],
@@ -434,7 +436,7 @@ mod tests {
             .collect();
         let mut owned = Vec::new();
         for c in pages.chunks(MAX_PAGES_PER_MESSAGE) {
-            owned.extend(encode_message(&ToBackup::Pages(c.to_vec())));
+            owned.extend(encode_message(&ToBackup::Pages(PageSet::Raw(c.to_vec()))));
         }
         let batched = encode_pages_messages(&pages);
         assert_eq!(batched, owned);

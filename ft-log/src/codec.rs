@@ -19,7 +19,8 @@ use crate::entry::Entry;
 use crate::frame::{decode_exact, frame_error_into, Format, FrameReader};
 
 pub const MAGIC: &[u8; 8] = b"FTVMLOG\0";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: checkpoint pages as a [`crate::pages::PageSet`].
+pub const FORMAT_VERSION: u32 = 2;
 pub const HEADER_LEN: usize = crate::frame::STREAM_HEADER_LEN;
 pub const FRAME_HEADER_LEN: usize = FORMAT.frame_header_len();
 /// Largest payload accepted: a full checkpoint of up to 1 GiB of non-zero guest memory,
@@ -195,12 +196,22 @@ mod tests {
                 ordinal: 2,
                 time_ns: 6_000_000,
                 full: false,
+                state_encoding: Default::default(),
                 vcpu: vec![1, 2, 3],
                 devices: vec![4, 5],
-                pages: vec![Page {
+                pages: crate::pages::PageSet::Raw(vec![Page {
                     gpa: 0x1000,
                     data: vec![7; 4096],
-                }],
+                }]),
+            })),
+            Entry::Delta(Box::new(Delta {
+                ordinal: 3,
+                time_ns: 7_000_000,
+                full: true,
+                state_encoding: Default::default(),
+                vcpu: vec![1, 2, 3],
+                devices: vec![4, 5],
+                pages: xor_pages(),
             })),
             Entry::Shutdown {
                 ordinal: 3,
@@ -212,6 +223,20 @@ mod tests {
                 },
             },
         ]
+    }
+
+    /// Pages as the page codec encodes them: one changed a little, one zeroed.
+    fn xor_pages() -> crate::pages::PageSet {
+        use crate::pages::{Listing, PageEncoder, PageEncoding};
+        let mut enc = PageEncoder::new(PageEncoding::XorLz4, vec![(0, 1 << 20)]);
+        enc.seed(0x1000, &[7; 4096]).unwrap();
+        enc.seed(0x2000, &[8; 4096]).unwrap();
+        let mut changed = vec![7; 4096];
+        changed[10] = 1;
+        let mut b = enc.batch(Listing::Dirty);
+        b.push(0x1000, &changed).unwrap();
+        b.push(0x2000, &[0; 4096]).unwrap();
+        b.finish().unwrap()
     }
 
     fn stream(entries: &[Entry]) -> Vec<u8> {

@@ -50,9 +50,14 @@ pub struct Delta {
     /// A full checkpoint: `pages` lists every non-zero page and all others are zero (the
     /// final entry of a log, from which any diverged replayer can converge).
     pub full: bool,
+    /// How `vcpu` and `devices` are sent (see [`crate::pages::StateCodec`]); a replayer
+    /// decodes them as it reads the entry.
+    pub state_encoding: crate::pages::StateEncoding,
     pub vcpu: Vec<u8>,
     pub devices: Vec<u8>,
-    pub pages: Vec<Page>,
+    /// The pages, encoded against the replayer's copies (see [`crate::pages`]); a
+    /// replayer decodes them as it reads the entry, so the machine sees whole pages.
+    pub pages: crate::pages::PageSet,
 }
 
 /// A digest of a final machine state, to compare recorder and replayer.

@@ -15,6 +15,7 @@ pub mod entry;
 mod frame;
 pub mod liveness;
 pub mod output;
+pub mod pages;
 #[cfg(test)]
 mod simnet;
 pub mod stats;

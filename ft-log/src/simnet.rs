@@ -116,7 +116,7 @@ impl Script {
             console_offset: s.console_start,
         });
         for _ in 0..rng.range(1, 3) {
-            let pages = (0..rng.range(0, 2))
+            let pages: Vec<Page> = (0..rng.range(0, 2))
                 .map(|_| Page {
                     gpa: rng.below(1 << 14) << 12,
                     data: if rng.chance(1, 3) {
@@ -126,7 +126,7 @@ impl Script {
                     },
                 })
                 .collect();
-            s.send(ToBackup::Pages(pages));
+            s.send(ToBackup::Pages(crate::pages::PageSet::Raw(pages)));
         }
         s.send(ToBackup::Machine {
             ordinal: 0,
@@ -188,12 +188,13 @@ impl Script {
                     ordinal: k,
                     time_ns: k * 1000,
                     full: false,
+                    state_encoding: Default::default(),
                     vcpu: rng.bytes(40),
                     devices: rng.bytes(20),
-                    pages: vec![Page {
+                    pages: crate::pages::PageSet::Raw(vec![Page {
                         gpa: 0x1000,
                         data: rng.bytes(4096),
-                    }],
+                    }]),
                 };
                 add(&mut s, &mut log, Entry::Delta(Box::new(delta)));
             }

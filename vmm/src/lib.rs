@@ -20,6 +20,7 @@ pub mod machine;
 pub mod memory;
 pub mod net;
 pub mod pagecheck;
+pub mod pagesets;
 pub mod platform;
 pub mod profile;
 pub mod record;

@@ -92,7 +92,8 @@ fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 /// its dirty-page log.
 pub enum LogStream {
     Off,
-    Record(Box<dyn std::io::Write + Send>),
+    /// Record, encoding delta pages as said.
+    Record(Box<dyn std::io::Write + Send>, ft_log::pages::PageEncoding),
     Replay(Box<dyn std::io::Read + Send>),
     /// A backup following its primary's live log, publishing what it has verified.
     LiveReplay(
@@ -241,10 +242,10 @@ impl Vm {
         boot::write_zero_page(&mem, header, initrd, config.cmdline.len())?;
         cpu::write_boot_tables(&mem)?;
 
-        let dirty_log = hooks.dirty_log || matches!(log, LogStream::Record(_));
+        let dirty_log = hooks.dirty_log || matches!(log, LogStream::Record(..));
         let (slots, vcpu_fd) = create_vm(&kvm_sys, &mem, dirty_log)?;
         cpu::setup_boot_registers(&vcpu_fd, info.entry)?;
-        let mut log = open_log(log, &slots.vm)?;
+        let mut log = open_log(log, &slots.vm, &mem)?;
 
         let clock = Arc::new(VmClock::new(config.clock, 0));
         let now = match config.clock {
@@ -386,10 +387,10 @@ impl Vm {
         };
         let tap = open_tap(res.net.as_ref(), replaying)?;
         let kvm_sys = Kvm::new().map_err(VmError::OpenKvm)?;
-        let dirty_log = hooks.dirty_log || matches!(log, LogStream::Record(_));
+        let dirty_log = hooks.dirty_log || matches!(log, LogStream::Record(..));
         let (slots, vcpu_fd) = create_vm(&kvm_sys, &memory, dirty_log)?;
         state.vcpu.restore(&vcpu_fd)?;
-        let mut log = open_log(log, &slots.vm)?;
+        let mut log = open_log(log, &slots.vm, &memory)?;
         // The CMOS base is in the state; logged anyway so every log starts alike.
         let (_, logged_nic) =
             log_start(&mut log, state.platform.cmos.base_unix_secs, restored_nic)?;

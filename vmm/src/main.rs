@@ -118,6 +118,15 @@ struct PairArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    /// How pages go to the backup (state transfer and checkpoints): `xor-lz4`, `xor-zstd`
+    /// or `raw` (see `record --page-encoding`).
+    #[arg(long, value_name = "ENCODING", default_value = "xor-lz4", value_parser = parse_page_encoding)]
+    page_encoding: ft_log::pages::PageEncoding,
+}
+
+fn parse_page_encoding(name: &str) -> Result<ft_log::pages::PageEncoding, String> {
+    ft_log::pages::PageEncoding::from_name(name)
+        .ok_or_else(|| format!("'{name}' is not one of raw, xor-lz4, xor-zstd"))
 }
 
 #[derive(clap::Args)]
@@ -159,6 +168,11 @@ struct LogArgs {
     /// The log file (written by `record`, read by `replay`).
     #[arg(long, value_name = "FILE")]
     log: PathBuf,
+    /// How `record` writes checkpoint pages: `xor-lz4` (the difference from the last
+    /// version logged, lz4), `xor-zstd`, or `raw` (whole pages, the old format). A replay
+    /// reads any.
+    #[arg(long, value_name = "ENCODING", default_value = "xor-lz4", value_parser = parse_page_encoding)]
+    page_encoding: ft_log::pages::PageEncoding,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -167,7 +181,7 @@ struct LogArgs {
 /// or follow one. (A pair member's role is `ftvm::ft::role::PairRole`.)
 enum LogFile {
     Off,
-    Record(PathBuf),
+    Record(PathBuf, ft_log::pages::PageEncoding),
     Replay(PathBuf),
 }
 
@@ -296,10 +310,13 @@ fn run(args: RunArgs, log_file: LogFile) -> anyhow::Result<i32> {
     let started = Instant::now();
     let log = match &log_file {
         LogFile::Off => LogStream::Off,
-        LogFile::Record(path) => LogStream::Record(Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot create log {}", path.display()))?,
-        ))),
+        LogFile::Record(path, encoding) => LogStream::Record(
+            Box::new(std::io::BufWriter::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("cannot create log {}", path.display()))?,
+            )),
+            *encoding,
+        ),
         LogFile::Replay(path) => LogStream::Replay(Box::new(std::io::BufReader::new(
             std::fs::File::open(path)
                 .with_context(|| format!("cannot open log {}", path.display()))?,
@@ -435,6 +452,7 @@ fn ft_options(pair: PairArgs, listen: Option<String>) -> anyhow::Result<ftvm::ft
         output_cap: pair.output_cap << 10,
         metrics: pair.metrics,
         net: None,
+        page_encoding: pair.page_encoding,
     })
 }
 
@@ -690,7 +708,7 @@ fn main() {
     };
     let result = match cli.command {
         Command::Run(args) => run(args, LogFile::Off),
-        Command::Record(a) => run(a.run, LogFile::Record(a.log)),
+        Command::Record(a) => run(a.run, LogFile::Record(a.log, a.page_encoding)),
         Command::Replay(a) => run(a.run, LogFile::Replay(a.log)),
         Command::Primary(a) => primary(a),
         Command::Backup(a) => backup(a),

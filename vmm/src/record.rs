@@ -3,7 +3,8 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use ft_log::{Delta, Digest, Entry, LogStats, Page};
+use ft_log::pages::{Listing, PageEncoder, PageEncoding, StateCodec, StateEncoding};
+use ft_log::{Delta, Digest, Entry, LogStats};
 use kvm_ioctls::{VcpuFd, VmFd};
 use vm_memory::{
     Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
@@ -29,6 +30,8 @@ pub enum RecordError {
     Vcpu(#[from] crate::vcpu::VcpuError),
     #[error("cannot encode machine state: {0}")]
     Encode(String),
+    #[error("cannot encode the delta's pages")]
+    Pages(#[from] crate::pagesets::PageSetError),
 }
 
 /// Encode machine state for a delta (bincode, standard config).
@@ -40,14 +43,24 @@ pub fn encode_state<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, RecordErr
 pub struct Recorder {
     out: Box<dyn Write + Send>,
     vm: Arc<VmFd>,
+    /// Pages go as differences from what the replayer has (see `ft_log::pages`).
+    pages: PageEncoder,
+    /// With the page codec, delta states go as differences from the previous delta's.
+    vcpu_state: StateCodec,
+    device_state: StateCodec,
     pub stats: LogStats,
     /// Shared with a primary's controller (status).
     counters: Option<Arc<crate::counters::LiveCounters>>,
 }
 
 impl Recorder {
-    /// Start a log on `out` (writes the stream header).
-    pub fn new(mut out: Box<dyn Write + Send>, vm: Arc<VmFd>) -> Result<Self, RecordError> {
+    /// Start a log on `out` (writes the stream header); `pages` encodes delta pages for a
+    /// replayer that starts from the memory the encoder was made from.
+    pub fn new(
+        mut out: Box<dyn Write + Send>,
+        vm: Arc<VmFd>,
+        pages: PageEncoder,
+    ) -> Result<Self, RecordError> {
         let header = ft_log::encode_header();
         out.write_all(&header).map_err(RecordError::Write)?;
         let stats = LogStats {
@@ -58,6 +71,9 @@ impl Recorder {
         Ok(Self {
             out,
             vm,
+            pages,
+            vcpu_state: StateCodec::default(),
+            device_state: StateCodec::default(),
             stats,
             counters: None,
         })
@@ -98,10 +114,8 @@ impl Recorder {
     ) -> Result<Delta, RecordError> {
         let vcpu = encode_state(&VcpuState::save(fd, ordinal, halted)?)?;
         let devices = encode_state(&platform.state())?;
-        let mut pages = Vec::new();
         // Pages the VMM's devices wrote (disk reads): KVM's dirty log does not see them.
-        let mut device_pages: std::collections::BTreeSet<u64> =
-            platform.take_device_pages().into_iter().collect();
+        let mut gpas = platform.take_device_pages();
         for (slot, region) in mem.iter().enumerate() {
             let start = region.start_addr().raw_value();
             let bitmap = self
@@ -120,38 +134,31 @@ impl Recorder {
                 while bits != 0 {
                     let bit = bits.trailing_zeros() as u64;
                     bits &= bits - 1;
-                    let gpa = start + (w as u64 * 64 + bit) * PAGE_SIZE;
-                    device_pages.remove(&gpa);
-                    let mut data = vec![0u8; PAGE_SIZE as usize];
-                    mem.read_slice(&mut data, GuestAddress(gpa))?;
-                    pages.push(Page { gpa, data });
+                    gpas.push(start + (w as u64 * 64 + bit) * PAGE_SIZE);
                 }
             }
         }
-        if !full {
-            for gpa in device_pages {
-                let mut data = vec![0u8; PAGE_SIZE as usize];
-                mem.read_slice(&mut data, GuestAddress(gpa))?;
-                pages.push(Page { gpa, data });
-            }
-        }
-        if full {
-            let mut data = vec![0u8; PAGE_SIZE as usize];
-            for gpa in crate::memory::page_addresses(mem) {
-                mem.read_slice(&mut data, GuestAddress(gpa))?;
-                if data.iter().any(|&b| b != 0) {
-                    pages.push(Page {
-                        gpa,
-                        data: data.clone(),
-                    });
-                }
-            }
-        }
+        let (gpas, listing) = if full {
+            (crate::memory::page_addresses(mem).collect(), Listing::Full)
+        } else {
+            (gpas, Listing::Dirty)
+        };
+        let pages = crate::pagesets::encode(&mut self.pages, mem, gpas, listing)?;
         crate::pagecheck::at_delta(mem, ordinal);
+        let (state_encoding, vcpu, devices) = if self.pages.encoding() == PageEncoding::Raw {
+            (StateEncoding::Raw, vcpu, devices)
+        } else {
+            (
+                StateEncoding::XorLz4,
+                self.vcpu_state.encode(&vcpu),
+                self.device_state.encode(&devices),
+            )
+        };
         Ok(Delta {
             ordinal,
             time_ns,
             full,
+            state_encoding,
             vcpu,
             devices,
             pages,

@@ -6,6 +6,7 @@ use std::io::Read;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use ft_log::pages::{PageCodecError, PageSet, StateEncoding};
 use ft_log::{CodecError, Decoder, Entry, LogStats};
 
 use crate::counters::LiveCounters;
@@ -16,6 +17,12 @@ pub enum ReplayError {
     Read(#[source] std::io::Error),
     #[error("corrupt log: {0}")]
     Codec(#[from] CodecError),
+    #[error("checkpoint delta at exit {ordinal}")]
+    Pages {
+        ordinal: u64,
+        #[source]
+        source: ft_log::pages::PageCodecError,
+    },
 }
 
 /// Counters of a replay.
@@ -47,6 +54,14 @@ pub struct Replayer {
     counters: Arc<LiveCounters>,
     /// Entries taken off the log so far (to tell whether a step made progress).
     popped: u64,
+    /// The copy of the recorder's pages that delta pages are encoded against (see
+    /// `ft_log::pages`); without one, deltas are passed on as logged.
+    shadow: Option<ft_log::pages::Shadow>,
+    /// The previous delta's states, which encoded states are sent against.
+    states: [ft_log::pages::StateCodec; 2],
+    /// A delta whose pages could not be decoded: the copy no longer matches the
+    /// recorder's, so no later delta can be trusted either (every read fails with it).
+    pages_failed: Option<(u64, ft_log::pages::PageCodecError)>,
 }
 
 impl Replayer {
@@ -63,7 +78,18 @@ impl Replayer {
             live: false,
             counters: Arc::default(),
             popped: 0,
+            shadow: None,
+            states: Default::default(),
+            pages_failed: None,
         }
+    }
+
+    /// Decode delta pages against `shadow`, the machine's memory at the log's start. Every
+    /// delta taken off the log (applied or skipped) updates it, as every delta logged
+    /// updated the recorder's.
+    pub fn with_shadow(mut self, shadow: ft_log::pages::Shadow) -> Self {
+        self.shadow = Some(shadow);
+        self
     }
 
     /// A replayer of a primary's live log, publishing its progress in `counters`.
@@ -103,6 +129,12 @@ impl Replayer {
 
     /// Decode until `n` entries are buffered or the log ends.
     fn fill(&mut self, n: usize) -> Result<(), ReplayError> {
+        if let Some((ordinal, source)) = &self.pages_failed {
+            return Err(ReplayError::Pages {
+                ordinal: *ordinal,
+                source: source.clone(),
+            });
+        }
         let mut buf = vec![0u8; 64 * 1024];
         while self.ahead.len() < n {
             let before = self.decoder.consumed();
@@ -154,37 +186,38 @@ impl Replayer {
 
     pub fn pop(&mut self) -> Result<Option<Entry>, ReplayError> {
         self.fill(1)?;
-        Ok(self.ahead.pop_front().map(|(e, size)| {
-            self.popped += 1;
-            self.log_stats.count(&e, size);
-            match &e {
-                Entry::Exit(x) => tracing::trace!(
-                    "entry: exit {} {:?} rip {:#x} addr {:#x} value {:#x} t {}",
-                    x.ordinal,
-                    x.kind,
-                    x.rip,
-                    x.addr,
-                    x.value,
-                    x.time_ns
-                ),
-                Entry::Delta(d) => tracing::trace!(
-                    "entry: delta at {} t {} pages {} full {}",
-                    d.ordinal,
-                    d.time_ns,
-                    d.pages.len(),
-                    d.full
-                ),
-                Entry::Interrupt { ordinal, vector } => {
-                    tracing::trace!("entry: interrupt {vector:#x} at {ordinal}")
-                }
-                other => tracing::trace!(
-                    "entry: {} at {}",
-                    Entry::kind_name(other.kind()),
-                    other.ordinal()
-                ),
+        let Some((mut e, size)) = self.ahead.pop_front() else {
+            return Ok(None);
+        };
+        self.popped += 1;
+        self.log_stats.count(&e, size);
+        trace_entry(&e);
+        if let Entry::Delta(d) = &mut e {
+            if let Err(source) = self.decode_delta(d) {
+                self.pages_failed = Some((d.ordinal, source.clone()));
+                return Err(ReplayError::Pages {
+                    ordinal: d.ordinal,
+                    source,
+                });
             }
-            e
-        }))
+        }
+        Ok(Some(e))
+    }
+
+    /// Decode a delta's states and pages against this side's copies (with a shadow only:
+    /// a reader without one passes deltas on as logged).
+    fn decode_delta(&mut self, d: &mut ft_log::Delta) -> Result<(), PageCodecError> {
+        let Some(shadow) = self.shadow.as_mut() else {
+            return Ok(());
+        };
+        if d.state_encoding == StateEncoding::XorLz4 {
+            d.vcpu = self.states[0].decode(&d.vcpu)?;
+            d.devices = self.states[1].decode(&d.devices)?;
+            d.state_encoding = StateEncoding::Raw;
+        }
+        let set = std::mem::take(&mut d.pages);
+        d.pages = PageSet::Raw(shadow.apply(set, d.full)?);
+        Ok(())
     }
 
     /// Record a divergence (reported at once) and start recovering.
@@ -196,6 +229,35 @@ impl Replayer {
             "divergence at exit {ordinal}: {what}: recorded {recorded}, replayed {replayed}; \
              recovering from the next checkpoint delta"
         );
+    }
+}
+
+fn trace_entry(e: &Entry) {
+    match e {
+        Entry::Exit(x) => tracing::trace!(
+            "entry: exit {} {:?} rip {:#x} addr {:#x} value {:#x} t {}",
+            x.ordinal,
+            x.kind,
+            x.rip,
+            x.addr,
+            x.value,
+            x.time_ns
+        ),
+        Entry::Delta(d) => tracing::trace!(
+            "entry: delta at {} t {} pages {} full {}",
+            d.ordinal,
+            d.time_ns,
+            d.pages.len(),
+            d.full
+        ),
+        Entry::Interrupt { ordinal, vector } => {
+            tracing::trace!("entry: interrupt {vector:#x} at {ordinal}")
+        }
+        other => tracing::trace!(
+            "entry: {} at {}",
+            Entry::kind_name(other.kind()),
+            other.ordinal()
+        ),
     }
 }
 

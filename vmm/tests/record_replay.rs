@@ -188,8 +188,11 @@ fn corrupt_log_frame_is_named() {
 
 #[test]
 fn truncated_log_is_reported() {
+    // Cut inside the last frame (the shutdown record): a cut in the middle of the log
+    // could land between two frames (the log is mostly small frames since deltas are
+    // encoded), which is a log without a shutdown record, not a truncated frame.
     let rep = replay_damaged("truncated", |b| {
-        let keep = b.len() / 2;
+        let keep = b.len() - 3;
         b.truncate(keep);
     });
     let err = stderr(&rep);

@@ -67,12 +67,22 @@ fn log_seeds(dir: &Path) {
             ordinal: 3,
             time_ns: 6_000_000,
             full: false,
+            state_encoding: Default::default(),
             vcpu: vec![1, 2, 3],
             devices: vec![4, 5],
-            pages: vec![Page {
+            pages: ft_log::pages::PageSet::Raw(vec![Page {
                 gpa: 0x1000,
                 data: vec![7; 64],
-            }],
+            }]),
+        })),
+        Entry::Delta(Box::new(Delta {
+            ordinal: 3,
+            time_ns: 6_000_000,
+            full: false,
+            state_encoding: Default::default(),
+            vcpu: vec![1, 2, 3],
+            devices: vec![4, 5],
+            pages: xor_set(),
         })),
         Entry::Packet {
             ordinal: 3,
@@ -417,9 +427,41 @@ fn virtio_seeds(dir: &Path) {
     write(dir, "virtio_queues", "net-rx-tx", &s);
 }
 
+/// A small XOR-encoded page set: a changed page, a zero page, an unchanged one.
+fn xor_set() -> ft_log::pages::PageSet {
+    use ft_log::pages::{Listing, PageEncoder, PageEncoding, PAGE_SIZE};
+    let mut enc = PageEncoder::new(PageEncoding::XorLz4, vec![(0, 16 * PAGE_SIZE as u64)]);
+    let old: Vec<u8> = (0..PAGE_SIZE).map(|i| i as u8).collect();
+    for gpa in [0, 0x1000, 0x2000] {
+        enc.seed(gpa, &old).expect("a page of the memory");
+    }
+    let mut new = old.clone();
+    new[100..108].copy_from_slice(b"changed!");
+    let mut batch = enc.batch(Listing::Dirty);
+    batch.push(0, &new).expect("in order");
+    batch.push(0x1000, &[0; PAGE_SIZE]).expect("in order");
+    batch.push(0x2000, &old).expect("in order");
+    batch.finish().expect("lz4 compresses")
+}
+
+fn page_codec_seeds(dir: &Path) {
+    let cfg = bincode::config::standard();
+    let set = bincode::serde::encode_to_vec(xor_set(), cfg).expect("plain data");
+    for (name, mode) in [("round-trip", 0u8), ("decode", 1), ("decode-full", 2)] {
+        let mut v = vec![mode];
+        if mode == 0 {
+            v.extend_from_slice(&[0x07, 0x00, 2, 10, 0, 0, 3, 5, 0x01, 0x80, 1, 0, 2, 200]);
+        } else {
+            v.extend_from_slice(&set);
+        }
+        write(dir, "page_codec", name, &v);
+    }
+}
+
 fn main() {
     let dir = std::env::args().nth(1).expect("usage: gen_seeds DIR");
     let dir = Path::new(&dir);
+    page_codec_seeds(dir);
     log_seeds(dir);
     gate_seeds(dir);
     device_seeds(dir);

@@ -95,6 +95,8 @@ pub struct FtOptions {
     pub metrics: Option<String>,
     /// This host's TAP for the guest's NIC (a primary booting: the NIC's own spec).
     pub net: Option<crate::net::NetSpec>,
+    /// How pages go to a backup (state transfer, checkpoints).
+    pub page_encoding: ft_log::pages::PageEncoding,
 }
 
 impl FtOptions {

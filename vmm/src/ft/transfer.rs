@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ft_log::channel::{encode_channel_header, MessageDecoder, ToBackup};
-use ft_log::Page;
+use ft_log::pages::{decode_onto, Listing, PageCodecError, PageEncoder, PageEncoding};
 use serde::{Deserialize, Serialize};
 use vm_memory::{
     Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
@@ -51,6 +51,10 @@ pub enum TransferError {
     Record(#[from] crate::record::RecordError),
     #[error("the primary sent an invalid {what}: {reason}")]
     Invalid { what: &'static str, reason: String },
+    #[error("the primary sent pages that do not decode")]
+    Pages(#[from] PageCodecError),
+    #[error("cannot encode pages for the transfer")]
+    Encode(#[from] crate::pagesets::PageSetError),
     #[error("the state transfer did not complete within {0:?}")]
     Timeout(Duration),
     #[error("cannot read disk {index} for the transfer")]
@@ -86,6 +90,8 @@ pub struct TransferReport {
     pub pages_sent: u64,
     /// Disk bytes sent (chunks of zeros count as none).
     pub disk_bytes_sent: u64,
+    /// Bytes of the page messages (encoded pages and their framing).
+    pub page_bytes: u64,
     pub paused_for: Duration,
     pub took: Duration,
     pub ordinal: u64,
@@ -112,31 +118,44 @@ fn dirty_pages(vm: &Vm) -> Result<Vec<u64>, TransferError> {
     Ok(out)
 }
 
+/// Send the pages at `gpas` (ascending) as they are now, encoded against what the backup
+/// got before; `skip_zero`: leave out zero pages (the first round, onto zeroed memory).
+/// Counts pages and bytes sent into `report`.
 fn send_pages(
     out: &mut impl Write,
     mem: &GuestMemoryMmap,
+    enc: &mut PageEncoder,
     gpas: impl Iterator<Item = u64>,
     skip_zero: bool,
-) -> Result<u64, TransferError> {
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut sent = 0;
+    report: &mut TransferReport,
+) -> Result<(), TransferError> {
+    let mut flush = |set: ft_log::pages::PageSet, out: &mut dyn Write| {
+        report.pages_sent += set.len() as u64;
+        let frame = ft_log::encode_message(&ToBackup::Pages(set));
+        report.page_bytes += frame.len() as u64;
+        out.write_all(&frame).map_err(LinkError::from)
+    };
+    let mut data = vec![0u8; PAGE];
+    let mut batch = enc.batch(Listing::Changed);
+    let mut in_batch = 0;
     for gpa in gpas {
-        let mut data = vec![0u8; PAGE];
         mem.read_slice(&mut data, GuestAddress(gpa))?;
         if skip_zero && data.iter().all(|&b| b == 0) {
             continue;
         }
-        batch.push(Page { gpa, data });
-        if batch.len() == BATCH {
-            sent += batch.len() as u64;
-            send(out, &ToBackup::Pages(std::mem::take(&mut batch)))?;
+        batch.push(gpa, &data)?;
+        in_batch += 1;
+        if in_batch == BATCH {
+            flush(batch.finish()?, out)?;
+            batch = enc.batch(Listing::Changed);
+            in_batch = 0;
         }
     }
-    if !batch.is_empty() {
-        sent += batch.len() as u64;
-        send(out, &ToBackup::Pages(batch))?;
+    let set = batch.finish()?;
+    if !set.is_empty() {
+        flush(set, out)?;
     }
-    Ok(sent)
+    Ok(())
 }
 
 /// Primary: transfer the running VM to the backup on `stream` and start logging into
@@ -148,6 +167,7 @@ pub fn send_state(
     log: &Pipe,
     counters: Arc<LiveCounters>,
     sink: &super::console::ConsoleSink,
+    encoding: PageEncoding,
 ) -> Result<TransferReport, TransferError> {
     let started = Instant::now();
     let mut report = TransferReport::default();
@@ -159,15 +179,20 @@ pub fn send_state(
     out.write_all(&encode_channel_header())
         .map_err(LinkError::from)?;
     send(&mut out, &hello)?;
+    // Pages go as differences from what the backup got before; the log then goes on
+    // from the same copy (the backup's memory when the transfer ends).
+    let mut enc = PageEncoder::new(encoding, crate::pagesets::ranges(&vm.memory));
     // Round 0: everything, from a clean dirty log on (the disks' too).
     let (_tracking, disk_bytes) = super::disk_copy::send_all(&mut out, &vm.disk_backends)?;
     report.disk_bytes_sent = disk_bytes;
     dirty_pages(vm)?;
-    report.pages_sent += send_pages(
+    send_pages(
         &mut out,
         &vm.memory,
+        &mut enc,
         crate::memory::page_addresses(&vm.memory),
         true,
+        &mut report,
     )?;
     report.rounds = 1;
     loop {
@@ -185,12 +210,19 @@ pub fn send_state(
             last.extend(dirty_pages(vm)?);
             last.sort_unstable();
             last.dedup();
-            report.pages_sent += send_pages(&mut out, &vm.memory, last.into_iter(), false)?;
+            send_pages(
+                &mut out,
+                &vm.memory,
+                &mut enc,
+                last.into_iter(),
+                false,
+                &mut report,
+            )?;
             report.disk_bytes_sent += super::disk_copy::send_dirty(&mut out, &vm.disk_backends)?;
             let state = vm.vcpu.save_state()?;
             report.ordinal = state.vcpu.ordinal;
-            let mut rec =
-                Recorder::new(Box::new(log.clone()), vm.vm_fd.clone())?.with_counters(counters);
+            let mut rec = Recorder::new(Box::new(log.clone()), vm.vm_fd.clone(), enc)?
+                .with_counters(counters);
             rec.log(&ft_log::Entry::Start {
                 wall_clock_unix_secs: state.platform.cmos.base_unix_secs,
             })?;
@@ -221,7 +253,14 @@ pub fn send_state(
             report.paused_for = pause.elapsed();
             break;
         }
-        report.pages_sent += send_pages(&mut out, &vm.memory, dirty.into_iter(), false)?;
+        send_pages(
+            &mut out,
+            &vm.memory,
+            &mut enc,
+            dirty.into_iter(),
+            false,
+            &mut report,
+        )?;
         report.disk_bytes_sent += super::disk_copy::send_dirty(&mut out, &vm.disk_backends)?;
         report.rounds += 1;
     }
@@ -294,12 +333,19 @@ pub fn receive_state(
         reason: e.to_string(),
     })?;
     let mut pages = 0u64;
+    let max_pages = crate::memory::page_addresses(&memory).count();
     let started = Instant::now();
     loop {
         match next(stream)? {
-            ToBackup::Pages(batch) => {
+            ToBackup::Pages(set) => {
+                // The backup's memory holds exactly what was sent before: the base.
+                let batch = decode_onto(set, max_pages, |gpa, buf| {
+                    memory
+                        .read_slice(buf, GuestAddress(gpa))
+                        .map_err(|_| PageCodecError::Base { gpa })
+                })?;
                 for p in batch {
-                    if p.data.len() != PAGE || p.gpa % PAGE as u64 != 0 {
+                    if p.gpa % PAGE as u64 != 0 {
                         return Err(TransferError::Invalid {
                             what: "page",
                             reason: format!("{} bytes at {:#x}", p.data.len(), p.gpa),

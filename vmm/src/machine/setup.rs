@@ -41,17 +41,30 @@ pub(super) fn open_tap(spec: Option<&NetSpec>, replaying: bool) -> Result<Option
     }
 }
 
-/// The vCPU's log from its stream.
-pub(super) fn open_log(log: LogStream, vm_fd: &Arc<VmFd>) -> Result<LogMode, VmError> {
+/// The vCPU's log from its stream. Both sides of a log start from `mem` as it is now:
+/// delta pages are encoded against it.
+pub(super) fn open_log(
+    log: LogStream,
+    vm_fd: &Arc<VmFd>,
+    mem: &GuestMemoryMmap,
+) -> Result<LogMode, VmError> {
+    let pages =
+        |e: crate::pagesets::PageSetError| VmError::Record(crate::record::RecordError::Pages(e));
     Ok(match log {
         LogStream::Off => LogMode::Off,
-        LogStream::Record(out) => LogMode::Record(Box::new(
-            Recorder::new(out, vm_fd.clone()).map_err(VmError::Record)?,
-        )),
-        LogStream::Replay(source) => LogMode::Replay(Box::new(Replayer::new(source))),
-        LogStream::LiveReplay(source, verified) => {
-            LogMode::Replay(Box::new(Replayer::live(source, verified)))
+        LogStream::Record(out, encoding) => {
+            let encoder = crate::pagesets::encoder(mem, encoding).map_err(pages)?;
+            LogMode::Record(Box::new(
+                Recorder::new(out, vm_fd.clone(), encoder).map_err(VmError::Record)?,
+            ))
         }
+        LogStream::Replay(source) => LogMode::Replay(Box::new(
+            Replayer::new(source).with_shadow(crate::pagesets::shadow(mem).map_err(pages)?),
+        )),
+        LogStream::LiveReplay(source, verified) => LogMode::Replay(Box::new(
+            Replayer::live(source, verified)
+                .with_shadow(crate::pagesets::shadow(mem).map_err(pages)?),
+        )),
     })
 }
 

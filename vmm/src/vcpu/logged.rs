@@ -121,8 +121,13 @@ fn zero_pages_not_in(
 /// unlisted pages that are not zero).
 fn differing_pages(mem: &vm_memory::GuestMemoryMmap, d: &Delta) -> usize {
     use vm_memory::Bytes;
-    let listed: std::collections::HashMap<u64, &Vec<u8>> =
-        d.pages.iter().map(|p| (p.gpa, &p.data)).collect();
+    let listed: std::collections::HashMap<u64, &Vec<u8>> = d
+        .pages
+        .decoded()
+        .unwrap_or_default()
+        .iter()
+        .map(|p| (p.gpa, &p.data))
+        .collect();
     let mut cur = vec![0u8; crate::memory::PAGE_SIZE as usize];
     crate::memory::page_addresses(mem)
         .filter(|&gpa| {
@@ -394,10 +399,11 @@ impl Vcpu {
         let (devices, _): (crate::platform::PlatformState, usize) =
             bincode::serde::decode_from_slice(&d.devices, cfg)
                 .map_err(|e| format!("delta devices: {e}"))?;
+        let pages = d.pages.decoded().ok_or("delta pages not decoded")?;
         if d.full {
-            zero_pages_not_in(&self.memory, &d.pages)?;
+            zero_pages_not_in(&self.memory, pages)?;
         }
-        for page in &d.pages {
+        for page in pages {
             use vm_memory::Bytes;
             self.memory
                 .write_slice(&page.data, vm_memory::GuestAddress(page.gpa))

@@ -72,6 +72,7 @@ impl Node {
             &pipe,
             self.counters.clone(),
             &self.sink,
+            self.opts.page_encoding,
         )?;
         self.acked.store(report.ordinal, Ordering::SeqCst);
         self.transfers += 1;
@@ -95,8 +96,9 @@ impl Node {
             self.opts.link_limits(),
         )?;
         eprintln!(
-            "ftvm: protected: {} pages and {} KiB of disks in {} rounds, paused {:.1} ms, {:.2} s in all; logging from exit {}",
+            "ftvm: protected: {} pages ({} bytes sent) and {} KiB of disks in {} rounds, paused {:.1} ms, {:.2} s in all; logging from exit {}",
             report.pages_sent,
+            report.page_bytes,
             report.disk_bytes_sent >> 10,
             report.rounds,
             report.paused_for.as_secs_f64() * 1e3,

@@ -1,0 +1,187 @@
+//! The page codec: how guest pages travel in checkpoint deltas, state transfers and
+//! resynchronising checkpoints.
+//!
+//! The sender keeps a [`Shadow`]: a copy of every page as the receiver last got it. A page
+//! that is sent again goes as its XOR with that copy (a page the guest changed a little is
+//! mostly zeros then), and the XORs of a set are compressed together in blocks of up to
+//! `block_pages` pages (lz4 or zstd). A page that became all zeros, or that equals the copy
+//! the receiver has, is a flag with no payload. The receiver rebuilds each page from its
+//! own copy of the last version (its [`Shadow`], or for a state transfer its memory, which
+//! nothing else writes) and checks a CRC32 of the pages it rebuilt against the sender's, so
+//! copies that drifted apart are an error, never a silently corrupt page.
+//!
+//! [`PageEncoding::Raw`] is the format before this codec (whole pages, no shadow), kept
+//! for comparison (`--page-encoding raw`).
+//!
+//! Decoding is untrusted input: every count and address is checked against the receiver's
+//! memory before anything is allocated, and every block must decompress to exactly its
+//! pages.
+
+mod decode;
+mod encode;
+mod shadow;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use serde::{Deserialize, Serialize};
+
+use crate::entry::Page;
+
+pub use decode::decode_onto;
+pub use encode::{Listing, PageBatch, PageEncoder};
+pub use shadow::Shadow;
+pub use state::{StateCodec, StateEncoding, MAX_STATE};
+
+/// Bytes per guest page.
+pub const PAGE_SIZE: usize = 4096;
+/// Pages per compressed block the encoder makes (see the README's measurements).
+pub const BLOCK_PAGES: usize = 64;
+/// Largest block a decoder accepts: what one block may make it allocate.
+pub const MAX_BLOCK_PAGES: usize = 256;
+/// zstd level of [`PageEncoding::XorZstd`] (fast: the primary's vCPU waits for a delta).
+pub const ZSTD_LEVEL: i32 = 1;
+
+/// How a sender encodes its pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum PageEncoding {
+    /// Whole pages, every time (the format before the codec).
+    Raw,
+    /// XOR with the receiver's copy, lz4 blocks.
+    #[default]
+    XorLz4,
+    /// XOR with the receiver's copy, zstd blocks.
+    XorZstd,
+}
+
+impl PageEncoding {
+    pub fn name(self) -> &'static str {
+        match self {
+            PageEncoding::Raw => "raw",
+            PageEncoding::XorLz4 => "xor-lz4",
+            PageEncoding::XorZstd => "xor-zstd",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Raw, Self::XorLz4, Self::XorZstd]
+            .into_iter()
+            .find(|e| e.name() == name)
+    }
+}
+
+/// The compressor of a set's blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Compressor {
+    Lz4,
+    Zstd,
+}
+
+/// How one page of an [`XorPages`] set is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PageKind {
+    /// All zeros now.
+    Zero,
+    /// Equal to the receiver's copy (listed because the receiver's memory may have been
+    /// written since: a replayer runs the guest between deltas).
+    Unchanged,
+    /// The next page of the blocks: XOR with the receiver's copy.
+    Xor,
+}
+
+/// Pages encoded against the receiver's copies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XorPages {
+    pub compressor: Compressor,
+    /// Pages per block (the last block may have fewer).
+    pub block_pages: u16,
+    /// Page numbers (address / 4096), strictly ascending, and how each is sent.
+    pub pages: Vec<(u64, PageKind)>,
+    /// The XORs of the [`PageKind::Xor`] pages in order, compressed `block_pages` at a time.
+    pub blocks: Vec<serde_bytes::ByteBuf>,
+    /// CRC32 of the pages the receiver must end up with (each as its address, u64 LE, and
+    /// its bytes), in order; for a full checkpoint, of every non-zero page of the shadow
+    /// after this set (see [`Shadow::crc32`]).
+    pub crc32: u32,
+}
+
+/// The pages of one delta, transfer message or checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PageSet {
+    /// Whole pages (after decoding, every set is this).
+    Raw(Vec<Page>),
+    Xor(XorPages),
+}
+
+impl Default for PageSet {
+    fn default() -> Self {
+        PageSet::Raw(Vec::new())
+    }
+}
+
+impl PageSet {
+    /// Pages listed (for a full XOR checkpoint: those that changed).
+    pub fn len(&self) -> usize {
+        match self {
+            PageSet::Raw(p) => p.len(),
+            PageSet::Xor(x) => x.pages.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole pages, if decoded (a receiver decodes every set before using it).
+    pub fn decoded(&self) -> Option<&[Page]> {
+        match self {
+            PageSet::Raw(p) => Some(p),
+            PageSet::Xor(_) => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PageCodecError {
+    #[error("page {gpa:#x} is not a page of the guest's memory")]
+    OutOfRange { gpa: u64 },
+    #[error("page {gpa:#x} is listed out of order or twice")]
+    Order { gpa: u64 },
+    #[error("{pages} pages listed; the guest has only {max}")]
+    TooMany { pages: usize, max: usize },
+    #[error("a page of {len} bytes (a page has {PAGE_SIZE})")]
+    PageLength { len: usize },
+    #[error("block size of {0} pages is outside 1..={MAX_BLOCK_PAGES}")]
+    BlockPages(u16),
+    #[error("{found} compressed blocks for {pages} changed pages ({expected} expected)")]
+    BlockCount {
+        found: usize,
+        expected: usize,
+        pages: usize,
+    },
+    #[error("block {block} does not decompress to its {expected} bytes")]
+    Decompress { block: usize, expected: usize },
+    #[error("cannot compress a block")]
+    Compress,
+    #[error(
+        "the rebuilt pages do not match the sender's (CRC32 {computed:08x}, sent {sent:08x}): \
+         the receiver's copy of them has drifted from the sender's"
+    )]
+    Drift { sent: u32, computed: u32 },
+    #[error("a machine state of {len} bytes is damaged or over the limit of {MAX_STATE}")]
+    State { len: usize },
+    #[error("cannot read the receiver's copy of page {gpa:#x}")]
+    Base { gpa: u64 },
+}
+
+/// The CRC of a set's pages: address (LE) then bytes, page after page.
+pub(crate) fn crc_page(h: &mut crc32fast::Hasher, gpa: u64, data: &[u8]) {
+    h.update(&gpa.to_le_bytes());
+    h.update(data);
+}
+
+pub(crate) fn is_zero(data: &[u8]) -> bool {
+    // Word-wise: this runs over every page of a full checkpoint.
+    data.chunks_exact(8)
+        .all(|w| u64::from_ne_bytes(w.try_into().unwrap_or([1; 8])) == 0)
+}
