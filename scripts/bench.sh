@@ -220,4 +220,4 @@ printf '%-44s %s\n' "(f) failover by silence, $failovers trials" \
     "stall median $(printf '%s\n' "${stalls[@]}" | median) ms, worst $(printf '%s\n' "${stalls[@]}" | maxof) ms; cut-to-live median $(printf '%s\n' "${lives[@]}" | median) ms, worst $(printf '%s\n' "${lives[@]}" | maxof) ms (peer timeout 300 ms)"
 printf '%-44s %s\n' "(g) state transfer (spin, 16 MiB guest)" \
     "${tpages:-?} pages in ${trounds:-?} rounds, guest paused ${tpause:-?} ms"
-printf '%-44s %s\n' "(c) key/value ops from the client host" "not measured yet: the guest has no NIC under a pair"
+printf '%-44s %s\n' "(c) key/value ops from the client host" "not measured yet: the key/value service has not run in a guest under a pair"
