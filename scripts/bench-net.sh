@@ -56,7 +56,6 @@ round() {
     rtts >> "$work/$1.$2"
     wait "$pid"
 }
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 for _ in $(seq "$rounds"); do
     for g in virtio-net virtio-net-spin; do

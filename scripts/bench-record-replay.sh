@@ -24,7 +24,6 @@ ms() {
     t1=$(date +%s%N)
     echo $(( (t1 - t0) / 1000000 ))
 }
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 printf '%-10s %8s %8s %8s %8s %8s %10s\n' guest run_ms rec_ms rep_ms rec/run rep/run log_bytes
 for g in timer io usermode syscall; do

@@ -36,7 +36,6 @@ hosts=bench$$
 trap 'scripts/hosts.sh down "$hosts" >/dev/null 2>&1 || true; trial_workspace_cleanup' EXIT
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
-median() { sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print "nan"}'; }
 maxof() { sort -n | tail -n1; }
 
 # One guest under `run`: wall ms.

@@ -64,3 +64,6 @@ trial_workspace_cleanup() {
         log "$kept_what are kept in $work"
     fi
 }
+
+# median: the median of the numbers on stdin, one per line ("nan" when there are none).
+median() { sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print "nan"}'; }
