@@ -1,5 +1,5 @@
 # The minimal virtio-blk driver the disk guests share (included after lib.S): the queue's
-# memory, configuration-space access, one request at a time (it completes at its notify
+# memory, configuration-space access (pci-lib.S), one request at a time (it completes at its notify
 # exit), and the device's set-up. Assumes ftvm's BAR0 layout (common 0x0, ISR 0x1000,
 # device 0x2000, notify 0x3000, x4) instead of walking the capabilities.
 .set DESC, 0x200000
@@ -10,35 +10,12 @@
 .set STATUS, 0x205000
 .set RDATA, 0x206000
 
+.include "pci-lib.S"
+
+# The virtio-blk function is device 1 of bus 0.
+.set BLK, 1 << 11
+
 .section .text
-# cfg_read(edi = offset) -> eax: dword of device 1's configuration space.
-cfg_read:
-    mov eax, edi
-    or eax, 0x80000800
-    mov dx, 0xcf8
-    out dx, eax
-    mov dx, 0xcfc
-    in eax, dx
-    ret
-
-# cfg_write(edi = offset, esi = dword)
-cfg_write:
-    mov eax, edi
-    or eax, 0x80000800
-    mov dx, 0xcf8
-    out dx, eax
-    mov eax, esi
-    mov dx, 0xcfc
-    out dx, eax
-    ret
-
-# fail(rdi = message): print it and power off with status 1.
-fail:
-    call puts
-    call putnl
-    mov edi, 1
-    jmp poweroff
-
 # request(edi = type, esi = data flags, edx = data length, rcx = data address, r8 =
 # sector): one three-descriptor request on the next avail slot, notified; checks the
 # completion.
@@ -83,7 +60,7 @@ request:
 # blk_setup: find the function at 00:01.0, enable it, negotiate VIRTIO_F_VERSION_1 and
 # set up queue 0 (8 entries). Leaves BAR0 in r12; prints the id, BAR, IRQ and capacity.
 blk_setup:
-    xor edi, edi
+    mov edi, BLK
     call cfg_read
     mov r13d, eax
     lea rdi, [rip + msg_id]
@@ -95,11 +72,11 @@ blk_setup:
     lea rdi, [rip + msg_noblk]
     jne fail
 
-    mov edi, 0x10
+    mov edi, BLK | 0x10
     call cfg_read
     and eax, 0xfffffff0
     mov r12, rax                       # BAR0
-    mov edi, 0x3c
+    mov edi, BLK | 0x3c
     call cfg_read
     movzx r13d, al
     lea rdi, [rip + msg_bar]
@@ -111,11 +88,11 @@ blk_setup:
     mov edi, r13d
     call putdec
     call putnl
-    mov edi, 0x04                      # memory decoding and bus mastering on
+    mov edi, BLK | 0x04                # memory decoding and bus mastering on
     call cfg_read
     or eax, 6
     mov esi, eax
-    mov edi, 0x04
+    mov edi, BLK | 0x04
     call cfg_write
 
     mov rbx, r12

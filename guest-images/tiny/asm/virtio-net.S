@@ -8,6 +8,7 @@
 # With SPIN defined (virtio-net-spin.S) it waits for frames in a loop that makes no exits.
 # Assumes ftvm's BAR0 layout (common 0x0, ISR 0x1000, device 0x2000, notify 0x3000, x4).
 .include "lib.S"
+.include "pci-lib.S"
 
 .ifndef ECHOES
 .set ECHOES, 8
@@ -26,34 +27,6 @@
 .set TXBUF, 0x220000
 
 .section .text
-# cfg_read(edi = device << 11 | offset) -> eax: a dword of bus 0's configuration space.
-cfg_read:
-    mov eax, edi
-    or eax, 0x80000000
-    mov dx, 0xcf8
-    out dx, eax
-    mov dx, 0xcfc
-    in eax, dx
-    ret
-
-# cfg_write(edi = device << 11 | offset, esi = dword)
-cfg_write:
-    mov eax, edi
-    or eax, 0x80000000
-    mov dx, 0xcf8
-    out dx, eax
-    mov eax, esi
-    mov dx, 0xcfc
-    out dx, eax
-    ret
-
-# fail(rdi = message): print it and power off with status 1.
-fail:
-    call puts
-    call putnl
-    mov edi, 1
-    jmp poweroff
-
 # IRQ 10: read the ISR (read-to-clear drops the level), end of interrupt on both PICs.
 on_net:
     push rax
