@@ -50,6 +50,9 @@ pub fn require_kvm_and_root() {
     );
 }
 
+/// The peer timeout of [`Hosts::protected_pair`]: failures are seen by silence this long.
+pub const PAIR_PEER_TIMEOUT_MS: &str = "300";
+
 /// One set of simulated hosts (`scripts/hosts.sh up NAME`), removed on drop.
 pub struct Hosts {
     pub name: String,
@@ -103,6 +106,38 @@ impl Hosts {
         cmd.args([action, host, &self.name]);
         let out = run_with_deadline(cmd, Duration::from_secs(30));
         assert!(out.0, "hosts.sh {action} {host} failed:\n{}", out.1);
+    }
+
+    /// A pair of VM `vm` running `guest`: its primary on host A (listening on A's
+    /// address), its backup on host B, a key of their own, a 300 ms peer timeout, and
+    /// `extra` arguments for both (a TAP, say). Returned once the backup has joined.
+    pub fn protected_pair(&self, vm: &str, guest: &str, extra: &[&str]) -> (Vmm, Vmm) {
+        let shared = self.shared();
+        let key = keygen(&shared.join(".."));
+        let shared = shared.to_str().expect("utf-8");
+        let listen = format!("{}:7000", Self::addr("a"));
+        let common = [
+            "--shared-dir",
+            shared,
+            "--name",
+            vm,
+            "--peer-timeout",
+            PAIR_PEER_TIMEOUT_MS,
+            "--key-file",
+            &key,
+        ];
+        let mut args = vec!["primary", "--listen", &listen];
+        args.extend(common);
+        args.extend(["--kernel", guest, "--mem", "16"]);
+        args.extend(extra);
+        let mut primary = self.ftvm("a", &args);
+        primary.wait_for("waiting for a backup", Duration::from_secs(30));
+        let mut args = vec!["backup", "--primary", &listen];
+        args.extend(common);
+        args.extend(extra);
+        let backup = self.ftvm("b", &args);
+        primary.wait_for("protected:", Duration::from_secs(60));
+        (primary, backup)
     }
 
     /// `ftvm ARGS` on `host`, its stderr collected.

@@ -66,52 +66,8 @@ fn figures(out: &str) -> (u64, u64, u64, f64, f64) {
 fn echoes_come_back_across_a_power_loss_of_the_primary_host() {
     require_kvm_and_root();
     let hosts = Hosts::up("net");
-    let shared = hosts.shared();
-    let key = keygen(&shared.join(".."));
-    let shared = shared.to_str().expect("utf-8");
-    let listen = format!("{}:7000", Hosts::addr("a"));
-    let mut primary = hosts.ftvm(
-        "a",
-        &[
-            "primary",
-            "--shared-dir",
-            shared,
-            "--name",
-            "echo",
-            "--listen",
-            &listen,
-            "--peer-timeout",
-            "300",
-            "--key-file",
-            &key,
-            "--kernel",
-            guest("net-echo-server"),
-            "--mem",
-            "16",
-            "--net",
-            "tap=tap0",
-        ],
-    );
-    primary.wait_for("waiting for a backup", Duration::from_secs(30));
-    let mut backup = hosts.ftvm(
-        "b",
-        &[
-            "backup",
-            "--shared-dir",
-            shared,
-            "--name",
-            "echo",
-            "--primary",
-            &listen,
-            "--peer-timeout",
-            "300",
-            "--key-file",
-            &key,
-            "--net",
-            "tap=tap0",
-        ],
-    );
-    primary.wait_for("protected:", Duration::from_secs(60));
+    let (mut primary, mut backup) =
+        hosts.protected_pair("echo", guest("net-echo-server"), &["--net", "tap=tap0"]);
     // The client runs 8 s; the power goes after 3.
     let client = std::thread::spawn({
         let ns = format!("{}-client", hosts.name);

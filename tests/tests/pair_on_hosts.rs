@@ -9,7 +9,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 const LAST: u64 = 1000;
-const PEER_TIMEOUT_MS: &str = "300";
 
 fn console(shared: &Path) -> String {
     String::from_utf8_lossy(&std::fs::read(shared.join("counter.console")).unwrap_or_default())
@@ -35,48 +34,8 @@ fn check_counter(text: &str) {
 }
 
 /// Primary on A, backup on B, protected; returns them once the count is under way.
-fn start_pair(hosts: &Hosts, key: &str) -> (Vmm, Vmm) {
-    let shared = hosts.shared();
-    let shared = shared.to_str().expect("utf-8");
-    let listen = format!("{}:7000", Hosts::addr("a"));
-    let mut primary = hosts.ftvm(
-        "a",
-        &[
-            "primary",
-            "--shared-dir",
-            shared,
-            "--name",
-            "counter",
-            "--listen",
-            &listen,
-            "--peer-timeout",
-            PEER_TIMEOUT_MS,
-            "--key-file",
-            key,
-            "--kernel",
-            guest("counter"),
-            "--mem",
-            "16",
-        ],
-    );
-    primary.wait_for("waiting for a backup", Duration::from_secs(30));
-    let backup = hosts.ftvm(
-        "b",
-        &[
-            "backup",
-            "--shared-dir",
-            shared,
-            "--name",
-            "counter",
-            "--primary",
-            &listen,
-            "--peer-timeout",
-            PEER_TIMEOUT_MS,
-            "--key-file",
-            key,
-        ],
-    );
-    primary.wait_for("protected:", Duration::from_secs(60));
+fn start_pair(hosts: &Hosts) -> (Vmm, Vmm) {
+    let (primary, backup) = hosts.protected_pair("counter", guest("counter"), &[]);
     let t = Instant::now();
     while !console(&hosts.shared()).contains("count 300\n") {
         assert!(t.elapsed() < Duration::from_secs(60), "no count 300");
@@ -89,8 +48,7 @@ fn start_pair(hosts: &Hosts, key: &str) -> (Vmm, Vmm) {
 fn power_loss_on_host_a_is_seen_by_silence_and_the_backup_finishes() {
     require_kvm_and_root();
     let hosts = Hosts::up("power");
-    let key = keygen(&hosts.shared().join(".."));
-    let (mut primary, mut backup) = start_pair(&hosts, &key);
+    let (mut primary, mut backup) = start_pair(&hosts);
     // The power goes: the cable first (nothing more leaves host A), then the VMM.
     hosts.cut("a");
     let cut = Instant::now();
@@ -113,8 +71,7 @@ fn power_loss_on_host_a_is_seen_by_silence_and_the_backup_finishes() {
 fn a_partition_leaves_exactly_one_vmm_running_the_guest() {
     require_kvm_and_root();
     let hosts = Hosts::up("split");
-    let key = keygen(&hosts.shared().join(".."));
-    let (mut primary, mut backup) = start_pair(&hosts, &key);
+    let (mut primary, mut backup) = start_pair(&hosts);
     // Both sides live, neither hears the other: the test-and-set decides.
     hosts.cut("a");
     let p = primary.wait(Duration::from_secs(60));
