@@ -98,7 +98,7 @@ impl FrameGate {
         if self.mode != Mode::Hold {
             return Vec::new();
         }
-        self.take_while(|o| o <= ordinal)
+        self.release_while(|o| o <= ordinal)
     }
 
     /// A primary got a backup: frames wait for it from now on.
@@ -116,7 +116,7 @@ impl FrameGate {
             return Vec::new();
         }
         self.mode = Mode::Pass;
-        self.take_while(|_| true)
+        self.release_while(|_| true)
     }
 
     /// A backup went live at exit `ordinal`: frames of exits up to it were the old
@@ -125,11 +125,10 @@ impl FrameGate {
         if self.mode == Mode::Dead {
             return Vec::new();
         }
-        let old = self.take_while(|o| o <= ordinal);
-        self.counts.released -= old.len() as u64;
+        let old = self.pop_while(|o| o <= ordinal);
         self.counts.discarded += old.len() as u64;
         self.mode = Mode::Pass;
-        self.take_while(|_| true)
+        self.release_while(|_| true)
     }
 
     /// This VMM lost: nothing it holds, or produces later, may ever leave.
@@ -146,15 +145,22 @@ impl FrameGate {
         self.held_bytes
     }
 
-    fn take_while(&mut self, mut release: impl FnMut(u64) -> bool) -> Vec<Vec<u8>> {
+    /// The held frames, oldest first, as long as `wanted` says so of their exit.
+    fn pop_while(&mut self, mut wanted: impl FnMut(u64) -> bool) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        while self.held.front().is_some_and(|(o, _)| release(*o)) {
+        while self.held.front().is_some_and(|(o, _)| wanted(*o)) {
             if let Some((_, f)) = self.held.pop_front() {
                 self.held_bytes -= f.len() as u64;
-                self.counts.released += 1;
                 out.push(f);
             }
         }
+        out
+    }
+
+    /// [`Self::pop_while`], the frames leaving (counted as released).
+    fn release_while(&mut self, wanted: impl FnMut(u64) -> bool) -> Vec<Vec<u8>> {
+        let out = self.pop_while(wanted);
+        self.counts.released += out.len() as u64;
         out
     }
 }
