@@ -207,6 +207,11 @@ impl ConsoleSink {
         self.gate().cap()
     }
 
+    /// What the frame gate did so far (zeros when the guest has no NIC).
+    pub fn frame_counts(&self) -> crate::ft::frames::FrameCounts {
+        self.frames.get().map(|f| f.counts()).unwrap_or_default()
+    }
+
     /// Put the guest's network frames under the same rule as its console.
     pub fn attach_frames(&self, frames: Arc<crate::net::gated::GatedTx>) {
         let _ = self.frames.set(frames);

@@ -34,6 +34,8 @@ enum Mode {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct FrameCounts {
     pub released: u64,
+    /// Bytes held now, waiting for the backup's acknowledgement.
+    pub held_bytes: u64,
     pub dropped_over_cap: u64,
     /// Held frames dropped because this VMM lost, or a backup went live past them.
     pub discarded: u64,

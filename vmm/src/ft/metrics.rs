@@ -145,6 +145,30 @@ impl Collector for PairCollector {
             "Console bytes released",
             r.released_output_bytes,
         )?;
+        gauge(
+            e,
+            "ftvm_frames_held_bytes",
+            "Guest network frame bytes held under the output rule",
+            r.frames_held_bytes,
+        )?;
+        counter(
+            e,
+            "ftvm_frames_released",
+            "Guest network frames released to the TAP",
+            r.frames_released,
+        )?;
+        counter(
+            e,
+            "ftvm_frames_dropped_over_cap",
+            "Guest network frames dropped because the held bytes were at their cap",
+            r.frames_dropped_over_cap,
+        )?;
+        counter(
+            e,
+            "ftvm_frames_discarded",
+            "Held guest network frames discarded (this VMM lost, or went live past them)",
+            r.frames_discarded,
+        )?;
         counter(
             e,
             "ftvm_output_wait_seconds",
@@ -286,6 +310,8 @@ mod tests {
             output_delay_sum_s: 0.002,
             transfer_pages: 77,
             transfer_pause_ms: 2.5,
+            frames_released: 40,
+            frames_discarded: 2,
             ..Default::default()
         });
         let text = render(&reg).unwrap();
@@ -301,6 +327,14 @@ mod tests {
             Some(4096.0)
         );
         assert_eq!(sample(&text, "ftvm_failovers_total{vm=\"web\"}"), Some(1.0));
+        assert_eq!(
+            sample(&text, "ftvm_frames_released_total{vm=\"web\"}"),
+            Some(40.0)
+        );
+        assert_eq!(
+            sample(&text, "ftvm_frames_discarded_total{vm=\"web\"}"),
+            Some(2.0)
+        );
         assert_eq!(
             sample(&text, "ftvm_state_transfer_pages{vm=\"web\"}"),
             Some(77.0)

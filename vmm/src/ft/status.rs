@@ -72,6 +72,13 @@ pub struct StatusReport {
     pub transfer_rounds: u64,
     pub transfer_pause_ms: f64,
     pub transfer_took_ms: f64,
+    /// The guest's network frames under the output rule (zeros without a NIC): bytes
+    /// held now, frames released to the TAP, dropped over the hold cap, and discarded
+    /// (this VMM lost, or a backup went live past them).
+    pub frames_held_bytes: u64,
+    pub frames_released: u64,
+    pub frames_dropped_over_cap: u64,
+    pub frames_discarded: u64,
 }
 
 /// A status report is about a kilobyte; anything much longer is not one.
@@ -179,7 +186,7 @@ impl StatusReport {
              peer {peer}; exit {ord}, acked {acked}, lag {lag} exits\n  \
              log {log} bytes, buffer {fill}/{cap} bytes ({pct:.0}%)\n  \
              output held {held} bytes, released {rel} bytes, delay avg {avg:.2} ms max {max:.2} ms\n  \
-             deltas {deltas}, divergences {div}{rec}; failovers {fos}, last: {fo}{disks}",
+             deltas {deltas}, divergences {div}{rec}; failovers {fos}, last: {fo}{frames}{disks}",
             vm = self.vm,
             pid = self.pid,
             host = self.host,
@@ -201,6 +208,17 @@ impl StatusReport {
             rec = if self.recovering { " (recovering now)" } else { "" },
             fos = self.failovers,
             fo = self.last_failover.as_deref().unwrap_or("none"),
+            frames = if self.frames_released + self.frames_held_bytes + self.frames_discarded > 0 {
+                format!(
+                    "\n  frames held {} bytes, released {}, dropped over the cap {}, discarded {}",
+                    self.frames_held_bytes,
+                    self.frames_released,
+                    self.frames_dropped_over_cap,
+                    self.frames_discarded
+                )
+            } else {
+                String::new()
+            },
             disks = match (self.disks, self.disk_checks_differed) {
                 (0, _) => String::new(),
                 (n, 0) => format!(
@@ -274,5 +292,19 @@ mod tests {
         assert!(r
             .render(0)
             .contains("OUT OF STEP at 2 checkpoints (7 in step)"));
+    }
+
+    #[test]
+    fn shows_the_frame_gate_when_the_guest_has_a_nic() {
+        let mut r = StatusReport::default();
+        assert!(!r.render(0).contains("frames"), "no NIC traffic, no line");
+        r.frames_released = 12;
+        r.frames_held_bytes = 1500;
+        r.frames_discarded = 3;
+        let text = r.render(0);
+        assert!(
+            text.contains("frames held 1500 bytes, released 12, dropped over the cap 0, discarded 3"),
+            "{text}"
+        );
     }
 }

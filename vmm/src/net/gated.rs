@@ -74,7 +74,11 @@ impl GatedTx {
     }
 
     pub fn counts(&self) -> FrameCounts {
-        lock(&self.gate).counts.clone()
+        let gate = lock(&self.gate);
+        FrameCounts {
+            held_bytes: gate.held_bytes(),
+            ..gate.counts.clone()
+        }
     }
 }
 

@@ -69,6 +69,7 @@ impl Node {
             .iter()
             .map(crate::disk::FileBackend::crc_checks)
             .fold((0, 0), |(m, d), (m1, d1)| (m + m1, d + d1));
+        let frames = self.sink.frame_counts();
         let report = StatusReport {
             vm: self.opts.shared.name().to_owned(),
             pid: std::process::id(),
@@ -117,6 +118,10 @@ impl Node {
                 .last_transfer
                 .as_ref()
                 .map_or(0.0, |t| t.took.as_secs_f64() * 1e3),
+            frames_held_bytes: frames.held_bytes,
+            frames_released: frames.released,
+            frames_dropped_over_cap: frames.dropped_over_cap,
+            frames_discarded: frames.discarded,
         };
         self.board.publish(&report);
         if let Err(e) = self.status.write(report, Duration::from_secs(1)) {
