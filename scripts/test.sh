@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 ensure_base_tools
+# The stock-kernel test makes ext4 disks and reads them back on the host; the end-to-end
+# tests' clients are Python; scripts/hosts.sh needs iproute2.
+ensure_tools mkfs.ext4:e2fsprogs debugfs:e2fsprogs python3:python3 ip:iproute2 ping:iputils-ping
 require_kvm
 log "building the stock-kernel guest image (cached after the first run)"
 guest-images/stock/build.sh

@@ -7,6 +7,10 @@
 //! parallel; the hosts are removed when the [`Hosts`] value is dropped, even on failure.
 //! Needs root (namespaces) and /dev/kvm; without them the tests fail loudly.
 
+pub mod console;
+pub mod stock;
+
+pub use console::ConsoleVmm;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -138,6 +142,24 @@ impl Hosts {
         let backup = self.ftvm("b", &args);
         primary.wait_for("protected:", Duration::from_secs(60));
         (primary, backup)
+    }
+
+    /// `ftvm ARGS` on `host` with its console on pipes, for a test to type into.
+    pub fn console<S: AsRef<std::ffi::OsStr>>(&self, host: &str, args: &[S]) -> ConsoleVmm {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &format!("{}-{host}", self.name)])
+            .arg(ftvm_binary())
+            .args(args);
+        ConsoleVmm::spawn(cmd)
+    }
+
+    /// Run `program ARGS` on `host` to completion within `limit`: (success, its stdout
+    /// and stderr).
+    pub fn exec(&self, host: &str, program: &str, args: &[&str], limit: Duration) -> (bool, String) {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &format!("{}-{host}", self.name), program])
+            .args(args);
+        run_with_deadline(cmd, limit)
     }
 
     /// `ftvm ARGS` on `host`, its stderr collected.

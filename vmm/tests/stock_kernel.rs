@@ -1,30 +1,22 @@
 //! The stock Debian cloud kernel on the deterministic machine (user-space PIC/PIT, no
-//! in-kernel irqchip). Booting it takes minutes on hosts whose KVM emulates kernel mode, so
-//! the suite boots it once as an ELF vmlinux (running a command, then snapshotting at the
-//! shell prompt) and once as a bzImage, side by side, and runs everything else from the
-//! snapshot in new processes.
+//! in-kernel irqchip, virtio over PCI). Booting it takes minutes on hosts whose KVM
+//! emulates kernel mode, so the suite boots it once with its network card (a TAP on
+//! simulated host A) and two disks (ext4 made by mkfs, one read-only), snapshotting at the
+//! shell prompt with the key/value service running, and once as a plain bzImage, side by
+//! side; everything else restores that snapshot in new processes, on other TAPs and
+//! copies of the disks (`stock/`).
 //!
 //! The image comes from `guest-images/stock/build.sh`, which `scripts/test.sh` runs first.
 
 mod common;
+mod stock;
 use common::*;
 
+use ftvm_e2e::stock::{image, StockDisks};
+use ftvm_e2e::Hosts;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn image(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../build/stock")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run guest-images/stock/build.sh (scripts/test.sh does)",
-        p.display()
-    );
-    p
-}
 
 /// What a boot printed and when the ready line appeared.
 struct Boot {
@@ -37,10 +29,9 @@ struct Boot {
 /// Run ftvm, typing `input` one line per prompt of the guest's console loop ("# ", as a
 /// person would: lines typed ahead of a running command get lost in the guest), timing the
 /// guest's ready line; give up after `limit`.
-fn run_timed(args: &[&str], input: &[u8], limit: Duration) -> Boot {
+fn run_timed(mut cmd: Command, input: &[u8], limit: Duration) -> Boot {
     let started = Instant::now();
-    let mut child = ftvm()
-        .args(args)
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -98,74 +89,106 @@ fn run_timed(args: &[&str], input: &[u8], limit: Duration) -> Boot {
 /// Two boots run side by side on the 2 cores; each took 10 to 15 minutes in CI runs.
 const BOOT_LIMIT: Duration = Duration::from_secs(1500);
 
+
 #[test]
-fn stock_kernel_boots_runs_commands_and_restores_from_a_snapshot() {
+fn stock_kernel_boots_with_nic_and_disks_and_everything_restores_from_its_snapshot() {
     require_kvm();
+    ftvm_e2e::require_kvm_and_root();
+    let dir = std::env::temp_dir().join(format!("ftvm-stock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let hosts = Hosts::up("stock");
+    // While working on the steps below by hand, FTVM_STOCK_KEEP=DIR keeps the snapshot
+    // and its disks in DIR and reuses them on the next run instead of booting (the suite
+    // never sets it: it boots once per run).
+    let keep = std::env::var_os("FTVM_STOCK_KEEP").map(std::path::PathBuf::from);
+    let base = keep.clone().unwrap_or_else(|| dir.clone());
+    let disks = StockDisks {
+        data: base.join("snapshot-disks/data.img"),
+        read_only: base.join("snapshot-disks/ro.img"),
+    };
+    let snap = base.join("snap");
+    if keep.is_some() && snap.join("manifest.json").exists() {
+        eprintln!("FTVM_STOCK_KEEP: reusing {} (no boot)", snap.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&snap);
+        boot_and_snapshot(&hosts, &base, &snap, keep.is_none());
+    }
+    stock::serve::restored_guest_serves_network_and_disks(&hosts, &snap, &disks, &dir);
+    stock::record::recorded_io_replays_without_a_tap(&hosts, &snap, &disks, &dir);
+    stock::failover::kv_clients_and_console_survive_a_power_loss(&hosts, &snap, &disks, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The two boots, side by side: the ELF kernel with its NIC on host A's TAP and both
+/// disks (made in `base`), snapshotted at the shell into `snap`; the bzImage plain
+/// (skipped only by hand, under FTVM_STOCK_KEEP).
+fn boot_and_snapshot(hosts: &Hosts, base: &std::path::Path, snap: &std::path::Path, with_bzimage: bool) {
     let vmlinux = image("vmlinux");
     let bzimage = image("bzImage");
     let initrd = image("initramfs.cpio");
-    let snap = std::env::temp_dir().join(format!("ftvm-stock-snap-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&snap);
+    // The snapshot's own disks: kept as they were when it was taken, copied for each VM.
+    let disks = StockDisks::make(&base.join("snapshot-disks"));
 
     let (elf, bz) = std::thread::scope(|s| {
         let elf = s.spawn(|| {
-            run_timed(
-                &[
-                    "run",
-                    "--kernel",
-                    vmlinux.to_str().unwrap(),
-                    "--initrd",
-                    initrd.to_str().unwrap(),
-                    "--cmdline",
-                    "-- echo first-$((6*7)); cat /proc/interrupts",
-                    "--snapshot-on",
-                    "ftvm-init: shell",
-                    "--snapshot-dir",
-                    snap.to_str().unwrap(),
-                    "--exit-after-snapshot",
-                ],
-                b"",
-                BOOT_LIMIT,
-            )
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", &format!("{}-a", hosts.name)])
+                .arg(env!("CARGO_BIN_EXE_ftvm"))
+                .args(["run", "--kernel"])
+                .arg(&vmlinux)
+                .arg("--initrd")
+                .arg(&initrd)
+                .args(["--net", "tap=tap0"])
+                .args(disks.args())
+                .arg("--cmdline")
+                .arg(format!(
+                    "ftvm.disk=/dev/vda ftvm.ip={}/24 -- echo first-$((6*7)); cat /proc/interrupts; kv-init service",
+                    ftvm_e2e::stock::GUEST_ADDR
+                ))
+                .args(["--snapshot-on", "ftvm-init: shell", "--snapshot-dir"])
+                .arg(&snap)
+                .arg("--exit-after-snapshot");
+            run_timed(cmd, b"", BOOT_LIMIT)
         });
         let bz = s.spawn(|| {
-            run_timed(
-                &[
-                    "run",
-                    "--kernel",
-                    bzimage.to_str().unwrap(),
-                    "--initrd",
-                    initrd.to_str().unwrap(),
-                    "--cmdline",
-                    // Input typed before init opens the console is lost, so the command
-                    // powers the VM off itself, through the system controller (after a
-                    // moment for the tty to send the line it queued).
-                    "-- echo bzimage-ok; sleep 1; devmem 0xd0000010 32 7",
-                ],
-                b"",
-                BOOT_LIMIT,
-            )
+            if !with_bzimage {
+                return None;
+            }
+            let mut cmd = ftvm();
+            cmd.args(["run", "--kernel"])
+                .arg(&bzimage)
+                .arg("--initrd")
+                .arg(&initrd)
+                // Input typed before init opens the console is lost, so the command
+                // powers the VM off itself, through the system controller (after a
+                // moment for the tty to send the line it queued).
+                .args(["--cmdline", "-- echo bzimage-ok; sleep 1; devmem 0xd0000010 32 7"]);
+            Some(run_timed(cmd, b"", BOOT_LIMIT))
         });
         (elf.join().unwrap(), bz.join().unwrap())
     });
 
-    // ELF boot: /init ran the command; the clock is not the TSC; the PIT's interrupts
-    // (IRQ 0 through the XT-PIC, i.e. our user-space PIC) arrived.
-    assert_eq!(
-        elf.status,
-        Some(0),
-        "ELF boot failed:\n{}\n{}",
-        elf.stdout,
-        elf.stderr
-    );
+    // ELF boot: /init loaded the virtio modules, configured eth0, mounted the data disk,
+    // ran the command (the key/value service among it); the clock is not the TSC; the
+    // PIT's interrupts (IRQ 0 through the XT-PIC, i.e. our user-space PIC) arrived.
+    let both = format!("{}\n{}", elf.stdout, elf.stderr);
+    assert_eq!(elf.status, Some(0), "ELF boot failed:\n{both}");
     let ready = elf
         .stdout
         .lines()
         .find(|l| l.contains("ftvm-init: ready"))
-        .unwrap_or_else(|| panic!("no ready line:\n{}", elf.stdout));
+        .unwrap_or_else(|| panic!("no ready line:\n{both}"));
     assert!(!ready.contains("clocksource tsc"), "{ready}");
     assert!(ready.contains("jiffies"), "{ready}");
-    assert!(elf.stdout.contains("first-42"), "{}", elf.stdout);
+    for want in [
+        "first-42",
+        "ftvm-init: mounted /dev/vda at /mnt",
+        "ftvm-init: eth0 10.77.0.100/24",
+        "kv-init: service on 10.77.0.100",
+        "snapshot saved to",
+    ] {
+        assert!(both.contains(want), "no '{want}':\n{both}");
+    }
     let timer = elf
         .stdout
         .lines()
@@ -177,297 +200,26 @@ fn stock_kernel_boots_runs_commands_and_restores_from_a_snapshot() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(ticks > 0, "{timer}");
-    assert!(elf.stderr.contains("snapshot saved to"), "{}", elf.stderr);
 
+    eprintln!(
+        "stock kernel: to /init {:.0} s (ELF, with NIC and disks); PIT ticks by then {ticks}",
+        elf.to_init.unwrap_or_default().as_secs_f64()
+    );
+    eprintln!("ELF: {}", elf.stderr.lines().last().unwrap_or(""));
     // bzImage boot: the same userland, ending with the shell's exit status.
-    assert_eq!(
-        bz.status,
-        Some(7),
-        "bzImage boot:\n{}\n{}",
-        bz.stdout,
-        bz.stderr
-    );
-    assert!(bz.stdout.contains("bzimage-ok"), "{}", bz.stdout);
-
-    // Restore in a new process and run a second command there.
-    let restored = run_timed(
-        &["run", "--restore", snap.to_str().unwrap()],
-        // One line: lines typed ahead of a running command can get lost in the guest.
-        b"echo second-$((7*7)); sleep 1; echo third; cat /proc/uptime; exit 3\n",
-        Duration::from_secs(600),
-    );
-    assert_eq!(
-        restored.status,
-        Some(3),
-        "restore:\n{}\n{}",
-        restored.stdout,
-        restored.stderr
-    );
-    assert!(restored.stdout.contains("second-49"), "{}", restored.stdout);
-    // Its own line: the typed command line (echoed) contains the word too.
-    assert!(
-        restored.stdout.lines().any(|l| l.trim() == "third"),
-        "{}",
-        restored.stdout
-    );
-    assert!(
-        !restored.stdout.contains("ftvm-init: ready"),
-        "the restored VM booted again"
-    );
-    assert!(
-        restored.stdout.contains("powering off with status 3"),
-        "{}",
-        restored.stdout
-    );
-
-    // Record a workload from the snapshot (timer ticks across sleeps, console output) and
-    // replay it from the log alone.
-    let log = snap.with_extension("log");
-    let workload = b"for i in 1 2 3; do echo tick-$i; sleep 1; done; cat /proc/uptime; exit 0\n";
-    let rec = run_timed(
-        &[
-            "record",
-            "--log",
-            log.to_str().unwrap(),
-            "--restore",
-            snap.to_str().unwrap(),
-        ],
-        workload,
-        Duration::from_secs(600),
-    );
-    assert_eq!(
-        rec.status,
-        Some(0),
-        "record:\n{}\n{}",
-        rec.stdout,
-        rec.stderr
-    );
-    assert!(rec.stdout.contains("tick-3"), "{}", rec.stdout);
-    let rep = run_timed(
-        &[
-            "replay",
-            "--log",
-            log.to_str().unwrap(),
-            "--restore",
-            snap.to_str().unwrap(),
-        ],
-        b"",
-        Duration::from_secs(900),
-    );
-    assert!(
-        rep.stderr.contains("matches the recording"),
-        "replay:\n{}",
-        rep.stderr
-    );
-    assert_eq!(
-        rep.status,
-        Some(0),
-        "replay:\n{}\n{}",
-        rep.stdout,
-        rep.stderr
-    );
-    assert!(rep.stdout.contains("tick-3"), "{}", rep.stdout);
-    for line in rec.stderr.lines().chain(rep.stderr.lines()) {
-        if line.starts_with("ftvm record:") || line.starts_with("ftvm replay:") {
-            eprintln!("{line}");
-        }
-    }
-    let _ = std::fs::remove_file(&log);
-
-    failover_from_the_snapshot(&snap);
-
-    eprintln!(
-        "stock kernel: to /init {:.0} s (ELF), {:.0} s (bzImage), both booting side by side; \
-         PIT ticks by then {ticks}",
-        elf.to_init.unwrap_or_default().as_secs_f64(),
-        bz.to_init.unwrap_or_default().as_secs_f64()
-    );
-    for (name, b) in [("ELF", &elf), ("bzImage", &bz), ("restore", &restored)] {
-        eprintln!("{name}: {}", b.stderr.lines().last().unwrap_or(""));
-    }
-    let _ = std::fs::remove_dir_all(&snap);
-}
-
-/// A primary restored from the snapshot, a backup joining it by state transfer, a shell
-/// loop printing numbers, SIGKILL of the primary mid-loop: the console stream shows every
-/// number once, in order, and the backup, live, runs the guest to its power-off.
-fn failover_from_the_snapshot(snap: &Path) {
-    let dir = std::env::temp_dir().join(format!("ftvm-stock-ft-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let d = dir.to_str().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let spawn = |args: &[&str]| {
-        ftvm()
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start ftvm")
-    };
-    let collect = |child: &mut std::process::Child| {
-        let mut err = child.stderr.take().unwrap();
-        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let t = text.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = std::io::Read::read(&mut err, &mut buf) {
-                if n == 0 {
-                    break;
-                }
-                t.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        text
-    };
-    let wait_for = |text: &std::sync::Arc<std::sync::Mutex<String>>, what: &str, limit: u64| {
-        let t = Instant::now();
-        while !text.lock().unwrap().contains(what) {
-            assert!(
-                t.elapsed() < Duration::from_secs(limit),
-                "no '{what}':\n{}",
-                text.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    let key = dir.join("pair.key");
-    ftvm::ft::key::ChannelKey::create(&key).expect("make the pair's key");
-    let key = key.to_str().unwrap();
-    let mut primary = spawn(&[
-        "primary",
-        "--shared-dir",
-        d,
-        "--key-file",
-        key,
-        "--name",
-        "stock",
-        "--listen",
-        &addr,
-        "--restore",
-        snap.to_str().unwrap(),
-    ]);
-    let perr = collect(&mut primary);
-    wait_for(&perr, "waiting for a backup", 60);
-    let mut backup = spawn(&[
-        "backup",
-        "--shared-dir",
-        d,
-        "--key-file",
-        key,
-        "--name",
-        "stock",
-        "--primary",
-        &addr,
-    ]);
-    let berr = collect(&mut backup);
-    wait_for(&perr, "protected:", 300);
-    let t = Instant::now();
-    primary
-        .stdin
-        .as_mut()
-        .unwrap()
-        .write_all(b"i=0; while [ $i -lt 60 ]; do echo n-$i; i=$((i+1)); sleep 0.2; done; exit 0\n")
-        .unwrap();
-    let console = dir.join("stock.console");
-    // The guest's tty ends lines with CR LF.
-    let read = || {
-        String::from_utf8_lossy(&std::fs::read(&console).unwrap_or_default()).replace("\r\n", "\n")
-    };
-    let has_line = |text: &str, line: &str| {
-        text.lines()
-            .any(|l| l.strip_prefix("# ").unwrap_or(l) == line)
-    };
-    // A different kill moment each run, somewhere in the loop (printed, to reproduce).
-    let kill_after = 4 + std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() % 37);
-    let kill_line = format!("n-{kill_after}");
-    eprintln!("stock failover: killing the primary once the observer sees {kill_line}");
-    while !has_line(&read(), &kill_line) {
-        assert!(
-            t.elapsed() < Duration::from_secs(300),
-            "no {kill_line}:\n{}\n{}",
-            read(),
-            perr.lock().unwrap()
+    if let Some(bz) = bz {
+        assert_eq!(
+            bz.status,
+            Some(7),
+            "bzImage boot:\n{}\n{}",
+            bz.stdout,
+            bz.stderr
         );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = primary.kill();
-    let _ = primary.wait();
-    // The backup must win, go live and run the guest to the end of the loop.
-    let killed = Instant::now();
-    let mut live_since = None;
-    let status = loop {
-        if let Some(s) = backup.try_wait().unwrap() {
-            break s.code();
-        }
-        let be = berr.lock().unwrap().clone();
-        if live_since.is_none() && be.contains("live at exit") {
-            live_since = Some(Instant::now());
-        }
-        assert!(
-            live_since.is_some() || killed.elapsed() < Duration::from_secs(300),
-            "the backup did not go live within 300 s of the kill:\n{be}"
+        assert!(bz.stdout.contains("bzimage-ok"), "{}", bz.stdout);
+        eprintln!(
+            "bzImage: to /init {:.0} s (booting beside the ELF); {}",
+            bz.to_init.unwrap_or_default().as_secs_f64(),
+            bz.stderr.lines().last().unwrap_or("")
         );
-        if live_since.is_some_and(|l| l.elapsed() > Duration::from_secs(300)) {
-            let _ = backup.kill();
-            let _ = backup.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    std::thread::sleep(Duration::from_millis(100));
-    let (be, text) = (berr.lock().unwrap().clone(), read());
-    assert!(be.contains("won epoch 2"), "{be}");
-    assert!(be.contains("live at exit"), "{be}");
-    // What the observer saw is the guest's output exactly once, in order, with no hole,
-    // across the failover: the whole loop, finished by the live backup.
-    // The shell's prompt can land in front of the first line (the command was typed ahead
-    // of it).
-    let numbers: Vec<&str> = text
-        .lines()
-        .map(|l| l.strip_prefix("# ").unwrap_or(l))
-        .filter(|l| l.starts_with("n-"))
-        .collect();
-    let want: Vec<String> = (0..60).map(|i| format!("n-{i}")).collect();
-    assert_eq!(numbers, want, "console:\n{text}\nbackup:\n{be}");
-    assert!(
-        !text.contains('\0'),
-        "a hole in the console stream:\n{text:?}"
-    );
-    assert_eq!(
-        status,
-        Some(0),
-        "the live guest did not power off with status 0 (None: still running 300 s after going live):\n{be}"
-    );
-    assert!(
-        text.contains("powering off with status 0"),
-        "console:\n{text}"
-    );
-    eprintln!(
-        "stock failover: killed after {kill_line}; the live backup finished the loop: n-0..n-59 once each, in order"
-    );
-    for line in be.lines().filter(|l| {
-        l.contains("state transfer") || l.contains("live at") || l.contains("output rule")
-    }) {
-        eprintln!("stock failover, backup: {line}");
     }
-    for line in perr
-        .lock()
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains("protected"))
-    {
-        eprintln!("stock failover, primary: {line}");
-    }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -59,6 +59,14 @@ enum Command {
         #[arg(long)]
         progress: bool,
     },
+    /// Measure: COUNT operations one after the other (a put then a get of its own key,
+    /// alternating), each checked; prints the rate and latency percentiles.
+    Bench {
+        #[arg(long)]
+        tag: String,
+        #[arg(long)]
+        count: u64,
+    },
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -96,6 +104,35 @@ fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
             println!("appended {count}");
+        }
+        Command::Bench { tag, count } => {
+            let started = std::time::Instant::now();
+            let mut latencies = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(1 << 20));
+            for i in 0..count {
+                let key = format!("{tag}.{}", i / 2);
+                let t = std::time::Instant::now();
+                if i % 2 == 0 {
+                    clerk.put(&key, &format!("v{i}"))?;
+                } else {
+                    let got = clerk.get(&key)?;
+                    anyhow::ensure!(got == format!("v{}", i - 1), "get {key}: {got:?}");
+                }
+                latencies.push(t.elapsed());
+            }
+            let secs = started.elapsed().as_secs_f64();
+            latencies.sort();
+            let pct = |p: usize| {
+                latencies
+                    .get((latencies.len().saturating_sub(1)) * p / 100)
+                    .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+            };
+            println!(
+                "ops {count} seconds {secs:.3} ops_per_s {:.1} p50_ms {:.2} p99_ms {:.2} max_ms {:.2}",
+                count as f64 / secs.max(1e-9),
+                pct(50),
+                pct(99),
+                pct(100)
+            );
         }
     }
     Ok(())

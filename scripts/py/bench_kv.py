@@ -1,0 +1,96 @@
+"""scripts/bench-kv.sh's measurements (row (c) of the benchmark): the key/value service in
+the stock guest, restored from its net snapshot, serving `kvclient bench` from the client
+host, under `run` (host A alone) and under a primary on host A with its backup on host B;
+rounds interleaved. Prints one table of medians and pair/run ratios."""
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from stockvm import GUEST, StockVm, on_client  # noqa: E402
+
+ftvm, kvclient, hosts, work, rounds, ops = sys.argv[1:7]
+rounds, ops = int(rounds), int(ops)
+shared = f"/tmp/{hosts}/shared"
+
+
+def bench(tag):
+    p = on_client(hosts, [kvclient, "--vs", f"{GUEST}:7000", "bench", "--tag", tag, "--count", str(ops)])
+    m = re.search(r"ops_per_s ([0-9.]+) p50_ms ([0-9.]+) p99_ms ([0-9.]+)", p.stdout)
+    if p.returncode != 0 or not m:
+        raise RuntimeError(f"kvclient bench: {p.stdout}{p.stderr}")
+    return {"ops_s": float(m.group(1)), "p50_ms": float(m.group(2)), "p99_ms": float(m.group(3))}
+
+
+def warm():
+    # The service's view settles after the restore: one put until it answers.
+    p = on_client(hosts, [kvclient, "--vs", f"{GUEST}:7000", "--timeout-ms", "60000", "put", "warm", "up"])
+    if p.returncode != 0:
+        raise RuntimeError(f"kvclient put: {p.stdout}{p.stderr}")
+
+
+def status_json():
+    p = subprocess.run([ftvm, "status", "--shared-dir", shared, "--name", "kv", "--json"],
+                       capture_output=True, text=True, timeout=30)
+    return json.loads(p.stdout)
+
+
+def log_bytes():
+    reports = status_json()["vmms"]
+    return max((r.get("log_bytes", 0) for r in reports if r.get("role", "").startswith("primary")), default=0)
+
+
+def one(mode, n):
+    d = os.path.join(work, f"{mode}-{n}")
+    if mode == "run":
+        vm = StockVm(ftvm, hosts, ["run"], d)
+        try:
+            vm.run("echo ready")
+            warm()
+            r = bench(f"r{n}")
+            vm.exit(0)
+            return r
+        finally:
+            vm.kill()
+    key = os.path.join(d, "pair.key")
+    os.makedirs(d, exist_ok=True)
+    subprocess.run([ftvm, "keygen", key], check=True, capture_output=True)
+    common = ["--shared-dir", shared, "--name", "kv", "--key-file", key]
+    primary = StockVm(ftvm, hosts, ["primary", "--listen", "10.77.0.1:7000", *common], os.path.join(d, "a"))
+    backup = None
+    try:
+        primary.wait_err("waiting for a backup", 120)
+        backup = StockVm(ftvm, hosts, ["backup", "--primary", "10.77.0.1:7000", *common],
+                         os.path.join(d, "b"), host="b", restore=False)
+        primary.wait_err("protected:", 600)
+        warm()
+        before = log_bytes()
+        r = bench(f"p{n}")
+        r["log_bytes_per_op"] = (log_bytes() - before) / ops
+        return r
+    finally:
+        primary.kill()
+        if backup:
+            backup.kill()
+        for f in os.listdir(shared):
+            os.remove(os.path.join(shared, f))
+
+
+results = {"run": [], "pair": []}
+for n in range(rounds):
+    for mode in ("run", "pair"):
+        r = one(mode, n)
+        print(f"[ftvm] round {n + 1} {mode}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()), file=sys.stderr)
+        results[mode].append(r)
+
+print(f"{'medians of ' + str(rounds) + ' rounds, ' + str(ops) + ' ops':36} {'run':>10} {'pair':>10} {'pair/run':>9}")
+for name, key in [("operations per second", "ops_s"), ("latency p50 (ms)", "p50_ms"), ("latency p99 (ms)", "p99_ms")]:
+    a = statistics.median(r[key] for r in results["run"])
+    b = statistics.median(r[key] for r in results["pair"])
+    print(f"{name:36} {a:10.2f} {b:10.2f} {b / a:9.2f}")
+per_op = statistics.median(r["log_bytes_per_op"] for r in results["pair"])
+print(f"{'log bytes per operation (pair)':36} {'':>10} {per_op:10.0f}")
