@@ -21,10 +21,14 @@ use crate::platform::Platform;
 use crate::state::VcpuState;
 use crate::stop::StopReason;
 
+mod checkpoint;
 mod exits;
+mod finish;
 mod guest_context;
 mod logged;
 mod net_input;
+mod replay_core;
+mod replaying;
 
 pub use logged::{LogMode, LogReport};
 
