@@ -207,9 +207,10 @@ impl Node {
     }
 
     /// Why the peer counts as lost, if it does. A primary that said goodbye (its guest
-    /// stopped) is not lost: the replay runs to the end of its complete log, with no
-    /// claim, unless this backup is recovering from a divergence and needed the
-    /// primary's checkpoint, which will not come now.
+    /// stopped) is not lost, whatever its channel does next (this is the one place that
+    /// weighs the goodbye, so that a backup does not claim a new epoch): the replay runs
+    /// to the end of its complete log, with no claim, unless this backup is recovering
+    /// from a divergence and needed the primary's checkpoint, which will not come now.
     fn link_failure(&self, link: &Link) -> Option<String> {
         if link.peer_finished() {
             return self
