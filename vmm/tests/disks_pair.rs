@@ -30,47 +30,17 @@ fn image(dir: &Path, name: &str, fill: u8, mark: bool) -> PathBuf {
 }
 
 fn disk_primary(dir: &Path, port: u16, img: &Path) -> Vmm {
-    vmm(&[
-        "primary",
-        "--shared-dir",
-        dir.to_str().unwrap(),
-        "--name",
-        "disk",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--peer-timeout",
-        TIMEOUT_MS,
-        "--key-file",
-        &pair_key(dir),
-        "--kernel",
-        guest("disk-writer"),
-        "--mem",
-        "16",
-        "--disk",
-        img.to_str().unwrap(),
-    ])
+    let extra = ["--disk", img.to_str().unwrap()];
+    primary_of("disk", "disk-writer", dir, port, &pair_key(dir), &extra)
 }
 
+/// A backup given `disks` as its copies.
 fn disk_backup(dir: &Path, port: u16, disks: &[&Path]) -> Vmm {
-    let primary = format!("127.0.0.1:{port}");
-    let key = pair_key(dir);
-    let mut args = vec![
-        "backup",
-        "--shared-dir",
-        dir.to_str().unwrap(),
-        "--name",
-        "disk",
-        "--primary",
-        &primary,
-        "--peer-timeout",
-        TIMEOUT_MS,
-        "--key-file",
-        &key,
-    ];
-    for d in disks {
-        args.extend(["--disk", d.to_str().unwrap()]);
-    }
-    vmm(&args)
+    let extra: Vec<&str> = disks
+        .iter()
+        .flat_map(|d| ["--disk", d.to_str().unwrap()])
+        .collect();
+    backup_of("disk", dir, port, None, &extra)
 }
 
 fn console(dir: &Path) -> String {

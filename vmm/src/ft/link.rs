@@ -150,12 +150,11 @@ pub struct Link {
 }
 
 impl Link {
-    /// Why the peer counts as failed, if it does: a broken or damaged connection, no
-    /// word from it within the timeout, or a write to it stuck for the stall limit.
+    /// Why the channel to the peer counts as failed, if it does: a broken or damaged
+    /// connection, no word from the peer within the timeout, or a write to it stuck for
+    /// the stall limit. Whether a peer that said goodbye (see [`Link::peer_finished`]) is
+    /// lost at all is the role's to decide, in one place: `Node::link_failure`.
     pub fn failure(&self) -> Option<String> {
-        if self.peer_finished() {
-            return None;
-        }
         if let Some(f) = lock(&self.health.failure).clone() {
             return Some(f);
         }

@@ -5,9 +5,11 @@
 //! and carries out its actions.
 //!
 //! - `start`: the primary's and the backup's way in;
+//! - `actions`: the role core's actions carried out (sockets, files, the VM);
 //! - `join`: a primary taking a backup (handshake, state transfer, live log);
 //! - `report`: the status file.
 
+mod actions;
 mod doorman;
 mod join;
 mod report;
@@ -15,7 +17,6 @@ mod start;
 
 pub use start::{run_backup, run_primary};
 
-use std::collections::VecDeque;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,13 +26,13 @@ use super::console::ConsoleSink;
 use super::key::ChannelKey;
 use super::link::{Link, LinkError, LinkLimits};
 use super::pipe::Pipe;
-use super::role::{Action, Event, PairRole, RoleConfig, RoleCore};
+use super::role::{Event, PairRole, RoleConfig, RoleCore};
 use super::secure::SecureError;
-use super::shared::{Claim, SharedDir, SharedError};
+use super::shared::{SharedDir, SharedError};
 use super::transfer::TransferError;
 use crate::counters::LiveCounters;
 use crate::machine::{Vm, VmError};
-use crate::vcpu::{LogMode, VcpuEvent, VcpuReport};
+use crate::vcpu::{VcpuEvent, VcpuReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FtError {
@@ -207,9 +208,10 @@ impl Node {
     }
 
     /// Why the peer counts as lost, if it does. A primary that said goodbye (its guest
-    /// stopped) is not lost: the replay runs to the end of its complete log, with no
-    /// claim, unless this backup is recovering from a divergence and needed the
-    /// primary's checkpoint, which will not come now.
+    /// stopped) is not lost, whatever its channel does next (this is the one place that
+    /// weighs the goodbye, so that a backup does not claim a new epoch): the replay runs
+    /// to the end of its complete log, with no claim, unless this backup is recovering
+    /// from a divergence and needed the primary's checkpoint, which will not come now.
     fn link_failure(&self, link: &Link) -> Option<String> {
         if link.peer_finished() {
             return self
@@ -326,109 +328,5 @@ impl Node {
         }
         let now_ns = self.now_ns();
         self.handle(Event::Tick { now_ns });
-    }
-
-    /// Step the core with `event`, carry out its actions, and step it again with what
-    /// they answer (a claim's outcome), until nothing is left.
-    fn handle(&mut self, event: Event) {
-        let mut events = VecDeque::from([event]);
-        while let Some(event) = events.pop_front() {
-            match self.core.step(event) {
-                Ok(actions) => {
-                    for action in actions {
-                        events.extend(self.carry_out(action));
-                    }
-                }
-                // The controller sends what it observed; a race (an ack just as the link
-                // went) can make that stale. The core changed nothing.
-                Err(e) => tracing::warn!("{e}"),
-            }
-        }
-    }
-
-    fn carry_out(&mut self, action: Action) -> Option<Event> {
-        match action {
-            Action::ShutLink => {
-                if let Some(link) = self.link.take() {
-                    link.shutdown();
-                }
-            }
-            Action::AbortPipe => {
-                // Unstall the guest: its log and its output wait for the peer no more.
-                self.sink.stop_waiting();
-                if let Some(p) = self.pipe.take() {
-                    p.abort();
-                }
-            }
-            Action::ClosePipe => {
-                if let Some(p) = self.pipe.take() {
-                    p.close();
-                }
-            }
-            Action::Claim { epoch } => {
-                // A directory that does not answer in time is a claim not won.
-                return Some(match self.opts.shared.claim(epoch, &self.who) {
-                    Ok(Claim::Won(epoch)) => Event::ClaimWon {
-                        epoch,
-                        now_ns: self.now_ns(),
-                    },
-                    Ok(Claim::Lost { epoch, holder }) => Event::ClaimLost { epoch, holder },
-                    Err(e) => Event::ClaimUnanswered {
-                        epoch,
-                        why: e.to_string(),
-                    },
-                });
-            }
-            Action::SetAlone => self.sink.set_alone(true),
-            Action::DiscardHeld => self.dropped += self.sink.discard(),
-            Action::Release { through } => self.sink.ack(through),
-            Action::StopLogging => self.stop_logging(),
-            Action::WaitSent { limit_ns } => {
-                if let Some(link) = &self.link {
-                    link.wait_sent(Duration::from_nanos(limit_ns));
-                }
-            }
-            Action::GoLive { epoch, why } => {
-                let pending = self.pipe.as_ref().map_or(0, Pipe::fill);
-                if let Some(p) = self.pipe.take() {
-                    p.close();
-                }
-                eprintln!(
-                    "ftvm: primary lost ({why}); won epoch {epoch}; replaying the last {pending} bytes of log, then going live"
-                );
-            }
-            Action::ServeStdout => self.sink.serve_stdout_from_here(),
-            Action::Announce(notice) => {
-                eprintln!("ftvm: {notice}");
-                if notice.is_failover() {
-                    self.failovers += 1;
-                    self.last_failover = Some(notice.to_string());
-                }
-            }
-            Action::WriteStatus(view) => self.write_status(view),
-            Action::FinishGuest => self.outcome = Some(Outcome::Stopped(self.vm.vcpu.finish())),
-            Action::Halt(reason) => {
-                let msg = format!(
-                    "{reason}: halting without {} bytes of unacknowledged output",
-                    self.dropped
-                );
-                self.outcome = Some(Outcome::Halted(msg, self.vm.vcpu.finish()));
-            }
-        }
-        None
-    }
-
-    /// Stop recording: pause the vCPU, switch its log off, resume. A vCPU that does not
-    /// pause has stopped by itself, and the loop hears of that next.
-    fn stop_logging(&mut self) {
-        match self.vm.vcpu.pause(Duration::from_secs(10)) {
-            Ok(()) => {
-                if let Err(e) = self.vm.vcpu.set_log(LogMode::Off) {
-                    tracing::warn!("cannot switch the log off: {e}");
-                }
-                self.vm.vcpu.resume();
-            }
-            Err(e) => tracing::warn!("cannot pause the vCPU to stop logging: {e}"),
-        }
     }
 }

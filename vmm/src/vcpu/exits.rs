@@ -1,6 +1,7 @@
 //! The exit loop: one KVM_RUN, routing its exit to the buses, counting synchronous exits,
 //! and delivering interrupts at them (or, after the event bound, at a kick).
 
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use kvm_ioctls::VcpuExit;
@@ -92,10 +93,8 @@ impl Vcpu {
 
     /// One KVM_RUN and the handling of its exit.
     pub(super) fn run_once(&mut self) -> Option<StopReason> {
-        if self.replaying() {
-            if let Some(outcome) = self.replay_before_run() {
-                return outcome;
-            }
+        if let ControlFlow::Break(outcome) = self.replay_before_run() {
+            return outcome;
         }
         self.sample_for_profile();
         self.arm_kicker();
@@ -312,22 +311,8 @@ impl Vcpu {
         // always take one (and a restored vCPU has no kvm_run readiness from a last exit).
         let ready = self.halted || self.fd.get_kvm_run().ready_for_interrupt_injection != 0;
         // A replayer injects exactly where the log says, nowhere else.
-        let logged = self.logged_interrupt();
         if self.replaying() {
-            let Some(want) = logged else { return false };
-            // kvm_run's readiness is stale after a delta was loaded (no KVM_RUN since);
-            // the recorder injected here, so only the guest's IF is left to check.
-            if !self.if_flag {
-                self.interrupt_diverged(format!("vector {want:#x}"), "guest cannot take it".into());
-                return false;
-            }
-            match self.platform.acknowledge() {
-                Some(v) if v == want => return self.inject(v),
-                other => {
-                    self.interrupt_diverged(format!("vector {want:#x}"), format!("{other:x?}"));
-                    return false;
-                }
-            }
+            return self.replay_interrupt();
         }
         if !(ready && self.if_flag) {
             if self.pending_since.is_none() {
@@ -343,7 +328,7 @@ impl Vcpu {
         self.inject(vector)
     }
 
-    fn inject(&mut self, vector: u8) -> bool {
+    pub(super) fn inject(&mut self, vector: u8) -> bool {
         match crate::kvm_ext::inject_interrupt(&self.fd, vector) {
             Ok(()) => {
                 self.metrics.interrupts_injected += 1;

@@ -12,6 +12,7 @@ use ft_log::{Entry, PacketOutcome};
 use ftvm_devices::virtio::{Delivery, VirtioError};
 
 use super::logged::LogMode;
+use super::replay_core;
 use super::Vcpu;
 
 /// What the log says of a device's answer to one frame (None: it had no buffer, nothing
@@ -77,28 +78,21 @@ impl Vcpu {
 
     /// Replay: offer the frames the log has at this point, checking each outcome.
     fn replay_frames(&mut self) {
-        let LogMode::Replay(r) = &mut self.log else {
-            return;
-        };
-        while let Ok(Some(Entry::Packet { ordinal, .. })) = r.peek(0) {
-            if *ordinal != self.ordinal {
-                break;
-            }
-            let Ok(Some(Entry::Packet { data, outcome, .. })) = r.pop() else {
-                break;
+        loop {
+            let LogMode::Replay(r) = &mut self.log else {
+                return;
+            };
+            let Some((data, recorded)) = replay_core::logged_frame(r.as_mut(), self.ordinal) else {
+                return;
             };
             let replayed = self.platform.deliver_frame(&data).and_then(outcome_of);
-            let Some((recorded, replayed)) = replay_mismatch(outcome, replayed) else {
-                r.stats.frames_verified += 1;
-                continue;
-            };
-            r.diverged(
-                self.ordinal,
-                "received frame lands differently",
-                recorded,
-                replayed,
-            );
-            break;
+            match replay_core::check_frame(self.ordinal, recorded, replayed) {
+                None => r.stats.frames_verified += 1,
+                Some(d) => {
+                    self.diverged(d);
+                    return;
+                }
+            }
         }
     }
 }

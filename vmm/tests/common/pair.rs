@@ -54,19 +54,32 @@ pub fn primary_with_key(dir: &Path, port: u16, key: &str) -> Vmm {
 /// A primary of the counter guest holding the channel key at `key`, with `extra`
 /// arguments.
 pub fn primary_with(dir: &Path, port: u16, key: &str, extra: &[&str]) -> Vmm {
+    primary_of("counter", "counter", dir, port, key, extra)
+}
+
+/// A primary of the tiny guest `guest_name`, its VM called `vm_name` in the shared
+/// directory, holding the channel key at `key`, with `extra` arguments.
+pub fn primary_of(
+    vm_name: &str,
+    guest_name: &str,
+    dir: &Path,
+    port: u16,
+    key: &str,
+    extra: &[&str],
+) -> Vmm {
     let listen = format!("127.0.0.1:{port}");
     let mut args = vec![
         "primary",
         "--shared-dir",
         dir.to_str().unwrap(),
         "--name",
-        "counter",
+        vm_name,
         "--listen",
         &listen,
         "--key-file",
         key,
         "--kernel",
-        guest("counter"),
+        guest(guest_name),
         "--mem",
         "16",
     ];
@@ -88,6 +101,17 @@ pub fn backup(dir: &Path, primary_port: u16, listen: Option<u16>) -> Vmm {
 
 /// A backup of the counter guest with `extra` arguments.
 pub fn backup_with(dir: &Path, primary_port: u16, listen: Option<u16>, extra: &[&str]) -> Vmm {
+    backup_of("counter", dir, primary_port, listen, extra)
+}
+
+/// A backup of the VM called `vm_name` in the shared directory, with `extra` arguments.
+pub fn backup_of(
+    vm_name: &str,
+    dir: &Path,
+    primary_port: u16,
+    listen: Option<u16>,
+    extra: &[&str],
+) -> Vmm {
     let primary = format!("127.0.0.1:{primary_port}");
     let listen = listen.map(|p| format!("127.0.0.1:{p}"));
     let key = pair_key(dir);
@@ -96,7 +120,7 @@ pub fn backup_with(dir: &Path, primary_port: u16, listen: Option<u16>, extra: &[
         "--shared-dir",
         dir.to_str().unwrap(),
         "--name",
-        "counter",
+        vm_name,
         "--primary",
         &primary,
         "--key-file",

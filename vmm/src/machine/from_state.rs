@@ -1,0 +1,149 @@
+//! A VM continued from a saved state: a snapshot directory, or the state a primary
+//! transferred to its backup.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use kvm_ioctls::Kvm;
+use vm_memory::GuestMemoryMmap;
+
+use super::setup::{attach_nic, is_replay, log_start, open_log, open_tap, open_trace, pci_setup};
+use super::{create_vm, FtHooks, LogStream, PairNicRole, Resources, Vm, VmError};
+use crate::clock::{ClockMode, VmClock};
+use crate::disk::{open_disks, snapshot_disks, DiskSpec};
+use crate::net::host as nic_host;
+use crate::net::NetSpec;
+use crate::platform::{ConsoleOut, Platform};
+use crate::snapshot;
+
+impl Vm {
+    /// Continue a VM from the snapshot in `dir`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn restore(
+        dir: &Path,
+        console: ConsoleOut,
+        input_rx: Option<crossbeam_channel::Receiver<Vec<u8>>>,
+        trace_exits: Option<&Path>,
+        pause_request: Arc<std::sync::atomic::AtomicBool>,
+        log: LogStream,
+        disks: &[DiskSpec],
+        net: Option<NetSpec>,
+    ) -> Result<Self, VmError> {
+        Self::restore_with(
+            dir,
+            console,
+            input_rx,
+            trace_exits,
+            pause_request,
+            log,
+            FtHooks::default(),
+            disks,
+            net,
+        )
+    }
+
+    /// `restore`, with the hooks of a fault-tolerant role.
+    #[allow(clippy::too_many_arguments)]
+    pub fn restore_with(
+        dir: &Path,
+        console: ConsoleOut,
+        input_rx: Option<crossbeam_channel::Receiver<Vec<u8>>>,
+        trace_exits: Option<&Path>,
+        pause_request: Arc<std::sync::atomic::AtomicBool>,
+        log: LogStream,
+        hooks: FtHooks,
+        disks: &[DiskSpec],
+        net: Option<NetSpec>,
+    ) -> Result<Self, VmError> {
+        let loaded = snapshot::load(dir)?;
+        let disks = snapshot_disks(&loaded.manifest.disks, disks)?;
+        tracing::info!(snapshot = %dir.display(), "snapshot loaded");
+        Self::from_state(
+            loaded.memory,
+            loaded.state,
+            loaded.manifest.mem_mib,
+            loaded.manifest.clock,
+            Resources {
+                console,
+                input_rx,
+                trace_exits,
+                pause_request,
+                disks,
+                net,
+            },
+            log,
+            hooks,
+        )
+    }
+
+    /// Continue a VM from its memory and (validated) state: a snapshot read back, or the
+    /// state a primary transferred to its backup.
+    pub fn from_state(
+        memory: GuestMemoryMmap,
+        state: crate::state::VmState,
+        mem_mib: u64,
+        clock_mode: ClockMode,
+        res: Resources<'_>,
+        log: LogStream,
+        mut hooks: FtHooks,
+    ) -> Result<Self, VmError> {
+        let trace = open_trace(res.trace_exits)?;
+        let disks = open_disks(&res.disks)?;
+        // A backup's live replay has the NIC of the transferred state, on its own TAP
+        // (opened now, read only once live); a replay of a file has its log's, on none.
+        let live_backup = hooks.pair_nic == Some(PairNicRole::Backup);
+        let replaying = is_replay(&log) && !live_backup;
+        let saved_nic = state
+            .platform
+            .pci
+            .as_ref()
+            .and_then(|p| p.nic.as_ref())
+            .map(|n| n.function.device.mac);
+        let restored_nic = if replaying {
+            None
+        } else {
+            nic_host::restore_mac(res.net.as_ref(), saved_nic)?
+        };
+        let tap = open_tap(res.net.as_ref(), replaying)?;
+        let kvm_sys = Kvm::new().map_err(VmError::OpenKvm)?;
+        let dirty_log = hooks.dirty_log || matches!(log, LogStream::Record(..));
+        let (slots, vcpu_fd) = create_vm(&kvm_sys, &memory, dirty_log)?;
+        state.vcpu.restore(&vcpu_fd)?;
+        let mut log = open_log(log, &slots.vm, &memory)?;
+        // The CMOS base is in the state; logged anyway so every log starts alike.
+        let (_, logged_nic) =
+            log_start(&mut log, state.platform.cmos.base_unix_secs, restored_nic)?;
+        let nic_mac = if replaying {
+            nic_host::replay_mac(res.net.as_ref(), logged_nic)?
+        } else {
+            restored_nic
+        };
+        let (nic, net) = attach_nic(nic_mac, tap, &mut hooks)?;
+        let clock = Arc::new(VmClock::new(clock_mode, state.clock_ns));
+        let platform = Platform::restore(
+            state.platform,
+            clock.clone(),
+            res.console,
+            hooks.console_position.clone().unwrap_or_default(),
+            pci_setup(disks, nic, &memory),
+        )?;
+        tracing::info!(ordinal = state.vcpu.ordinal, mem_mib, "VM restored");
+        Self::start(
+            kvm_sys,
+            slots,
+            vcpu_fd,
+            memory,
+            mem_mib,
+            clock,
+            platform,
+            res.input_rx,
+            trace,
+            (state.vcpu.ordinal, state.vcpu.halted),
+            res.pause_request,
+            log,
+            hooks,
+            res.disks,
+            net,
+        )
+    }
+}
