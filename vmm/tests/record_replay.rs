@@ -182,7 +182,13 @@ fn corrupt_log_frame_is_named() {
     });
     let err = stderr(&rep);
     assert_eq!(rep.status.code(), Some(3), "{err}");
-    assert!(err.contains("corrupt log: frame "), "{err}");
+    // The damaged byte is a third of the way in, and the log's length varies with host
+    // timing: it usually lands in a frame's body (its checksum fails), but can land in a
+    // length field, which then points past the end of the file. Both name the frame.
+    assert!(
+        err.contains("corrupt log: frame ") || err.contains("log ends inside frame"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
