@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job: install what ftvm needs, build it and the guest images, show the
-# deterministic machine on tiny guests, record and replay one, and end with Debian's stock
-# cloud kernel booted to its busybox userland, its console on this terminal.
+# deterministic machine on tiny guests, record and replay one, pull a primary's power
+# under the counter guest, then under the stock guest serving key/value clients on
+# simulated hosts (scripts/demo-pair.sh), and end with Debian's stock cloud kernel booted
+# to its busybox userland, its console on this terminal.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -47,6 +49,9 @@ rm -rf "$shared"
 
 log "fetching and building the stock guest image (Debian cloud kernel + busybox)"
 guest-images/stock/build.sh
+log "the mission: the stock guest with its NIC and disks under a primary on host A and a"
+log "backup on host B, key/value clients on a third host, host A's power pulled"
+scripts/demo-pair.sh
 log "booting the stock kernel on the user-space PIC/PIT platform"
 log "(on hosts whose KVM emulates kernel mode this takes several minutes)"
 log "at the '# ' prompt type commands; 'exit 0' powers the guest off"

@@ -149,8 +149,8 @@ pub fn kv_clients_and_console_survive_a_power_loss(
     let (ok, value) = hosts.exec(
         "client",
         kvclient.to_str().unwrap(),
-        &["--vs", &vs, "get", "log"],
-        Duration::from_secs(120),
+        &["--vs", &vs, "--timeout-ms", "120000", "get", "log"],
+        Duration::from_secs(180),
     );
     assert!(ok, "kvclient get: {value}");
     for tag in CLIENTS {
