@@ -10,7 +10,7 @@
 use super::*;
 
 const CLIENTS: [&str; 3] = ["c0", "c1", "c2"];
-const APPENDS: u64 = 40;
+const APPENDS: u64 = 10;
 
 pub fn kv_clients_and_console_survive_a_power_loss(
     hosts: &Hosts,
@@ -64,7 +64,9 @@ pub fn kv_clients_and_console_survive_a_power_loss(
             let child = Command::new("ip")
                 .args(["netns", "exec", &format!("{}-client", hosts.name)])
                 .arg(&kvclient)
-                .args(["--vs", &vs, "--timeout-ms", "0", "--rpc-timeout-ms", "2000"])
+                // Every frame the guest sends waits for the backup's acknowledgement, and the
+                // stock backup replays about a second behind here: a call takes seconds.
+                .args(["--vs", &vs, "--timeout-ms", "0", "--rpc-timeout-ms", "20000"])
                 .args(["append-many", "--key", "log", "--tag", tag, "--progress"])
                 .args(["--count", &APPENDS.to_string()])
                 .stdout(file.try_clone().expect("dup"))
@@ -85,7 +87,7 @@ pub fn kv_clients_and_console_survive_a_power_loss(
         })
     };
     primary.type_line(
-        "i=0; while [ $i -lt 60 ]; do echo n-$i; i=$((i+1)); sleep 0.2; done; echo loop-done",
+        "i=0; while [ $i -lt 60 ]; do echo n-$i; i=$((i+1)); sleep 0.5; done; echo loop-done",
     );
     let console = shared.join("stock.console");
     let read = || {
@@ -102,7 +104,7 @@ pub fn kv_clients_and_console_survive_a_power_loss(
         .map_or(0, |d| d.subsec_nanos() % 30);
     let kill_line = format!("n-{kill_after}");
     let t = Instant::now();
-    while !(has_line(&read(), &kill_line) && progress(3)) {
+    while !(has_line(&read(), &kill_line) && progress(2)) {
         assert!(
             t.elapsed() < Duration::from_secs(600),
             "no {kill_line} or no client progress:\n{}\n{}",

@@ -5,7 +5,7 @@
 
 use super::*;
 
-/// 256 KiB to the guest's port 5003, once it listens.
+/// 64 KiB to the guest's port 5003, once it listens.
 const SEND: &str = r#"
 import socket, sys, time
 deadline = time.time() + 120
@@ -18,7 +18,7 @@ while True:
             raise
         time.sleep(0.2)
 s.settimeout(300)
-s.sendall(bytes(range(256)) * 1024)
+s.sendall(bytes(range(256)) * 256)
 s.shutdown(socket.SHUT_WR)
 while s.recv(65536):
     pass
@@ -61,7 +61,7 @@ pub fn recorded_io_replays_without_a_tap(
         "sender: {}",
         String::from_utf8_lossy(&sent.stderr)
     );
-    let want = sha256_hex(&(0..=255u8).cycle().take(256 << 10).collect::<Vec<_>>());
+    let want = sha256_hex(&(0..=255u8).cycle().take(64 << 10).collect::<Vec<_>>());
     assert!(out.contains(&want), "{out}");
     assert_eq!(vm.exit(0, Duration::from_secs(300)), Some(0), "{}", vm.stderr());
     let record_err = vm.stderr();
@@ -94,7 +94,7 @@ pub fn recorded_io_replays_without_a_tap(
     );
     let log_bytes = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
     eprintln!(
-        "stock record/replay with 256 KiB received and written to ext4: log {log_bytes} bytes; \
+        "stock record/replay with 64 KiB received and written to ext4: log {log_bytes} bytes; \
          replay verified, disks equal"
     );
     for line in record_err.lines().chain(rep_err.lines()) {
