@@ -10,7 +10,7 @@
 use super::*;
 
 const CLIENTS: [&str; 3] = ["c0", "c1", "c2"];
-const APPENDS: u64 = 10;
+const APPENDS: u64 = 30;
 
 pub fn kv_clients_and_console_survive_a_power_loss(
     hosts: &Hosts,
@@ -99,9 +99,9 @@ pub fn kv_clients_and_console_survive_a_power_loss(
     };
     // A different kill moment each run (printed, to reproduce), once every client has
     // some appends done.
-    let kill_after = 4 + std::time::SystemTime::now()
+    let kill_after = 2 + std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() % 30);
+        .map_or(0, |d| d.subsec_nanos() % 5);
     let kill_line = format!("n-{kill_after}");
     let t = Instant::now();
     while !(has_line(&read(), &kill_line) && progress(2)) {
@@ -113,7 +113,19 @@ pub fn kv_clients_and_console_survive_a_power_loss(
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    eprintln!("stock failover: host A loses power once the console shows {kill_line}");
+    let done: Vec<usize> = clients
+        .iter()
+        .map(|(_, out)| {
+            std::fs::read_to_string(out)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.starts_with("ok "))
+                .count()
+        })
+        .collect();
+    eprintln!(
+        "stock failover: host A loses power at {kill_line}, the clients' appends done: {done:?} of {APPENDS} each"
+    );
     hosts.cut("a");
     primary.kill();
     let killed = Instant::now();
