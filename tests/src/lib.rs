@@ -155,7 +155,13 @@ impl Hosts {
 
     /// Run `program ARGS` on `host` to completion within `limit`: (success, its stdout
     /// and stderr).
-    pub fn exec(&self, host: &str, program: &str, args: &[&str], limit: Duration) -> (bool, String) {
+    pub fn exec(
+        &self,
+        host: &str,
+        program: &str,
+        args: &[&str],
+        limit: Duration,
+    ) -> (bool, String) {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &format!("{}-{host}", self.name), program])
             .args(args);

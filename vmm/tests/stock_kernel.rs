@@ -89,7 +89,6 @@ fn run_timed(mut cmd: Command, input: &[u8], limit: Duration) -> Boot {
 /// Two boots run side by side on the 2 cores; each took 10 to 15 minutes in CI runs.
 const BOOT_LIMIT: Duration = Duration::from_secs(1500);
 
-
 #[test]
 fn stock_kernel_boots_with_nic_and_disks_and_everything_restores_from_its_snapshot() {
     require_kvm();
@@ -122,7 +121,12 @@ fn stock_kernel_boots_with_nic_and_disks_and_everything_restores_from_its_snapsh
 /// The two boots, side by side: the ELF kernel with its NIC on host A's TAP and both
 /// disks (made in `base`), snapshotted at the shell into `snap`; the bzImage plain
 /// (skipped only by hand, under FTVM_STOCK_KEEP).
-fn boot_and_snapshot(hosts: &Hosts, base: &std::path::Path, snap: &std::path::Path, with_bzimage: bool) {
+fn boot_and_snapshot(
+    hosts: &Hosts,
+    base: &std::path::Path,
+    snap: &std::path::Path,
+    with_bzimage: bool,
+) {
     let vmlinux = image("vmlinux");
     let bzimage = image("bzImage");
     let initrd = image("initramfs.cpio");
@@ -146,7 +150,7 @@ fn boot_and_snapshot(hosts: &Hosts, base: &std::path::Path, snap: &std::path::Pa
                     ftvm_e2e::stock::GUEST_ADDR
                 ))
                 .args(["--snapshot-on", "ftvm-init: shell", "--snapshot-dir"])
-                .arg(&snap)
+                .arg(snap)
                 .arg("--exit-after-snapshot");
             run_timed(cmd, b"", BOOT_LIMIT)
         });
@@ -162,7 +166,10 @@ fn boot_and_snapshot(hosts: &Hosts, base: &std::path::Path, snap: &std::path::Pa
                 // Input typed before init opens the console is lost, so the command
                 // powers the VM off itself, through the system controller (after a
                 // moment for the tty to send the line it queued).
-                .args(["--cmdline", "-- echo bzimage-ok; sleep 1; devmem 0xd0000010 32 7"]);
+                .args([
+                    "--cmdline",
+                    "-- echo bzimage-ok; sleep 1; devmem 0xd0000010 32 7",
+                ]);
             Some(run_timed(cmd, b"", BOOT_LIMIT))
         });
         (elf.join().unwrap(), bz.join().unwrap())

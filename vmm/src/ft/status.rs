@@ -303,7 +303,9 @@ mod tests {
         r.frames_discarded = 3;
         let text = r.render(0);
         assert!(
-            text.contains("frames held 1500 bytes, released 12, dropped over the cap 0, discarded 3"),
+            text.contains(
+                "frames held 1500 bytes, released 12, dropped over the cap 0, discarded 3"
+            ),
             "{text}"
         );
     }

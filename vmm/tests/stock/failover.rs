@@ -22,11 +22,17 @@ pub fn kv_clients_and_console_survive_a_power_loss(
     let key = ftvm_e2e::keygen(&shared.join(".."));
     let listen = format!("{}:7000", Hosts::addr("a"));
     let common = |role: &str| -> Vec<String> {
-        [role, "--shared-dir", shared.to_str().unwrap(), "--name", "stock"]
-            .into_iter()
-            .chain(["--key-file", &key, "--net", "tap=tap0"])
-            .map(String::from)
-            .collect()
+        [
+            role,
+            "--shared-dir",
+            shared.to_str().unwrap(),
+            "--name",
+            "stock",
+        ]
+        .into_iter()
+        .chain(["--key-file", &key, "--net", "tap=tap0"])
+        .map(String::from)
+        .collect()
     };
     let mut args = common("primary");
     args.extend(["--listen".into(), listen.clone()]);
@@ -39,7 +45,11 @@ pub fn kv_clients_and_console_survive_a_power_loss(
     args.extend(disks.copy_to(&dir.join("backup")).args());
     let t = Instant::now();
     while !primary.stderr().contains("waiting for a backup") {
-        assert!(t.elapsed() < Duration::from_secs(120), "{}", primary.stderr());
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "{}",
+            primary.stderr()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut backup = hosts.console("b", &args);
@@ -66,7 +76,14 @@ pub fn kv_clients_and_console_survive_a_power_loss(
                 .arg(&kvclient)
                 // Every frame the guest sends waits for the backup's acknowledgement, and the
                 // stock backup replays about a second behind here: a call takes seconds.
-                .args(["--vs", &vs, "--timeout-ms", "0", "--rpc-timeout-ms", "20000"])
+                .args([
+                    "--vs",
+                    &vs,
+                    "--timeout-ms",
+                    "0",
+                    "--rpc-timeout-ms",
+                    "20000",
+                ])
                 .args(["append-many", "--key", "log", "--tag", tag, "--progress"])
                 .args(["--count", &APPENDS.to_string()])
                 .stdout(file.try_clone().expect("dup"))
@@ -174,7 +191,10 @@ pub fn kv_clients_and_console_survive_a_power_loss(
             .filter(|e| e.split('.').next() == Some(tag))
             .collect();
         let want: Vec<String> = (0..APPENDS).map(|i| format!("{tag}.{i}")).collect();
-        assert_eq!(mine, want, "{tag}'s appends, exactly once and in order: {value}");
+        assert_eq!(
+            mine, want,
+            "{tag}'s appends, exactly once and in order: {value}"
+        );
     }
 
     // The console: the loop's numbers once each, in order, no hole; then power-off.
@@ -184,7 +204,12 @@ pub fn kv_clients_and_console_survive_a_power_loss(
         std::thread::sleep(Duration::from_millis(50));
     }
     backup.type_line("exit 0");
-    assert_eq!(backup.wait(Duration::from_secs(300)), Some(0), "{}", backup.stderr());
+    assert_eq!(
+        backup.wait(Duration::from_secs(300)),
+        Some(0),
+        "{}",
+        backup.stderr()
+    );
     let text = read();
     let numbers: Vec<&str> = text
         .lines()
@@ -192,7 +217,12 @@ pub fn kv_clients_and_console_survive_a_power_loss(
         .filter(|l| l.starts_with("n-"))
         .collect();
     let want: Vec<String> = (0..60).map(|i| format!("n-{i}")).collect();
-    assert_eq!(numbers, want, "console:\n{text}\nbackup:\n{}", backup.stderr());
+    assert_eq!(
+        numbers,
+        want,
+        "console:\n{text}\nbackup:\n{}",
+        backup.stderr()
+    );
     assert!(!text.contains('\0'), "a hole in the console stream");
     assert!(text.contains("powering off with status 0"), "{text}");
     let be = backup.stderr();

@@ -53,7 +53,9 @@ fn client(hosts: &Hosts, mode: &'static str) -> std::thread::JoinHandle<(bool, S
     let ns = format!("{}-client", hosts.name);
     std::thread::spawn(move || {
         let out = Command::new("ip")
-            .args(["netns", "exec", &ns, "python3", "-c", TCP_CLIENT, GUEST_ADDR, mode])
+            .args([
+                "netns", "exec", &ns, "python3", "-c", TCP_CLIENT, GUEST_ADDR, mode,
+            ])
             .output()
             .expect("run the TCP client");
         (
@@ -113,21 +115,27 @@ pub fn restored_guest_serves_network_and_disks(
     let (ok, sent) = sender.join().expect("client thread");
     assert!(ok, "client: {sent}");
     let want = after(&sent, "sent");
-    assert!(got.contains("1048576"), "guest received:\n{got}\nclient: {sent}");
-    assert!(got.contains(want), "guest's SHA-256 differs:\n{got}\nclient: {sent}");
+    assert!(
+        got.contains("1048576"),
+        "guest received:\n{got}\nclient: {sent}"
+    );
+    assert!(
+        got.contains(want),
+        "guest's SHA-256 differs:\n{got}\nclient: {sent}"
+    );
 
     // Guest to host: the same mebibyte back, from the guest's copy.
     let receiver = client(hosts, "receive");
     std::thread::sleep(Duration::from_millis(500));
     let out = vm.run(
-        &format!(
-            "nc {} 5002 </tmp/in >/dev/null",
-            Hosts::addr("client")
-        ),
+        &format!("nc {} 5002 </tmp/in >/dev/null", Hosts::addr("client")),
         Duration::from_secs(600),
     );
     let (ok, received) = receiver.join().expect("client thread");
-    assert!(ok && received.contains("equal"), "client: {received}\nguest:\n{out}");
+    assert!(
+        ok && received.contains("equal"),
+        "client: {received}\nguest:\n{out}"
+    );
     assert_eq!(
         after(&received, "received"),
         want,
@@ -150,7 +158,10 @@ pub fn restored_guest_serves_network_and_disks(
     );
     assert!(out.contains(SEED_TEXT), "{out}");
     assert!(out.contains("Read-only file system"), "{out}");
-    assert!(!out.contains("status 0"), "dd wrote to the read-only disk:\n{out}");
+    assert!(
+        !out.contains("status 0"),
+        "dd wrote to the read-only disk:\n{out}"
+    );
 
     // The key/value service the snapshot started answers the client host.
     let kvclient = ftvm_e2e::top().join("build/kv/bin/kvclient");
@@ -161,7 +172,15 @@ pub fn restored_guest_serves_network_and_disks(
     let (ok, put) = hosts.exec(
         "client",
         kv,
-        &["--vs", &vs, "--timeout-ms", "120000", "put", "greeting", "hello-from-the-client"],
+        &[
+            "--vs",
+            &vs,
+            "--timeout-ms",
+            "120000",
+            "put",
+            "greeting",
+            "hello-from-the-client",
+        ],
         Duration::from_secs(180),
     );
     assert!(ok, "kvclient put: {put}");
@@ -171,9 +190,17 @@ pub fn restored_guest_serves_network_and_disks(
         &["--vs", &vs, "--timeout-ms", "120000", "get", "greeting"],
         Duration::from_secs(180),
     );
-    assert!(ok && get.contains("hello-from-the-client"), "kvclient get: {get}");
+    assert!(
+        ok && get.contains("hello-from-the-client"),
+        "kvclient get: {get}"
+    );
 
-    assert_eq!(vm.exit(3, Duration::from_secs(300)), Some(3), "{}", vm.stderr());
+    assert_eq!(
+        vm.exit(3, Duration::from_secs(300)),
+        Some(3),
+        "{}",
+        vm.stderr()
+    );
     assert!(vm.stdout().contains("powering off with status 3"));
     assert_eq!(
         sha256_hex(&copy.read_data_file("from-client.bin")),
@@ -185,7 +212,11 @@ pub fn restored_guest_serves_network_and_disks(
          and read-back, read-only disk, key/value put/get: {:.0} s",
         t.elapsed().as_secs_f64()
     );
-    for line in vm.stderr().lines().filter(|l| l.contains("frames") || l.contains("disk")) {
+    for line in vm
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("frames") || l.contains("disk"))
+    {
         eprintln!("  {line}");
     }
 }

@@ -107,7 +107,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         Command::Bench { tag, count } => {
             let started = std::time::Instant::now();
-            let mut latencies = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(1 << 20));
+            let mut latencies =
+                Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(1 << 20));
             for i in 0..count {
                 let key = format!("{tag}.{}", i / 2);
                 let t = std::time::Instant::now();
