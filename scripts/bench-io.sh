@@ -3,7 +3,7 @@
 #
 # The stock guest's network and disk under `run` and under `record`, side by side in one
 # run (issue 10): ping round trip from the client host, TCP throughput host to guest and
-# guest to host (4 MiB through busybox nc), disk write (16 MiB, fsync) and cold-cache read
+# guest to host (1 MiB through busybox nc), disk write (4 MiB, fsync) and cold-cache read
 # on its ext4 data disk. Each round restores the stock snapshot with a NIC and disks
 # (scripts/stock-net-snapshot.sh, booted once and cached) on simulated host A
 # (scripts/hosts.sh); rounds alternate run and record. Prints medians and record/run.

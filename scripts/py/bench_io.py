@@ -13,8 +13,8 @@ from stockvm import GUEST, StockVm, on_client  # noqa: E402
 
 ftvm, hosts, work, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 HERE = os.path.dirname(os.path.abspath(__file__))
-TCP_BYTES = 4 << 20
-DISK_MIB = 16
+TCP_BYTES = 1 << 20
+DISK_MIB = 4
 
 
 def seconds(out):
