@@ -19,7 +19,9 @@ shared = f"/tmp/{hosts}/shared"
 
 
 def bench(tag):
-    p = on_client(hosts, [kvclient, "--vs", f"{GUEST}:7000", "bench", "--tag", tag, "--count", str(ops)])
+    # Calls take seconds through the guest's emulated kernel (and, under the pair, its
+    # replies wait for the backup): 20 s per call before a retry.
+    p = on_client(hosts, [kvclient, "--vs", f"{GUEST}:7000", "--rpc-timeout-ms", "20000", "bench", "--tag", tag, "--count", str(ops)])
     m = re.search(r"ops_per_s ([0-9.]+) p50_ms ([0-9.]+) p99_ms ([0-9.]+)", p.stdout)
     if p.returncode != 0 or not m:
         raise RuntimeError(f"kvclient bench: {p.stdout}{p.stderr}")
@@ -28,7 +30,8 @@ def bench(tag):
 
 def warm():
     # The service's view settles after the restore: one put until it answers.
-    p = on_client(hosts, [kvclient, "--vs", f"{GUEST}:7000", "--timeout-ms", "60000", "put", "warm", "up"])
+    p = on_client(hosts, [kvclient, "--vs", f"{GUEST}:7000", "--timeout-ms", "120000",
+                          "--rpc-timeout-ms", "20000", "put", "warm", "up"])
     if p.returncode != 0:
         raise RuntimeError(f"kvclient put: {p.stdout}{p.stderr}")
 

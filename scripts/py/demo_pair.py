@@ -15,7 +15,7 @@ from stockvm import GUEST, StockVm, on_client  # noqa: E402
 
 ftvm, kvclient, hosts, work = sys.argv[1:5]
 shared = f"/tmp/{hosts}/shared"
-APPENDS = 30
+APPENDS = 10
 TAGS = ["alice", "bob", "carol"]
 
 
@@ -47,14 +47,17 @@ try:
     outs = {}
 
     def client(tag):
+        # A call through the guest's emulated kernel, its reply held until the backup has
+        # replayed it, takes seconds here: 20 s per call, retried until done.
         outs[tag] = on_client(hosts, [kvclient, "--vs", f"{GUEST}:7000", "--timeout-ms", "0",
+                                      "--rpc-timeout-ms", "20000",
                                       "append-many", "--key", "log", "--tag", tag,
                                       "--count", str(APPENDS), "--progress"], limit=900)
 
     threads = [threading.Thread(target=client, args=(t,)) for t in TAGS]
     for t in threads:
         t.start()
-    time.sleep(8)
+    time.sleep(20)
     say("pulling host A's power: its cable is cut, then its VMM killed")
     subprocess.run(["scripts/hosts.sh", "cut", "a", hosts], check=True, capture_output=True)
     primary.kill()
@@ -69,7 +72,8 @@ try:
     for tag in TAGS:
         last = [l for l in outs[tag].stdout.splitlines() if l.strip()][-1:]
         say(f"client {tag}: {'; '.join(last) or outs[tag].stderr.strip()}")
-    value = on_client(hosts, [kvclient, "--vs", f"{GUEST}:7000", "get", "log"]).stdout.strip()
+    value = on_client(hosts, [kvclient, "--vs", f"{GUEST}:7000", "--timeout-ms", "120000",
+                              "--rpc-timeout-ms", "20000", "get", "log"]).stdout.strip()
     ok = True
     for tag in TAGS:
         mine = [e for e in value.split(";") if e.split(".")[0] == tag]
