@@ -13,16 +13,6 @@ cd "$(dirname "$0")/.."
 
 rounds=${1:-3}
 case $rounds in '' | *[!0-9]* | 0) log "ROUNDS must be a positive number, not '$rounds'"; exit 2 ;; esac
-ensure_base_tools
-ensure_tools python3:python3 ping:iputils-ping
-require_kvm
-log "building ftvm (release)"
-cargo build --release --locked -p ftvm
-ftvm=$PWD/target/release/ftvm
-scripts/stock-net-snapshot.sh "$ftvm"
-hosts=ftvmbio$$
-work=$(mktemp -d /tmp/ftvm-bench-io.XXXXXX)
-trap 'scripts/hosts.sh down "$hosts" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
-scripts/hosts.sh up "$hosts" >/dev/null
+stock_net_hosts ftvmbio
 echo "machine: $(nproc) vCPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); $(date -u +%F)"
 python3 scripts/py/bench_io.py "$ftvm" "$hosts" "$work" "$rounds"

@@ -16,17 +16,6 @@ ops=${2:-200}
 for n in "$rounds" "$ops"; do
     case $n in '' | *[!0-9]* | 0) log "counts must be positive numbers, not '$n'"; exit 2 ;; esac
 done
-ensure_base_tools
-ensure_tools python3:python3
-require_kvm
-log "building ftvm (release)"
-cargo build --release --locked -p ftvm
-ftvm=$PWD/target/release/ftvm
-scripts/stock-net-snapshot.sh "$ftvm"
-scripts/build-kv.sh >&2
-hosts=ftvmbkv$$
-work=$(mktemp -d /tmp/ftvm-bench-kv.XXXXXX)
-trap 'scripts/hosts.sh down "$hosts" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
-scripts/hosts.sh up "$hosts" >/dev/null
+stock_net_hosts ftvmbkv
 echo "machine: $(nproc) vCPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); $(date -u +%F)"
 python3 scripts/py/bench_kv.py "$ftvm" "$PWD/build/kv/bin/kvclient" "$hosts" "$work" "$rounds" "$ops"

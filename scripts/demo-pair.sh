@@ -11,16 +11,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-ensure_base_tools
-ensure_tools python3:python3
-require_kvm
-log "building ftvm (release)"
-cargo build --release --locked -p ftvm
-ftvm=$PWD/target/release/ftvm
-scripts/stock-net-snapshot.sh "$ftvm"
-scripts/build-kv.sh >&2
-hosts=ftvmdemo$$
-work=$(mktemp -d /tmp/ftvm-demo-pair.XXXXXX)
-trap 'scripts/hosts.sh down "$hosts" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
-scripts/hosts.sh up "$hosts" >/dev/null
+stock_net_hosts ftvmdemo
 python3 scripts/py/demo_pair.py "$ftvm" "$PWD/build/kv/bin/kvclient" "$hosts" "$work"

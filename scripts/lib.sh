@@ -67,3 +67,22 @@ trial_workspace_cleanup() {
 
 # median: the median of the numbers on stdin, one per line ("nan" when there are none).
 median() { sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print "nan"}'; }
+
+# stock_net_hosts NAME: what the scripts that run the stock guest with its NIC share (bench-io,
+# bench-kv, demo-pair): the release ftvm in $ftvm, the cached net snapshot
+# (scripts/stock-net-snapshot.sh), the key/value binaries, simulated hosts named NAME$$ in
+# $hosts and a work directory in $work, both removed on exit.
+stock_net_hosts() {
+    ensure_base_tools
+    ensure_tools python3:python3 ping:iputils-ping
+    require_kvm
+    log "building ftvm (release)"
+    cargo build --release --locked -p ftvm
+    ftvm=$PWD/target/release/ftvm
+    scripts/stock-net-snapshot.sh "$ftvm"
+    scripts/build-kv.sh >&2
+    hosts=$1$$
+    work=$(mktemp -d "/tmp/$1.XXXXXX")
+    trap 'scripts/hosts.sh down "$hosts" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+    scripts/hosts.sh up "$hosts" >/dev/null
+}
