@@ -16,7 +16,8 @@ pub struct ConsoleVmm {
     steps: u32,
 }
 
-fn collect(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+/// What `pipe` gives, gathered by a thread of its own as it comes.
+pub(crate) fn collect(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
     let text = Arc::new(Mutex::new(String::new()));
     let sink = text.clone();
     std::thread::spawn(move || {

@@ -11,7 +11,6 @@ pub mod console;
 pub mod stock;
 
 pub use console::ConsoleVmm;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -234,21 +233,7 @@ impl Vmm {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start ftvm");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("stderr");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                sink.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_str(&text);
-            }
-        });
+        let stderr = console::collect(child.stderr.take().expect("stderr"));
         Self { child, stderr }
     }
 
