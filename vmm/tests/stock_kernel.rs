@@ -110,11 +110,24 @@ fn stock_kernel_boots_with_nic_and_disks_and_everything_restores_from_its_snapsh
         eprintln!("FTVM_STOCK_KEEP: reusing {} (no boot)", snap.display());
     } else {
         let _ = std::fs::remove_dir_all(&snap);
+        let t = Instant::now();
         boot_and_snapshot(&hosts, &base, &snap, keep.is_none());
+        eprintln!("stock step boots: {:.0} s", t.elapsed().as_secs_f64());
     }
-    stock::serve::restored_guest_serves_network_and_disks(&hosts, &snap, &disks, &dir);
-    stock::record::recorded_io_replays_without_a_tap(&hosts, &snap, &disks, &dir);
-    stock::failover::kv_clients_and_console_survive_a_power_loss(&hosts, &snap, &disks, &dir);
+    let step = |name: &str, run: &dyn Fn()| {
+        let t = Instant::now();
+        run();
+        eprintln!("stock step {name}: {:.0} s", t.elapsed().as_secs_f64());
+    };
+    step("serve", &|| {
+        stock::serve::restored_guest_serves_network_and_disks(&hosts, &snap, &disks, &dir)
+    });
+    step("record", &|| {
+        stock::record::recorded_io_replays_without_a_tap(&hosts, &snap, &disks, &dir)
+    });
+    step("failover", &|| {
+        stock::failover::kv_clients_and_console_survive_a_power_loss(&hosts, &snap, &disks, &dir)
+    });
     let _ = std::fs::remove_dir_all(&dir);
 }
 

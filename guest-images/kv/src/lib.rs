@@ -7,7 +7,8 @@
 //! - [`net`]: TCP calls and server loop with fault injection;
 //! - [`vs_server`], [`server`], [`client`]: the view service, key/value server and client
 //!   over TCP, used by the `viewservice`, `kvserver` and `kvclient` binaries;
-//! - [`linearizability`]: a checker for recorded client histories.
+//! - [`linearizability`]: a checker for recorded client histories, and [`workload`]: the
+//!   concurrent Get/Put/Append clients whose histories it checks.
 
 pub mod client;
 pub mod faults;
@@ -20,3 +21,4 @@ pub mod server;
 pub mod store;
 pub mod viewservice;
 pub mod vs_server;
+pub mod workload;

@@ -8,9 +8,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ftvm_kv::linearizability::{self, Input, Operation};
+use ftvm_kv::linearizability;
 use ftvm_kv::net::{Caller, Faults};
 use ftvm_kv::protocol::{ClientOp, ErrorCode, Op, Request, Response};
+use ftvm_kv::workload::{self, Mixed};
 
 /// Sends one client request straight to `addr`, as a client with an outdated view would.
 fn direct(addr: &str, client: u64, seq: u64, op: Op) -> Response {
@@ -312,19 +313,6 @@ fn repeated_crashes_of_primary_and_backup_under_concurrent_clients() {
     check_appends(&log, &tags);
 }
 
-/// A tiny deterministic random generator for the workload.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
-}
-
 #[test]
 fn linearizable_history_under_faults_and_failover() {
     let (mut c, a, b) = Cluster::with_primary_and_backup();
@@ -334,60 +322,29 @@ fn linearizable_history_under_faults_and_failover() {
     }
     const CLIENTS: u64 = 4;
     const OPS: u64 = 40;
-    let start = Instant::now();
-    let history = Arc::new(Mutex::new(Vec::new()));
+    let spec = Mixed {
+        clients: CLIENTS,
+        ops_per_client: OPS,
+        keys: 2,
+        seed: 17,
+    };
     let done = Arc::new(AtomicUsize::new(0));
     let cfg = c.clerk_config();
-    let handles: Vec<_> = (0..CLIENTS)
-        .map(|n| {
-            let cfg = cfg.clone();
-            let history = history.clone();
-            let done = done.clone();
-            thread::spawn(move || {
-                let mut ck = ftvm_kv::client::Clerk::new(cfg);
-                let mut rng = Lcg(n + 17);
-                for i in 0..OPS {
-                    let key = ["x", "y"][rng.next(2) as usize].to_string();
-                    let choice = rng.next(3);
-                    let now = || start.elapsed().as_nanos() as u64;
-                    let call = now();
-                    let (input, output) = match choice {
-                        0 => (Input::Get, Some(ck.get(&key).unwrap())),
-                        1 => {
-                            let v = format!("p{n}.{i}");
-                            ck.put(&key, &v).unwrap();
-                            (Input::Put(v), None)
-                        }
-                        _ => {
-                            let v = format!("a{n}.{i};");
-                            ck.append(&key, &v).unwrap();
-                            (Input::Append(v), None)
-                        }
-                    };
-                    let ret = now();
-                    history.lock().unwrap().push(Operation {
-                        client: n,
-                        key,
-                        input,
-                        output,
-                        call,
-                        ret: Some(ret),
-                    });
-                    done.fetch_add(1, Ordering::SeqCst);
-                }
+    let run = thread::spawn({
+        let done = done.clone();
+        move || {
+            workload::run_mixed(&cfg, &spec, &|_, _| {
+                done.fetch_add(1, Ordering::SeqCst);
             })
-        })
-        .collect();
+        }
+    });
     // Halfway through, the primary crashes.
     wait_for("half of the operations", || {
         (done.load(Ordering::SeqCst) >= (CLIENTS * OPS / 2) as usize).then_some(())
     });
     let primary = c.view().unwrap().view.primary.unwrap();
     c.kill(&primary);
-    for h in handles {
-        h.join().unwrap();
-    }
-    let history = history.lock().unwrap().clone();
+    let history = run.join().unwrap().expect("every operation completes").ops;
     assert_eq!(history.len(), (CLIENTS * OPS) as usize);
     linearizability::check(&history).expect("history must be linearizable");
 }

@@ -233,3 +233,26 @@ fn processes_survive_sigkill_of_primary_and_backup() {
     let out = Command::new(SERVER).args(["--bogus"]).output().unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn mixed_clients_check_their_history_for_linearizability() {
+    let (_vs_proc, vs) = start(VS, &["--listen", "127.0.0.1:0", "--ping-interval-ms", "20"]);
+    let _servers: Vec<_> = (0..2).map(|_| start_server(&vs, "127.0.0.1:0").0).collect();
+    let out = Command::new(CLIENT)
+        .args(["--vs", &vs, "--timeout-ms", "30000", "mixed"])
+        .args(["--clients", "3", "--ops", "15", "--keys", "2", "--progress"])
+        .output()
+        .expect("kvclient mixed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.lines().filter(|l| l.starts_with("ok ")).count(), 45);
+    // 45 operations and one read of each key.
+    assert!(
+        text.contains("linearizable 47 operations on 2 keys"),
+        "{text}"
+    );
+}

@@ -2,15 +2,19 @@
 //!
 //! `kvclient --vs 127.0.0.1:7000 put k v`, `get k`, `append k v`, `view`, `status ADDR`, and
 //! for tests `append-many --key k --tag c1 --count 100`, which appends `c1.0;`, `c1.1;`, ...
-//! one after the other and prints `appended N` at the end.
+//! one after the other and prints `appended N` at the end; `mixed --clients 3 --ops 20`
+//! runs concurrent clients doing Get, Put and Append on shared keys and checks that what
+//! they saw is linearizable (exit status 1 if not).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ftvm_kv::client::{Clerk, ClerkConfig};
+use ftvm_kv::linearizability;
 use ftvm_kv::net::{Caller, Faults};
 use ftvm_kv::protocol::{Request, Response};
+use ftvm_kv::workload::{self, Mixed};
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +60,23 @@ enum Command {
         #[arg(long)]
         count: u64,
         /// Print each completed append.
+        #[arg(long)]
+        progress: bool,
+    },
+    /// CLIENTS concurrent clients, each doing OPS random Gets, Puts and Appends of unique
+    /// values on KEYS shared keys; then every key is read once more, and the whole history
+    /// goes to the linearizability checker. Prints `linearizable N operations ...`.
+    Mixed {
+        #[arg(long, default_value_t = 3)]
+        clients: u64,
+        #[arg(long, default_value_t = 20)]
+        ops: u64,
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+        keys: u64,
+        /// Seed of the choice of keys and operations.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print `ok CLIENT OP` after each completed operation.
         #[arg(long)]
         progress: bool,
     },
@@ -105,6 +126,22 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
             println!("appended {count}");
         }
+        Command::Mixed {
+            clients,
+            ops,
+            keys,
+            seed,
+            progress,
+        } => mixed(
+            &config,
+            &Mixed {
+                clients,
+                ops_per_client: ops,
+                keys,
+                seed,
+            },
+            progress,
+        )?,
         Command::Bench { tag, count } => {
             let started = std::time::Instant::now();
             let mut latencies =
@@ -136,6 +173,29 @@ fn run(args: Args) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+fn mixed(config: &ClerkConfig, spec: &Mixed, progress: bool) -> anyhow::Result<()> {
+    let report = |client: u64, op: u64| {
+        if progress {
+            println!("ok {client} {op}");
+        }
+    };
+    let mut history = workload::run_mixed(config, spec, &report)?;
+    workload::read_back(config, spec, &mut history)?;
+    let (gets, puts, appends) = history.counts();
+    if let Err(e) = linearizability::check(&history.ops) {
+        for op in &history.ops {
+            eprintln!("{op:?}");
+        }
+        anyhow::bail!("{e}");
+    }
+    println!(
+        "linearizable {} operations on {} keys ({gets} gets, {puts} puts, {appends} appends)",
+        history.ops.len(),
+        spec.keys
+    );
     Ok(())
 }
 
