@@ -3,16 +3,16 @@
 //! get lost inside that guest, so [`ConsoleVmm::run`] types one line and waits for the
 //! marker it ends with before the next.
 
+use crate::Vmm;
 use std::io::{Read, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub struct ConsoleVmm {
-    child: Child,
+    vmm: Vmm,
     stdin: Option<ChildStdin>,
     stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
     steps: u32,
 }
 
@@ -45,12 +45,10 @@ impl ConsoleVmm {
             .expect("start ftvm");
         let stdin = child.stdin.take();
         let stdout = collect(child.stdout.take().expect("stdout"));
-        let stderr = collect(child.stderr.take().expect("stderr"));
         Self {
-            child,
+            vmm: Vmm::from_child(child),
             stdin,
             stdout,
-            stderr,
             steps: 0,
         }
     }
@@ -64,10 +62,7 @@ impl ConsoleVmm {
     }
 
     pub fn stderr(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.vmm.stderr()
     }
 
     fn both(&self) -> String {
@@ -99,8 +94,7 @@ impl ConsoleVmm {
             {
                 return;
             }
-            if let Ok(Some(s)) = self.child.try_wait() {
-                std::thread::sleep(Duration::from_millis(100));
+            if let Some(s) = self.vmm.try_wait() {
                 panic!("ftvm exited with {s} before '{line}':\n{}", self.both());
             }
             assert!(
@@ -130,38 +124,24 @@ impl ConsoleVmm {
             .join("\n")
     }
 
-    /// Type `exit N` and wait for the VMM to end: its exit status.
-    pub fn exit(&mut self, status: i32, limit: Duration) -> Option<i32> {
+    /// Type `exit N` and wait for the VMM to end: its exit status (-1 for a signal).
+    pub fn exit(&mut self, status: i32, limit: Duration) -> i32 {
         self.type_line(&format!("exit {status}"));
         self.wait(limit)
     }
 
-    /// The VMM's exit status (None: a signal); panics (killing it) after `limit`.
-    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
-        let t = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                std::thread::sleep(Duration::from_millis(100));
-                return s.code();
-            }
-            if t.elapsed() > limit {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("still running after {limit:?}:\n{}", self.both());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    /// The VMM's exit status (-1 for a signal); panics (killing it) after `limit`.
+    pub fn wait(&mut self, limit: Duration) -> i32 {
+        self.vmm.wait(limit)
+    }
+
+    /// Its exit status once it has ended (-1 for a signal), without waiting.
+    pub fn try_wait(&mut self) -> Option<i32> {
+        self.vmm.try_wait()
     }
 
     /// SIGKILL, as a power loss would end it.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ConsoleVmm {
-    fn drop(&mut self) {
-        self.kill();
+        self.vmm.kill();
     }
 }

@@ -227,14 +227,27 @@ pub struct Vmm {
 impl Vmm {
     /// Start `cmd` (an ftvm command line) with its stderr collected.
     pub fn spawn(mut cmd: Command) -> Self {
-        let mut child = cmd
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start ftvm");
-        let stderr = console::collect(child.stderr.take().expect("stderr"));
+        Self::from_child(child)
+    }
+
+    /// A started VMM whose stderr is a pipe: collect it.
+    pub(crate) fn from_child(mut child: Child) -> Self {
+        let stderr = console::collect(child.stderr.take().expect("stderr piped"));
         Self { child, stderr }
+    }
+
+    /// Its exit status once it has ended (-1 for a signal), without waiting; its last
+    /// words are collected by then.
+    pub fn try_wait(&mut self) -> Option<i32> {
+        let status = self.child.try_wait().expect("wait")?;
+        std::thread::sleep(Duration::from_millis(50));
+        Some(status.code().unwrap_or(-1))
     }
 
     pub fn stderr(&self) -> String {
@@ -253,8 +266,7 @@ impl Vmm {
     pub fn wait_for_nth(&mut self, text: &str, n: usize, limit: Duration) {
         let t = Instant::now();
         while self.stderr().matches(text).count() < n {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                std::thread::sleep(Duration::from_millis(50));
+            if let Some(s) = self.try_wait() {
                 panic!("exited with {s} before '{text}':\n{}", self.stderr());
             }
             assert!(
@@ -270,12 +282,11 @@ impl Vmm {
     pub fn wait(&mut self, limit: Duration) -> i32 {
         let t = Instant::now();
         loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                std::thread::sleep(Duration::from_millis(50));
-                return s.code().unwrap_or(-1);
+            if let Some(s) = self.try_wait() {
+                return s;
             }
             if t.elapsed() > limit {
-                let _ = self.child.kill();
+                self.kill();
                 panic!("still running after {limit:?}:\n{}", self.stderr());
             }
             std::thread::sleep(Duration::from_millis(10));

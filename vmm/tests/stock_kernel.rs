@@ -13,9 +13,8 @@ mod stock;
 use common::*;
 
 use ftvm_e2e::stock::{image, StockDisks};
-use ftvm_e2e::Hosts;
-use std::io::Write;
-use std::process::{Command, Stdio};
+use ftvm_e2e::{ConsoleVmm, Hosts};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// What a boot printed and when the ready line appeared.
@@ -26,61 +25,28 @@ struct Boot {
     to_init: Option<Duration>,
 }
 
-/// Run ftvm, typing `input` one line per prompt of the guest's console loop ("# ", as a
-/// person would: lines typed ahead of a running command get lost in the guest), timing the
-/// guest's ready line; give up after `limit`.
-fn run_timed(mut cmd: Command, input: &[u8], limit: Duration) -> Boot {
+/// Run ftvm with its console on pipes (stdin kept open: the guest's shell would otherwise
+/// see the end of its input), timing the guest's ready line; give up after `limit`.
+fn run_timed(cmd: Command, limit: Duration) -> Boot {
     let started = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ftvm");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input).unwrap();
-    // Keep stdin open: the guest's shell would otherwise not see a late command.
-    let mut out = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let mut ready_at = None;
-        let mut buf = [0u8; 4096];
-        loop {
-            match std::io::Read::read(&mut out, &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    text.extend_from_slice(&buf[..n]);
-                    if ready_at.is_none()
-                        && String::from_utf8_lossy(&text).contains("ftvm-init: ready")
-                    {
-                        ready_at = Some(started.elapsed());
-                    }
-                }
-            }
-        }
-        (String::from_utf8_lossy(&text).into_owned(), ready_at)
-    });
-    let mut err = child.stderr.take().unwrap();
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut err, &mut s);
-        s
-    });
+    let mut vm = ConsoleVmm::spawn(cmd);
+    let mut to_init = None;
     let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s.code();
+        if to_init.is_none() && vm.stdout().contains("ftvm-init: ready") {
+            to_init = Some(started.elapsed());
+        }
+        if let Some(s) = vm.try_wait() {
+            break Some(s);
         }
         if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
+            vm.kill();
             break None;
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    let (stdout, to_init) = reader.join().unwrap();
     Boot {
-        stdout,
-        stderr: err_reader.join().unwrap(),
+        stdout: vm.stdout(),
+        stderr: vm.stderr(),
         status,
         to_init,
     }
@@ -114,7 +80,15 @@ fn stock_kernel_boots_with_nic_and_disks_and_everything_restores_from_its_snapsh
         boot_and_snapshot(&hosts, &base, &snap, keep.is_none());
         eprintln!("stock step boots: {:.0} s", t.elapsed().as_secs_f64());
     }
+    // FTVM_STOCK_STEPS=failover,... (by hand, with FTVM_STOCK_KEEP) runs only those steps.
+    let only = std::env::var("FTVM_STOCK_STEPS").ok();
     let step = |name: &str, run: &dyn Fn()| {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.split(',').any(|s| s == name))
+        {
+            return;
+        }
         let t = Instant::now();
         run();
         eprintln!("stock step {name}: {:.0} s", t.elapsed().as_secs_f64());
@@ -126,7 +100,9 @@ fn stock_kernel_boots_with_nic_and_disks_and_everything_restores_from_its_snapsh
         stock::record::recorded_io_replays_without_a_tap(&hosts, &snap, &disks, &dir)
     });
     step("failover", &|| {
-        stock::failover::kv_clients_and_console_survive_a_power_loss(&hosts, &snap, &disks, &dir)
+        stock::failover::clients_disk_and_console_survive_three_power_losses(
+            &hosts, &snap, &disks, &dir,
+        )
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -165,7 +141,7 @@ fn boot_and_snapshot(
                 .args(["--snapshot-on", "ftvm-init: shell", "--snapshot-dir"])
                 .arg(snap)
                 .arg("--exit-after-snapshot");
-            run_timed(cmd, b"", BOOT_LIMIT)
+            run_timed(cmd, BOOT_LIMIT)
         });
         let bz = s.spawn(|| {
             if !with_bzimage {
@@ -183,7 +159,7 @@ fn boot_and_snapshot(
                     "--cmdline",
                     "-- echo bzimage-ok; sleep 1; devmem 0xd0000010 32 7",
                 ]);
-            Some(run_timed(cmd, b"", BOOT_LIMIT))
+            Some(run_timed(cmd, BOOT_LIMIT))
         });
         (elf.join().unwrap(), bz.join().unwrap())
     });

@@ -1,241 +1,237 @@
-//! The mission's story on the stock kernel: a primary on host A restored from the
-//! snapshot (its NIC on A's TAP, its own copy of the disks), a backup on host B joining
-//! by state transfer (its own TAP and copies), the key/value service in the guest serving
-//! three clients on the client host, a shell loop printing numbers. Host A loses power
-//! mid-run (its cable cut, then its VMM killed). The backup goes live; the clients carry
-//! on over the same TCP connections; every append lands exactly once, in each client's
-//! order; the console shows every number once, in order; the live guest powers off when
-//! told.
+//! The mission's story on the stock kernel, three power losses long. A primary on host A
+//! restored from the snapshot (its NIC on A's TAP, its own copies of the disks), a backup
+//! on host B joining by state transfer. The key/value service in the guest serves clients
+//! on the client host: three concurrent clients doing Get, Put and Append on two shared
+//! keys (their history is checked for linearizability) and one appending numbered records
+//! to a key of its own. In the guest, a shell loop appends numbered records to a file on
+//! the ext4 disk, syncs, and prints each number once it is written.
+//!
+//! Three times, the host running the guest loses power (its cable cut, then its VMM
+//! killed): the backup goes live, the freed host's cable comes back and a new backup
+//! joins the live VMM (re-protection, disk contents included). The clients carry on over
+//! the TCP connections they had. At the end every acknowledged append is there exactly
+//! once, the histories are linearizable, the disk file holds every acknowledged record
+//! once and in order, the console shows every number once, and after a clean power-off
+//! both hosts' disk images are equal byte for byte.
 
+use super::pair::*;
 use super::*;
 
-const CLIENTS: [&str; 3] = ["c0", "c1", "c2"];
-const APPENDS: u64 = 30;
+/// Power losses in one run.
+const FAILOVERS: usize = 3;
+const APPENDS: u64 = 24;
+const MIXED_CLIENTS: u64 = 3;
+const MIXED_OPS: u64 = 16;
 
-pub fn kv_clients_and_console_survive_a_power_loss(
+pub fn clients_disk_and_console_survive_three_power_losses(
     hosts: &Hosts,
     snap: &Path,
     disks: &StockDisks,
     dir: &Path,
 ) {
-    let shared = hosts.shared();
-    let key = ftvm_e2e::keygen(&shared.join(".."));
-    let listen = format!("{}:7000", Hosts::addr("a"));
-    let common = |role: &str| -> Vec<String> {
-        [
-            role,
-            "--shared-dir",
-            shared.to_str().unwrap(),
-            "--name",
-            "stock",
-        ]
-        .into_iter()
-        .chain(["--key-file", &key, "--net", "tap=tap0"])
-        .map(String::from)
-        .collect()
-    };
-    let mut args = common("primary");
-    args.extend(["--listen".into(), listen.clone()]);
-    args.extend(["--restore".into(), snap.display().to_string()]);
-    args.extend(disks.copy_to(&dir.join("primary")).args());
-    let mut primary = hosts.console("a", &args);
-    let mut args = common("backup");
-    args.extend(["--primary".into(), listen]);
-    // The backup's copies are overwritten by the state transfer: any image of the size.
-    args.extend(disks.copy_to(&dir.join("backup")).args());
-    let t = Instant::now();
-    while !primary.stderr().contains("waiting for a backup") {
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "{}",
-            primary.stderr()
+    let mut pair = Pair::new(hosts, snap, disks, dir);
+    let mut live = pair.primary("a");
+    let mut backup = pair.backup("b", &live, 1);
+
+    // The records loop, in the background so the console's shell stays free for the
+    // `touch` that ends it.
+    live.vmm.type_line(
+        "(i=0; while [ ! -e /tmp/stop ]; do echo r-$i >> /mnt/records; sync; echo n-$i; \
+         i=$((i+1)); sleep 0.5; done; echo loop-done) &",
+    );
+    let (mut appender, append_out) = kvclient(hosts, dir, "appends", &{
+        let mut a = vec!["append-many", "--key", "log", "--tag", "c", "--progress"];
+        a.extend(["--count", leak(APPENDS.to_string())]);
+        a
+    });
+    let (mut mixed, mixed_out) = kvclient(
+        hosts,
+        dir,
+        "mixed",
+        &[
+            "mixed",
+            "--progress",
+            "--clients",
+            leak(MIXED_CLIENTS.to_string()),
+            "--ops",
+            leak(MIXED_OPS.to_string()),
+            "--keys",
+            "2",
+        ],
+    );
+
+    let mut stalls = Vec::new();
+    for round in 1..=FAILOVERS {
+        // Each power loss once the clients and the loop have made progress since the last.
+        let (appends, ops) = (oks(&append_out), oks(&mixed_out));
+        let printed = numbers(hosts).len();
+        wait_until(
+            "client and console progress",
+            600,
+            &[&live, &backup],
+            || {
+                oks(&append_out) >= appends + 2
+                    && oks(&mixed_out) >= ops + 3
+                    && numbers(hosts).len() >= printed + 3
+            },
         );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut backup = hosts.console("b", &args);
-    while !primary.stderr().contains("protected:") {
-        assert!(
-            t.elapsed() < Duration::from_secs(600),
-            "no protection:\n{}\n{}",
-            primary.stderr(),
-            backup.stderr()
+        eprintln!(
+            "stock failover {round}: host {} loses power with {} appends, {} mixed operations, {} records done",
+            live.host,
+            oks(&append_out),
+            oks(&mixed_out),
+            numbers(hosts).len()
         );
-        std::thread::sleep(Duration::from_millis(50));
+        hosts.cut(live.host);
+        live.vmm.kill();
+        let killed = Instant::now();
+        wait_until("the backup to go live", 300, &[&backup], || {
+            backup.vmm.stderr().contains("live at exit")
+        });
+        stalls.push(killed.elapsed());
+        hosts.heal(live.host);
+        let freed = live.host;
+        live = backup;
+        // Re-protection: a new backup on the freed host joins the live VMM (its first
+        // protection as a live VMM).
+        backup = pair.backup(freed, &live, 1);
     }
 
-    // The clients: appends with their progress, to files.
-    let kvclient = ftvm_e2e::top().join("build/kv/bin/kvclient");
-    let vs = format!("{GUEST_ADDR}:7000");
-    let clients: Vec<_> = CLIENTS
-        .iter()
-        .map(|tag| {
-            let out = dir.join(format!("{tag}.out"));
-            let file = std::fs::File::create(&out).expect("client output");
-            let child = Command::new("ip")
-                .args(["netns", "exec", &format!("{}-client", hosts.name)])
-                .arg(&kvclient)
-                // Every frame the guest sends waits for the backup's acknowledgement, and the
-                // stock backup replays about a second behind here: a call takes seconds.
-                .args([
-                    "--vs",
-                    &vs,
-                    "--timeout-ms",
-                    "0",
-                    "--rpc-timeout-ms",
-                    "20000",
-                ])
-                .args(["append-many", "--key", "log", "--tag", tag, "--progress"])
-                .args(["--count", &APPENDS.to_string()])
-                .stdout(file.try_clone().expect("dup"))
-                .stderr(file)
-                .spawn()
-                .expect("start kvclient");
-            (child, out)
-        })
-        .collect();
-    let progress = |n: u64| {
-        clients.iter().all(|(_, out)| {
-            std::fs::read_to_string(out)
-                .unwrap_or_default()
-                .lines()
-                .filter(|l| l.starts_with("ok "))
-                .count() as u64
-                >= n
-        })
-    };
-    primary.type_line(
-        "i=0; while [ $i -lt 60 ]; do echo n-$i; i=$((i+1)); sleep 0.5; done; echo loop-done",
+    // The clients finish on the VMM live after the last power loss.
+    finish(&mut appender, &append_out, &[&live, &backup]);
+    finish(&mut mixed, &mixed_out, &[&live, &backup]);
+    let text = std::fs::read_to_string(&append_out).unwrap_or_default();
+    assert!(text.contains(&format!("appended {APPENDS}")), "{text}");
+    let text = std::fs::read_to_string(&mixed_out).unwrap_or_default();
+    let want = MIXED_CLIENTS * MIXED_OPS + 2;
+    assert!(
+        text.contains(&format!("linearizable {want} operations")),
+        "{text}"
     );
-    let console = shared.join("stock.console");
-    let read = || {
-        String::from_utf8_lossy(&std::fs::read(&console).unwrap_or_default()).replace("\r\n", "\n")
-    };
-    let has_line = |text: &str, line: &str| {
-        text.lines()
-            .any(|l| l.trim_start_matches("# ").trim_end() == line)
-    };
-    // A different kill moment each run (printed, to reproduce), once every client has
-    // some appends done.
-    let kill_after = 2 + std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() % 5);
-    let kill_line = format!("n-{kill_after}");
-    let t = Instant::now();
-    while !(has_line(&read(), &kill_line) && progress(2)) {
-        assert!(
-            t.elapsed() < Duration::from_secs(600),
-            "no {kill_line} or no client progress:\n{}\n{}",
-            read(),
-            primary.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let done: Vec<usize> = clients
-        .iter()
-        .map(|(_, out)| {
-            std::fs::read_to_string(out)
-                .unwrap_or_default()
-                .lines()
-                .filter(|l| l.starts_with("ok "))
-                .count()
-        })
-        .collect();
-    eprintln!(
-        "stock failover: host A loses power at {kill_line}, the clients' appends done: {done:?} of {APPENDS} each"
-    );
-    hosts.cut("a");
-    primary.kill();
-    let killed = Instant::now();
-    while !backup.stderr().contains("live at exit") {
-        assert!(
-            killed.elapsed() < Duration::from_secs(300),
-            "the backup did not go live:\n{}",
-            backup.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let live_after = killed.elapsed();
-
-    // Every client finishes on the live backup, over the connections it had.
-    for (mut child, out) in clients {
-        let t = Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().expect("wait") {
-                break s;
-            }
-            if t.elapsed() > Duration::from_secs(600) {
-                let _ = child.kill();
-                panic!(
-                    "kvclient still running:\n{}\n{}",
-                    std::fs::read_to_string(&out).unwrap_or_default(),
-                    backup.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let text = std::fs::read_to_string(&out).unwrap_or_default();
-        assert!(status.success(), "kvclient: {text}\n{}", backup.stderr());
-        assert!(text.contains(&format!("appended {APPENDS}")), "{text}");
-    }
+    eprintln!("stock failover: {}", text.lines().last().unwrap_or(""));
     let (ok, value) = hosts.exec(
         "client",
-        kvclient.to_str().unwrap(),
-        &["--vs", &vs, "--timeout-ms", "120000", "get", "log"],
+        kvclient_path().to_str().expect("utf-8"),
+        &["--vs", &vs(), "--timeout-ms", "120000", "get", "log"],
         Duration::from_secs(180),
     );
     assert!(ok, "kvclient get: {value}");
-    for tag in CLIENTS {
-        let mine: Vec<&str> = value
-            .trim()
-            .split(';')
-            .filter(|e| e.split('.').next() == Some(tag))
-            .collect();
-        let want: Vec<String> = (0..APPENDS).map(|i| format!("{tag}.{i}")).collect();
-        assert_eq!(
-            mine, want,
-            "{tag}'s appends, exactly once and in order: {value}"
-        );
-    }
+    let want: Vec<String> = (0..APPENDS).map(|i| format!("c.{i}")).collect();
+    let got: Vec<&str> = value.trim().split(';').filter(|e| !e.is_empty()).collect();
+    assert_eq!(got, want, "the appends, exactly once and in order");
 
-    // The console: the loop's numbers once each, in order, no hole; then power-off.
-    let t = Instant::now();
-    while !has_line(&read(), "loop-done") {
-        assert!(t.elapsed() < Duration::from_secs(300), "{}", read());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    backup.type_line("exit 0");
-    assert_eq!(
-        backup.wait(Duration::from_secs(300)),
-        Some(0),
-        "{}",
-        backup.stderr()
-    );
-    let text = read();
-    let numbers: Vec<&str> = text
-        .lines()
-        .map(|l| l.trim_start_matches("# ").trim_end())
-        .filter(|l| l.starts_with("n-"))
-        .collect();
-    let want: Vec<String> = (0..60).map(|i| format!("n-{i}")).collect();
-    assert_eq!(
-        numbers,
-        want,
-        "console:\n{text}\nbackup:\n{}",
-        backup.stderr()
-    );
-    assert!(!text.contains('\0'), "a hole in the console stream");
+    // End the loop, then power off from the console: both VMMs end, the pair in step.
+    live.vmm.type_line("touch /tmp/stop");
+    wait_until("the loop to end", 300, &[&live, &backup], || {
+        console_lines(&console(hosts)).contains(&"loop-done")
+    });
+    live.vmm.type_line("exit 0");
+    let live_status = live.vmm.wait(Duration::from_secs(300));
+    let backup_status = backup.vmm.wait(Duration::from_secs(300));
+    let text = console(hosts);
+    assert_eq!(live_status, 0, "{}", live.vmm.stderr());
+    assert_eq!(backup_status, 0, "{}", backup.vmm.stderr());
     assert!(text.contains("powering off with status 0"), "{text}");
-    let be = backup.stderr();
-    assert!(be.contains("won epoch 2"), "{be}");
-    eprintln!(
-        "stock failover with the key/value service: {} clients x {APPENDS} appends exactly \
-         once; live {:.0} ms after the kill",
-        CLIENTS.len(),
-        live_after.as_secs_f64() * 1000.0
-    );
-    for line in be.lines().filter(|l| {
-        l.contains("state transfer") || l.contains("live at") || l.contains("output rule")
-    }) {
-        eprintln!("  backup: {line}");
+    assert!(!text.contains('\0'), "a hole in the console stream");
+
+    // The console: every number once, in order; the disk: every record once, in order.
+    let printed = numbers(hosts);
+    let want: Vec<String> = (0..printed.len()).map(|i| format!("n-{i}")).collect();
+    assert_eq!(printed, want, "console:\n{text}");
+    let records = String::from_utf8_lossy(&live.disks.read_data_file("records")).into_owned();
+    let want: Vec<String> = (0..printed.len()).map(|i| format!("r-{i}")).collect();
+    assert_eq!(records.lines().collect::<Vec<_>>(), want, "/mnt/records");
+    // Both hosts' images, equal once the pair was in step.
+    for (mine, theirs) in [
+        (&live.disks.data, &backup.disks.data),
+        (&live.disks.read_only, &backup.disks.read_only),
+    ] {
+        let a = std::fs::read(mine).expect("disk image");
+        let b = std::fs::read(theirs).expect("disk image");
+        assert!(a == b, "{} and {} differ", mine.display(), theirs.display());
     }
+    let be = live.vmm.stderr();
+    assert!(be.contains(&format!("won epoch {}", FAILOVERS + 1)), "{be}");
+    let ms: Vec<String> = stalls
+        .iter()
+        .map(|d| format!("{:.0}", d.as_secs_f64() * 1000.0))
+        .collect();
+    eprintln!(
+        "stock failover: {FAILOVERS} power losses, re-protected after each; live after the kill [ms]: {}; {} records on ext4 once each; images equal",
+        ms.join(", "),
+        printed.len()
+    );
+    for line in be
+        .lines()
+        .filter(|l| l.contains("protected:") || l.contains("live at") || l.contains("output rule"))
+    {
+        eprintln!("  last live VMM: {line}");
+    }
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+fn kvclient_path() -> std::path::PathBuf {
+    ftvm_e2e::top().join("build/kv/bin/kvclient")
+}
+
+fn vs() -> String {
+    format!("{GUEST_ADDR}:7000")
+}
+
+/// A client process, killed if the test ends before it does.
+struct Client(std::process::Child);
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A kvclient on the client host, its output to a file: (process, file).
+fn kvclient(hosts: &Hosts, dir: &Path, name: &str, args: &[&str]) -> (Client, std::path::PathBuf) {
+    let out = dir.join(format!("{name}.out"));
+    let file = std::fs::File::create(&out).expect("client output");
+    let child = Command::new("ip")
+        .args(["netns", "exec", &format!("{}-client", hosts.name)])
+        .arg(kvclient_path())
+        // Every frame the guest sends waits for the backup's acknowledgement, and the stock
+        // backup replays about a second behind here: a call takes seconds. Never give up.
+        .args([
+            "--vs",
+            &vs(),
+            "--timeout-ms",
+            "0",
+            "--rpc-timeout-ms",
+            "20000",
+        ])
+        .args(args)
+        .stdout(file.try_clone().expect("dup"))
+        .stderr(file)
+        .spawn()
+        .expect("start kvclient");
+    (Client(child), out)
+}
+
+/// Waits for a client to end, successfully.
+fn finish(client: &mut Client, out: &Path, nodes: &[&Node]) {
+    let mut status = None;
+    wait_until("a client to finish", 900, nodes, || {
+        status = client.0.try_wait().expect("wait");
+        status.is_some()
+    });
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    assert!(status.is_some_and(|s| s.success()), "kvclient: {text}");
+}
+
+/// The loop's numbers on the console so far.
+fn numbers(hosts: &Hosts) -> Vec<String> {
+    console_lines(&console(hosts))
+        .into_iter()
+        .filter(|l| l.starts_with("n-"))
+        .map(String::from)
+        .collect()
 }

@@ -1,6 +1,7 @@
 //! What the stock-kernel test does from its snapshot, one file per step.
 
 pub mod failover;
+pub mod pair;
 pub mod record;
 pub mod serve;
 

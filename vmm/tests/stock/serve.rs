@@ -195,12 +195,7 @@ pub fn restored_guest_serves_network_and_disks(
         "kvclient get: {get}"
     );
 
-    assert_eq!(
-        vm.exit(3, Duration::from_secs(300)),
-        Some(3),
-        "{}",
-        vm.stderr()
-    );
+    assert_eq!(vm.exit(3, Duration::from_secs(300)), 3, "{}", vm.stderr());
     assert!(vm.stdout().contains("powering off with status 3"));
     assert_eq!(
         sha256_hex(&copy.read_data_file("from-client.bin")),
