@@ -129,13 +129,50 @@ pub enum PairNicRole {
     Backup,
 }
 
-/// What a restored VM is connected to.
-pub struct Resources<'a> {
+/// What a VM is connected to, however it starts (a kernel, a snapshot, a transferred
+/// state): its console, serial input, pause flag, log and fault-tolerance hooks.
+pub struct VmIo {
     pub console: ConsoleOut,
     pub input_rx: Option<crossbeam_channel::Receiver<Vec<u8>>>,
-    pub trace_exits: Option<&'a Path>,
     pub pause_request: Arc<std::sync::atomic::AtomicBool>,
-    /// The disk images for the saved machine's virtio-blk functions, in order.
+    pub log: LogStream,
+    pub hooks: FtHooks,
+}
+
+impl VmIo {
+    /// A console and a pause flag; no input, no log, no fault-tolerant role.
+    pub fn new(console: ConsoleOut, pause_request: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        Self {
+            console,
+            input_rx: None,
+            pause_request,
+            log: LogStream::Off,
+            hooks: FtHooks::default(),
+        }
+    }
+
+    pub fn input(mut self, input_rx: Option<crossbeam_channel::Receiver<Vec<u8>>>) -> Self {
+        self.input_rx = input_rx;
+        self
+    }
+
+    pub fn log(mut self, log: LogStream) -> Self {
+        self.log = log;
+        self
+    }
+
+    pub fn hooks(mut self, hooks: FtHooks) -> Self {
+        self.hooks = hooks;
+        self
+    }
+}
+
+/// The host resources of a VM continued from a saved state.
+#[derive(Default)]
+pub struct Resources<'a> {
+    pub trace_exits: Option<&'a Path>,
+    /// The disk images for the saved machine's virtio-blk functions, in order (for a
+    /// snapshot: copies to use instead of the recorded images, or none).
     pub disks: Vec<DiskSpec>,
     /// The TAP for the saved machine's NIC (it may be another than the one it had).
     pub net: Option<NetSpec>,

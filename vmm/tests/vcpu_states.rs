@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ftvm::clock::ClockMode;
-use ftvm::machine::{LogStream, Vm, VmConfig};
+use ftvm::machine::{Vm, VmConfig, VmIo};
 use ftvm::stop::StopReason;
 use ftvm::vcpu::{VcpuError, VcpuEvent};
 
@@ -57,10 +57,7 @@ fn pause_save_resume_finish() {
     };
     let mut vm = Vm::boot(
         &config,
-        Box::new(console.clone()),
-        None,
-        Default::default(),
-        LogStream::Off,
+        VmIo::new(Box::new(console.clone()), Default::default()),
     )
     .expect("boot");
 
@@ -121,10 +118,7 @@ fn finish_stops_a_running_guest() {
     let (_input_tx, input_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
     let mut vm = Vm::boot(
         &config,
-        Box::new(Console::default()),
-        Some(input_rx),
-        Default::default(),
-        LogStream::Off,
+        VmIo::new(Box::new(Console::default()), Default::default()).input(Some(input_rx)),
     )
     .expect("boot");
     vm.vcpu.resume();

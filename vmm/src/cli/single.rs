@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ftvm::console::WatchedConsole;
-use ftvm::machine::{LogStream, Vm, VmConfig};
+use ftvm::machine::{LogStream, Resources, Vm, VmConfig, VmIo};
 use ftvm::vcpu::VcpuEvent;
 
 use super::args::{LogFile, RunArgs};
@@ -45,16 +45,16 @@ pub(crate) fn run(args: RunArgs, log_file: LogFile) -> anyhow::Result<i32> {
         LogFile::Replay(_) => None,
         _ => Some(spawn_stdin_reader()),
     };
+    let io = VmIo::new(console, pause_request).input(input).log(log);
     let mut vm = match (&args.restore, args.kernel) {
         (Some(dir), _) => Vm::restore(
             dir,
-            console,
-            input,
-            args.trace_exits.as_deref(),
-            pause_request,
-            log,
-            &args.disk,
-            args.net.clone(),
+            Resources {
+                trace_exits: args.trace_exits.as_deref(),
+                disks: args.disk.clone(),
+                net: args.net.clone(),
+            },
+            io,
         )?,
         (None, Some(kernel)) => {
             // A replayed machine has the NIC its log names, with or without --net. A log
@@ -81,7 +81,7 @@ pub(crate) fn run(args: RunArgs, log_file: LogFile) -> anyhow::Result<i32> {
                 disks: args.disk,
                 net: args.net.clone(),
             };
-            Vm::boot(&config, console, input, pause_request, log)?
+            Vm::boot(&config, io)?
         }
         (None, None) => anyhow::bail!("--kernel or --restore is required"),
     };

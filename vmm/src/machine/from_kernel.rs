@@ -6,43 +6,25 @@ use kvm_ioctls::Kvm;
 use vm_memory::Address;
 
 use super::setup::{attach_nic, is_replay, log_start, open_log, open_tap, open_trace, pci_setup};
-use super::{create_vm, FtHooks, LogStream, Vm, VmConfig, VmError, DETERMINISTIC_EPOCH};
+use super::{create_vm, LogStream, Vm, VmConfig, VmError, VmIo, DETERMINISTIC_EPOCH};
 use crate::boot;
 use crate::clock::{ClockMode, VmClock};
 use crate::cpu;
 use crate::disk::open_disks;
 use crate::memory;
 use crate::net::host as nic_host;
-use crate::platform::{ConsoleOut, Platform};
+use crate::platform::Platform;
 
 impl Vm {
     /// Create a VM, load the kernel and start the vCPU thread, paused.
-    pub fn boot(
-        config: &VmConfig,
-        console: ConsoleOut,
-        input_rx: Option<crossbeam_channel::Receiver<Vec<u8>>>,
-        pause_request: Arc<std::sync::atomic::AtomicBool>,
-        log: LogStream,
-    ) -> Result<Self, VmError> {
-        Self::boot_with(
-            config,
+    pub fn boot(config: &VmConfig, io: VmIo) -> Result<Self, VmError> {
+        let VmIo {
             console,
             input_rx,
             pause_request,
             log,
-            FtHooks::default(),
-        )
-    }
-
-    /// `boot`, with the hooks of a fault-tolerant role.
-    pub fn boot_with(
-        config: &VmConfig,
-        console: ConsoleOut,
-        input_rx: Option<crossbeam_channel::Receiver<Vec<u8>>>,
-        pause_request: Arc<std::sync::atomic::AtomicBool>,
-        log: LogStream,
-        mut hooks: FtHooks,
-    ) -> Result<Self, VmError> {
+            mut hooks,
+        } = io;
         // Everything the user named is checked before KVM is touched.
         memory::check_size(config.mem_mib)?;
         let kernel_file = boot::open_kernel(&config.kernel)?;

@@ -8,71 +8,26 @@ use kvm_ioctls::Kvm;
 use vm_memory::GuestMemoryMmap;
 
 use super::setup::{attach_nic, is_replay, log_start, open_log, open_tap, open_trace, pci_setup};
-use super::{create_vm, FtHooks, LogStream, PairNicRole, Resources, Vm, VmError};
+use super::{create_vm, LogStream, PairNicRole, Resources, Vm, VmError, VmIo};
 use crate::clock::{ClockMode, VmClock};
-use crate::disk::{open_disks, snapshot_disks, DiskSpec};
+use crate::disk::{open_disks, snapshot_disks};
 use crate::net::host as nic_host;
-use crate::net::NetSpec;
-use crate::platform::{ConsoleOut, Platform};
+use crate::platform::Platform;
 use crate::snapshot;
 
 impl Vm {
     /// Continue a VM from the snapshot in `dir`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn restore(
-        dir: &Path,
-        console: ConsoleOut,
-        input_rx: Option<crossbeam_channel::Receiver<Vec<u8>>>,
-        trace_exits: Option<&Path>,
-        pause_request: Arc<std::sync::atomic::AtomicBool>,
-        log: LogStream,
-        disks: &[DiskSpec],
-        net: Option<NetSpec>,
-    ) -> Result<Self, VmError> {
-        Self::restore_with(
-            dir,
-            console,
-            input_rx,
-            trace_exits,
-            pause_request,
-            log,
-            FtHooks::default(),
-            disks,
-            net,
-        )
-    }
-
-    /// `restore`, with the hooks of a fault-tolerant role.
-    #[allow(clippy::too_many_arguments)]
-    pub fn restore_with(
-        dir: &Path,
-        console: ConsoleOut,
-        input_rx: Option<crossbeam_channel::Receiver<Vec<u8>>>,
-        trace_exits: Option<&Path>,
-        pause_request: Arc<std::sync::atomic::AtomicBool>,
-        log: LogStream,
-        hooks: FtHooks,
-        disks: &[DiskSpec],
-        net: Option<NetSpec>,
-    ) -> Result<Self, VmError> {
+    pub fn restore(dir: &Path, res: Resources<'_>, io: VmIo) -> Result<Self, VmError> {
         let loaded = snapshot::load(dir)?;
-        let disks = snapshot_disks(&loaded.manifest.disks, disks)?;
+        let disks = snapshot_disks(&loaded.manifest.disks, &res.disks)?;
         tracing::info!(snapshot = %dir.display(), "snapshot loaded");
         Self::from_state(
             loaded.memory,
             loaded.state,
             loaded.manifest.mem_mib,
             loaded.manifest.clock,
-            Resources {
-                console,
-                input_rx,
-                trace_exits,
-                pause_request,
-                disks,
-                net,
-            },
-            log,
-            hooks,
+            Resources { disks, ..res },
+            io,
         )
     }
 
@@ -84,9 +39,15 @@ impl Vm {
         mem_mib: u64,
         clock_mode: ClockMode,
         res: Resources<'_>,
-        log: LogStream,
-        mut hooks: FtHooks,
+        io: VmIo,
     ) -> Result<Self, VmError> {
+        let VmIo {
+            console,
+            input_rx,
+            pause_request,
+            log,
+            mut hooks,
+        } = io;
         let trace = open_trace(res.trace_exits)?;
         let disks = open_disks(&res.disks)?;
         // A backup's live replay has the NIC of the transferred state, on its own TAP
@@ -123,7 +84,7 @@ impl Vm {
         let platform = Platform::restore(
             state.platform,
             clock.clone(),
-            res.console,
+            console,
             hooks.console_position.clone().unwrap_or_default(),
             pci_setup(disks, nic, &memory),
         )?;
@@ -136,10 +97,10 @@ impl Vm {
             mem_mib,
             clock,
             platform,
-            res.input_rx,
+            input_rx,
             trace,
             (state.vcpu.ordinal, state.vcpu.halted),
-            res.pause_request,
+            pause_request,
             log,
             hooks,
             res.disks,

@@ -18,7 +18,7 @@ use crate::ft::pipe::Pipe;
 use crate::ft::role::RoleCore;
 use crate::ft::secure::SecureStream;
 use crate::ft::transfer;
-use crate::machine::{FtHooks, LogStream, Resources, Vm, VmConfig};
+use crate::machine::{FtHooks, LogStream, Resources, Vm, VmConfig, VmIo};
 use crate::platform::ConsoleOut;
 
 pub(super) fn hostname() -> String {
@@ -114,22 +114,22 @@ pub fn run_primary(
         delta_request,
         position,
     } = Wiring::new(&sink, None, crate::machine::PairNicRole::Primary);
-    let pause = Arc::new(AtomicBool::new(false));
+    let io = VmIo::new(console, Arc::new(AtomicBool::new(false)))
+        .input(Some(input))
+        .hooks(hooks);
     let vm = match (config, restore) {
-        (_, Some(dir)) => Vm::restore_with(
+        (_, Some(dir)) => Vm::restore(
             dir,
-            console,
-            Some(input),
-            None,
-            pause,
-            LogStream::Off,
-            hooks,
-            // Copies of the snapshot's disks, or (none given) the recorded images.
-            &opts.disks,
-            // Another TAP for the snapshot's NIC, if it has one.
-            opts.net.clone(),
+            Resources {
+                trace_exits: None,
+                // Copies of the snapshot's disks, or (none given) the recorded images.
+                disks: opts.disks.clone(),
+                // Another TAP for the snapshot's NIC, if it has one.
+                net: opts.net.clone(),
+            },
+            io,
         )?,
-        (Some(c), None) => Vm::boot_with(c, console, Some(input), pause, LogStream::Off, hooks)?,
+        (Some(c), None) => Vm::boot(c, io)?,
         (None, None) => unreachable!("the command line requires --kernel or --restore"),
     };
     if let Some(g) = vm.net.as_ref().and_then(|n| n.gated.clone()) {
@@ -259,17 +259,18 @@ pub fn run_backup(
         got.machine.mem_mib,
         got.machine.clock,
         Resources {
-            console,
-            input_rx: None,
             trace_exits: None,
-            pause_request: Arc::new(AtomicBool::new(false)),
             // The copies the transfer brought up to date.
             disks: opts.disks.clone(),
             // This host's TAP for the guest's NIC (read only once live).
             net: opts.net.clone(),
         },
-        LogStream::LiveReplay(Box::new(pipe.clone()), counters.clone()),
-        hooks,
+        VmIo::new(console, Arc::new(AtomicBool::new(false)))
+            .log(LogStream::LiveReplay(
+                Box::new(pipe.clone()),
+                counters.clone(),
+            ))
+            .hooks(hooks),
     )?;
     if let Some(g) = vm.net.as_ref().and_then(|n| n.gated.clone()) {
         sink.attach_frames(g);
