@@ -22,10 +22,11 @@ def bench(tag):
     # Calls take seconds through the guest's emulated kernel (and, under the pair, its
     # replies wait for the backup): 20 s per call before a retry.
     p = on_client(hosts, [kvclient, "--vs", f"{GUEST}:7000", "--rpc-timeout-ms", "20000", "bench", "--tag", tag, "--count", str(ops)])
-    m = re.search(r"ops_per_s ([0-9.]+) p50_ms ([0-9.]+) p99_ms ([0-9.]+)", p.stdout)
+    m = re.search(r"seconds ([0-9.]+) ops_per_s ([0-9.]+) p50_ms ([0-9.]+) p99_ms ([0-9.]+)", p.stdout)
     if p.returncode != 0 or not m:
         raise RuntimeError(f"kvclient bench: {p.stdout}{p.stderr}")
-    return {"ops_s": float(m.group(1)), "p50_ms": float(m.group(2)), "p99_ms": float(m.group(3))}
+    return {"seconds": float(m.group(1)), "ops_s": float(m.group(2)), "p50_ms": float(m.group(3)),
+            "p99_ms": float(m.group(4))}
 
 
 def warm():
@@ -42,9 +43,11 @@ def status_json():
     return json.loads(p.stdout)
 
 
-def log_bytes():
-    reports = status_json()["vmms"]
-    return max((r.get("log_bytes", 0) for r in reports if r.get("role", "").startswith("primary")), default=0)
+def primary_status():
+    reports = [r for r in status_json()["vmms"] if r.get("role", "").startswith("primary")]
+    if not reports:
+        raise RuntimeError("ftvm status shows no primary")
+    return reports[0]
 
 
 def one(mode, n):
@@ -71,9 +74,16 @@ def one(mode, n):
                          os.path.join(d, "b"), host="b", restore=False)
         primary.wait_err("protected:", 600)
         warm()
-        before = log_bytes()
+        before = primary_status()
         r = bench(f"p{n}")
-        r["log_bytes_per_op"] = (log_bytes() - before) / ops
+        after = primary_status()
+        logged = after["log_bytes"] - before["log_bytes"]
+        r["log_bytes_per_op"] = logged / ops
+        r["log_mbit_s"] = logged * 8 / 1e6 / r["seconds"]
+        # The output rule's delay over the whole run (console bytes and frames), as the
+        # primary reports it.
+        r["out_delay_avg_ms"] = after["output_delay_avg_ms"]
+        r["out_delay_max_ms"] = after["output_delay_max_ms"]
         return r
     finally:
         primary.kill()
@@ -95,5 +105,6 @@ for name, key in [("operations per second", "ops_s"), ("latency p50 (ms)", "p50_
     a = statistics.median(r[key] for r in results["run"])
     b = statistics.median(r[key] for r in results["pair"])
     print(f"{name:36} {a:10.2f} {b:10.2f} {b / a:9.2f}")
-per_op = statistics.median(r["log_bytes_per_op"] for r in results["pair"])
-print(f"{'log bytes per operation (pair)':36} {'':>10} {per_op:10.0f}")
+for name, key in [("log bytes per operation", "log_bytes_per_op"), ("log bandwidth under load (Mbit/s)", "log_mbit_s"),
+                  ("output-rule delay mean (ms)", "out_delay_avg_ms"), ("output-rule delay max (ms)", "out_delay_max_ms")]:
+    print(f"{name:36} {'':>10} {statistics.median(r[key] for r in results['pair']):10.1f}")
