@@ -64,15 +64,18 @@ pub fn key_name(i: u64) -> String {
 }
 
 /// Runs `spec` against the service `config` names, one thread and one clerk per client.
-/// `progress(client, op)` is called after each completed operation. The first error of any
-/// client ends the run with that error (the others finish their current operation).
+/// `progress(client, op)` is called after each completed operation; once `stop()` says so,
+/// the clients start no more operations. The first error of any client ends the run with
+/// that error (the others finish their current operation).
 pub fn run_mixed(
     config: &ClerkConfig,
     spec: &Mixed,
     progress: &(dyn Fn(u64, u64) + Sync),
+    stop: &(dyn Fn() -> bool + Sync),
 ) -> Result<History, ClientError> {
     let start = Instant::now();
-    let now = move || u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    // Times start at 2: 0 to 1 is when the values read before the run were there.
+    let now = move || u64::try_from(start.elapsed().as_nanos()).map_or(u64::MAX, |t| t + 2);
     let history = Arc::new(Mutex::new(Vec::new()));
     let failed = AtomicU64::new(0);
     let first_error = Mutex::new(None);
@@ -85,7 +88,7 @@ pub fn run_mixed(
                 let mut clerk = Clerk::new(config);
                 let mut rng = Lcg(spec.seed.wrapping_add(client).wrapping_mul(31) + 17);
                 for i in 0..spec.ops_per_client {
-                    if failed.load(Ordering::SeqCst) > 0 {
+                    if failed.load(Ordering::SeqCst) > 0 || stop() {
                         return;
                     }
                     let key = key_name(rng.next(spec.keys));
@@ -132,6 +135,28 @@ pub fn run_mixed(
         return Err(e);
     }
     let ops = history.lock().map(|h| h.clone()).unwrap_or_default();
+    Ok(History { ops })
+}
+
+/// What the keys hold before the run (a service that served other clients before), as
+/// Puts done from time 0 to 1, so the checker starts from those values.
+pub fn read_initial(config: &ClerkConfig, spec: &Mixed) -> Result<History, ClientError> {
+    let mut clerk = Clerk::new(config.clone());
+    let mut ops = Vec::new();
+    for k in 0..spec.keys {
+        let key = key_name(k);
+        let value = clerk.get(&key)?;
+        if !value.is_empty() {
+            ops.push(Operation {
+                client: spec.clients + 1,
+                key,
+                input: Input::Put(value),
+                output: None,
+                call: 0,
+                ret: Some(1),
+            });
+        }
+    }
     Ok(History { ops })
 }
 

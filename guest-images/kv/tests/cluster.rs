@@ -333,9 +333,14 @@ fn linearizable_history_under_faults_and_failover() {
     let run = thread::spawn({
         let done = done.clone();
         move || {
-            workload::run_mixed(&cfg, &spec, &|_, _| {
-                done.fetch_add(1, Ordering::SeqCst);
-            })
+            workload::run_mixed(
+                &cfg,
+                &spec,
+                &|_, _| {
+                    done.fetch_add(1, Ordering::SeqCst);
+                },
+                &|| false,
+            )
         }
     });
     // Halfway through, the primary crashes.

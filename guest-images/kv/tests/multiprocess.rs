@@ -255,4 +255,28 @@ fn mixed_clients_check_their_history_for_linearizability() {
         text.contains("linearizable 47 operations on 2 keys"),
         "{text}"
     );
+
+    // With its stop file there, a client starts nothing more: the values the first run
+    // left, read before and after.
+    let stop = std::env::temp_dir().join(format!("kv-stop-{}", std::process::id()));
+    std::fs::write(&stop, b"").unwrap();
+    let out = Command::new(CLIENT)
+        .args(["--vs", &vs, "mixed", "--stop-file"])
+        .arg(&stop)
+        .output()
+        .expect("kvclient mixed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("linearizable 4 operations"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(CLIENT)
+        .args(["--vs", &vs, "append-many", "--key", "k", "--tag", "t"])
+        .args(["--count", "5", "--stop-file"])
+        .arg(&stop)
+        .output()
+        .expect("kvclient append-many");
+    let _ = std::fs::remove_file(&stop);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "appended 0");
 }

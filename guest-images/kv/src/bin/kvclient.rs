@@ -7,6 +7,7 @@
 //! they saw is linearizable (exit status 1 if not).
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -62,10 +63,14 @@ enum Command {
         /// Print each completed append.
         #[arg(long)]
         progress: bool,
+        /// Start no more appends once FILE exists (COUNT is then the most).
+        #[arg(long, value_name = "FILE")]
+        stop_file: Option<PathBuf>,
     },
     /// CLIENTS concurrent clients, each doing OPS random Gets, Puts and Appends of unique
-    /// values on KEYS shared keys; then every key is read once more, and the whole history
-    /// goes to the linearizability checker. Prints `linearizable N operations ...`.
+    /// values on KEYS shared keys (`k0`, `k1`, ...), between a read of every key before
+    /// (their starting values) and after; the whole history goes to the linearizability
+    /// checker. Prints `linearizable N operations ...`.
     Mixed {
         #[arg(long, default_value_t = 3)]
         clients: u64,
@@ -79,6 +84,9 @@ enum Command {
         /// Print `ok CLIENT OP` after each completed operation.
         #[arg(long)]
         progress: bool,
+        /// Start no more operations once FILE exists (OPS is then the most per client).
+        #[arg(long, value_name = "FILE")]
+        stop_file: Option<PathBuf>,
     },
     /// Measure: COUNT operations one after the other (a put then a get of its own key,
     /// alternating), each checked; prints the rate and latency percentiles.
@@ -117,14 +125,17 @@ fn run(args: Args) -> anyhow::Result<()> {
             tag,
             count,
             progress,
+            stop_file,
         } => {
-            for i in 0..count {
-                clerk.append(&key, &format!("{tag}.{i};"))?;
+            let mut done = 0;
+            while done < count && !stop_file.as_deref().is_some_and(Path::exists) {
+                clerk.append(&key, &format!("{tag}.{done};"))?;
                 if progress {
-                    println!("ok {tag}.{i}");
+                    println!("ok {tag}.{done}");
                 }
+                done += 1;
             }
-            println!("appended {count}");
+            println!("appended {done}");
         }
         Command::Mixed {
             clients,
@@ -132,6 +143,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             keys,
             seed,
             progress,
+            stop_file,
         } => mixed(
             &config,
             &Mixed {
@@ -141,6 +153,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 seed,
             },
             progress,
+            stop_file.as_deref(),
         )?,
         Command::Bench { tag, count } => {
             let started = std::time::Instant::now();
@@ -176,13 +189,21 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn mixed(config: &ClerkConfig, spec: &Mixed, progress: bool) -> anyhow::Result<()> {
+fn mixed(
+    config: &ClerkConfig,
+    spec: &Mixed,
+    progress: bool,
+    stop_file: Option<&Path>,
+) -> anyhow::Result<()> {
     let report = |client: u64, op: u64| {
         if progress {
             println!("ok {client} {op}");
         }
     };
-    let mut history = workload::run_mixed(config, spec, &report)?;
+    let stop = || stop_file.is_some_and(Path::exists);
+    let mut history = workload::read_initial(config, spec)?;
+    let run = workload::run_mixed(config, spec, &report, &stop)?;
+    history.ops.extend(run.ops);
     workload::read_back(config, spec, &mut history)?;
     let (gets, puts, appends) = history.counts();
     if let Err(e) = linearizability::check(&history.ops) {
