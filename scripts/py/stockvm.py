@@ -55,6 +55,15 @@ class StockVm:
 
     def run(self, cmd, limit=600):
         """Type CMD; return (seconds from typing to its end, what it printed)."""
+        # At the prompt only: a line typed before the shell reads (right after a restore,
+        # say) can be lost in this guest (seen once in 7 restores).
+        t = time.time()
+        while not self.text().endswith("# "):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ftvm exited: {open(self.err_path).read()[-2000:]}")
+            if time.time() - t > limit:
+                raise RuntimeError(f"no prompt in {limit} s; console:\n{self.text()[-3000:]}")
+            time.sleep(0.005)
         self.steps += 1
         marker = f"bench-step-{self.steps}-done"
         start = len(self.text())

@@ -14,6 +14,8 @@ pub struct ConsoleVmm {
     stdin: Option<ChildStdin>,
     stdout: Arc<Mutex<String>>,
     steps: u32,
+    /// Where in the console output the next prompt is looked for.
+    prompt_from: usize,
 }
 
 /// What `pipe` gives, gathered by a thread of its own as it comes.
@@ -50,6 +52,7 @@ impl ConsoleVmm {
             stdin,
             stdout,
             steps: 0,
+            prompt_from: 0,
         }
     }
 
@@ -106,15 +109,42 @@ impl ConsoleVmm {
         }
     }
 
-    /// Type one command line, wait until it has finished (within `limit`) and return what
-    /// it printed, with its exit status as the last line (`status N`).
+    /// Until the shell has printed its prompt (`# `) since the last command ended: a line
+    /// typed before the shell reads (right after a restore, say) can be lost in this
+    /// guest. (Not "the output ends with the prompt": a background job may print after.)
+    pub fn wait_prompt(&mut self, limit: Duration) {
+        let t = Instant::now();
+        while !self
+            .stdout()
+            .get(self.prompt_from..)
+            .is_some_and(|s| s.contains("# "))
+        {
+            if let Some(s) = self.vmm.try_wait() {
+                panic!("ftvm exited with {s} before the prompt:\n{}", self.both());
+            }
+            assert!(
+                t.elapsed() < limit,
+                "no prompt within {limit:?}:\n{}",
+                self.both()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// At the prompt, type one command line, wait until it has finished (within `limit`)
+    /// and return what it printed, with its exit status as the last line (`status N`).
     pub fn run(&mut self, command: &str, limit: Duration) -> String {
+        self.wait_prompt(limit);
         self.steps += 1;
         let marker = format!("ftvm-step-{}-done", self.steps);
         let before = self.stdout().len();
         self.type_line(&format!("{command}; echo status $?; echo {marker}"));
         self.wait_line(&marker, limit);
         let text = self.stdout();
+        // The next prompt comes after the marker's line (not its echo in the typed line).
+        self.prompt_from = text
+            .rfind(&format!("\n{marker}"))
+            .map_or(text.len(), |i| i + marker.len() + 1);
         let new = &text[before.min(text.len())..];
         // Drop the echo of the typed line and the marker.
         new.lines()

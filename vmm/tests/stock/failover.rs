@@ -34,7 +34,11 @@ pub fn clients_disk_and_console_survive_three_power_losses(
     let mut backup = pair.backup("b", &live, 1);
 
     // The records loop, in the background so the console's shell stays free for the
-    // `touch` that ends it.
+    // `touch` that ends it; typed at the prompt (a line typed before the shell reads can
+    // be lost in this guest).
+    wait_until("the shell's prompt", 300, &[&live, &backup], || {
+        console(hosts).contains("# ")
+    });
     live.vmm.type_line(
         "(i=0; while [ ! -e /tmp/stop ]; do echo r-$i >> /mnt/records; sync; echo n-$i; \
          i=$((i+1)); sleep 0.5; done; echo loop-done) &",
@@ -102,7 +106,7 @@ pub fn clients_disk_and_console_survive_three_power_losses(
         hosts.cut(live.host);
         live.vmm.kill();
         let killed = Instant::now();
-        wait_until("the backup to go live", 300, &[&backup], || {
+        wait_until("the backup to go live", 300, &[&live, &backup], || {
             backup.vmm.stderr().contains("live at exit")
         });
         stalls.push(killed.elapsed());

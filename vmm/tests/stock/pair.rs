@@ -78,11 +78,23 @@ impl<'a> Pair<'a> {
         let mut args = self.args("backup", host);
         args.extend(["--primary".into(), format!("{}:7000", Hosts::addr(of.host))]);
         args.extend(disks.args());
+        let lost_before = of.vmm.stderr().matches("backup lost").count();
         let vmm = self.hosts.console(host, &args);
         let node = Node { host, vmm, disks };
+        // Protected once both say so: the primary after its last round, the backup once it
+        // has checked the epoch and replays (a backup that fails there is lost again).
         wait_until("protection", 600, &[of, &node], || {
             of.vmm.stderr().matches("protected:").count() >= nth
+                && node.vmm.stderr().contains("replaying from exit")
         });
+        std::thread::sleep(Duration::from_secs(2));
+        let said = of.vmm.stderr();
+        assert!(
+            said.matches("backup lost").count() == lost_before,
+            "the new backup on host {host} was lost again:\n--- host {}:\n{said}\n--- host {host}:\n{}",
+            of.host,
+            node.vmm.stderr()
+        );
         node
     }
 }
