@@ -27,13 +27,19 @@ struct Boot {
 
 /// Run ftvm with its console on pipes (stdin kept open: the guest's shell would otherwise
 /// see the end of its input), timing the console's `marker`; with `stop_at_marker`, kill
-/// it there. Give up after `limit`.
+/// it once the marker's line is complete. Give up after `limit`.
 fn run_timed(cmd: Command, marker: &str, stop_at_marker: bool, limit: Duration) -> Boot {
     let started = Instant::now();
     let mut vm = ConsoleVmm::spawn(cmd);
     let mut marker_at = None;
     let status = loop {
-        if marker_at.is_none() && vm.stdout().contains(marker) {
+        let out = vm.stdout();
+        // To stop there, the marker's whole line: the console prints it a few bytes at a
+        // time (seen: the kill cut "Kernel command line:" off before the command line).
+        let seen = out
+            .find(marker)
+            .is_some_and(|i| !stop_at_marker || out[i..].contains('\n'));
+        if marker_at.is_none() && seen {
             marker_at = Some(started.elapsed());
             if stop_at_marker {
                 vm.kill();
