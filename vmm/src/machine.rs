@@ -168,7 +168,6 @@ impl VmIo {
 }
 
 /// The host resources of a VM continued from a saved state.
-#[derive(Default)]
 pub struct Resources<'a> {
     pub trace_exits: Option<&'a Path>,
     /// The disk images for the saved machine's virtio-blk functions, in order (for a
