@@ -5,7 +5,7 @@
 #   (a) tiny: the user-mode tiny guest (a CPL3 busy loop with the timer: kicked deltas),
 #       ROUNDS recordings per encoding, interleaved, totals summed;
 #   (b) stock: the stock kernel restored from SNAPSHOT, a shell loop with sleeps and
-#       console output (as vmm/tests/stock_kernel.rs records it), once per encoding;
+#       console output (as tests/tests/stock_kernel.rs records it), once per encoding;
 #   (c) transfer: a primary restored from SNAPSHOT and a backup joining it: the state
 #       transfer's pages and bytes, once per encoding.
 # Prints log bytes, guest seconds, bytes per guest second and the ratio raw/encoding.

@@ -22,7 +22,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # when it ends.
 stock_log=build/test-stock-kernel.log
 log "the stock-kernel test runs in the background (its output: $stock_log)"
-setsid cargo test --locked -p ftvm --test stock_kernel -- --nocapture >"$stock_log" 2>&1 &
+setsid cargo test --locked -p ftvm-e2e --test stock_kernel -- --nocapture >"$stock_log" 2>&1 &
 stock=$!
 trap 'kill -- -"$stock" 2>/dev/null || true' EXIT
 failed=()

@@ -35,6 +35,11 @@ pub fn ftvm_binary() -> PathBuf {
     bin
 }
 
+/// A command running this build's `ftvm` on the machine itself (no simulated host).
+pub fn ftvm_command() -> Command {
+    Command::new(ftvm_binary())
+}
+
 pub fn guest(name: &str) -> &'static str {
     ftvm_test_guests::guest(name).unwrap_or_else(|| panic!("no tiny guest called {name}"))
 }

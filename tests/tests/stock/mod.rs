@@ -5,7 +5,7 @@ pub mod pair;
 pub mod record;
 pub mod serve;
 
-pub use crate::common::ftvm;
+pub use ftvm_e2e::ftvm_command as ftvm;
 pub use ftvm_e2e::stock::{sha256_hex, StockDisks, GUEST_ADDR, SEED_TEXT};
 pub use ftvm_e2e::Hosts;
 pub use std::path::Path;

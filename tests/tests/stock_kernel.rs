@@ -6,14 +6,13 @@
 //! until the kernel prints its command line. Everything else restores that snapshot in new processes, on other TAPs and
 //! copies of the disks (`stock/`).
 //!
-//! The image comes from `guest-images/stock/build.sh`, which `scripts/test.sh` runs first.
+//! The image comes from `guest-images/stock/build.sh`, and the `ftvm` binary from the
+//! workspace's build; `scripts/test.sh` makes both first.
 
-mod common;
 mod stock;
-use common::*;
 
 use ftvm_e2e::stock::{image, StockDisks};
-use ftvm_e2e::{ConsoleVmm, Hosts};
+use ftvm_e2e::{ftvm_binary, ftvm_command, ConsoleVmm, Hosts};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -72,7 +71,6 @@ const BZIMAGE_LIMIT: Duration = Duration::from_secs(600);
 
 #[test]
 fn stock_kernel_boots_with_nic_and_disks_and_everything_restores_from_its_snapshot() {
-    require_kvm();
     ftvm_e2e::require_kvm_and_root();
     let dir = std::env::temp_dir().join(format!("ftvm-stock-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -141,7 +139,7 @@ fn boot_and_snapshot(
         let elf = s.spawn(|| {
             let mut cmd = Command::new("ip");
             cmd.args(["netns", "exec", &format!("{}-a", hosts.name)])
-                .arg(env!("CARGO_BIN_EXE_ftvm"))
+                .arg(ftvm_binary())
                 .args(["run", "--kernel"])
                 .arg(&vmlinux)
                 .arg("--initrd")
@@ -165,7 +163,7 @@ fn boot_and_snapshot(
             // Only to the kernel's command line: the decompressor ran, the kernel was
             // entered with its boot parameters. Booting it further would take a second
             // core from the ELF boot for 20 minutes to show the same kernel again.
-            let mut cmd = ftvm();
+            let mut cmd = ftvm_command();
             cmd.args(["run", "--kernel"])
                 .arg(&bzimage)
                 .arg("--initrd")
