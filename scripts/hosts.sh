@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/hosts.sh up|down|status|cut|heal [NAME]
+# scripts/hosts.sh up|down|status|cut|heal|split|rejoin [NAME]
 #
 # Two VM hosts and a client host on one machine, for the tests, the demo and the
 # benchmarks (issue 11). Everything lives in network namespaces, so no traffic reaches the
@@ -14,7 +14,9 @@
 # The guest's address on the LAN is 10.77.0.100/24 (gateway none); whichever host runs it
 # live puts its frames on the LAN through that host's tap0. The logging channel between
 # the VMMs goes over the same LAN (host A's and B's addresses), so cutting a host's cable
-# (`cut a`) is what a power loss looks like to its peer: silence on both.
+# (`cut a`) is what a power loss looks like to its peer: silence on both. `split` breaks
+# only the channel: hosts A and B stop routing to each other (a partition between them)
+# while both stay on the LAN, where the guest's frames travel at layer 2.
 #
 # The shared storage both hosts see is /tmp/NAME/shared (the namespaces share the file
 # system). `up` is idempotent (it tears down what an earlier run left first); `down`
@@ -34,7 +36,7 @@ declare -A addr=([a]=10.77.0.1 [b]=10.77.0.2 [client]=10.77.0.10)
 GUEST_ADDR=10.77.0.100
 
 usage() {
-    echo "usage: scripts/hosts.sh up|down|status|cut HOST|heal HOST [NAME]" >&2
+    echo "usage: scripts/hosts.sh up|down|status|split|rejoin [NAME] | cut|heal HOST [NAME]" >&2
     exit 2
 }
 
@@ -120,10 +122,22 @@ status() {
 cut() { ip -n "$lan" link set "port-$1" down; }
 heal() { ip -n "$lan" link set "port-$1" up; }
 
+# The logging channel between A and B broken, both hosts still on the LAN: each drops what
+# it would send to the other (blackhole routes; the other's packets never come either).
+split() {
+    ip -n "$name-a" route replace blackhole "${addr[b]}/32"
+    ip -n "$name-b" route replace blackhole "${addr[a]}/32"
+}
+rejoin() {
+    ip -n "$name-a" route del blackhole "${addr[b]}/32" 2>/dev/null || true
+    ip -n "$name-b" route del blackhole "${addr[a]}/32" 2>/dev/null || true
+}
+
 case "$action" in
 up) up ;;
 down) down ;;
 status) status ;;
+split | rejoin) "$action" ;;
 cut | heal)
     host=${2:-}
     name=${3:-${FTVM_HOSTS:-ftvm}}

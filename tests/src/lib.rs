@@ -7,6 +7,7 @@
 //! parallel; the hosts are removed when the [`Hosts`] value is dropped, even on failure.
 //! Needs root (namespaces) and /dev/kvm; without them the tests fail loudly.
 
+pub mod capture;
 pub mod console;
 pub mod stock;
 
@@ -107,6 +108,14 @@ impl Hosts {
 
     pub fn heal(&self, host: &str) {
         self.script_host("heal", host);
+    }
+
+    /// Break only the channel between hosts A and B: both stay on the LAN.
+    pub fn split(&self) {
+        let mut cmd = Command::new(top().join("scripts/hosts.sh"));
+        cmd.args(["split", &self.name]);
+        let out = run_with_deadline(cmd, Duration::from_secs(30));
+        assert!(out.0, "hosts.sh split failed:\n{}", out.1);
     }
 
     fn script_host(&self, action: &str, host: &str) {
