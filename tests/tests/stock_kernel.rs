@@ -113,9 +113,7 @@ fn stock_kernel_boots_with_nic_and_disks_and_everything_restores_from_its_snapsh
         stock::record::recorded_io_replays_without_a_tap(&hosts, &snap, &disks, &dir)
     });
     step("failover", &|| {
-        stock::failover::clients_disk_and_console_survive_three_power_losses(
-            &hosts, &snap, &disks, &dir,
-        )
+        stock::failover::clients_disk_and_console_survive_power_losses(&hosts, &snap, &disks, &dir)
     });
     let _ = std::fs::remove_dir_all(&dir);
 }

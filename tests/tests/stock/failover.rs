@@ -1,29 +1,40 @@
-//! The mission's story on the stock kernel, three power losses long. A primary on host A
+//! The mission's story on the stock kernel, three power losses long (FTVM_STOCK_FAILOVERS
+//! by hand: as many as asked). A primary on host A
 //! restored from the snapshot (its NIC on A's TAP, its own copies of the disks), a backup
 //! on host B joining by state transfer. The key/value service in the guest serves clients
 //! on the client host: three concurrent clients doing Get, Put and Append on two shared
 //! keys (their history is checked for linearizability) and one appending numbered records
 //! to a key of its own. In the guest, a shell loop appends numbered records to a file on
-//! the ext4 disk, syncs, and prints each number once it is written.
+//! the ext4 disk, syncs, and prints each number once it is written. And one TCP
+//! connection to a sequence-number server in the guest (`seq.rs`), whose replies time the
+//! stall each power loss causes.
 //!
 //! Three times, the host running the guest loses power (its cable cut, then its VMM
 //! killed): the backup goes live, the freed host's cable comes back and a new backup
 //! joins the live VMM (re-protection, disk contents included). The clients carry on over
 //! the TCP connections they had. At the end every acknowledged append is there exactly
-//! once, the histories are linearizable, the disk file holds every acknowledged record
+//! once, the sequence connection was never reset and got every reply once and in order, the histories are linearizable, the disk file holds every acknowledged record
 //! once and in order, the console shows every number once, and after a clean power-off
 //! both hosts' disk images are equal byte for byte.
 
 use super::pair::*;
+use super::seq::{self, SeqClient};
 use super::*;
 
-/// Power losses in one run.
-const FAILOVERS: usize = 3;
+/// Power losses in one run: three, or FTVM_STOCK_FAILOVERS (by hand, to measure stalls
+/// over more).
+fn failovers() -> usize {
+    std::env::var("FTVM_STOCK_FAILOVERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(3)
+}
 const MIXED_CLIENTS: u64 = 3;
 /// The most operations of a client: they run until told to stop, after the last failover.
 const MOST: &str = "100000";
 
-pub fn clients_disk_and_console_survive_three_power_losses(
+pub fn clients_disk_and_console_survive_power_losses(
     hosts: &Hosts,
     snap: &Path,
     disks: &StockDisks,
@@ -39,10 +50,11 @@ pub fn clients_disk_and_console_survive_three_power_losses(
     wait_until("the shell's prompt", 300, &[&live, &backup], || {
         console(hosts).contains("# ")
     });
-    live.vmm.type_line(
-        "(i=0; while [ ! -e /tmp/stop ]; do echo r-$i >> /mnt/records; sync; echo n-$i; \
+    live.vmm.type_line(&format!(
+        "{}; (i=0; while [ ! -e /tmp/stop ]; do echo r-$i >> /mnt/records; sync; echo n-$i; \
          i=$((i+1)); sleep 0.5; done; echo loop-done) &",
-    );
+        seq::GUEST_SERVER
+    ));
     let stop = dir.join("clients-stop");
     let stop_arg = stop.to_str().expect("utf-8");
     let (mut appender, append_out) = kvclient(
@@ -81,11 +93,14 @@ pub fn clients_disk_and_console_survive_three_power_losses(
         ],
     );
 
-    let mut stalls = Vec::new();
-    for round in 1..=FAILOVERS {
+    let mut sequence = SeqClient::start(hosts, dir, &stop);
+    let failovers = failovers();
+    let (mut to_live, mut killed_at) = (Vec::new(), Vec::new());
+    for round in 1..=failovers {
         // Each power loss once the clients and the loop have made progress since the last.
         let (appends, ops) = (oks(&append_out), oks(&mixed_out));
         let printed = numbers(hosts).len();
+        let replies = sequence.replies().len();
         wait_until(
             "client and console progress",
             600,
@@ -94,22 +109,25 @@ pub fn clients_disk_and_console_survive_three_power_losses(
                 oks(&append_out) >= appends + 2
                     && oks(&mixed_out) >= ops + 3
                     && numbers(hosts).len() >= printed + 3
+                    && sequence.replies().len() >= replies + 3
             },
         );
         eprintln!(
-            "stock failover {round}: host {} loses power with {} appends, {} mixed operations, {} records done",
+            "stock failover {round}: host {} loses power with {} appends, {} mixed operations, {} records, {} sequence replies done",
             live.host,
             oks(&append_out),
             oks(&mixed_out),
-            numbers(hosts).len()
+            numbers(hosts).len(),
+            sequence.replies().len()
         );
+        killed_at.push(ftvm_e2e::capture::now());
         hosts.cut(live.host);
         live.vmm.kill();
         let killed = Instant::now();
         wait_until("the backup to go live", 300, &[&live, &backup], || {
             backup.vmm.stderr().contains("live at exit")
         });
-        stalls.push(killed.elapsed());
+        to_live.push(killed.elapsed());
         hosts.heal(live.host);
         let freed = live.host;
         live = backup;
@@ -120,13 +138,32 @@ pub fn clients_disk_and_console_survive_three_power_losses(
 
     // The clients make some progress on the re-protected pair, then stop and finish.
     let (appends, ops) = (oks(&append_out), oks(&mixed_out));
+    let replies = sequence.replies().len();
     wait_until(
         "client progress after the last failover",
         600,
         &[&live, &backup],
-        || oks(&append_out) >= appends + 2 && oks(&mixed_out) >= ops + 3,
+        || {
+            oks(&append_out) >= appends + 2
+                && oks(&mixed_out) >= ops + 3
+                && sequence.replies().len() >= replies + 3
+        },
     );
     std::fs::write(&stop, b"").expect("the clients' stop file");
+    let mut ended = None;
+    wait_until(
+        "the sequence client to finish",
+        300,
+        &[&live, &backup],
+        || {
+            ended = sequence.ended();
+            ended.is_some()
+        },
+    );
+    if let Some(Err(text)) = ended {
+        panic!("the sequence client's connection failed: {text}");
+    }
+    report_stalls(&sequence.replies(), &killed_at);
     finish(&mut appender, &append_out, &[&live, &backup]);
     finish(&mut mixed, &mixed_out, &[&live, &backup]);
     let text = std::fs::read_to_string(&append_out).unwrap_or_default();
@@ -192,13 +229,13 @@ pub fn clients_disk_and_console_survive_three_power_losses(
         assert!(a == b, "{} and {} differ", mine.display(), theirs.display());
     }
     let be = live.vmm.stderr();
-    assert!(be.contains(&format!("won epoch {}", FAILOVERS + 1)), "{be}");
-    let ms: Vec<String> = stalls
+    assert!(be.contains(&format!("won epoch {}", failovers + 1)), "{be}");
+    let ms: Vec<String> = to_live
         .iter()
         .map(|d| format!("{:.0}", d.as_secs_f64() * 1000.0))
         .collect();
     eprintln!(
-        "stock failover: {FAILOVERS} power losses, re-protected after each; live after the kill [ms]: {}; {} records on ext4 once each; images equal",
+        "stock failover: {failovers} power losses, re-protected after each; live after the kill [ms]: {}; {} records on ext4 once each; images equal",
         ms.join(", "),
         printed.len()
     );
@@ -208,6 +245,29 @@ pub fn clients_disk_and_console_survive_three_power_losses(
     {
         eprintln!("  last live VMM: {line}");
     }
+}
+
+/// The sequence connection's replies checked (once each, in order) and the stall around
+/// each power loss printed, with their median and worst.
+fn report_stalls(replies: &[(u64, f64)], killed_at: &[f64]) {
+    let longest = seq::check_in_order(replies);
+    let mut stalls: Vec<f64> = killed_at
+        .iter()
+        .map(|at| {
+            seq::stall_around(replies, *at)
+                .unwrap_or_else(|| panic!("no sequence replies around the power loss at {at}"))
+        })
+        .collect();
+    let each: Vec<String> = stalls.iter().map(|s| format!("{:.0}", s * 1e3)).collect();
+    stalls.sort_by(f64::total_cmp);
+    eprintln!(
+        "stock failover: one TCP connection, {} replies once each and in order, never reset; stall at each power loss [ms]: {} (median {:.0}, worst {:.0}); longest gap {:.0} ms",
+        replies.len(),
+        each.join(", "),
+        seq::median(&stalls) * 1e3,
+        stalls[stalls.len() - 1] * 1e3,
+        longest * 1e3
+    );
 }
 
 fn kvclient_path() -> std::path::PathBuf {

@@ -3,6 +3,7 @@
 pub mod failover;
 pub mod pair;
 pub mod record;
+pub mod seq;
 pub mod serve;
 
 pub use ftvm_e2e::ftvm_command as ftvm;
