@@ -250,7 +250,7 @@ pub fn clients_disk_and_console_survive_power_losses(
 /// The sequence connection's replies checked (once each, in order) and the stall around
 /// each power loss printed, with their median and worst.
 fn report_stalls(replies: &[(u64, f64)], killed_at: &[f64]) {
-    let longest = seq::check_in_order(replies);
+    let longest = seq::check_in_order(replies).unwrap_or_else(|e| panic!("{e}: {replies:?}"));
     let mut stalls: Vec<f64> = killed_at
         .iter()
         .map(|at| {
