@@ -94,31 +94,31 @@ pub fn clients_disk_and_console_survive_power_losses(
     );
 
     let mut sequence = SeqClient::start(hosts, dir, &stop);
+    // What the clients and the loop have done: appends, mixed operations, records on the
+    // console, sequence replies; each power loss once all have moved on since the last.
+    let done = || {
+        [
+            oks(&append_out),
+            oks(&mixed_out),
+            numbers(hosts).len(),
+            sequence.replies().len(),
+        ]
+    };
+    let moved_on = |since: [usize; 4]| done().iter().zip(since).all(|(n, then)| *n >= then + 3);
     let failovers = failovers();
     let (mut to_live, mut killed_at) = (Vec::new(), Vec::new());
     for round in 1..=failovers {
-        // Each power loss once the clients and the loop have made progress since the last.
-        let (appends, ops) = (oks(&append_out), oks(&mixed_out));
-        let printed = numbers(hosts).len();
-        let replies = sequence.replies().len();
+        let since = done();
         wait_until(
             "client and console progress",
             600,
             &[&live, &backup],
-            || {
-                oks(&append_out) >= appends + 2
-                    && oks(&mixed_out) >= ops + 3
-                    && numbers(hosts).len() >= printed + 3
-                    && sequence.replies().len() >= replies + 3
-            },
+            || moved_on(since),
         );
+        let [appends, ops, records, replies] = done();
         eprintln!(
-            "stock failover {round}: host {} loses power with {} appends, {} mixed operations, {} records, {} sequence replies done",
+            "stock failover {round}: host {} loses power with {appends} appends, {ops} mixed operations, {records} records, {replies} sequence replies done",
             live.host,
-            oks(&append_out),
-            oks(&mixed_out),
-            numbers(hosts).len(),
-            sequence.replies().len()
         );
         killed_at.push(ftvm_e2e::capture::now());
         hosts.cut(live.host);
@@ -136,18 +136,13 @@ pub fn clients_disk_and_console_survive_power_losses(
         backup = pair.backup(freed, &live, 1);
     }
 
-    // The clients make some progress on the re-protected pair, then stop and finish.
-    let (appends, ops) = (oks(&append_out), oks(&mixed_out));
-    let replies = sequence.replies().len();
+    // Everything moves on with the re-protected pair; then the clients stop and finish.
+    let since = done();
     wait_until(
-        "client progress after the last failover",
+        "progress after the last failover",
         600,
         &[&live, &backup],
-        || {
-            oks(&append_out) >= appends + 2
-                && oks(&mixed_out) >= ops + 3
-                && sequence.replies().len() >= replies + 3
-        },
+        || moved_on(since),
     );
     std::fs::write(&stop, b"").expect("the clients' stop file");
     let mut ended = None;
