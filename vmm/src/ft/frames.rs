@@ -12,6 +12,10 @@
 //! must never be sent twice: the backup never releases on its own verification.
 //! Held bytes are capped: past the cap the newest frame is dropped and counted (a full
 //! NIC queue); the guest's TCP recovers, the guest is never stalled for it.
+//!
+//! The time each frame was held by the rule (from the guest's transmit to the release an
+//! acknowledgement or the loss of the backup allowed) is summed and its maximum kept: the
+//! output rule's cost to every packet. Time comes in as nanoseconds of the caller's clock.
 
 use std::collections::VecDeque;
 
@@ -39,12 +43,34 @@ pub struct FrameCounts {
     pub dropped_over_cap: u64,
     /// Held frames dropped because this VMM lost, or a backup went live past them.
     pub discarded: u64,
+    /// Frames released after the rule held them (by an acknowledgement, or alone), with
+    /// the sum and maximum of their hold times.
+    pub held_released: u64,
+    pub hold_total_ns: u64,
+    pub hold_max_ns: u64,
+}
+
+impl FrameCounts {
+    /// The mean hold time of the frames released after being held.
+    pub fn mean_hold_ns(&self) -> u64 {
+        self.hold_total_ns
+            .checked_div(self.held_released)
+            .unwrap_or(0)
+    }
+}
+
+/// A held frame: its exit, when the guest sent it, its bytes.
+#[derive(Debug)]
+struct Held {
+    ordinal: u64,
+    at_ns: u64,
+    frame: Vec<u8>,
 }
 
 #[derive(Debug)]
 pub struct FrameGate {
     mode: Mode,
-    held: VecDeque<(u64, Vec<u8>)>,
+    held: VecDeque<Held>,
     held_bytes: u64,
     cap: u64,
     pub counts: FrameCounts,
@@ -71,8 +97,8 @@ impl FrameGate {
         }
     }
 
-    /// The guest transmitted `frame` at exit `ordinal`: the frames to send now.
-    pub fn produce(&mut self, ordinal: u64, frame: &[u8]) -> Vec<Vec<u8>> {
+    /// The guest transmitted `frame` at exit `ordinal`, at `now_ns`: the frames to send now.
+    pub fn produce(&mut self, ordinal: u64, frame: &[u8], now_ns: u64) -> Vec<Vec<u8>> {
         match self.mode {
             Mode::Pass => {
                 self.counts.released += 1;
@@ -88,19 +114,24 @@ impl FrameGate {
                     self.counts.dropped_over_cap += 1;
                 } else {
                     self.held_bytes += len;
-                    self.held.push_back((ordinal, frame.to_vec()));
+                    self.held.push_back(Held {
+                        ordinal,
+                        at_ns: now_ns,
+                        frame: frame.to_vec(),
+                    });
                 }
                 Vec::new()
             }
         }
     }
 
-    /// A primary's backup verified through `ordinal`: the frames to send now, in order.
-    pub fn ack(&mut self, ordinal: u64) -> Vec<Vec<u8>> {
+    /// A primary's backup verified through `ordinal` (at `now_ns`): the frames to send
+    /// now, in order.
+    pub fn ack(&mut self, ordinal: u64, now_ns: u64) -> Vec<Vec<u8>> {
         if self.mode != Mode::Hold {
             return Vec::new();
         }
-        self.release_while(|o| o <= ordinal)
+        self.release_while(|o| o <= ordinal, Some(now_ns))
     }
 
     /// A primary got a backup: frames wait for it from now on.
@@ -110,15 +141,15 @@ impl FrameGate {
         }
     }
 
-    /// A primary lost its backup (and won the next epoch): everything held leaves now,
-    /// and later frames at once.
-    pub fn alone(&mut self) -> Vec<Vec<u8>> {
+    /// A primary lost its backup (and won the next epoch) at `now_ns`: everything held
+    /// leaves now, and later frames at once.
+    pub fn alone(&mut self, now_ns: u64) -> Vec<Vec<u8>> {
         // A backup's frames leave only by going live (`go_live` knows which are its own).
         if matches!(self.mode, Mode::Dead | Mode::Standby) {
             return Vec::new();
         }
         self.mode = Mode::Pass;
-        self.release_while(|_| true)
+        self.release_while(|_| true, Some(now_ns))
     }
 
     /// A backup went live at exit `ordinal`: frames of exits up to it were the old
@@ -130,7 +161,8 @@ impl FrameGate {
         let old = self.pop_while(|o| o <= ordinal);
         self.counts.discarded += old.len() as u64;
         self.mode = Mode::Pass;
-        self.release_while(|_| true)
+        // Its own frames waited for the failover, not for an acknowledgement: no hold time.
+        self.release_while(|_| true, None)
     }
 
     /// This VMM lost: nothing it holds, or produces later, may ever leave.
@@ -148,22 +180,35 @@ impl FrameGate {
     }
 
     /// The held frames, oldest first, as long as `wanted` says so of their exit.
-    fn pop_while(&mut self, mut wanted: impl FnMut(u64) -> bool) -> Vec<Vec<u8>> {
+    fn pop_while(&mut self, mut wanted: impl FnMut(u64) -> bool) -> Vec<Held> {
         let mut out = Vec::new();
-        while self.held.front().is_some_and(|(o, _)| wanted(*o)) {
-            if let Some((_, f)) = self.held.pop_front() {
-                self.held_bytes -= f.len() as u64;
-                out.push(f);
+        while self.held.front().is_some_and(|h| wanted(h.ordinal)) {
+            if let Some(h) = self.held.pop_front() {
+                self.held_bytes -= h.frame.len() as u64;
+                out.push(h);
             }
         }
         out
     }
 
-    /// [`Self::pop_while`], the frames leaving (counted as released).
-    fn release_while(&mut self, wanted: impl FnMut(u64) -> bool) -> Vec<Vec<u8>> {
+    /// [`Self::pop_while`], the frames leaving (counted as released); with the time of
+    /// release, their hold times are counted too.
+    fn release_while(
+        &mut self,
+        wanted: impl FnMut(u64) -> bool,
+        now_ns: Option<u64>,
+    ) -> Vec<Vec<u8>> {
         let out = self.pop_while(wanted);
         self.counts.released += out.len() as u64;
-        out
+        if let Some(now) = now_ns {
+            for h in &out {
+                let held = now.saturating_sub(h.at_ns);
+                self.counts.held_released += 1;
+                self.counts.hold_total_ns = self.counts.hold_total_ns.saturating_add(held);
+                self.counts.hold_max_ns = self.counts.hold_max_ns.max(held);
+            }
+        }
+        out.into_iter().map(|h| h.frame).collect()
     }
 }
 
@@ -178,47 +223,52 @@ mod tests {
     #[test]
     fn a_primary_holds_frames_until_their_exit_is_verified() {
         let mut g = FrameGate::primary(1 << 20);
-        assert_eq!(g.produce(1, &f(1)), vec![f(1)], "alone: at once");
+        assert_eq!(g.produce(1, &f(1), 1), vec![f(1)], "alone: at once");
         g.protect();
-        assert!(g.produce(5, &f(5)).is_empty());
-        assert!(g.produce(7, &f(7)).is_empty());
-        assert!(g.ack(4).is_empty());
-        assert_eq!(g.ack(6), vec![f(5)]);
+        assert!(g.produce(5, &f(5), 5).is_empty());
+        assert!(g.produce(7, &f(7), 7).is_empty());
+        assert!(g.ack(4, 4).is_empty());
+        assert_eq!(g.ack(6, 6), vec![f(5)]);
         assert_eq!(g.held_bytes(), 60);
-        assert!(g.produce(9, &f(9)).is_empty());
+        assert!(g.produce(9, &f(9), 9).is_empty());
         // The backup is lost: the rest leaves, in order, and later frames at once.
-        assert_eq!(g.alone(), vec![f(7), f(9)]);
-        assert_eq!(g.produce(10, &f(10)), vec![f(10)]);
+        assert_eq!(g.alone(20), vec![f(7), f(9)]);
+        assert_eq!(g.produce(10, &f(10), 10), vec![f(10)]);
         assert_eq!(g.counts.released, 5);
+        // Held: 5 from 5 to 6, 7 and 9 until the loss at 20; 1 and 10 never were.
+        assert_eq!(g.counts.held_released, 3);
+        assert_eq!(g.counts.hold_total_ns, 1 + 13 + 11);
+        assert_eq!(g.counts.hold_max_ns, 13);
+        assert_eq!(g.counts.mean_hold_ns(), 8);
     }
 
     #[test]
     fn a_backup_never_sends_the_primarys_frames() {
         let mut g = FrameGate::backup(1 << 20);
-        assert!(g.produce(3, &f(3)).is_empty());
-        assert!(g.produce(8, &f(8)).is_empty());
+        assert!(g.produce(3, &f(3), 3).is_empty());
+        assert!(g.produce(8, &f(8), 8).is_empty());
         assert!(
-            g.ack(100).is_empty(),
+            g.ack(100, 100).is_empty(),
             "its own verification releases nothing"
         );
-        assert!(g.alone().is_empty(), "nor does the claim it won");
-        assert!(g.produce(12, &f(12)).is_empty());
+        assert!(g.alone(20).is_empty(), "nor does the claim it won");
+        assert!(g.produce(12, &f(12), 12).is_empty());
         // Live at exit 8: frames of exits 3 and 8 were the primary's; 12 is its own.
         assert_eq!(g.go_live(8), vec![f(12)]);
         assert_eq!(g.counts.discarded, 2);
         assert_eq!(g.counts.released, 1);
-        assert_eq!(g.produce(13, &f(13)), vec![f(13)]);
+        assert_eq!(g.produce(13, &f(13), 13), vec![f(13)]);
     }
 
     #[test]
     fn a_loser_sends_nothing_ever_again() {
         let mut g = FrameGate::primary(1 << 20);
         g.protect();
-        g.produce(1, &f(1));
+        g.produce(1, &f(1), 1);
         assert_eq!(g.die(), 1);
-        assert!(g.produce(2, &f(2)).is_empty());
-        assert!(g.ack(10).is_empty());
-        assert!(g.alone().is_empty());
+        assert!(g.produce(2, &f(2), 2).is_empty());
+        assert!(g.ack(10, 10).is_empty());
+        assert!(g.alone(20).is_empty());
         assert!(g.go_live(10).is_empty());
         assert_eq!(g.counts.discarded, 2);
         assert_eq!(g.counts.released, 0);
@@ -227,9 +277,9 @@ mod tests {
     #[test]
     fn held_frames_are_capped_by_dropping_the_newest() {
         let mut g = FrameGate::backup(150);
-        g.produce(1, &f(1));
-        g.produce(2, &f(2));
-        g.produce(3, &f(3)); // 180 > 150
+        g.produce(1, &f(1), 1);
+        g.produce(2, &f(2), 2);
+        g.produce(3, &f(3), 3); // 180 > 150
         assert_eq!(g.counts.dropped_over_cap, 1);
         assert_eq!(g.held_bytes(), 120);
         assert_eq!(g.go_live(0), vec![f(1), f(2)]);

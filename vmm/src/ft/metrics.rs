@@ -171,6 +171,24 @@ impl Collector for PairCollector {
         )?;
         counter(
             e,
+            "ftvm_frames_held",
+            "Guest network frames released after the output rule held them",
+            r.frames_held_released,
+        )?;
+        counter(
+            e,
+            "ftvm_frames_hold_seconds",
+            "Time the released guest network frames were held by the output rule",
+            r.frames_hold_sum_s,
+        )?;
+        gauge(
+            e,
+            "ftvm_frames_hold_max_seconds",
+            "The longest a released guest network frame was held by the output rule",
+            r.frames_hold_max_ms / 1e3,
+        )?;
+        counter(
+            e,
             "ftvm_output_wait_seconds",
             "Time the guest's console output waited for room under the cap",
             r.output_wait_s,
@@ -312,6 +330,8 @@ mod tests {
             transfer_pause_ms: 2.5,
             frames_released: 40,
             frames_discarded: 2,
+            frames_held_released: 38,
+            frames_hold_sum_s: 0.076,
             ..Default::default()
         });
         let text = render(&reg).unwrap();
@@ -334,6 +354,14 @@ mod tests {
         assert_eq!(
             sample(&text, "ftvm_frames_discarded_total{vm=\"web\"}"),
             Some(2.0)
+        );
+        assert_eq!(
+            sample(&text, "ftvm_frames_held_total{vm=\"web\"}"),
+            Some(38.0)
+        );
+        assert_eq!(
+            sample(&text, "ftvm_frames_hold_seconds_total{vm=\"web\"}"),
+            Some(0.076)
         );
         assert_eq!(
             sample(&text, "ftvm_state_transfer_pages{vm=\"web\"}"),

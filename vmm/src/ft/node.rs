@@ -255,6 +255,18 @@ impl Node {
             o.max_delay_ns as f64 / 1e6,
             o.bytes_discarded
         );
+        let f = self.sink.frame_counts();
+        if f.released + f.discarded > 0 {
+            eprintln!(
+                "ftvm: output rule for frames: {} released ({} after a hold: avg {:.2} ms, max {:.2} ms), {} discarded, {} dropped over the cap",
+                f.released,
+                f.held_released,
+                f.mean_hold_ns() as f64 / 1e6,
+                f.hold_max_ns as f64 / 1e6,
+                f.discarded,
+                f.dropped_over_cap
+            );
+        }
         // The core finishes only through FinishGuest or Halt, which set the outcome.
         Ok(self
             .outcome

@@ -79,6 +79,11 @@ pub struct StatusReport {
     pub frames_released: u64,
     pub frames_dropped_over_cap: u64,
     pub frames_discarded: u64,
+    /// How long the released frames were held by the rule: their count, the sum, the
+    /// longest.
+    pub frames_held_released: u64,
+    pub frames_hold_sum_s: f64,
+    pub frames_hold_max_ms: f64,
 }
 
 /// A status report is about a kilobyte; anything much longer is not one.
@@ -210,11 +215,19 @@ impl StatusReport {
             fo = self.last_failover.as_deref().unwrap_or("none"),
             frames = if self.frames_released + self.frames_held_bytes + self.frames_discarded > 0 {
                 format!(
-                    "\n  frames held {} bytes, released {}, dropped over the cap {}, discarded {}",
+                    "\n  frames held {} bytes, released {}, dropped over the cap {}, discarded {}{}",
                     self.frames_held_bytes,
                     self.frames_released,
                     self.frames_dropped_over_cap,
-                    self.frames_discarded
+                    self.frames_discarded,
+                    match self.frames_held_released {
+                        0 => String::new(),
+                        n => format!(
+                            "; hold avg {:.2} ms, max {:.2} ms",
+                            self.frames_hold_sum_s * 1e3 / n as f64,
+                            self.frames_hold_max_ms
+                        ),
+                    }
                 )
             } else {
                 String::new()
@@ -305,7 +318,15 @@ mod tests {
         assert!(
             text.contains(
                 "frames held 1500 bytes, released 12, dropped over the cap 0, discarded 3"
-            ),
+            ) && !text.contains("hold avg"),
+            "{text}"
+        );
+        r.frames_held_released = 4;
+        r.frames_hold_sum_s = 0.010;
+        r.frames_hold_max_ms = 4.5;
+        let text = r.render(0);
+        assert!(
+            text.contains("discarded 3; hold avg 2.50 ms, max 4.50 ms"),
             "{text}"
         );
     }

@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use super::tx::{TapTx, TxPort};
 use crate::bus::lock;
@@ -17,6 +18,8 @@ pub struct GatedTx {
     /// The vCPU's last exit: a frame belongs to the exit in progress, the next one.
     exit_ordinal: Arc<AtomicU64>,
     mac: [u8; 6],
+    /// The clock of the frames' hold times.
+    started: Instant,
 }
 
 impl GatedTx {
@@ -31,7 +34,12 @@ impl GatedTx {
             tap,
             exit_ordinal,
             mac,
+            started: Instant::now(),
         }
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     fn send(&self, frames: Vec<Vec<u8>>) {
@@ -43,7 +51,7 @@ impl GatedTx {
     /// The backup verified through `ordinal` (a backup's own verification releases none).
     pub fn ack(&self, ordinal: u64) {
         let mut g = lock(&self.gate);
-        let out = g.ack(ordinal);
+        let out = g.ack(ordinal, self.now_ns());
         self.send(out);
     }
 
@@ -55,7 +63,7 @@ impl GatedTx {
     /// The backup is gone: what is held leaves, and later frames at once.
     pub fn alone(&self) {
         let mut g = lock(&self.gate);
-        let out = g.alone();
+        let out = g.alone(self.now_ns());
         self.send(out);
     }
 
@@ -86,7 +94,7 @@ impl TxPort for GatedTx {
     fn transmit(&self, frame: &[u8]) {
         let ordinal = self.exit_ordinal.load(Ordering::SeqCst).saturating_add(1);
         let mut g = lock(&self.gate);
-        let out = g.produce(ordinal, frame);
+        let out = g.produce(ordinal, frame, self.now_ns());
         self.send(out);
     }
 }

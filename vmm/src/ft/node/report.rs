@@ -122,6 +122,9 @@ impl Node {
             frames_released: frames.released,
             frames_dropped_over_cap: frames.dropped_over_cap,
             frames_discarded: frames.discarded,
+            frames_held_released: frames.held_released,
+            frames_hold_sum_s: frames.hold_total_ns as f64 / 1e9,
+            frames_hold_max_ms: frames.hold_max_ns as f64 / 1e6,
         };
         self.board.publish(&report);
         if let Err(e) = self.status.write(report, Duration::from_secs(1)) {
