@@ -7,7 +7,7 @@ use crate::Vmm;
 use std::io::{Read, Write};
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct ConsoleVmm {
     vmm: Vmm,
@@ -68,7 +68,7 @@ impl ConsoleVmm {
         self.vmm.stderr()
     }
 
-    fn both(&self) -> String {
+    pub(crate) fn both(&self) -> String {
         format!(
             "--- console:\n{}\n--- ftvm:\n{}",
             self.stdout(),
@@ -88,47 +88,22 @@ impl ConsoleVmm {
     /// Until a console line (after the prompt) is exactly `line`; panics after `limit`
     /// or if the VMM exits first.
     pub fn wait_line(&mut self, line: &str, limit: Duration) {
-        let t = Instant::now();
-        loop {
-            if self
-                .stdout()
+        crate::wait_until(self, &format!("console line '{line}'"), limit, |c| {
+            c.stdout()
                 .lines()
                 .any(|l| l.trim_start_matches("# ").trim_end() == line)
-            {
-                return;
-            }
-            if let Some(s) = self.vmm.try_wait() {
-                panic!("ftvm exited with {s} before '{line}':\n{}", self.both());
-            }
-            assert!(
-                t.elapsed() < limit,
-                "no console line '{line}' within {limit:?}:\n{}",
-                self.both()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        });
     }
 
     /// Until the shell has printed its prompt (`# `) since the last command ended: a line
     /// typed before the shell reads (right after a restore, say) can be lost in this
     /// guest. (Not "the output ends with the prompt": a background job may print after.)
     pub fn wait_prompt(&mut self, limit: Duration) {
-        let t = Instant::now();
-        while !self
-            .stdout()
-            .get(self.prompt_from..)
-            .is_some_and(|s| s.contains("# "))
-        {
-            if let Some(s) = self.vmm.try_wait() {
-                panic!("ftvm exited with {s} before the prompt:\n{}", self.both());
-            }
-            assert!(
-                t.elapsed() < limit,
-                "no prompt within {limit:?}:\n{}",
-                self.both()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::wait_until(self, "prompt", limit, |c| {
+            c.stdout()
+                .get(c.prompt_from..)
+                .is_some_and(|s| s.contains("# "))
+        });
     }
 
     /// At the prompt, type one command line, wait until it has finished (within `limit`)
@@ -173,5 +148,15 @@ impl ConsoleVmm {
     /// SIGKILL, as a power loss would end it.
     pub fn kill(&mut self) {
         self.vmm.kill();
+    }
+}
+
+impl crate::Watched for ConsoleVmm {
+    fn ended(&mut self) -> Option<i32> {
+        self.vmm.try_wait()
+    }
+
+    fn said(&self) -> String {
+        self.both()
     }
 }

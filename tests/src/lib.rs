@@ -278,18 +278,9 @@ impl Vmm {
 
     /// Until stderr contains `text` `n` times.
     pub fn wait_for_nth(&mut self, text: &str, n: usize, limit: Duration) {
-        let t = Instant::now();
-        while self.stderr().matches(text).count() < n {
-            if let Some(s) = self.try_wait() {
-                panic!("exited with {s} before '{text}':\n{}", self.stderr());
-            }
-            assert!(
-                t.elapsed() < limit,
-                "no '{text}' within {limit:?}:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until(self, &format!("'{text}'"), limit, |v| {
+            v.stderr().matches(text).count() >= n
+        });
     }
 
     /// Its exit status (-1 for a signal); panics (killing it) after `limit`.
@@ -317,6 +308,39 @@ impl Vmm {
 impl Drop for Vmm {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+impl Watched for Vmm {
+    fn ended(&mut self) -> Option<i32> {
+        self.try_wait()
+    }
+
+    fn said(&self) -> String {
+        self.stderr()
+    }
+}
+
+/// A process a test waits on: whether it has ended, and what it said so far.
+pub trait Watched {
+    fn ended(&mut self) -> Option<i32>;
+    fn said(&self) -> String;
+}
+
+/// Until `done(process)`, polled every few milliseconds; panics with what the process said
+/// if it ends first or after `limit`.
+pub fn wait_until<W: Watched>(w: &mut W, what: &str, limit: Duration, done: impl Fn(&W) -> bool) {
+    let t = Instant::now();
+    while !done(w) {
+        if let Some(s) = w.ended() {
+            panic!("exited with {s} before {what}:\n{}", w.said());
+        }
+        assert!(
+            t.elapsed() < limit,
+            "no {what} within {limit:?}:\n{}",
+            w.said()
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
