@@ -109,6 +109,9 @@ fn stock_kernel_boots_with_nic_and_disks_and_everything_restores_from_its_snapsh
     step("serve", &|| {
         stock::serve::restored_guest_serves_network_and_disks(&hosts, &snap, &disks, &dir)
     });
+    step("persist", &|| {
+        stock::persist::written_files_survive_power_off_and_restore(&hosts, &snap, &disks, &dir)
+    });
     step("record", &|| {
         stock::record::recorded_io_replays_without_a_tap(&hosts, &snap, &disks, &dir)
     });

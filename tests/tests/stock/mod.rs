@@ -2,6 +2,7 @@
 
 pub mod failover;
 pub mod pair;
+pub mod persist;
 pub mod record;
 pub mod seq;
 pub mod serve;
