@@ -110,12 +110,16 @@ pub fn check_in_order(replies: &[(u64, f64)]) -> Result<f64, String> {
         .fold(0.0, f64::max))
 }
 
-/// The stall a client saw around `at` (wall-clock seconds): from the last reply before
-/// it to the first after it.
+/// The stall a client saw at a power loss at `at` (wall-clock seconds): the longest gap
+/// between two consecutive replies that ends after `at` and starts before `at` + 5 s. (Not
+/// just the gap spanning `at`: the moment is taken just before the cable is cut, and the
+/// old primary may still answer in between.)
 pub fn stall_around(replies: &[(u64, f64)], at: f64) -> Option<f64> {
-    let before = replies.iter().rev().find(|(_, t)| *t <= at)?.1;
-    let after = replies.iter().find(|(_, t)| *t > at)?.1;
-    Some(after - before)
+    replies
+        .windows(2)
+        .filter(|w| w[1].1 > at && w[0].1 <= at + 5.0)
+        .map(|w| w[1].1 - w[0].1)
+        .reduce(f64::max)
 }
 
 /// The median of sorted values (the mean of the middle two of an even count).
@@ -135,7 +139,9 @@ mod tests {
     fn a_stall_spans_the_moment_and_order_is_checked() {
         let replies = [(0, 1.0), (1, 1.2), (2, 3.7), (3, 3.9)];
         assert_eq!(stall_around(&replies, 2.0), Some(2.5));
-        assert_eq!(stall_around(&replies, 0.5), None);
+        // A reply just after the moment, then the stall: the stall counts.
+        assert_eq!(stall_around(&replies, 1.1), Some(2.5));
+        assert_eq!(stall_around(&replies, 3.95), None);
         assert!((check_in_order(&replies).unwrap() - 2.5).abs() < 1e-9);
         let skipped = [(0, 1.0), (2, 1.2)];
         assert!(check_in_order(&skipped).is_err());
