@@ -128,6 +128,11 @@ pub fn clients_disk_and_console_survive_power_losses(
             backup.vmm.stderr().contains("live at exit")
         });
         to_live.push(killed.elapsed());
+        // How it went live: after how many verified exits, with how many divergences.
+        let said = backup.vmm.stderr();
+        if let Some(line) = said.lines().find(|l| l.contains("live at exit")) {
+            eprintln!("stock failover {round}: host {}: {line}", backup.host);
+        }
         hosts.heal(live.host);
         let freed = live.host;
         live = backup;
