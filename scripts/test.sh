@@ -16,8 +16,8 @@ log "building and running the test suite"
 cargo build --workspace --all-targets --locked
 log "clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-# The stock-kernel test boots the stock kernel (17 to 20 minutes here, on one core) and
-# then runs its steps from the snapshot: half an hour. Everything else (the other tests,
+# The stock-kernel test boots the stock kernel (11 to 20 minutes here, on one core) and
+# then runs its steps from the snapshot: 20 to 30 minutes. Everything else (the other tests,
 # then the fuzzing) runs beside it on the other core; its output goes to a file, shown
 # when it ends.
 stock_log=build/test-stock-kernel.log

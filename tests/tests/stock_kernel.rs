@@ -62,7 +62,7 @@ fn run_timed(cmd: Command, marker: &str, stop_at_marker: bool, limit: Duration) 
     }
 }
 
-/// The ELF boot took 18 to 20 minutes here with its NIC and disks (in CI runs, with the
+/// The ELF boot took 11 to 20 minutes here with its NIC and disks (in CI runs, with the
 /// bzImage booting all the way beside it: up to 25).
 const BOOT_LIMIT: Duration = Duration::from_secs(1800);
 /// The bzImage's decompressor (in the emulated kernel mode) and the kernel's first lines:
