@@ -49,6 +49,7 @@ pub fn written_files_survive_power_off_and_restore(
         .find(|w| w.len() == 64 && w.chars().all(|c| c.is_ascii_hexdigit()))
         .unwrap_or_else(|| panic!("no SHA-256 from the guest:\n{out}"))
         .to_owned();
+    vm.wait_prompt(Duration::from_secs(120));
     vm.type_line("echo persist-$((6*7))");
     assert_eq!(vm.wait(Duration::from_secs(300)), 0, "{}", vm.stderr());
     assert!(vm.stderr().contains("snapshot saved to"), "{}", vm.stderr());
