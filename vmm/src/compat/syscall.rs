@@ -251,29 +251,6 @@ impl SyscallRepair {
         Ok(())
     }
 
-    /// The vCPU's whole state was just loaded (a restore, a state transfer, a checkpoint):
-    /// put the breakpoint on the loaded guest's #PF handler before it runs another
-    /// instruction. Waiting for the next synchronous exit, as before, left a window in
-    /// which a SYSCALL from user mode faulted unrepaired (seen: a replayed shell killed
-    /// with a segfault at the kernel's entry after a checkpoint); and a step over a fault
-    /// of the old state means nothing in the new one. Also set again when the handler is
-    /// the same: loading the debug registers may have reset the host's breakpoint.
-    pub fn after_state_load(
-        &mut self,
-        fd: &VcpuFd,
-        mem: &GuestMemoryMmap,
-        ordinal: u64,
-    ) -> Result<(), CompatError> {
-        set_debug(fd, 0, 0)?;
-        self.phase = Phase::Idle;
-        self.next_idt_check = 0;
-        self.on_sync_exit(fd, mem, ordinal)?;
-        // And look again at the first synchronous exit: a guest just booted installs its
-        // IDT within its first few instructions.
-        self.next_idt_check = 0;
-        Ok(())
-    }
-
     /// A debug exit. Returns true when it completed a broken SYSCALL.
     pub fn on_debug_exit(
         &mut self,

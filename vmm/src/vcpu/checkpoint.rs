@@ -26,7 +26,7 @@ pub enum DeltaError {
     #[error("delta page {gpa:#x}: {error}")]
     Page { gpa: u64, error: GuestMemoryError },
     #[error(transparent)]
-    Compat(#[from] CompatError),
+    Slots(#[from] CompatError),
     #[error(transparent)]
     Devices(#[from] PlatformError),
 }
@@ -111,9 +111,6 @@ impl Vcpu {
         self.clock.advance_to(d.time_ns);
         self.platform.load_state(devices)?;
         vcpu.restore(&self.fd)?;
-        if let Some(repair) = self.syscall_repair.as_mut() {
-            repair.after_state_load(&self.fd, &self.memory, d.ordinal)?;
-        }
         crate::pagecheck::at_delta(&self.memory, d.ordinal);
         self.ordinal = d.ordinal;
         self.halted = vcpu.halted;

@@ -42,12 +42,6 @@ impl Vcpu {
     }
 
     fn state_machine(&mut self) -> StopReason {
-        // Booted or built from a saved state: the repair watches from the first instruction.
-        if let Some(repair) = self.syscall_repair.as_mut() {
-            if let Err(e) = repair.after_state_load(&self.fd, &self.memory, self.ordinal) {
-                return StopReason::Kvm(e.to_string());
-            }
-        }
         let mut mode = Mode::Paused;
         loop {
             match mode {
