@@ -106,9 +106,46 @@ impl ConsoleVmm {
         });
     }
 
+    /// Right after a start or restore: until the shell answers. A line typed while the
+    /// restored shell is still setting up its terminal can be discarded (seen in the suite:
+    /// the line echoed, never run; or no prompt at all), so a harmless `echo` is typed
+    /// again every 20 s until its answer appears; the next prompt is looked for after it.
+    fn settle(&mut self, limit: Duration) {
+        let t = std::time::Instant::now();
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            self.type_line(&format!("echo settled-$(({tries}*1000))"));
+            let want = format!("settled-{}", tries * 1000);
+            let asked = std::time::Instant::now();
+            while asked.elapsed() < Duration::from_secs(20) {
+                let out = self.stdout();
+                if let Some(i) = out.find(&format!("\n{want}")) {
+                    self.prompt_from = i + want.len() + 1;
+                    return;
+                }
+                if let Some(s) = self.vmm.try_wait() {
+                    panic!(
+                        "ftvm exited with {s} before the shell answered:\n{}",
+                        self.both()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(
+                t.elapsed() < limit,
+                "the shell did not answer within {limit:?} ({tries} tries):\n{}",
+                self.both()
+            );
+        }
+    }
+
     /// At the prompt, type one command line, wait until it has finished (within `limit`)
     /// and return what it printed, with its exit status as the last line (`status N`).
     pub fn run(&mut self, command: &str, limit: Duration) -> String {
+        if self.steps == 0 {
+            self.settle(limit);
+        }
         self.wait_prompt(limit);
         self.steps += 1;
         let marker = format!("ftvm-step-{}-done", self.steps);
