@@ -13,3 +13,15 @@ pub use ftvm_e2e::Hosts;
 pub use std::path::Path;
 pub use std::process::{Command, Stdio};
 pub use std::time::{Duration, Instant};
+
+/// `--restore SNAP --net tap=tap0` and `disks`: a VM from the snapshot on its host's TAP.
+pub fn restore_args(snap: &Path, disks: &StockDisks) -> Vec<String> {
+    let mut args = vec![
+        "--restore".to_string(),
+        snap.display().to_string(),
+        "--net".into(),
+        "tap=tap0".into(),
+    ];
+    args.extend(disks.args());
+    args
+}

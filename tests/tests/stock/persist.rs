@@ -16,14 +16,8 @@ pub fn written_files_survive_power_off_and_restore(
     let saved = dir.join("persist-snap");
     let t = Instant::now();
     let restore = |from: &Path| {
-        let mut args = vec![
-            "run".to_string(),
-            "--restore".into(),
-            from.display().to_string(),
-            "--net".into(),
-            "tap=tap0".into(),
-        ];
-        args.extend(copy.args());
+        let mut args = vec!["run".to_string()];
+        args.extend(restore_args(from, &copy));
         args
     };
 

@@ -37,12 +37,8 @@ pub fn recorded_io_replays_without_a_tap(
         "record".to_string(),
         "--log".into(),
         log.display().to_string(),
-        "--restore".into(),
-        snap.display().to_string(),
-        "--net".into(),
-        "tap=tap0".into(),
     ];
-    args.extend(recorded.args());
+    args.extend(restore_args(snap, &recorded));
     let mut vm = hosts.console("a", &args);
     let ns = format!("{}-client", hosts.name);
     let sender = std::thread::spawn(move || {

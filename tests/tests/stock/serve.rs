@@ -84,14 +84,8 @@ pub fn restored_guest_serves_network_and_disks(
     dir: &Path,
 ) {
     let copy = disks.copy_to(&dir.join("serve"));
-    let mut args = vec![
-        "run".to_string(),
-        "--restore".into(),
-        snap.display().to_string(),
-        "--net".into(),
-        "tap=tap0".into(),
-    ];
-    args.extend(copy.args());
+    let mut args = vec!["run".to_string()];
+    args.extend(restore_args(snap, &copy));
     let mut vm = hosts.console("a", &args);
     let t = Instant::now();
     let out = vm.run("echo second-$((7*7))", Duration::from_secs(120));
