@@ -207,16 +207,8 @@ pub fn run_backup(
     )?;
     drop(disks);
     let transfer_took = t.elapsed();
-    eprintln!(
-        "ftvm: state transfer: {} pages ({} MiB), {} MiB of disks in {:.2} s; replaying from exit {} in epoch {}",
-        got.pages,
-        (got.pages * 4096) >> 20,
-        got.disk_bytes >> 20,
-        t.elapsed().as_secs_f64(),
-        got.machine.vm.vcpu.ordinal,
-        got.epoch
-    );
-    // The primary's word on its epoch is checked against the test-and-set's own record.
+    // The primary's word on its epoch is checked against the test-and-set's own record
+    // before the line that says the backup replays (tests and operators wait for it).
     let owned = opts.shared.current_owner()?.map_or(0, |(epoch, _)| epoch);
     if owned != got.epoch {
         return Err(FtError::EpochMismatch {
@@ -224,6 +216,15 @@ pub fn run_backup(
             owned,
         });
     }
+    eprintln!(
+        "ftvm: state transfer: {} pages ({} MiB), {} MiB of disks in {:.2} s; replaying from exit {} in epoch {}",
+        got.pages,
+        (got.pages * 4096) >> 20,
+        got.disk_bytes >> 20,
+        transfer_took.as_secs_f64(),
+        got.machine.vm.vcpu.ordinal,
+        got.epoch
+    );
     let sink = ConsoleSink::with_limits(
         got.machine.console_offset,
         Some(opts.shared.open_console()?),
