@@ -33,7 +33,10 @@ use crate::entry::Page;
 use crate::frame::{decode_exact, frame_error_into, Format, FrameReader};
 use crate::pages::PageSet;
 
+/// The first 8 bytes of each direction's stream.
 pub const CHANNEL_MAGIC: &[u8; 8] = b"FTVMCHN\0";
+/// The channel protocol version, stored after [`CHANNEL_MAGIC`]; both sides must speak
+/// the same one.
 pub const CHANNEL_VERSION: u32 = 2;
 /// Stream header: magic and version.
 pub const CHANNEL_HEADER_LEN: usize = crate::frame::STREAM_HEADER_LEN;
@@ -54,9 +57,15 @@ pub const MAX_LOG_CHUNK: usize = 1 << 20;
 pub enum ToBackup {
     /// First message after the stream header.
     Hello {
+        /// Name of the VM the primary runs; a backup for another VM gives up.
         vm_name: String,
+        /// The epoch the primary holds (the test-and-set it won); the backup checks it
+        /// against the shared record.
         epoch: u64,
+        /// Size of guest memory, in MiB.
         mem_mib: u64,
+        /// Where the primary's console stream stood (bytes the guest had written to its
+        /// console) when the transfer began.
         console_offset: u64,
     },
     /// Guest pages of the state transfer (pre-copy rounds and the final round), encoded
@@ -65,23 +74,32 @@ pub enum ToBackup {
     /// End of state transfer: the machine state (encoded by the VMM, opaque here) at exit
     /// `ordinal`.
     Machine {
+        /// Exit ordinal the state was taken at; the log continues from there.
         ordinal: u64,
+        /// The machine state as the VMM encoded it.
         state: Vec<u8>,
     },
     /// The next bytes of the log stream (ft-log's own format), in order.
     Log(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Nothing to say: sent so the backup keeps hearing from the primary (see
+    /// [`crate::liveness`]).
     Heartbeat,
     /// State transfer of a guest with disks, right after the hello: each disk's size in
     /// bytes, in device order. The backup's copies must have these sizes.
     Disks {
+        /// Size of each disk in bytes, in device order.
         bytes: Vec<u64>,
     },
     /// State transfer: `len` bytes of disk `disk` at `offset`, which are `data`, or zeros
     /// when `data` is empty. Chunks written again while the transfer runs come again.
     DiskChunk {
+        /// Index of the disk, in the order of [`ToBackup::Disks`].
         disk: u32,
+        /// Byte offset of the chunk in the disk.
         offset: u64,
+        /// Bytes the chunk covers.
         len: u32,
+        /// The chunk's bytes, or empty when they are all zeros.
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
@@ -115,53 +133,92 @@ enum ToBackupRef<'a> {
 /// Backup -> primary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToPrimary {
+    /// First message after the stream header: the backup asks to protect a VM.
     Hello {
+        /// Name of the VM this backup is for; the primary refuses a backup for another.
         vm_name: String,
     },
     /// The backup has replayed and verified the log through this exit ordinal.
     Ack {
+        /// Ordinal of the last exit the backup verified.
         ordinal: u64,
     },
+    /// Nothing to say: sent so the primary keeps hearing from the backup (see
+    /// [`crate::liveness`]).
     Heartbeat,
     /// The backup's replay diverged: take a checkpoint delta at the next exit so it can
     /// get back in step (DESIGN.md section 2, "Verification and divergence").
     Resync,
 }
 
+/// Why one direction of the channel could not be decoded. Frame numbers count from 0;
+/// offsets are bytes from the start of that direction's stream, header included.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChannelError {
+    /// The stream does not start with [`CHANNEL_MAGIC`]: the peer is not an ftvm.
     #[error("logging channel: peer is not an ftvm VMM (bad magic)")]
     BadMagic,
+    /// The peer speaks another channel version than [`CHANNEL_VERSION`].
     #[error(
         "logging channel: peer speaks version {found}; this ftvm speaks version {CHANNEL_VERSION}"
     )]
-    Version { found: u32 },
+    Version {
+        /// The version in the peer's stream header.
+        found: u32,
+    },
+    /// A frame claims a payload longer than [`MAX_MESSAGE`]; refused before allocating.
     #[error("logging channel: frame {frame} at byte {offset}: length {len} exceeds the limit of {MAX_MESSAGE} bytes")]
-    TooLarge { frame: u64, offset: u64, len: usize },
+    TooLarge {
+        /// Number of the frame.
+        frame: u64,
+        /// Stream offset where the frame starts.
+        offset: u64,
+        /// Payload length the frame claims, in bytes.
+        len: usize,
+    },
+    /// A frame's stored CRC32 does not match its payload.
     #[error("logging channel: frame {frame} at byte {offset}: checksum mismatch (stored {stored:08x}, computed {computed:08x})")]
     Checksum {
+        /// Number of the frame.
         frame: u64,
+        /// Stream offset where the frame starts.
         offset: u64,
+        /// CRC32 stored in the frame header.
         stored: u32,
+        /// CRC32 computed over the payload that arrived.
         computed: u32,
     },
+    /// A frame's checksum matched but its payload is not a valid message.
     #[error("logging channel: frame {frame} at byte {offset}: undecodable message: {reason}")]
     Payload {
+        /// Number of the frame.
         frame: u64,
+        /// Stream offset where the frame starts.
         offset: u64,
+        /// What the deserializer objected to.
         reason: String,
     },
+    /// The stream ended partway through a frame.
     #[error("logging channel: stream ends inside frame {frame} at byte {offset} ({have} of {need} bytes)")]
     Truncated {
+        /// Number of the cut-off frame.
         frame: u64,
+        /// Stream offset where the frame starts.
         offset: u64,
+        /// Bytes of the frame that arrived.
         have: usize,
+        /// Bytes the whole frame needs, header and payload (only the header, if its
+        /// length field did not arrive).
         need: usize,
     },
+    /// The stream ended before the whole stream header arrived.
     #[error(
         "logging channel: stream ends inside its header ({have} of {CHANNEL_HEADER_LEN} bytes)"
     )]
-    TruncatedHeader { have: usize },
+    TruncatedHeader {
+        /// Bytes of the header that arrived.
+        have: usize,
+    },
 }
 
 static FORMAT: Format = Format {
@@ -256,6 +313,8 @@ impl<M> std::fmt::Debug for MessageDecoder<M> {
 
 /// What needs no knowledge of the message type.
 impl<M> MessageDecoder<M> {
+    /// Append the next bytes received, however they were cut; decode them with
+    /// [`MessageDecoder::next_message`].
     pub fn push(&mut self, bytes: &[u8]) {
         self.frames.push(bytes);
     }
@@ -285,6 +344,7 @@ impl<M> MessageDecoder<M> {
 }
 
 impl<M: DeserializeOwned> MessageDecoder<M> {
+    /// A decoder expecting the stream header first.
     pub fn new() -> Self {
         Self::default()
     }

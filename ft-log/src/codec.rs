@@ -18,56 +18,102 @@
 use crate::entry::Entry;
 use crate::frame::{decode_exact, frame_error_into, Format, FrameReader};
 
+/// The first 8 bytes of every log stream.
 pub const MAGIC: &[u8; 8] = b"FTVMLOG\0";
+/// The format version this crate writes and reads, stored after [`MAGIC`].
+///
 /// 2: checkpoint pages as a [`crate::pages::PageSet`].
 pub const FORMAT_VERSION: u32 = 2;
+/// Bytes of the stream header: magic and version.
 pub const HEADER_LEN: usize = crate::frame::STREAM_HEADER_LEN;
+/// Bytes before each frame's payload: length, entry kind and CRC32.
 pub const FRAME_HEADER_LEN: usize = FORMAT.frame_header_len();
 /// Largest payload accepted: a full checkpoint of up to 1 GiB of non-zero guest memory,
 /// plus its framing. Anything longer is damage (or an attack), refused before allocating.
 pub const MAX_PAYLOAD: usize = (1 << 30) + (4 << 20);
 
+/// Why a log stream could not be decoded. Frame numbers count from 0; offsets are bytes
+/// from the start of the stream, header included.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
+    /// The stream does not start with [`MAGIC`].
     #[error("not an ftvm log (bad magic)")]
     BadMagic,
+    /// The stream is in a format version this build does not read.
     #[error("log format version {found}; this ftvm reads version {FORMAT_VERSION}")]
-    Version { found: u32 },
+    Version {
+        /// The version in the stream header.
+        found: u32,
+    },
+    /// A frame claims a payload longer than [`MAX_PAYLOAD`]; refused before allocating.
     #[error(
         "frame {frame} at byte {offset}: length {len} exceeds the limit of {MAX_PAYLOAD} bytes"
     )]
-    TooLarge { frame: u64, offset: u64, len: usize },
+    TooLarge {
+        /// Number of the frame.
+        frame: u64,
+        /// Stream offset where the frame starts.
+        offset: u64,
+        /// Payload length the frame claims, in bytes.
+        len: usize,
+    },
+    /// A frame's stored CRC32 does not match its kind byte and payload.
     #[error("frame {frame} at byte {offset} ({kind}): checksum mismatch (stored {stored:08x}, computed {computed:08x})")]
     Checksum {
+        /// Number of the frame.
         frame: u64,
+        /// Stream offset where the frame starts.
         offset: u64,
+        /// The entry kind the frame header claims (it may be damaged too).
         kind: &'static str,
+        /// CRC32 stored in the frame header.
         stored: u32,
+        /// CRC32 computed over what was read.
         computed: u32,
     },
+    /// A frame's checksum matched but its payload is not a valid entry.
     #[error("frame {frame} at byte {offset} ({kind}): undecodable payload: {reason}")]
     Payload {
+        /// Number of the frame.
         frame: u64,
+        /// Stream offset where the frame starts.
         offset: u64,
+        /// The entry kind the frame header claims.
         kind: &'static str,
+        /// What the deserializer objected to.
         reason: String,
     },
+    /// A frame's header kind byte and the entry in its payload disagree.
     #[error("frame {frame} at byte {offset}: header says {header_kind} but the payload is {payload_kind}")]
     KindMismatch {
+        /// Number of the frame.
         frame: u64,
+        /// Stream offset where the frame starts.
         offset: u64,
+        /// The entry kind the frame header claims.
         header_kind: &'static str,
+        /// The kind of the entry actually decoded.
         payload_kind: &'static str,
     },
+    /// The input ended partway through a frame.
     #[error("log ends inside frame {frame} at byte {offset} ({have} of {need} bytes)")]
     Truncated {
+        /// Number of the cut-off frame.
         frame: u64,
+        /// Stream offset where the frame starts.
         offset: u64,
+        /// Bytes of the frame that arrived.
         have: usize,
+        /// Bytes the whole frame needs, header and payload (only the header, if its
+        /// length field did not arrive).
         need: usize,
     },
+    /// The input ended before the whole stream header arrived.
     #[error("log ends inside its header ({have} of {HEADER_LEN} bytes)")]
-    TruncatedHeader { have: usize },
+    TruncatedHeader {
+        /// Bytes of the header that arrived.
+        have: usize,
+    },
 }
 
 static FORMAT: Format = Format {
@@ -118,10 +164,13 @@ impl Default for Decoder {
 }
 
 impl Decoder {
+    /// A decoder expecting the stream header first.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Append the next bytes of the stream, however they were cut; decode them with
+    /// [`Decoder::next_entry`].
     pub fn push(&mut self, bytes: &[u8]) {
         self.frames.push(bytes);
     }

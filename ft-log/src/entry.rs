@@ -6,10 +6,15 @@ use serde::{Deserialize, Serialize};
 /// What kind of synchronous exit the guest made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExitKind {
+    /// A port read (`in`): the value is what the device returned.
     PioIn,
+    /// A port write (`out`): the value is what the guest wrote.
     PioOut,
+    /// A read of device memory: the value is what the device returned.
     MmioRead,
+    /// A write to device memory: the value is what the guest wrote.
     MmioWrite,
+    /// The guest executed HLT.
     Hlt,
     /// An emulation failure the host-compatibility module repaired.
     Repaired,
@@ -20,12 +25,17 @@ pub enum ExitKind {
 /// guest time the devices saw during it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitRecord {
+    /// Which exit this is: 1 for the guest's first synchronous exit, and so on.
     pub ordinal: u64,
+    /// Guest time, in nanoseconds, that devices saw during this exit.
     pub time_ns: u64,
+    /// Why the guest exited.
     pub kind: ExitKind,
+    /// Guest instruction pointer at the exit.
     pub rip: u64,
     /// Port or guest-physical address (0 for HLT and repairs).
     pub addr: u64,
+    /// Access width in bytes (0 for HLT and repairs).
     pub size: u8,
     /// Value written by the guest (out, MMIO write) or returned to it (in, MMIO read).
     pub value: u64,
@@ -34,7 +44,10 @@ pub struct ExitRecord {
 /// One guest page (4 KiB) in a checkpoint delta.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Page {
+    /// Guest-physical address of the page (4 KiB aligned).
     pub gpa: u64,
+    /// The page's 4096 bytes.
+    ///
     /// As bytes, not as a sequence of u8 (the same encoding, encoded as one copy).
     #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
@@ -45,7 +58,9 @@ pub struct Page {
 /// difference from the previous delta. vCPU and device states are opaque to the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delta {
+    /// Exit ordinal the checkpoint was taken at.
     pub ordinal: u64,
+    /// Guest time at the checkpoint, in nanoseconds.
     pub time_ns: u64,
     /// A full checkpoint: `pages` lists every non-zero page and all others are zero (the
     /// final entry of a log, from which any diverged replayer can converge).
@@ -53,7 +68,9 @@ pub struct Delta {
     /// How `vcpu` and `devices` are sent (see [`crate::pages::StateCodec`]); a replayer
     /// decodes them as it reads the entry.
     pub state_encoding: crate::pages::StateEncoding,
+    /// The vCPU state, encoded by the VMM (and then as `state_encoding` says).
     pub vcpu: Vec<u8>,
+    /// The device states, encoded by the VMM (and then as `state_encoding` says).
     pub devices: Vec<u8>,
     /// The pages, encoded against the replayer's copies (see [`crate::pages`]); a
     /// replayer decodes them as it reads the entry, so the machine sees whole pages.
@@ -63,8 +80,11 @@ pub struct Delta {
 /// A digest of a final machine state, to compare recorder and replayer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Digest {
+    /// CRC32 of all of guest memory, region after region.
     pub memory_crc32: u32,
+    /// CRC32 of the vCPU's registers, as the VMM encodes them.
     pub vcpu_crc32: u32,
+    /// CRC32 of the device states, as the VMM encodes them.
     pub devices_crc32: u32,
 }
 
@@ -82,9 +102,17 @@ impl std::fmt::Display for Digest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PacketOutcome {
     /// Written into the receive chain at `head`, `len` bytes with the virtio header.
-    Delivered { head: u16, len: u32 },
+    Delivered {
+        /// Descriptor index of the head of the receive chain used.
+        head: u16,
+        /// Bytes written into the chain, virtio header included.
+        len: u32,
+    },
     /// The next receive chain was too small: returned empty, the frame dropped.
-    TooLarge { head: u16 },
+    TooLarge {
+        /// Descriptor index of the head of the chain that was too small.
+        head: u16,
+    },
     /// The receive queue was malformed: the device marked itself broken (NEEDS_RESET).
     Broken,
 }
@@ -101,42 +129,74 @@ impl std::fmt::Display for PacketOutcome {
     }
 }
 
+/// One record of the log: an input or event the replayer must reproduce, tied to the exit
+/// ordinal at which it happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Entry {
     /// First entry of every log: the inputs fixed when the machine was created.
-    Start { wall_clock_unix_secs: u64 },
+    Start {
+        /// The real-time clock's starting time (CMOS), in seconds since the Unix epoch.
+        wall_clock_unix_secs: u64,
+    },
     /// A synchronous exit (with the value a port or MMIO read returned).
     Exit(ExitRecord),
     /// Guest time moved while the vCPU was halted or kicked, at this ordinal.
-    TimeSample { ordinal: u64, time_ns: u64 },
+    TimeSample {
+        /// Exit ordinal the sample follows.
+        ordinal: u64,
+        /// Guest time, in nanoseconds, from this point on.
+        time_ns: u64,
+    },
     /// Bytes moved into the serial port's receive FIFO at this ordinal.
-    SerialInput { ordinal: u64, bytes: Vec<u8> },
+    SerialInput {
+        /// Exit ordinal the bytes arrived at.
+        ordinal: u64,
+        /// The bytes, in arrival order.
+        bytes: Vec<u8>,
+    },
     /// An interrupt injected at this ordinal (after the exit, or at a delta).
-    Interrupt { ordinal: u64, vector: u8 },
+    Interrupt {
+        /// Exit ordinal the interrupt was injected at.
+        ordinal: u64,
+        /// Interrupt vector injected into the vCPU.
+        vector: u8,
+    },
     /// A checkpoint delta (boxed: it is large and rare).
     Delta(Box<Delta>),
     /// An Ethernet frame offered to the guest's virtio-net receive queue at this ordinal,
     /// and what the device did with it (the replayer offers the same bytes at the same
     /// point and checks it does the same).
     Packet {
+        /// Exit ordinal the frame was offered at.
         ordinal: u64,
+        /// The Ethernet frame, without the virtio header.
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
+        /// What the device did with it.
         outcome: PacketOutcome,
     },
     /// A disk request completed (reserved for the virtio-blk device).
     DiskCompletion {
+        /// Exit ordinal the completion happened at.
         ordinal: u64,
+        /// Which request completed (numbered by the device).
         request: u64,
+        /// The status byte the device reported to the guest.
         status: u8,
     },
     /// The machine has a virtio-net card with this MAC (right after `Start`, when it has
     /// one): a replayer builds the same machine without being told.
-    Nic { mac: [u8; 6] },
+    Nic {
+        /// The card's Ethernet address.
+        mac: [u8; 6],
+    },
     /// The recorded run ended: why, and the digest of its final state.
     Shutdown {
+        /// Exit ordinal the run ended at.
         ordinal: u64,
+        /// Why it ended, in words (for people, not for matching).
         reason: String,
+        /// Digest of the final machine state, for the replayer to compare with its own.
         digest: Digest,
     },
 }
@@ -174,6 +234,8 @@ impl Entry {
         }
     }
 
+    /// Human-readable name of a kind byte from [`Entry::kind`] (`"unknown"` for any
+    /// other value), for statistics and error messages.
     pub fn kind_name(kind: u8) -> &'static str {
         match kind {
             1 => "exit",

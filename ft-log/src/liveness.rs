@@ -5,6 +5,8 @@
 //! to the test-and-set (DESIGN.md section 3). No clocks here: callers pass `now_ns` from
 //! one monotonic clock, which keeps this testable and the VMM's choice of clock its own.
 
+/// When the peer was last heard from, and how long it may stay silent before it is
+/// presumed dead. Times are nanoseconds of the caller's monotonic clock.
 #[derive(Debug, Clone)]
 pub struct Liveness {
     timeout_ns: u64,
@@ -43,10 +45,12 @@ impl Liveness {
         (self.timeout_ns.saturating_add(1)).saturating_sub(self.silent_for_ns(now_ns))
     }
 
+    /// How long the peer may stay silent, in nanoseconds, before it counts as dead.
     pub fn timeout_ns(&self) -> u64 {
         self.timeout_ns
     }
 
+    /// When the peer was last heard from (or the start, if never), in the caller's clock.
     pub fn last_heard_ns(&self) -> u64 {
         self.last_ns
     }
@@ -64,6 +68,8 @@ pub struct SendProgress {
 }
 
 impl SendProgress {
+    /// Not writing yet; one write may wait `limit_ns` nanoseconds before the peer counts
+    /// as failed.
     pub fn new(limit_ns: u64) -> Self {
         Self {
             limit_ns,
@@ -92,6 +98,7 @@ impl SendProgress {
         self.stuck_for_ns(now_ns) > self.limit_ns
     }
 
+    /// How long one write may wait, in nanoseconds, before [`SendProgress::stalled`].
     pub fn limit_ns(&self) -> u64 {
         self.limit_ns
     }

@@ -23,7 +23,9 @@ use std::collections::VecDeque;
 /// stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Released {
+    /// Console stream offset of the first byte.
     pub offset: u64,
+    /// The bytes to write to the console, in order.
     pub bytes: Vec<u8>,
 }
 
@@ -53,12 +55,14 @@ pub const DELAY_BOUNDS_NS: [u64; 12] = [
 pub struct OutputStats {
     /// Bytes currently held.
     pub bytes_held: u64,
+    /// Bytes released so far (at once or after an ack).
     pub bytes_released: u64,
     /// [`Released`] values handed out (what the VMM writes, each one write).
     pub releases: u64,
     /// Sum over released chunks of (release time - hold time); 0 for a chunk released at
     /// once.
     pub total_delay_ns: u128,
+    /// Longest time one chunk waited for its ack, in nanoseconds.
     pub max_delay_ns: u64,
     /// Chunks released (the denominator for [`OutputStats::mean_delay_ns`]).
     pub chunks_released: u64,
@@ -136,6 +140,7 @@ impl OutputGate {
         self
     }
 
+    /// Bytes that may be held before [`OutputGate::has_room`] says no.
     pub fn cap(&self) -> u64 {
         self.cap
     }
@@ -237,10 +242,12 @@ impl OutputGate {
         vec![r]
     }
 
+    /// Whether the gate releases at once, having no backup to wait for.
     pub fn is_alone(&self) -> bool {
         self.alone
     }
 
+    /// The highest exit ordinal the peer has acknowledged (0 before any ack).
     pub fn acked(&self) -> u64 {
         self.acked
     }
@@ -256,10 +263,12 @@ impl OutputGate {
         self.next
     }
 
+    /// Bytes held, waiting for an ack.
     pub fn held_bytes(&self) -> u64 {
         self.bytes.len() as u64
     }
 
+    /// What the gate has done so far.
     pub fn stats(&self) -> &OutputStats {
         &self.stats
     }

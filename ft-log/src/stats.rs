@@ -4,12 +4,19 @@ use std::collections::BTreeMap;
 
 use crate::entry::Entry;
 
+/// Running totals for one log stream, filled in by [`LogStats::count`].
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LogStats {
+    /// Stream bytes counted: every entry's whole frame (a writer may start it at the
+    /// stream header's length to include that too).
     pub bytes: u64,
+    /// Entries counted, by kind name (see [`Entry::kind_name`]).
     pub entries: BTreeMap<&'static str, u64>,
+    /// Checkpoint delta entries counted.
     pub deltas: u64,
+    /// Stream bytes taken by those deltas' frames.
     pub delta_bytes: u64,
+    /// Pages listed in those deltas (see [`crate::pages::PageSet::len`]).
     pub delta_pages: u64,
 }
 

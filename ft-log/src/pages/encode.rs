@@ -46,6 +46,7 @@ impl PageEncoder {
         self
     }
 
+    /// The encoding this encoder produces.
     pub fn encoding(&self) -> PageEncoding {
         self.encoding
     }

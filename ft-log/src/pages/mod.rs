@@ -55,6 +55,7 @@ pub enum PageEncoding {
 }
 
 impl PageEncoding {
+    /// The encoding's name on the command line (`--page-encoding`) and in reports.
     pub fn name(self) -> &'static str {
         match self {
             PageEncoding::Raw => "raw",
@@ -63,6 +64,7 @@ impl PageEncoding {
         }
     }
 
+    /// The encoding called `name` (see [`PageEncoding::name`]), `None` if there is none.
     pub fn from_name(name: &str) -> Option<Self> {
         [Self::Raw, Self::XorLz4, Self::XorZstd]
             .into_iter()
@@ -73,7 +75,9 @@ impl PageEncoding {
 /// The compressor of a set's blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Compressor {
+    /// lz4 block format.
     Lz4,
+    /// zstd, at [`ZSTD_LEVEL`].
     Zstd,
 }
 
@@ -92,6 +96,7 @@ pub enum PageKind {
 /// Pages encoded against the receiver's copies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct XorPages {
+    /// How every block of the set is compressed.
     pub compressor: Compressor,
     /// Pages per block (the last block may have fewer).
     pub block_pages: u16,
@@ -110,6 +115,7 @@ pub struct XorPages {
 pub enum PageSet {
     /// Whole pages (after decoding, every set is this).
     Raw(Vec<Page>),
+    /// Pages XORed with the receiver's copies and compressed; decode before use.
     Xor(XorPages),
 }
 
@@ -128,6 +134,7 @@ impl PageSet {
         }
     }
 
+    /// No pages listed.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -141,37 +148,85 @@ impl PageSet {
     }
 }
 
+/// Why pages (or a machine state) could not be encoded or decoded. Decoding errors mean
+/// damaged or hostile input, or copies that drifted apart.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PageCodecError {
+    /// An address outside the guest's memory, or not page aligned.
     #[error("page {gpa:#x} is not a page of the guest's memory")]
-    OutOfRange { gpa: u64 },
+    OutOfRange {
+        /// The page's guest-physical address (its page number, if the address would
+        /// overflow).
+        gpa: u64,
+    },
+    /// Pages not in strictly ascending address order.
     #[error("page {gpa:#x} is listed out of order or twice")]
-    Order { gpa: u64 },
+    Order {
+        /// Guest-physical address of the page found out of order.
+        gpa: u64,
+    },
+    /// A set lists more pages than the receiver's memory has.
     #[error("{pages} pages listed; the guest has only {max}")]
-    TooMany { pages: usize, max: usize },
+    TooMany {
+        /// Pages the set lists.
+        pages: usize,
+        /// The most pages the receiver accepts (its memory's size in pages).
+        max: usize,
+    },
+    /// A page whose data is not [`PAGE_SIZE`] bytes.
     #[error("a page of {len} bytes (a page has {PAGE_SIZE})")]
-    PageLength { len: usize },
+    PageLength {
+        /// Length of the page's data, in bytes.
+        len: usize,
+    },
+    /// A set's pages per block (the value given) is 0 or over [`MAX_BLOCK_PAGES`].
     #[error("block size of {0} pages is outside 1..={MAX_BLOCK_PAGES}")]
     BlockPages(u16),
+    /// A set has the wrong number of compressed blocks for its XORed pages.
     #[error("{found} compressed blocks for {pages} changed pages ({expected} expected)")]
     BlockCount {
+        /// Blocks the set holds.
         found: usize,
+        /// Blocks its XORed pages need.
         expected: usize,
+        /// Pages sent as XORs ([`PageKind::Xor`]).
         pages: usize,
     },
+    /// A compressed block (or state) does not decompress to exactly its expected length.
     #[error("block {block} does not decompress to its {expected} bytes")]
-    Decompress { block: usize, expected: usize },
+    Decompress {
+        /// Index of the block in the set (0 for a machine state).
+        block: usize,
+        /// Bytes it should decompress to.
+        expected: usize,
+    },
+    /// The compressor failed on a block.
     #[error("cannot compress a block")]
     Compress,
+    /// The rebuilt pages (or state) do not match the sender's CRC32: the receiver's copy
+    /// has drifted from the sender's.
     #[error(
         "the rebuilt pages do not match the sender's (CRC32 {computed:08x}, sent {sent:08x}): \
          the receiver's copy of them has drifted from the sender's"
     )]
-    Drift { sent: u32, computed: u32 },
+    Drift {
+        /// CRC32 the sender computed.
+        sent: u32,
+        /// CRC32 of what the receiver rebuilt.
+        computed: u32,
+    },
+    /// An encoded machine state that is malformed or longer than [`MAX_STATE`].
     #[error("a machine state of {len} bytes is damaged or over the limit of {MAX_STATE}")]
-    State { len: usize },
+    State {
+        /// The state's length in bytes (as encoded, or as its header claims).
+        len: usize,
+    },
+    /// The receiver could not read its own copy of a page (reported by its `base` reader).
     #[error("cannot read the receiver's copy of page {gpa:#x}")]
-    Base { gpa: u64 },
+    Base {
+        /// Guest-physical address of the page.
+        gpa: u64,
+    },
 }
 
 /// The CRC of a set's pages: address (LE) then bytes, page after page.

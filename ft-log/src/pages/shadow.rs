@@ -8,6 +8,8 @@ use crate::entry::Page;
 
 const ZERO: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
+/// A copy of guest memory as the receiver last got it, kept by the sender and by a
+/// replaying receiver: what XOR-encoded pages are taken against. Zero pages are not stored.
 #[derive(Debug, Clone)]
 pub struct Shadow {
     /// Guest RAM ranges (start, length in bytes), page aligned.

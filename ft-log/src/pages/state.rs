@@ -29,6 +29,8 @@ pub struct StateCodec {
 }
 
 impl StateCodec {
+    /// Encode `state` (XORed with the previous one when the lengths match) and remember it
+    /// as the previous state for the next call.
     pub fn encode(&mut self, state: &[u8]) -> Vec<u8> {
         let based = self.prev.len() == state.len();
         let body: Vec<u8> = if based {
