@@ -31,8 +31,10 @@ pub const ABSENT_PORT_RANGES: &[(u64, u64)] = &[
 /// bus, where the VMM registers [`AbsentPorts`] there as well; a PCI bus takes it otherwise.
 pub const PCI_CONFIG_PORTS: (u64, u64) = (0xcf8, 0x08);
 
+/// Saved state of [`AbsentPorts`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AbsentPortsState {
+    /// Reads and writes seen so far (a statistic, saturating at `u64::MAX`).
     pub accesses: u64,
 }
 
@@ -43,20 +45,24 @@ pub struct AbsentPorts {
 }
 
 impl AbsentPorts {
+    /// Absent ports that have seen no access yet.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Reads and writes seen so far, saturating at `u64::MAX`.
     pub fn accesses(&self) -> u64 {
         self.accesses
     }
 
+    /// Saves the state.
     pub fn state(&self) -> AbsentPortsState {
         AbsentPortsState {
             accesses: self.accesses,
         }
     }
 
+    /// Restores a saved state (any access count is valid).
     pub fn from_state(state: AbsentPortsState) -> Result<Self, StateError> {
         Ok(Self {
             accesses: state.accesses,

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{BusDevice, Clock, IrqLine, StateError};
 
+/// The index port (0x70); the data port is the next one. The device takes both.
 pub const CMOS_BASE: u64 = 0x70;
 const REG_SECONDS: usize = 0x00;
 const REG_SECONDS_ALARM: usize = 0x01;
@@ -75,6 +76,7 @@ const ALARM_ANY: u8 = 0xc0;
 /// is mapped above 4 GiB. This is the ftvm memory layout the BIOS registers describe.
 const LOW_RAM_END: u64 = 0xc000_0000;
 
+/// Saved state of [`Cmos`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CmosState {
     /// The selected register, 0..=0x7f.
@@ -84,6 +86,7 @@ pub struct CmosState {
     /// The 128 bytes of CMOS RAM. The time registers in it only matter while SET is on;
     /// otherwise they are computed from the clock.
     pub ram: Vec<u8>,
+    /// Guest wall-clock time at virtual time zero, in seconds since the Unix epoch.
     pub base_unix_secs: u64,
     /// Seconds the guest moved its clock by setting the time.
     pub offset_secs: i64,
@@ -91,6 +94,7 @@ pub struct CmosState {
     pub flags_checked_ns: u64,
 }
 
+/// The RTC and CMOS RAM, registered at [`CMOS_BASE`] over two ports.
 pub struct Cmos {
     index: u8,
     nmi_disabled: bool,
@@ -230,6 +234,7 @@ impl Cmos {
         self
     }
 
+    /// Saves the state.
     pub fn state(&self) -> CmosState {
         CmosState {
             index: self.index,

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{BusDevice, StateError};
 
+/// The data port: replies to commands are read here, command parameters written.
 pub const DATA_PORT: u64 = 0x60;
+/// The status register (read) and command register (write).
 pub const COMMAND_PORT: u64 = 0x64;
 /// Replies beyond this many unread bytes are dropped (a real controller has one).
 const OUTPUT_QUEUE_MAX: usize = 16;
@@ -37,24 +39,33 @@ const COMMANDS_WITH_DATA: [u8; 5] = [0x60, 0xd1, 0xd2, 0xd3, 0xd4];
 /// A byte waiting in the output buffer, and whether it comes from the AUX (mouse) side.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct OutputByte {
+    /// The byte itself.
     pub value: u8,
+    /// It comes from the AUX side (status bit 5 while it is first in the buffer).
     pub aux: bool,
 }
 
+/// Saved state of [`I8042`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct I8042State {
+    /// The controller command byte (read with command 0x20, written with 0x60).
     pub command_byte: u8,
+    /// The output port: bit 0 is the CPU reset line (active low), bit 1 the A20 gate.
     pub output_port: u8,
+    /// Bytes in the output buffer not yet read, oldest first (at most 16).
     pub output: Vec<OutputByte>,
     /// The command waiting for its data byte, if any (0x60, 0xd1..=0xd4).
     pub pending_command: Option<u8>,
     /// The last write went to the command port (status bit 3).
     pub last_was_command: bool,
+    /// A CPU reset the guest asked for, not yet taken by [`I8042::take_reset_request`].
     pub reset_requested: bool,
     /// The last byte read from the data port, returned again when the buffer is empty.
     pub last_output: u8,
 }
 
+/// The keyboard controller, registered at [`DATA_PORT`] and [`COMMAND_PORT`] (one port
+/// each).
 #[derive(Debug)]
 pub struct I8042 {
     command_byte: u8,
@@ -87,6 +98,7 @@ impl I8042 {
         }
     }
 
+    /// Saves the state.
     pub fn state(&self) -> I8042State {
         I8042State {
             command_byte: self.command_byte,
@@ -99,6 +111,8 @@ impl I8042 {
         }
     }
 
+    /// Restores a saved state, refusing an output buffer over 16 bytes or a pending command
+    /// that takes no data.
     pub fn from_state(state: I8042State) -> Result<Self, StateError> {
         if state.output.len() > OUTPUT_QUEUE_MAX {
             return Err(StateError::new(

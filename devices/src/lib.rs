@@ -9,6 +9,9 @@
 //! `restore()` to load it. State may come from a file or the network, so restoring
 //! validates it and reports what is wrong instead of panicking.
 
+// The public API is documented; CI (clippy with -D warnings) keeps it so.
+#![warn(missing_docs)]
+
 pub mod absent;
 pub mod cmos;
 pub mod i8042;
@@ -41,7 +44,9 @@ use std::sync::Arc;
 /// Accesses of a width the device does not implement read as all ones and are ignored on
 /// write; a device never panics on what a guest does.
 pub trait BusDevice: Send {
+    /// Reads `data.len()` bytes at `offset` into the range registered at `base`.
     fn read(&mut self, base: u64, offset: u64, data: &mut [u8]);
+    /// Writes `data` at `offset` into the range registered at `base`.
     fn write(&mut self, base: u64, offset: u64, data: &[u8]);
 }
 
@@ -50,6 +55,7 @@ pub trait BusDevice: Send {
 /// The VMM decides what time is (host monotonic time, a function of the exit ordinal for
 /// deterministic tests, or values replayed from a log); devices only ask.
 pub trait Clock: Send + Sync {
+    /// The current virtual time, in nanoseconds since the machine was created.
     fn now_ns(&self) -> u64;
 }
 
@@ -72,6 +78,8 @@ pub struct IrqLines {
 }
 
 impl IrqLines {
+    /// A set of lines with nothing raised or asserted, shared by the devices and the vCPU
+    /// loop.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
@@ -136,6 +144,7 @@ pub struct LevelIrqLine {
 }
 
 impl LevelIrqLine {
+    /// Asserts (`true`) or deasserts (`false`) this source's level on its line.
     pub fn set_level(&self, asserted: bool) {
         let line = &self.lines.asserted[usize::from(self.irq)];
         if asserted {
@@ -145,6 +154,7 @@ impl LevelIrqLine {
         }
     }
 
+    /// Whether this source currently asserts its line.
     pub fn is_asserted(&self) -> bool {
         self.lines.asserted[usize::from(self.irq)].load(Ordering::SeqCst) & self.bit != 0
     }
@@ -158,10 +168,12 @@ pub struct IrqLine {
 }
 
 impl IrqLine {
+    /// Line `irq` (0..16) of `lines`; out-of-range lines are never raised.
     pub fn new(lines: Arc<IrqLines>, irq: u8) -> Self {
         Self { lines, irq }
     }
 
+    /// Raises an edge on this line (see [`IrqLines::raise`]).
     pub fn raise(&self) {
         self.lines.raise(self.irq);
     }
@@ -180,11 +192,14 @@ impl vm_superio::Trigger for IrqLine {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid {device} state: {reason}")]
 pub struct StateError {
+    /// The device whose state was refused, e.g. `"PIC master"`.
     pub device: &'static str,
+    /// What is wrong with the state.
     pub reason: String,
 }
 
 impl StateError {
+    /// An error for `device`, saying what is wrong in `reason`.
     pub fn new(device: &'static str, reason: impl Into<String>) -> Self {
         Self {
             device,

@@ -13,8 +13,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{BusDevice, StateError};
 
+/// The master 8259A's ports: command (0x20) and data (0x21).
 pub const MASTER_BASE: u64 = 0x20;
+/// The slave 8259A's ports: command (0xa0) and data (0xa1).
 pub const SLAVE_BASE: u64 = 0xa0;
+/// The ELCR registers: master lines at 0x4d0, slave lines at 0x4d1.
 pub const ELCR_BASE: u64 = 0x4d0;
 
 /// The master input the slave's output is wired to.
@@ -282,9 +285,12 @@ impl ChipState {
     }
 }
 
+/// Saved state of [`Pic`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PicState {
+    /// The master chip: ISA lines 0..8.
     pub master: ChipState,
+    /// The slave chip: ISA lines 8..16, cascaded on master line 2.
     pub slave: ChipState,
 }
 
@@ -348,6 +354,7 @@ impl Pic {
         }
     }
 
+    /// Saves the state.
     pub fn state(&self) -> PicState {
         PicState {
             master: self.master.clone(),
@@ -355,6 +362,7 @@ impl Pic {
         }
     }
 
+    /// Restores a saved state after checking both chips.
     pub fn from_state(state: PicState) -> Result<Self, StateError> {
         state.master.validate("PIC master", MASTER_ELCR_MASK)?;
         state.slave.validate("PIC slave", SLAVE_ELCR_MASK)?;

@@ -31,7 +31,9 @@ use crate::{BusDevice, Clock, StateError};
 
 /// Input clock of the i8254 on a PC.
 pub const PIT_HZ: u64 = 1_193_182;
+/// Ports of counters 0..3 (0x40-0x42) and the control word register (0x43).
 pub const PIT_BASE: u64 = 0x40;
+/// System control port B.
 pub const PORT_61: u64 = 0x61;
 /// Port 0x61 bit 4 toggles with each DRAM refresh request, every 15.085 us.
 const REFRESH_NS: u64 = 15_085;
@@ -64,9 +66,17 @@ pub enum Run {
     Armed,
     /// Counting: `phase + (tick - load_tick)` input pulses into the count (`phase` is where
     /// counting resumed after a pause, or where a mode-3 half-period reload started).
-    Counting { load_tick: u64, phase: u64 },
+    Counting {
+        /// Input tick at which counting started or resumed.
+        load_tick: u64,
+        /// Input pulses already into the count at `load_tick`.
+        phase: u64,
+    },
     /// Stopped by a low gate after `elapsed` pulses.
-    Paused { elapsed: u64 },
+    Paused {
+        /// Input pulses into the count when the gate went low.
+        elapsed: u64,
+    },
 }
 
 /// A count written during counting in mode 2 or 3, loaded at a period boundary.
@@ -81,23 +91,28 @@ pub struct Reload {
     pub phase: u64,
 }
 
+/// Saved state of one counter channel.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ChannelState {
     /// 0..=5 (6 and 7 are stored as 2 and 3).
     pub mode: u8,
     /// 1 = low byte, 2 = high byte, 3 = low then high.
     pub access: u8,
+    /// BCD bit of the control word: stored and reported, but counting is binary.
     pub bcd: bool,
     /// The count register (CR): the last count written, 1..=65536.
     pub count_register: u32,
     /// The count the counting element runs with, 1..=65536.
     pub count: u32,
+    /// What the counting element is doing.
     pub run: Run,
     /// Counter value while idle or armed.
     pub idle_value: u16,
+    /// A count waiting to be loaded at a period boundary (modes 2 and 3).
     pub reload: Option<Reload>,
     /// NULL COUNT is set until this tick (None: until some future load event).
     pub null_count_until: Option<u64>,
+    /// Gate input level: tied high on channels 0 and 1, port 0x61 bit 0 on channel 2.
     pub gate: bool,
     /// Low byte of a low-then-high count write, waiting for the high byte.
     pub write_low: Option<u8>,
@@ -528,8 +543,10 @@ impl ChannelState {
     }
 }
 
+/// Saved state of [`Pit`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PitState {
+    /// Channels 0, 1 and 2.
     pub channels: [ChannelState; 3],
     /// Channel 0's rising edges are accounted for up to this input tick.
     pub irq0_checked_tick: u64,
@@ -539,6 +556,7 @@ pub struct PitState {
     pub port61: u8,
 }
 
+/// The PIT and port 0x61, registered at [`PIT_BASE`] (four ports) and [`PORT_61`].
 pub struct Pit {
     channels: [ChannelState; 3],
     irq0_checked_tick: u64,
@@ -564,6 +582,7 @@ impl Pit {
         }
     }
 
+    /// Saves the state.
     pub fn state(&self) -> PitState {
         PitState {
             channels: self.channels.clone(),
@@ -573,6 +592,7 @@ impl Pit {
         }
     }
 
+    /// Restores a saved state after checking each channel and port 0x61.
     pub fn from_state(state: PitState, clock: Arc<dyn Clock>) -> Result<Self, StateError> {
         for (i, ch) in state.channels.iter().enumerate() {
             ch.validate(i)?;

@@ -28,16 +28,26 @@ const IIR_VALID: [u8; 4] = [0x01, 0x02, 0x04, 0x06];
 const LSR_DATA_READY: u8 = 0x01;
 const LSR_TX_IDLE: u8 = 0x60;
 
+/// Saved state of [`Serial`]: vm-superio's `SerialState`, with serde.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SerialState {
+    /// Divisor latch, low byte (DLL).
     pub baud_divisor_low: u8,
+    /// Divisor latch, high byte (DLM).
     pub baud_divisor_high: u8,
+    /// Interrupt enable register (IER).
     pub interrupt_enable: u8,
+    /// Interrupt identification register (IIR).
     pub interrupt_identification: u8,
+    /// Line control register (LCR).
     pub line_control: u8,
+    /// Line status register (LSR).
     pub line_status: u8,
+    /// Modem control register (MCR).
     pub modem_control: u8,
+    /// Modem status register (MSR).
     pub modem_status: u8,
+    /// Scratch register (SCR).
     pub scratch: u8,
     /// Received bytes not yet read by the guest, oldest first.
     pub in_buffer: Vec<u8>,
@@ -167,6 +177,7 @@ impl vm_superio::Trigger for SerialIrq {
     }
 }
 
+/// The 16550 UART, registered over its 8 ports, writing what the guest sends to `W`.
 pub struct Serial<W: Write + Send> {
     uart: vm_superio::Serial<SerialIrq, NoEvents, LossyWriter<W>>,
 }
@@ -197,6 +208,7 @@ impl<W: Write + Send> Serial<W> {
         Ok(Self { uart })
     }
 
+    /// Saves the state.
     pub fn state(&self) -> SerialState {
         self.uart.state().into()
     }

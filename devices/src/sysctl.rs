@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{BusDevice, StateError};
 
+/// Value of the magic register (bytes "MVTF" in memory).
 pub const MAGIC: u32 = 0x4654_564d;
+/// Value of the version register.
 pub const VERSION: u32 = 1;
 const REG_MAGIC: u64 = 0x0;
 const REG_VERSION: u64 = 0x4;
@@ -30,13 +32,18 @@ const REG_MEM_MIB: u64 = 0x8;
 const REG_SCRATCH: u64 = 0xc;
 const REG_POWEROFF: u64 = 0x10;
 
+/// Saved state of [`SysCtl`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SysCtlState {
+    /// Guest memory size in MiB, as the memory-size register shows it.
     pub mem_mib: u32,
+    /// The scratch register.
     pub scratch: u32,
+    /// Exit status of a power-off not yet taken by [`SysCtl::take_poweroff`].
     pub poweroff: Option<u32>,
 }
 
+/// The system controller, registered over its 4 KiB MMIO page.
 #[derive(Debug)]
 pub struct SysCtl {
     mem_mib: u32,
@@ -45,6 +52,7 @@ pub struct SysCtl {
 }
 
 impl SysCtl {
+    /// A controller reporting `mem_mib` MiB of guest memory.
     pub fn new(mem_mib: u32) -> Self {
         Self {
             mem_mib,
@@ -53,6 +61,7 @@ impl SysCtl {
         }
     }
 
+    /// Saves the state.
     pub fn state(&self) -> SysCtlState {
         SysCtlState {
             mem_mib: self.mem_mib,
@@ -61,6 +70,7 @@ impl SysCtl {
         }
     }
 
+    /// Restores a saved state, refusing a memory size of zero.
     pub fn from_state(state: SysCtlState) -> Result<Self, StateError> {
         // No machine runs without memory: a zero is a corrupt state.
         if state.mem_mib == 0 {

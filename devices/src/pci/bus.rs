@@ -26,13 +26,17 @@ const HOST_BRIDGE_IDS: PciIds = PciIds {
     subsystem: 0,
 };
 
+/// Saved registers of the bus itself; each function saves its own state.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PciBusState {
     /// The configuration address register.
     pub address: u32,
+    /// The host bridge's configuration space.
     pub bridge: ConfigSpaceState,
 }
 
+/// Bus 0: the host bridge and up to 31 functions, registered at
+/// [`CONFIG_ADDRESS_PORT`] on the port bus.
 pub struct PciBus {
     address: u32,
     bridge: ConfigSpace,
@@ -142,6 +146,7 @@ impl PciBus {
         Ok(())
     }
 
+    /// Saves the bus's own registers (not those of its functions).
     pub fn state(&self) -> PciBusState {
         PciBusState {
             address: self.address,
@@ -220,6 +225,8 @@ impl PciBus {
         false
     }
 
+    /// An MMIO write at guest-physical `addr`, routed as [`PciBus::mmio_read`] routes
+    /// reads. Returns whether a function took it; unclaimed writes are ignored.
     pub fn mmio_write(&mut self, addr: u64, data: &[u8]) -> bool {
         for function in &self.functions {
             let mut f = lock(function);
@@ -267,6 +274,7 @@ pub struct PciMmio {
 }
 
 impl PciMmio {
+    /// The MMIO view of `bus`.
     pub fn new(bus: Arc<Mutex<PciBus>>) -> Self {
         Self { bus }
     }

@@ -11,6 +11,7 @@ use super::*;
 /// Memory BAR flavours (no I/O BARs: nothing here needs port space).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BarKind {
+    /// A 32-bit memory BAR, placed below 4 GiB.
     Memory32,
     /// Takes two BAR registers: the upper half holds address bits 32..64.
     Memory64,
@@ -25,12 +26,17 @@ struct Bar {
 /// The identity a function shows in its header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PciIds {
+    /// Vendor ID.
     pub vendor: u16,
+    /// Device ID.
     pub device: u16,
+    /// Revision ID.
     pub revision: u8,
     /// Class code, subclass and programming interface, as 0xCCSSPP.
     pub class: u32,
+    /// Subsystem vendor ID.
     pub subsystem_vendor: u16,
+    /// Subsystem ID.
     pub subsystem: u16,
 }
 
@@ -38,9 +44,12 @@ pub struct PciIds {
 /// device model and are rebuilt by its constructor, against which a saved state is checked.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ConfigSpaceState {
+    /// The 256 bytes of configuration space.
     pub bytes: Vec<u8>,
 }
 
+/// The configuration space of one function: its register bytes, which bits of them the
+/// guest may write, and the BARs the device model declared.
 #[derive(Debug, Clone)]
 pub struct ConfigSpace {
     regs: [u8; CONFIG_SPACE_SIZE],
@@ -53,6 +62,8 @@ pub struct ConfigSpace {
 }
 
 impl ConfigSpace {
+    /// A type 0 header showing `ids`, with no BAR, capability or interrupt pin yet; only the
+    /// memory, bus-master and INTx-disable command bits are guest-writable.
     pub fn new(ids: PciIds) -> Self {
         let mut c = Self {
             regs: [0; CONFIG_SPACE_SIZE],
@@ -99,22 +110,27 @@ impl ConfigSpace {
         self.regs[INTERRUPT_LINE] = line;
     }
 
+    /// The Interrupt Line register: the PIC line firmware routed the pin to.
     pub fn interrupt_line(&self) -> u8 {
         self.regs[INTERRUPT_LINE]
     }
 
+    /// The command register.
     pub fn command(&self) -> u16 {
         self.get_u16(COMMAND)
     }
 
+    /// Sets the command register, bypassing the write mask (as firmware does).
     pub fn set_command(&mut self, command: u16) {
         self.put(COMMAND, &command.to_le_bytes());
     }
 
+    /// Whether memory space decoding (command bit 1) is on.
     pub fn memory_enabled(&self) -> bool {
         self.command() & COMMAND_MEMORY != 0
     }
 
+    /// Whether INTx is disabled (command bit 10).
     pub fn intx_disabled(&self) -> bool {
         self.command() & COMMAND_INTX_DISABLE != 0
     }
@@ -159,6 +175,7 @@ impl ConfigSpace {
             || (i > 0 && matches!(self.bars[i - 1], Some(b) if b.kind == BarKind::Memory64))
     }
 
+    /// The size in bytes of BAR `index`, if the device declared it.
     pub fn bar_size(&self, index: usize) -> Option<u64> {
         self.bars.get(index).copied().flatten().map(|b| b.size)
     }
@@ -273,6 +290,7 @@ impl ConfigSpace {
         }
     }
 
+    /// Saves the register bytes.
     pub fn state(&self) -> ConfigSpaceState {
         ConfigSpaceState {
             bytes: self.regs.to_vec(),

@@ -36,42 +36,72 @@ const ID_LEN: usize = VIRTIO_BLK_ID_BYTES as usize;
 /// Why a well-formed request failed; the driver gets IOERR or UNSUPP in its status byte.
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
+    /// The request reaches past the end of the disk.
     #[error("{len} bytes at sector {sector} go past the end of the disk ({capacity} sectors)")]
     OutOfRange {
+        /// First sector of the request.
         sector: u64,
+        /// Length of the request's data, in bytes.
         len: u64,
+        /// Size of the disk, in sectors.
         capacity: u64,
     },
+    /// The data length is not a multiple of the sector size (the length, in bytes).
     #[error("data length {0} is not a multiple of 512 bytes")]
     Unaligned(u64),
+    /// A write to a read-only disk.
     #[error("write to a read-only disk")]
     ReadOnly,
+    /// A request type this device does not implement (the type).
     #[error("request type {0} is not supported")]
     Unsupported(u32),
+    /// The backend failed.
     #[error("disk I/O at byte {offset}: {source}")]
-    Io { offset: u64, source: io::Error },
+    Io {
+        /// Byte offset on the disk of the failed access (0 for a flush).
+        offset: u64,
+        /// The backend's error.
+        source: io::Error,
+    },
+    /// A guest buffer could not be read or written.
     #[error("guest memory at {addr:#x}: {source}")]
-    Memory { addr: u64, source: GuestMemoryError },
+    Memory {
+        /// Guest-physical address of the access.
+        addr: u64,
+        /// vm-memory's error.
+        source: GuestMemoryError,
+    },
 }
 
+/// Request counters of a [`Block`] device.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BlockStats {
+    /// Read (IN) requests completed.
     pub reads: u64,
+    /// Write (OUT) requests completed.
     pub writes: u64,
+    /// Flush requests received, whether or not the flush succeeded.
     pub flushes: u64,
+    /// Bytes read from the disk into guest memory.
     pub bytes_read: u64,
+    /// Bytes written from guest memory to the disk.
     pub bytes_written: u64,
     /// Requests answered with IOERR or UNSUPP.
     pub failed: u64,
 }
 
+/// Saved state of a [`Block`] device (the disk's contents are not part of it).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BlockState {
+    /// Disk size in 512-byte sectors, checked against the disk on restore.
     pub capacity_sectors: u64,
+    /// Whether the disk is read-only, checked against the device on restore.
     pub read_only: bool,
+    /// Request counters.
     pub stats: BlockStats,
 }
 
+/// A virtio-blk device on disk backend `B`.
 pub struct Block<B> {
     backend: B,
     read_only: bool,
@@ -100,10 +130,12 @@ impl<B: BlockBackend> Block<B> {
         }
     }
 
+    /// The disk backend.
     pub fn backend(&self) -> &B {
         &self.backend
     }
 
+    /// Request counters so far.
     pub fn stats(&self) -> &BlockStats {
         &self.stats
     }

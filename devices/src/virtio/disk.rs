@@ -7,6 +7,7 @@ pub trait BlockBackend: Send {
     /// Size in bytes; the device shows `len / 512` sectors.
     fn len(&self) -> u64;
 
+    /// Whether the disk has no bytes.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -15,17 +16,21 @@ pub trait BlockBackend: Send {
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Writes all of `buf` at `offset`.
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;
+    /// Makes the writes so far durable.
     fn flush(&mut self) -> io::Result<()>;
 }
 
 /// A disk in a vector, for tests and for throw-away disks.
 #[derive(Debug, Clone, Default)]
 pub struct MemBackend {
+    /// The disk's bytes.
     pub data: Vec<u8>,
+    /// Flushes requested so far.
     pub flushes: u64,
 }
 
 impl MemBackend {
+    /// A zero-filled disk of `len` bytes.
     pub fn new(len: usize) -> Self {
         Self {
             data: vec![0; len],

@@ -47,13 +47,17 @@ pub use transport::VirtioPci;
 /// PCI identity of virtio functions (virtio 1.2, 4.1.2): vendor 0x1af4, device 0x1040 + id
 /// for a modern-only device, revision 1.
 pub const VIRTIO_PCI_VENDOR: u16 = 0x1af4;
+/// A modern virtio function's PCI device ID is this plus its virtio device type.
 pub const VIRTIO_PCI_DEVICE_BASE: u16 = 0x1040;
+/// PCI revision ID of modern virtio functions.
 pub const VIRTIO_PCI_REVISION: u8 = 1;
+/// PCI subsystem ID of every virtio function (subsystem vendor [`VIRTIO_PCI_VENDOR`]).
 pub const VIRTIO_PCI_SUBSYSTEM: u16 = 0x1100;
 /// Read by the driver from msix_config and queue_msix_vector: no MSI-X on this machine.
 pub const VIRTIO_MSI_NO_VECTOR: u16 = 0xffff;
 /// ISR status bits (virtio 1.2, 4.1.4.5).
 pub const ISR_QUEUE: u8 = 1;
+/// ISR status: the device configuration changed (or the device needs a reset).
 pub const ISR_CONFIG: u8 = 2;
 /// At most this many queues per device (one bit each in the pending-notification mask).
 pub const MAX_QUEUES: usize = 64;
@@ -63,43 +67,83 @@ pub const MAX_QUEUES: usize = 64;
 /// ignores its queues until the driver resets it.
 #[derive(Debug, thiserror::Error)]
 pub enum VirtioError {
+    /// A queue's size or ring addresses are invalid or outside guest memory.
     #[error("queue {queue}: size or ring addresses are invalid or outside guest memory")]
-    QueueInvalid { queue: usize },
+    QueueInvalid {
+        /// Index of the queue.
+        queue: usize,
+    },
+    /// The available ring is unreadable or its index runs more than a queue ahead.
     #[error("queue {queue}: available ring unreadable or its index runs more than a queue ahead: {source}")]
     AvailRing {
+        /// Index of the queue.
         queue: usize,
+        /// virtio-queue's error.
         source: virtio_queue::Error,
     },
+    /// The used ring could not be written.
     #[error("queue {queue}: cannot write the used ring: {source}")]
     UsedRing {
+        /// Index of the queue.
         queue: usize,
+        /// virtio-queue's error.
         source: virtio_queue::Error,
     },
+    /// A chain head outside the descriptor table, or unreadable.
     #[error("queue {queue}: chain head {head} is out of the descriptor table or unreadable")]
-    BadHead { queue: usize, head: u16 },
+    BadHead {
+        /// Index of the queue.
+        queue: usize,
+        /// The head descriptor index the available ring gave.
+        head: u16,
+    },
+    /// A chain that loops, leaves the descriptor table or is longer than the queue.
     #[error(
         "queue {queue}: chain from {head} loops, leaves the table or is longer than the queue"
     )]
-    ChainBroken { queue: usize, head: u16 },
+    ChainBroken {
+        /// Index of the queue.
+        queue: usize,
+        /// Descriptor index of the chain's head.
+        head: u16,
+    },
+    /// A chain with a device-readable buffer after a device-writable one.
     #[error("queue {queue}: chain from {head} has a device-readable buffer after a writable one")]
-    ReadableAfterWritable { queue: usize, head: u16 },
+    ReadableAfterWritable {
+        /// Index of the queue.
+        queue: usize,
+        /// Descriptor index of the chain's head.
+        head: u16,
+    },
+    /// A chain with a buffer outside guest memory.
     #[error(
         "queue {queue}: chain from {head} has a buffer {addr:#x}+{len:#x} outside guest memory"
     )]
     BufferOutsideMemory {
+        /// Index of the queue.
         queue: usize,
+        /// Descriptor index of the chain's head.
         head: u16,
+        /// Guest-physical address of the buffer (or of the part accessed).
         addr: u64,
+        /// Length of the buffer (or of the part accessed), in bytes.
         len: u32,
     },
+    /// A chain without room for a part of the request.
     #[error("queue {queue}: chain from {head} has no room for the {what}")]
     ChainTooShort {
+        /// Index of the queue.
         queue: usize,
+        /// Descriptor index of the chain's head.
         head: u16,
+        /// The part that does not fit, e.g. `"status byte"`.
         what: &'static str,
     },
+    /// A device with no queues, more than [`MAX_QUEUES`], or a queue size that is not a power
+    /// of two (the number of queues).
     #[error("a device with {0} queues does not fit the transport (1..={MAX_QUEUES}, sizes powers of two)")]
     BadQueueLayout(usize),
+    /// Building the PCI configuration space failed.
     #[error("PCI configuration: {0}")]
     Pci(#[from] crate::pci::PciError),
 }
@@ -130,6 +174,7 @@ pub trait VirtioDevice: Send {
         queue: &mut Queue,
         mem: &M,
     ) -> Result<usize, VirtioError>;
+    /// Device-specific state to save beside the transport's.
     fn state(&self) -> Self::State;
     /// Loads a saved state, checking it against this device's configuration.
     fn restore(&mut self, state: &Self::State) -> Result<(), crate::StateError>;

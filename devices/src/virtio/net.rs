@@ -20,7 +20,9 @@ use super::chain::{for_each_chain, for_each_piece, next_chain, Chain};
 use super::{read_window, VirtioDevice, VirtioError, VirtioPci, ISR_QUEUE};
 use crate::StateError;
 
+/// Index of the receive queue.
 pub const RX_QUEUE: usize = 0;
+/// Index of the transmit queue.
 pub const TX_QUEUE: usize = 1;
 pub const QUEUE_SIZE: u16 = 256;
 /// The header in front of every frame: 12 bytes once VIRTIO_F_VERSION_1 is agreed.
@@ -33,12 +35,14 @@ const NUM_BUFFERS_OFFSET: usize = 10;
 
 /// Where transmitted frames go.
 pub trait FrameSink: Send {
+    /// Takes one transmitted Ethernet frame, without its virtio header.
     fn send(&mut self, frame: &[u8]);
 }
 
 /// Collects frames in memory (tests, or a VMM that forwards them later).
 #[derive(Debug, Default, Clone)]
 pub struct FrameQueue {
+    /// Frames sent so far, oldest first.
     pub frames: Vec<Vec<u8>>,
 }
 
@@ -48,21 +52,29 @@ impl FrameSink for FrameQueue {
     }
 }
 
+/// Frame counters of a [`Net`] device.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NetStats {
+    /// Frames the guest transmitted, passed to the sink.
     pub tx_frames: u64,
+    /// Bytes of those frames, without the virtio header.
     pub tx_bytes: u64,
     /// Transmit chains shorter than the header or longer than [`MAX_FRAME_LEN`].
     pub tx_dropped: u64,
+    /// Frames delivered to the guest.
     pub rx_frames: u64,
+    /// Bytes of those frames, without the virtio header.
     pub rx_bytes: u64,
     /// Frames that did not fit the receive chain offered for them.
     pub rx_too_large: u64,
 }
 
+/// Saved state of a [`Net`] device.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NetState {
+    /// The MAC address, checked against the device's on restore.
     pub mac: [u8; 6],
+    /// Frame counters.
     pub stats: NetStats,
 }
 
@@ -70,15 +82,24 @@ pub struct NetState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
     /// Written into the chain at `head`, `len` bytes with the header, and signalled.
-    Delivered { head: u16, len: u32 },
+    Delivered {
+        /// Descriptor index of the chain's head.
+        head: u16,
+        /// Bytes written into the chain, header included.
+        len: u32,
+    },
     /// The driver has no receive buffer ready (or is not running): nothing was written;
     /// the VMM may offer the frame again at a later exit or drop it.
     NoBuffer,
     /// The next receive chain is too small: the chain went back to the driver empty (it
     /// counts a length error and reposts it) and the frame is dropped.
-    TooLarge { head: u16 },
+    TooLarge {
+        /// Descriptor index of the chain's head.
+        head: u16,
+    },
 }
 
+/// A virtio-net device whose transmitted frames go to sink `S`.
 pub struct Net<S> {
     mac: [u8; 6],
     sink: S,
@@ -87,6 +108,7 @@ pub struct Net<S> {
 }
 
 impl<S: FrameSink> Net<S> {
+    /// A NIC with MAC address `mac`, sending transmitted frames to `sink`.
     pub fn new(mac: [u8; 6], sink: S) -> Self {
         Self {
             mac,
@@ -96,14 +118,17 @@ impl<S: FrameSink> Net<S> {
         }
     }
 
+    /// The MAC address.
     pub fn mac(&self) -> [u8; 6] {
         self.mac
     }
 
+    /// The frame sink, e.g. to take the frames a [`FrameQueue`] collected.
     pub fn sink_mut(&mut self) -> &mut S {
         &mut self.sink
     }
 
+    /// Frame counters so far.
     pub fn stats(&self) -> &NetStats {
         &self.stats
     }

@@ -16,34 +16,54 @@ use crate::{LevelIrqLine, StateError};
 /// virtio-queue's `QueueState`, with serde.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct VirtioQueueState {
+    /// Largest size the device allows for the queue.
     pub max_size: u16,
+    /// Queue size the driver chose, in descriptors.
     pub size: u16,
+    /// The driver enabled the queue (queue_enable).
     pub ready: bool,
+    /// Guest-physical address of the descriptor table.
     pub desc_table: u64,
+    /// Guest-physical address of the available (driver) ring.
     pub avail_ring: u64,
+    /// Guest-physical address of the used (device) ring.
     pub used_ring: u64,
+    /// Available-ring index of the next chain the device takes (wrapping u16).
     pub next_avail: u16,
+    /// Used-ring index of the next entry the device fills (wrapping u16).
     pub next_used: u16,
 }
 
+/// Saved state of a [`VirtioPci`] function: the transport's registers and queues, and
+/// the device's own state `S`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct VirtioPciState<S> {
+    /// The PCI configuration space.
     pub config: ConfigSpaceState,
+    /// The device status register (virtio `VIRTIO_CONFIG_S_*` bits).
     pub status: u8,
+    /// Which 32-bit half of the device features the common configuration shows.
     pub device_feature_select: u32,
+    /// Which 32-bit half of the driver features the common configuration shows.
     pub driver_feature_select: u32,
+    /// Feature bits the driver wrote.
     pub driver_features: u64,
+    /// The queue the common configuration's queue registers refer to.
     pub queue_select: u16,
+    /// The ISR status ([`ISR_QUEUE`], [`ISR_CONFIG`]), cleared when the driver reads it.
     pub isr: u8,
     /// Queues notified but not processed yet, one bit each.
     pub pending: u64,
+    /// The queues, in index order.
     pub queues: Vec<VirtioQueueState>,
     /// Times the driver broke the contract and the device went to NEEDS_RESET.
     pub failures: u64,
+    /// The device's own state.
     pub device: S,
 }
 
 impl<D: VirtioDevice> VirtioPci<D> {
+    /// Saves the state of the function and of its device.
     pub fn state(&self) -> VirtioPciState<D::State> {
         let queues = self
             .queues

@@ -52,6 +52,8 @@ pub(super) const STATUS_FEATURES_OK: u8 = VIRTIO_CONFIG_S_FEATURES_OK as u8;
 pub(super) const STATUS_DRIVER_OK: u8 = VIRTIO_CONFIG_S_DRIVER_OK as u8;
 pub(super) const STATUS_NEEDS_RESET: u8 = VIRTIO_CONFIG_S_NEEDS_RESET as u8;
 
+/// A virtio device as a PCI function: configuration space, common configuration, ISR,
+/// queues and the INTx line.
 pub struct VirtioPci<D> {
     pub(super) config: ConfigSpace,
     pub(super) device: D,
@@ -132,14 +134,17 @@ impl<D: VirtioDevice> VirtioPci<D> {
         })
     }
 
+    /// The device.
     pub fn device(&self) -> &D {
         &self.device
     }
 
+    /// The device, for changes (e.g. to take a block device's last error).
     pub fn device_mut(&mut self) -> &mut D {
         &mut self.device
     }
 
+    /// The device status register (virtio `VIRTIO_CONFIG_S_*` bits).
     pub fn device_status(&self) -> u8 {
         self.status
     }
