@@ -22,6 +22,9 @@ struct Boot {
     stderr: String,
     status: Option<i32>,
     marker_at: Option<Duration>,
+    /// How the run ended, for a failure's message: the exit, the kill at the marker, or
+    /// the limit (with when the console last printed, to tell slow from stuck).
+    ending: String,
 }
 
 /// Run ftvm with its console on pipes (stdin kept open: the guest's shell would otherwise
@@ -31,8 +34,13 @@ fn run_timed(cmd: Command, marker: &str, stop_at_marker: bool, limit: Duration) 
     let started = Instant::now();
     let mut vm = ConsoleVmm::spawn(cmd);
     let mut marker_at = None;
+    let (mut printed, mut last_print) = (0, Duration::ZERO);
+    let mut ending = String::new();
     let status = loop {
         let out = vm.stdout();
+        if out.len() != printed {
+            (printed, last_print) = (out.len(), started.elapsed());
+        }
         // To stop there, the marker's whole line: the console prints it a few bytes at a
         // time (seen: the kill cut "Kernel command line:" off before the command line).
         let seen = out
@@ -42,14 +50,21 @@ fn run_timed(cmd: Command, marker: &str, stop_at_marker: bool, limit: Duration) 
             marker_at = Some(started.elapsed());
             if stop_at_marker {
                 vm.kill();
+                ending = "killed at its marker".into();
                 break None;
             }
         }
         if let Some(s) = vm.try_wait() {
+            ending = format!("exited after {:.0} s", started.elapsed().as_secs_f64());
             break Some(s);
         }
         if started.elapsed() > limit {
             vm.kill();
+            ending = format!(
+                "killed at the {} s limit; its console last printed at {:.0} s",
+                limit.as_secs(),
+                last_print.as_secs_f64()
+            );
             break None;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -59,6 +74,7 @@ fn run_timed(cmd: Command, marker: &str, stop_at_marker: bool, limit: Duration) 
         stderr: vm.stderr(),
         status,
         marker_at,
+        ending,
     }
 }
 
@@ -179,7 +195,13 @@ fn boot_and_snapshot(
     // ran the command (the key/value service among it); the clock is not the TSC; the
     // PIT's interrupts (IRQ 0 through the XT-PIC, i.e. our user-space PIC) arrived.
     let both = format!("{}\n{}", elf.stdout, elf.stderr);
-    assert_eq!(elf.status, Some(0), "ELF boot failed:\n{both}");
+    assert_eq!(
+        elf.status,
+        Some(0),
+        "ELF boot failed ({}; 'ftvm-init: ready' after {:?}):\n{both}",
+        elf.ending,
+        elf.marker_at
+    );
     let ready = elf
         .stdout
         .lines()
