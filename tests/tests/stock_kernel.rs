@@ -35,8 +35,7 @@ fn run_timed(cmd: Command, marker: &str, stop_at_marker: bool, limit: Duration) 
     let mut vm = ConsoleVmm::spawn(cmd);
     let mut marker_at = None;
     let (mut printed, mut last_print) = (0, Duration::ZERO);
-    let mut ending = String::new();
-    let status = loop {
+    let (status, ending) = loop {
         let out = vm.stdout();
         if out.len() != printed {
             (printed, last_print) = (out.len(), started.elapsed());
@@ -50,22 +49,21 @@ fn run_timed(cmd: Command, marker: &str, stop_at_marker: bool, limit: Duration) 
             marker_at = Some(started.elapsed());
             if stop_at_marker {
                 vm.kill();
-                ending = "killed at its marker".into();
-                break None;
+                break (None, "killed at its marker".to_owned());
             }
         }
         if let Some(s) = vm.try_wait() {
-            ending = format!("exited after {:.0} s", started.elapsed().as_secs_f64());
-            break Some(s);
+            let ending = format!("exited after {:.0} s", started.elapsed().as_secs_f64());
+            break (Some(s), ending);
         }
         if started.elapsed() > limit {
             vm.kill();
-            ending = format!(
+            let ending = format!(
                 "killed at the {} s limit; its console last printed at {:.0} s",
                 limit.as_secs(),
                 last_print.as_secs_f64()
             );
-            break None;
+            break (None, ending);
         }
         std::thread::sleep(Duration::from_millis(200));
     };
