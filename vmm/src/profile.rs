@@ -5,7 +5,10 @@
 //! registers, so the guest's run (and a recording of it) is the same with or without it.
 //! Exits happen at the guest's I/O instructions and, in long stretches without any, at
 //! the kicker's signals; so each sample is weighted by the host time since the previous
-//! one, and the report gives shares of time, not of samples. Kernel addresses are named
+//! one, and the report gives shares of time, not of samples. Host time the vCPU spends
+//! halted, waiting for a timer or input, is not guest work: it is reported on a line of
+//! its own instead of being charged to the first instruction after the wake (a boot's
+//! profile once named the PIC's unmask and the UART's status read as its hottest code). Kernel addresses are named
 //! from a System.map (or `/proc/kallsyms`) when one is given: the symbol at or below the
 //! address.
 
@@ -69,6 +72,8 @@ pub struct Profiler {
     last: Instant,
     weights: HashMap<Spot, Duration>,
     other: Duration,
+    /// Host time spent halted (see [`Profiler::halted`]).
+    halted: Duration,
     samples: u64,
 }
 
@@ -80,6 +85,7 @@ impl Profiler {
             last: Instant::now(),
             weights: HashMap::new(),
             other: Duration::ZERO,
+            halted: Duration::ZERO,
             samples: 0,
         }
     }
@@ -103,6 +109,13 @@ impl Profiler {
         }
     }
 
+    /// The vCPU was halted for `took` (waiting for a timer, input or a command): counted
+    /// apart and left out of the next sample's weight.
+    pub fn halted(&mut self, took: Duration) {
+        self.halted += took;
+        self.last = self.last.checked_add(took).unwrap_or(self.last);
+    }
+
     /// Write the flat profile to the output file.
     pub fn write(&self) -> Result<(), ProfileError> {
         let symbols = match &self.symbols {
@@ -120,7 +133,8 @@ impl Profiler {
 
     /// The report: totals, the share by CPL, then the top functions (or addresses).
     pub fn report(&self, symbols: Option<&Symbols>) -> String {
-        let total: Duration = self.weights.values().sum::<Duration>() + self.other;
+        let total: Duration =
+            self.weights.values().sum::<Duration>() + self.other + self.halted;
         let secs = total.as_secs_f64().max(1e-9);
         let mut by_cpl = [Duration::ZERO; 4];
         let mut by_name: HashMap<String, (Duration, u8)> = HashMap::new();
@@ -138,11 +152,12 @@ impl Profiler {
         rows.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
         let mut out = format!(
             "ftvm guest profile: {} samples over {:.1} s of host time (time-weighted)\n\
-             CPL0 {:.1}%  CPL3 {:.1}%\n\n{:>7}  {:>9}  where ({})\n",
+             CPL0 {:.1}%  CPL3 {:.1}%  halted {:.1}%\n\n{:>7}  {:>9}  where ({})\n",
             self.samples,
             secs,
             100.0 * by_cpl[0].as_secs_f64() / secs,
             100.0 * by_cpl[3].as_secs_f64() / secs,
+            100.0 * self.halted.as_secs_f64() / secs,
             "share",
             "seconds",
             if symbols.is_some() {
@@ -151,6 +166,13 @@ impl Profiler {
                 "4 KiB pages: give --profile-symbols System.map for names"
             }
         );
+        if !self.halted.is_zero() {
+            out.push_str(&format!(
+                "{:>6.2}%  {:>9.3}  (halted: waiting for a timer or input)\n",
+                100.0 * self.halted.as_secs_f64() / secs,
+                self.halted.as_secs_f64()
+            ));
+        }
         for (name, (w, _)) in rows.iter().take(40) {
             out.push_str(&format!(
                 "{:>6.2}%  {:>9.3}  {name}\n",
@@ -244,13 +266,16 @@ mod tests {
         assert!(p.due(t0 + INTERVAL));
         p.record(k, t0 + Duration::from_millis(30));
         p.record(u, t0 + Duration::from_millis(40));
-        p.record(k, t0 + Duration::from_millis(100));
+        // 100 ms halted, then 60 ms of work ending in `hot`: only the work is its.
+        p.halted(Duration::from_millis(100));
+        p.record(k, t0 + Duration::from_millis(200));
         let syms = Symbols::parse("ffffffff81001000 T hot\n");
         let r = p.report(Some(&syms));
-        assert!(r.contains("3 samples over 0.1 s"), "{r}");
-        assert!(r.contains("CPL0 90.0%  CPL3 10.0%"), "{r}");
+        assert!(r.contains("3 samples over 0.2 s"), "{r}");
+        assert!(r.contains("CPL0 45.0%  CPL3 5.0%  halted 50.0%"), "{r}");
         let hot = r.lines().find(|l| l.ends_with(" hot")).unwrap();
-        assert!(hot.trim_start().starts_with("90.00%"), "{r}");
+        assert!(hot.trim_start().starts_with("45.00%"), "{r}");
+        assert!(r.contains("50.00%      0.100  (halted"), "{r}");
         assert!(r.contains("user 0x401000"), "{r}");
     }
 }

@@ -376,20 +376,28 @@ impl Vcpu {
         let never_frames = crossbeam_channel::never();
         let net = self.net_rx.clone();
         let frames = net.as_ref().map_or(&never_frames, |rx| rx.doorbell());
-        crossbeam_channel::select! {
-            recv(self.commands) -> cmd => match cmd {
-                Ok(cmd) => return self.on_command(cmd, mode),
-                Err(_) => return Some(StopReason::Finished),
-            },
-            recv(input) -> bytes => match bytes {
-                Ok(bytes) => self.input.extend(bytes),
-                // End of input: stop listening, keep running on timers.
-                Err(_) => self.input_rx = None,
-            },
+        let waiting = std::time::Instant::now();
+        let command = crossbeam_channel::select! {
+            recv(self.commands) -> cmd => Some(cmd),
+            recv(input) -> bytes => {
+                match bytes {
+                    Ok(bytes) => self.input.extend(bytes),
+                    // End of input: stop listening, keep running on timers.
+                    Err(_) => self.input_rx = None,
+                }
+                None
+            }
             // The next pass delivers it.
-            recv(frames) -> _ => {}
-            default(wait) => {}
+            recv(frames) -> _ => None,
+            default(wait) => None,
+        };
+        if let Some(p) = self.profiler.as_mut() {
+            p.halted(waiting.elapsed());
         }
-        None
+        match command {
+            Some(Ok(cmd)) => self.on_command(cmd, mode),
+            Some(Err(_)) => Some(StopReason::Finished),
+            None => None,
+        }
     }
 }
