@@ -76,9 +76,10 @@ fn run_timed(cmd: Command, marker: &str, stop_at_marker: bool, limit: Duration) 
     }
 }
 
-/// The ELF boot took 11 to 20 minutes here with its NIC and disks (in CI runs, with the
-/// bzImage booting all the way beside it: up to 25).
-const BOOT_LIMIT: Duration = Duration::from_secs(1800);
+/// The ELF boot took 11 to 20 minutes here with its NIC and disks; in CI, beside a cold
+/// build of the fuzz targets and the other tests, once more than 30 (killed at 1,800 s
+/// while its command ran). The limit only guards against a hung boot.
+const BOOT_LIMIT: Duration = Duration::from_secs(2700);
 /// The bzImage's decompressor (in the emulated kernel mode) and the kernel's first lines:
 /// 251 s here beside the ELF boot.
 const BZIMAGE_LIMIT: Duration = Duration::from_secs(600);
