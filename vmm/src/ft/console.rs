@@ -28,6 +28,8 @@ use ft_log::output::{OutputGate, OutputStats, Released, DEFAULT_HELD_CAP};
 /// How long a write may wait for room by default.
 pub const DEFAULT_STALL_LIMIT: Duration = Duration::from_secs(5);
 
+/// Where the guest's console output goes under the output rule: held until verified, then
+/// written to the console stream (and stdout while this VMM serves it).
 pub struct ConsoleSink {
     gate: Mutex<OutputGate>,
     /// Signalled whenever held output leaves (acks, going alone, discards, rebases).
@@ -90,6 +92,7 @@ impl ConsoleSink {
         self.base.store(base, Ordering::SeqCst);
     }
 
+    /// The guest's console position where this stream began.
     pub fn base(&self) -> u64 {
         self.base.load(Ordering::SeqCst)
     }
@@ -203,6 +206,7 @@ impl ConsoleSink {
         Duration::from_nanos(self.waited_ns.load(Ordering::Relaxed))
     }
 
+    /// Most bytes held before a write waits for room (`--output-cap`).
     pub fn cap(&self) -> u64 {
         self.gate().cap()
     }
@@ -270,14 +274,17 @@ impl ConsoleSink {
         self.stdout_from.store(gate.offset(), Ordering::SeqCst);
     }
 
+    /// Console stream offset after everything produced so far (held or released).
     pub fn offset(&self) -> u64 {
         self.gate().offset()
     }
 
+    /// Bytes held now, waiting for an acknowledgement.
     pub fn held_bytes(&self) -> u64 {
         self.gate().held_bytes()
     }
 
+    /// What the output gate has done so far.
     pub fn stats(&self) -> OutputStats {
         self.gate().stats().clone()
     }
@@ -297,6 +304,7 @@ impl ConsoleSink {
     }
 }
 
+/// The serial device's writer into a [`ConsoleSink`] (made by [`ConsoleSink::writer`]).
 pub struct GatedConsole {
     sink: Arc<ConsoleSink>,
     /// The vCPU's last completed exit; the write belongs to the one being handled.

@@ -37,16 +37,20 @@ enum Mode {
 /// What happened to frames, for the status and metrics.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct FrameCounts {
+    /// Frames let go to the TAP, at once or after being held.
     pub released: u64,
     /// Bytes held now, waiting for the backup's acknowledgement.
     pub held_bytes: u64,
+    /// Frames dropped because holding them would have passed the cap.
     pub dropped_over_cap: u64,
     /// Held frames dropped because this VMM lost, or a backup went live past them.
     pub discarded: u64,
     /// Frames released after the rule held them (by an acknowledgement, or alone), with
     /// the sum and maximum of their hold times.
     pub held_released: u64,
+    /// Sum of the hold times of the `held_released` frames, in nanoseconds.
     pub hold_total_ns: u64,
+    /// Longest hold time of a `held_released` frame, in nanoseconds.
     pub hold_max_ns: u64,
 }
 
@@ -67,12 +71,15 @@ struct Held {
     frame: Vec<u8>,
 }
 
+/// The output rule's decisions for one VMM's frames: what is held, what leaves, what is
+/// dropped (see the module docs).
 #[derive(Debug)]
 pub struct FrameGate {
     mode: Mode,
     held: VecDeque<Held>,
     held_bytes: u64,
     cap: u64,
+    /// What happened to frames so far (`held_bytes` is kept apart, see [`FrameGate::held_bytes`]).
     pub counts: FrameCounts,
 }
 
@@ -175,6 +182,7 @@ impl FrameGate {
         n
     }
 
+    /// Bytes of the frames held now.
     pub fn held_bytes(&self) -> u64 {
         self.held_bytes
     }

@@ -11,33 +11,55 @@ use std::time::Duration;
 
 use super::deadline::FILE_LIMIT;
 
+/// Bytes in a channel key.
 pub const KEY_LEN: usize = 32;
 /// The digits, and a trailing newline or two of slack.
 const MAX_FILE_LEN: u64 = 2 * KEY_LEN as u64 + 2;
 
+/// Why a channel key could not be read, made or written.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
+    /// No file at the key's path.
     #[error(
         "no channel key at {0} (make one with 'ftvm keygen FILE' and give both VMMs the same)"
     )]
     Missing(PathBuf),
+    /// An I/O operation on the key file failed.
     #[error("cannot {what} the channel key {path}")]
     Io {
+        /// The operation: "open", "inspect", "read", "create", "write", ...
         what: &'static str,
+        /// The key file (or "(standard output)").
         path: PathBuf,
+        /// The error of the operation.
         #[source]
         source: std::io::Error,
     },
+    /// The key's path is a symbolic link or not a regular file.
     #[error("the channel key {0} is not a regular file (symbolic links are refused)")]
     NotAFile(PathBuf),
+    /// The key file may be read or written by its group or others.
     #[error("the channel key {path} may be read by others (mode {mode:03o}): chmod 600 it")]
-    Exposed { path: PathBuf, mode: u32 },
+    Exposed {
+        /// The key file.
+        path: PathBuf,
+        /// The file's permission bits.
+        mode: u32,
+    },
+    /// The file does not hold exactly 64 hexadecimal digits.
     #[error("the channel key {0} is not 64 hexadecimal digits")]
     Format(PathBuf),
+    /// The operating system gave no random bytes for a new key.
     #[error("no random bytes for a new channel key")]
     Random(#[source] getrandom::Error),
+    /// The file system did not finish reading or creating the key in time.
     #[error("the file system did not answer within {limit:?} for the channel key {path}")]
-    Timeout { path: PathBuf, limit: Duration },
+    Timeout {
+        /// The key file.
+        path: PathBuf,
+        /// How long it was given.
+        limit: Duration,
+    },
 }
 
 /// The pre-shared key. Its `Debug` does not show it.
@@ -51,10 +73,12 @@ impl std::fmt::Debug for ChannelKey {
 }
 
 impl ChannelKey {
+    /// A key of these bytes.
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
         Self(bytes)
     }
 
+    /// The key's bytes.
     pub fn bytes(&self) -> &[u8; KEY_LEN] {
         &self.0
     }

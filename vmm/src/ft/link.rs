@@ -34,18 +34,25 @@ use crate::counters::LiveCounters;
 /// Log bytes per `ToBackup::Log` message at most.
 const LOG_CHUNK: usize = 256 * 1024;
 
+/// Why the logging channel failed, as seen by one side.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
+    /// The peer closed the connection.
     #[error("the peer closed the logging channel")]
     Closed,
+    /// Reading or writing the connection failed.
     #[error("the logging channel failed")]
     Io(#[from] std::io::Error),
+    /// The peer's bytes do not decode as a message.
     #[error("the peer sent a damaged message: {0}")]
     Damaged(#[from] ft_log::channel::ChannelError),
+    /// The peer sent a message out of turn (the text says which).
     #[error("the peer broke the protocol: {0}")]
     Protocol(String),
+    /// No word from the peer for this long (the peer timeout, or the wait for its hello).
     #[error("no word from the peer for {0:?}")]
     Timeout(Duration),
+    /// One write to the peer stayed stuck for this long (the stall limit).
     #[error("the peer has taken nothing from the logging channel for {0:?}: it stopped reading")]
     Stalled(Duration),
 }
@@ -54,7 +61,9 @@ pub enum LinkError {
 /// it counts as failed.
 #[derive(Debug, Clone, Copy)]
 pub struct LinkLimits {
+    /// How long the peer may send nothing before it counts as failed.
     pub peer_timeout: Duration,
+    /// How long one write to the peer may stay stuck before it counts as failed.
     pub stall_limit: Duration,
 }
 
@@ -119,6 +128,7 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Write one message to `stream`, encoded and framed.
 pub fn send<M: serde::Serialize>(stream: &mut impl Write, m: &M) -> Result<(), LinkError> {
     stream.write_all(&encode_message(m))?;
     Ok(())
@@ -139,6 +149,7 @@ pub struct PrimaryAcks {
 /// One side's view of a live logging channel.
 pub struct Link {
     stream: SecureStream,
+    /// The peer's address.
     pub peer: SocketAddr,
     health: Arc<Health>,
     limits: LinkLimits,

@@ -32,10 +32,12 @@ pub struct Board {
 }
 
 impl Board {
+    /// Make `report` the one the next scrape encodes.
     pub fn publish(&self, report: &StatusReport) {
         *lock(&self.latest) = Some(report.clone());
     }
 
+    /// The report published last, if any.
     pub fn latest(&self) -> Option<StatusReport> {
         lock(&self.latest).clone()
     }

@@ -34,37 +34,59 @@ use crate::counters::LiveCounters;
 use crate::machine::{Vm, VmError};
 use crate::vcpu::{VcpuEvent, VcpuReport};
 
+/// Why a VMM of a pair could not start or go on.
 #[derive(Debug, thiserror::Error)]
 pub enum FtError {
+    /// The shared directory could not be used (bad name, already owned, no answer, I/O).
     #[error(transparent)]
     Shared(#[from] SharedError),
+    /// The VM could not be built, restored or run.
     #[error(transparent)]
     Vm(#[from] VmError),
+    /// A disk image could not be opened or used.
     #[error(transparent)]
     Disk(#[from] crate::disk::DiskError),
+    /// The address for backups (`--listen`) could not be listened on.
     #[error("cannot listen for a backup on {addr}")]
     Listen {
+        /// The address as given.
         addr: String,
+        /// Why listening failed.
         #[source]
         source: std::io::Error,
     },
+    /// A backup could not connect to the primary.
     #[error("cannot reach the primary at {addr}")]
     Connect {
+        /// The primary's address.
         addr: String,
+        /// Why connecting failed.
         #[source]
         source: std::io::Error,
     },
+    /// The state transfer from the primary to this backup failed.
     #[error("state transfer from the primary failed")]
     Transfer(#[from] TransferError),
+    /// The logging channel with the peer failed (closed, broken, damaged or silent).
     #[error(transparent)]
     Link(#[from] LinkError),
+    /// The primary's epoch is not the one the shared directory's owner record holds.
     #[error("the primary runs epoch {claimed}, but the shared directory's owner is of epoch {owned}: refusing to follow a stale or lying primary")]
-    EpochMismatch { claimed: u64, owned: u64 },
+    EpochMismatch {
+        /// The epoch the primary says it runs.
+        claimed: u64,
+        /// The epoch of the shared directory's owner.
+        owned: u64,
+    },
+    /// The metrics server could not start.
     #[error(transparent)]
     Metrics(#[from] super::metrics::MetricsError),
+    /// The channel's authenticated handshake with the peer failed.
     #[error("the logging channel with {peer} is not secure")]
     Secure {
+        /// The peer's address.
         peer: String,
+        /// What went wrong in the handshake.
         #[source]
         source: SecureError,
     },
@@ -72,6 +94,7 @@ pub enum FtError {
 
 /// Settings shared by both roles.
 pub struct FtOptions {
+    /// The shared directory both VMMs of the pair use (owner files, console stream, status).
     pub shared: SharedDir,
     /// Where to accept backups (a backup uses it once it has gone live).
     pub listen: Option<String>,

@@ -35,6 +35,7 @@ struct Shared {
 pub struct Pipe(Arc<Shared>);
 
 impl Pipe {
+    /// An empty, open pipe buffering at most `capacity` bytes (at least 1).
     pub fn new(capacity: usize) -> Self {
         Self(Arc::new(Shared {
             state: Mutex::new(State::default()),
@@ -67,6 +68,7 @@ impl Pipe {
         self.lock().buf.len()
     }
 
+    /// Most bytes the pipe buffers.
     pub fn capacity(&self) -> usize {
         self.0.capacity
     }

@@ -34,21 +34,33 @@ mod tests_end;
 
 pub use notice::{HaltReason, Notice, StatusView};
 
+/// Why the role core refused an event (its state is left unchanged).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RoleError {
+    /// The event makes no sense in the current role.
     #[error("{event} makes no sense while {role}: ignored")]
     Unexpected {
+        /// The event's name ([`Event::name`]).
         event: &'static str,
+        /// The role's name ([`PairRole::name`]).
         role: &'static str,
     },
+    /// A test-and-set answer came for another epoch than the one being claimed.
     #[error("the answer to a claim of epoch {got} came while claiming epoch {asked}: ignored")]
-    WrongEpoch { asked: u64, got: u64 },
+    WrongEpoch {
+        /// The epoch being claimed.
+        asked: u64,
+        /// The epoch the answer was for.
+        got: u64,
+    },
 }
 
 /// Which side of the pair a VMM was on when it started claiming, draining or finishing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
+    /// The VMM running the guest and logging it.
     Primary,
+    /// The VMM replaying the primary's log.
     Backup,
 }
 
@@ -63,8 +75,11 @@ pub enum PairRole {
     Backup,
     /// Lost its peer and asked for the test-and-set of `epoch`; waits for the answer.
     Claiming {
+        /// The epoch claimed (one past the one the pair ran in).
         epoch: u64,
+        /// The side this VMM was on when it lost its peer.
         side: Side,
+        /// When the peer was lost, in nanoseconds of the core's clock.
         lost_at_ns: u64,
         /// Why the peer counts as lost (for the operator).
         why: String,
@@ -72,17 +87,32 @@ pub enum PairRole {
         guest_stopped: bool,
     },
     /// A backup that won the test-and-set, replaying the rest of the log.
-    GoingLive { since_ns: u64 },
+    GoingLive {
+        /// When the primary was lost (ns); the failover time is counted from it.
+        since_ns: u64,
+    },
     /// The guest stopped while a peer was still acknowledging: wait (until `deadline_ns`)
     /// for the output it printed last to be acknowledged.
-    Draining { side: Side, deadline_ns: u64 },
+    Draining {
+        /// The side this VMM was on when the guest stopped.
+        side: Side,
+        /// When to stop waiting for acknowledgements, in nanoseconds of the core's clock.
+        deadline_ns: u64,
+    },
     /// Lost the test-and-set (or the shared directory): never outputs again.
-    Halted { side: Side },
+    Halted {
+        /// The side this VMM was on when it halted.
+        side: Side,
+    },
     /// The guest stopped, or the VMM was told to stop.
-    Stopped { side: Side },
+    Stopped {
+        /// The side this VMM was on when it stopped.
+        side: Side,
+    },
 }
 
 impl PairRole {
+    /// The role's name, as the operator sees it in messages and status.
     pub fn name(&self) -> &'static str {
         match self {
             Self::PrimaryAlone => "primary (alone)",
@@ -121,47 +151,91 @@ impl PairRole {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// The logging channel failed: broken, damaged, or the peer silent past the timeout.
-    PeerLost { why: String, now_ns: u64 },
+    PeerLost {
+        /// Why the peer counts as lost (for the operator).
+        why: String,
+        /// When the loss was seen, in nanoseconds of the core's clock.
+        now_ns: u64,
+    },
     /// The test-and-set of `epoch` was won.
-    ClaimWon { epoch: u64, now_ns: u64 },
+    ClaimWon {
+        /// The epoch won.
+        epoch: u64,
+        /// When the claim was won (ns).
+        now_ns: u64,
+    },
     /// Someone else created `epoch`'s owner first.
-    ClaimLost { epoch: u64, holder: String },
+    ClaimLost {
+        /// The epoch claimed.
+        epoch: u64,
+        /// Who owns it, as its owner file says.
+        holder: String,
+    },
     /// The shared directory did not answer (or failed): a claim not won.
-    ClaimUnanswered { epoch: u64, why: String },
+    ClaimUnanswered {
+        /// The epoch claimed.
+        epoch: u64,
+        /// The shared directory's error.
+        why: String,
+    },
     /// Primary: the backup acknowledged through exit `ordinal`; `held_bytes` of output
     /// still wait for acknowledgement.
     AckReceived {
+        /// The highest exit the backup acknowledged.
         ordinal: u64,
+        /// Output bytes still held.
         held_bytes: u64,
+        /// When the acknowledgement was seen (ns).
         now_ns: u64,
     },
     /// Primary: a backup finished its state transfer and follows the log.
     BackupJoined,
     /// Primary: a backup knocked but could not join (`from`: its address).
-    BackupFailedToJoin { from: String, why: String },
+    BackupFailedToJoin {
+        /// The backup's address.
+        from: String,
+        /// Why it could not join.
+        why: String,
+    },
     /// Backup: its own replay has verified through exit `ordinal`; `held_bytes` of output
     /// wait for verification.
     Verified {
+        /// The highest exit the replay verified.
         ordinal: u64,
+        /// Output bytes still held.
         held_bytes: u64,
+        /// When the verification was seen (ns).
         now_ns: u64,
     },
     /// The guest stopped by itself (`held_bytes` of its output not yet released).
-    GuestStopped { held_bytes: u64, now_ns: u64 },
+    GuestStopped {
+        /// Output bytes not yet released.
+        held_bytes: u64,
+        /// When the stop was seen (ns).
+        now_ns: u64,
+    },
     /// The replay consumed the whole log and the vCPU now runs the guest live.
     WentLive {
+        /// The exit at which the vCPU went live.
         ordinal: u64,
+        /// Exits the replay verified against the log.
         exits_verified: u64,
+        /// Divergences the replay found between the log and its own run.
         divergences: u64,
+        /// When the vCPU went live (ns).
         now_ns: u64,
     },
     /// The operator (a signal) asked the VMM to stop.
     StopRequested,
     /// Time passed (the controller's poll).
-    Tick { now_ns: u64 },
+    Tick {
+        /// The time now, in nanoseconds of the core's clock.
+        now_ns: u64,
+    },
 }
 
 impl Event {
+    /// The event's name, for messages and [`RoleError::Unexpected`].
     pub fn name(&self) -> &'static str {
         match self {
             Self::PeerLost { .. } => "peer lost",
@@ -191,22 +265,36 @@ pub enum Action {
     ClosePipe,
     /// Try the test-and-set of `epoch` in the shared directory; answer with
     /// [`Event::ClaimWon`], [`Event::ClaimLost`] or [`Event::ClaimUnanswered`].
-    Claim { epoch: u64 },
+    Claim {
+        /// The epoch to claim.
+        epoch: u64,
+    },
     /// Release everything held and stop holding: no peer to wait for.
     SetAlone,
     /// Drop everything held: it must never appear.
     DiscardHeld,
     /// Backup: release the output its replay verified through `through`.
-    Release { through: u64 },
+    Release {
+        /// The highest exit verified.
+        through: u64,
+    },
     /// Stop recording (pause the vCPU, log off, resume); best effort: a vCPU that cannot
     /// pause has stopped, and its guest-stopped event follows.
     StopLogging,
     /// Primary, log closed: wait at most `limit_ns` for the sender to put the rest of the
     /// log on the channel, so shutting it does not cut the end off.
-    WaitSent { limit_ns: u64 },
+    WaitSent {
+        /// The longest wait, in nanoseconds.
+        limit_ns: u64,
+    },
     /// Epoch `epoch` won by a backup: say so, then close the log so the replay drains what
     /// was received and the vCPU goes live ([`Event::WentLive`] follows).
-    GoLive { epoch: u64, why: String },
+    GoLive {
+        /// The epoch the backup won.
+        epoch: u64,
+        /// Why the primary counts as lost.
+        why: String,
+    },
     /// Show the guest's console on this VMM's stdout from here on.
     ServeStdout,
     /// Tell the operator (and, for a failover, keep it for status).
@@ -263,18 +351,22 @@ impl RoleCore {
         }
     }
 
+    /// The role this VMM plays now.
     pub fn role(&self) -> &PairRole {
         &self.role
     }
 
+    /// The epoch this VMM runs in: the one its primary owns, or the last it won.
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
 
+    /// Output bytes held, as the last event reported.
     pub fn held_bytes(&self) -> u64 {
         self.held_bytes
     }
 
+    /// Primary: the backup's highest acknowledged exit. Backup: the highest exit it verified.
     pub fn acked(&self) -> u64 {
         self.acked
     }

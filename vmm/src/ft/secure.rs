@@ -37,18 +37,26 @@ const MAX_PLAIN: usize = MAX_RECORD - TAG_LEN;
 /// Each side's handshake message: an ephemeral public key and an empty payload's tag.
 const HANDSHAKE_LEN: usize = 32 + TAG_LEN;
 
+/// Why the channel's handshake failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SecureError {
+    /// A handshake message failed authentication: the peer lacks the key or speaks another
+    /// protocol.
     #[error("the handshake failed: the peer does not hold this VM's channel key, or is not an ftvm of this version")]
     Refused(#[source] snow::Error),
+    /// The Noise library could not build the handshake or one of this side's messages.
     #[error("cannot set up the handshake")]
     Setup(#[source] snow::Error),
+    /// No complete handshake from the peer within this limit.
     #[error("no handshake from the peer within {0:?}")]
     Timeout(Duration),
+    /// The peer closed the connection before the handshake completed.
     #[error("the peer closed the connection during the handshake")]
     Closed,
+    /// A handshake message had this many bytes instead of the 48 expected.
     #[error("the peer sent a handshake message of {0} bytes (expected {HANDSHAKE_LEN})")]
     HandshakeLength(usize),
+    /// Reading or writing the connection failed during the handshake.
     #[error("handshake I/O failed")]
     Io(#[from] io::Error),
 }
@@ -57,10 +65,21 @@ pub enum SecureError {
 /// `InvalidData`, since it surfaces through `Read`).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RecordError {
+    /// A record failed authentication (damaged, forged, replayed or out of order).
     #[error("record {record} of the logging channel failed authentication: damaged, forged, replayed or out of order")]
-    Forged { record: u64 },
+    Forged {
+        /// The record's number in its direction.
+        record: u64,
+    },
+    /// A record is shorter than its authentication tag.
     #[error("record {record} of the logging channel is {len} bytes, shorter than its tag")]
-    Short { record: u64, len: usize },
+    Short {
+        /// The record's number in its direction.
+        record: u64,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// A direction has used every record number (nonce) there is.
     #[error("the logging channel has used up its nonces")]
     Exhausted,
 }
@@ -236,6 +255,7 @@ impl SecureStream {
         })
     }
 
+    /// The peer's address.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.tcp.peer_addr()
     }
@@ -250,6 +270,7 @@ impl SecureStream {
         self.tcp.set_write_timeout(t)
     }
 
+    /// Shut the underlying TCP connection down (for every handle: the socket is shared).
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         self.tcp.shutdown(how)
     }

@@ -17,29 +17,45 @@ use super::deadline::{within, FILE_LIMIT};
 /// Longest owner text read back (a holder's name is a line).
 const MAX_HOLDER_LEN: u64 = 256;
 
+/// Why the shared directory could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SharedError {
+    /// The `--shared-dir` path does not exist or is not a directory.
     #[error("shared directory {0} does not exist or is not a directory")]
     NotADirectory(PathBuf),
+    /// The VM name cannot be used in file names (see [`SharedDir::new`]).
     #[error("VM name '{0}' must be 1-64 characters of letters, digits, '-', '_' or '.' and not start with '.'")]
     BadName(String),
+    /// A new VM's first primary found the name already owned in the directory.
     #[error("VM '{name}' already has an owner in {dir} (epoch {epoch}: {holder}); choose another --name or remove {dir}/{name}.*")]
     AlreadyOwned {
+        /// The VM name.
         name: String,
+        /// The shared directory.
         dir: PathBuf,
+        /// The highest epoch that has an owner.
         epoch: u64,
+        /// Who owns it, as its owner file says.
         holder: String,
     },
+    /// The directory did not answer within the file deadline (a hung network file system).
     #[error("the shared directory did not answer within {limit:?} when asked to {what} {path}")]
     Timeout {
+        /// The operation: "list" or "create".
         what: &'static str,
+        /// The directory or file it was asked about.
         path: PathBuf,
+        /// How long it was given.
         limit: std::time::Duration,
     },
+    /// An operation on the directory or one of its files failed.
     #[error("cannot {what} {path}")]
     Io {
+        /// The operation: "list", "create", "open", ...
         what: &'static str,
+        /// The directory or file.
         path: PathBuf,
+        /// The error of the operation.
         #[source]
         source: std::io::Error,
     },
@@ -59,9 +75,15 @@ pub enum Claim {
     /// We own this epoch now.
     Won(u64),
     /// Someone else created the epoch's owner file first.
-    Lost { epoch: u64, holder: String },
+    Lost {
+        /// The epoch claimed.
+        epoch: u64,
+        /// Who owns it: the start of its owner file ("unknown" if unreadable).
+        holder: String,
+    },
 }
 
+/// One VM's files in the shared directory, named after the VM (`NAME.*`).
 #[derive(Debug, Clone)]
 pub struct SharedDir {
     dir: PathBuf,
@@ -69,6 +91,8 @@ pub struct SharedDir {
 }
 
 impl SharedDir {
+    /// The files of VM `name` in `dir`; the name must be 1-64 letters, digits, '-', '_' or
+    /// '.', not starting with '.', and `dir` an existing directory.
     pub fn new(dir: &Path, name: &str) -> Result<Self, SharedError> {
         let ok = !name.is_empty()
             && name.len() <= 64
@@ -88,10 +112,12 @@ impl SharedDir {
         })
     }
 
+    /// The VM's name.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The owner file of `epoch`, whose creation is that epoch's test-and-set.
     pub fn owner_path(&self, epoch: u64) -> PathBuf {
         self.dir.join(format!("{}.epoch-{epoch}.owner", self.name))
     }
@@ -101,6 +127,7 @@ impl SharedDir {
         self.dir.join(format!("{}.console", self.name))
     }
 
+    /// The status file of the VMM tagged `tag`.
     pub fn status_path(&self, tag: &str) -> PathBuf {
         self.dir.join(format!("{}.{tag}.status", self.name))
     }

@@ -15,12 +15,17 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct StatusReport {
+    /// The VM's name.
     pub vm: String,
+    /// The VMM's process id.
     pub pid: u32,
+    /// The host the VMM runs on (its hostname).
     pub host: String,
     /// primary, primary (alone), backup, going live, halted, stopped
     pub role: String,
+    /// The epoch this VMM runs in.
     pub epoch: u64,
+    /// The peer's address while a logging channel is up.
     pub peer: Option<String>,
     /// Exits this VMM's guest has made.
     pub ordinal: u64,
@@ -30,19 +35,28 @@ pub struct StatusReport {
     pub lag_exits: u64,
     /// Log bytes buffered on this side of the channel, and the buffer's size.
     pub buffer_fill: u64,
+    /// The log buffer's size in bytes.
     pub buffer_capacity: u64,
     /// Log bytes through this side's pipe so far (sent or replayed).
     pub log_bytes: u64,
+    /// Console bytes held under the output rule now.
     pub held_output_bytes: u64,
+    /// Console bytes released so far.
     pub released_output_bytes: u64,
+    /// Mean time a released console chunk was held, in milliseconds.
     pub output_delay_avg_ms: f64,
+    /// Longest time a released console chunk was held, in milliseconds.
     pub output_delay_max_ms: f64,
+    /// Checkpoint deltas logged (primary) or applied (backup).
     pub deltas: u64,
+    /// Backup: divergences its replay found between the log and its own run.
     pub divergences: u64,
     /// Backup: diverged, waiting for the checkpoint that puts it back in step.
     #[serde(default)]
     pub recovering: bool,
+    /// The notice of this VMM's last failover, if it went through one.
     pub last_failover: Option<String>,
+    /// When the report was made, in milliseconds since the Unix epoch.
     pub updated_unix_ms: u64,
     /// The guest's disks (this host's copies).
     #[serde(default)]
@@ -51,6 +65,7 @@ pub struct StatusReport {
     /// and at which they did not (a copy out of step).
     #[serde(default)]
     pub disk_checks_matched: u64,
+    /// Backup: checkpoints at which some disk's CRC differed from the primary's.
     #[serde(default)]
     pub disk_checks_differed: u64,
     /// Failovers this VMM went through (went on alone, or went live).
@@ -60,29 +75,40 @@ pub struct StatusReport {
     /// Released output chunks by delay, in the buckets of
     /// `ft_log::output::DELAY_BOUNDS_NS` (and a last unbounded one), and their total.
     pub output_delay_buckets: Vec<u64>,
+    /// Sum of the released console chunks' delays, in seconds.
     pub output_delay_sum_s: f64,
     /// Console bytes that may be held before the guest's output waits, and how long it
     /// has waited for room in all.
     pub output_cap_bytes: u64,
+    /// Seconds the guest's console output has waited for room, in all.
     pub output_wait_s: f64,
     /// State transfers completed (sent as a primary, received as a backup), and the
     /// figures of the last one (rounds and pause: primary only).
     pub transfers: u64,
+    /// Pages the last state transfer carried.
     pub transfer_pages: u64,
+    /// Pre-copy rounds of the last state transfer (primary only).
     pub transfer_rounds: u64,
+    /// How long the last state transfer paused the guest, in milliseconds (primary only).
     pub transfer_pause_ms: f64,
+    /// How long the last state transfer took, in milliseconds.
     pub transfer_took_ms: f64,
     /// The guest's network frames under the output rule (zeros without a NIC): bytes
     /// held now, frames released to the TAP, dropped over the hold cap, and discarded
     /// (this VMM lost, or a backup went live past them).
     pub frames_held_bytes: u64,
+    /// Frames released to the TAP.
     pub frames_released: u64,
+    /// Frames dropped because holding them would have passed the cap.
     pub frames_dropped_over_cap: u64,
+    /// Held frames discarded (this VMM lost, or a backup went live past them).
     pub frames_discarded: u64,
     /// How long the released frames were held by the rule: their count, the sum, the
     /// longest.
     pub frames_held_released: u64,
+    /// Sum of the hold times of the `frames_held_released` frames, in seconds.
     pub frames_hold_sum_s: f64,
+    /// Longest hold time of one of them, in milliseconds.
     pub frames_hold_max_ms: f64,
 }
 
@@ -97,21 +123,28 @@ pub struct StatusWriter {
     in_flight: Arc<AtomicBool>,
 }
 
+/// Why a status report was not written.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
+    /// An earlier write to this file is still stuck: this one is skipped.
     #[error("an earlier status write to {0} has not finished")]
     Busy(PathBuf),
+    /// The write did not finish within its limit (it goes on in the background).
     #[error("the status write to {0} did not finish in time")]
     Timeout(PathBuf),
+    /// Writing the file failed.
     #[error("cannot write the status file {path}")]
     Io {
+        /// The status file.
         path: PathBuf,
+        /// Why writing failed.
         #[source]
         source: std::io::Error,
     },
 }
 
 impl StatusWriter {
+    /// A writer of the status file at `path`.
     pub fn new(path: PathBuf) -> Self {
         Self {
             path,
@@ -119,6 +152,7 @@ impl StatusWriter {
         }
     }
 
+    /// Write `report`, giving up after `limit`; skipped while an earlier write is stuck.
     pub fn write(&self, report: StatusReport, limit: Duration) -> Result<(), StatusError> {
         if self.in_flight.swap(true, Ordering::SeqCst) {
             return Err(StatusError::Busy(self.path.clone()));
@@ -140,6 +174,7 @@ impl StatusWriter {
     }
 }
 
+/// The wall-clock time in milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

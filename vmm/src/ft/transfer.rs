@@ -37,35 +37,57 @@ const FEW_PAGES: usize = 64;
 /// holding the primary (and, in the final round, its paused guest) forever.
 const WRITE_LIMIT: Duration = Duration::from_secs(10);
 
+/// Why a state transfer failed, on either side.
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
+    /// The channel failed during the transfer.
     #[error(transparent)]
     Link(#[from] LinkError),
+    /// Primary: KVM's dirty page log could not be read.
     #[error("cannot read the dirty page log")]
     DirtyLog(#[source] kvm_ioctls::Error),
+    /// Primary: guest memory could not be read.
     #[error("cannot read guest memory for the transfer")]
     Memory(#[from] vm_memory::GuestMemoryError),
+    /// Primary: the vCPU did not pause, save its state or start logging.
     #[error("the vCPU did not pause, save its state or start logging for the transfer")]
     Vcpu(#[from] crate::vcpu::VcpuError),
+    /// Primary: the recorder for the live log could not be started.
     #[error("cannot start logging")]
     Record(#[from] crate::record::RecordError),
+    /// A message of the transfer is malformed or out of place (or, primary, the machine
+    /// state did not encode).
     #[error("the primary sent an invalid {what}: {reason}")]
-    Invalid { what: &'static str, reason: String },
+    Invalid {
+        /// What was invalid: "hello", "page", "machine state", "disk transfer", ...
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Backup: a batch of pages does not decode.
     #[error("the primary sent pages that do not decode")]
     Pages(#[from] PageCodecError),
+    /// Primary: pages could not be encoded.
     #[error("cannot encode pages for the transfer")]
     Encode(#[from] crate::pagesets::PageSetError),
+    /// Backup: the transfer did not complete within this limit.
     #[error("the state transfer did not complete within {0:?}")]
     Timeout(Duration),
+    /// Primary: a disk image could not be read.
     #[error("cannot read disk {index} for the transfer")]
     DiskRead {
+        /// The disk's index, in device order.
         index: usize,
+        /// Why reading failed.
         #[source]
         source: std::io::Error,
     },
+    /// Backup: the transferred disk could not be written into (or synced to) this host's copy.
     #[error("cannot write the transferred disk {index} into this backup's copy")]
     DiskWrite {
+        /// The disk's index, in device order.
         index: usize,
+        /// Why the copy failed.
         #[source]
         source: std::io::Error,
     },
@@ -74,8 +96,11 @@ pub enum TransferError {
 /// Everything about the machine that is not its memory, as a primary sends it.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MachineState {
+    /// The paused VM apart from its memory (vCPU, devices, clock).
     pub vm: VmState,
+    /// How guest time advances.
     pub clock: ClockMode,
+    /// Guest memory size in MiB.
     pub mem_mib: u64,
     /// Where the console stream stands at the state.
     pub console_offset: u64,
@@ -86,14 +111,20 @@ pub struct MachineState {
 /// What the primary measured of a transfer.
 #[derive(Debug, Default, Clone)]
 pub struct TransferReport {
+    /// Rounds of pages sent while the guest ran (the first, of all memory, included; the
+    /// final paused one not).
     pub rounds: usize,
+    /// Pages sent, over all rounds.
     pub pages_sent: u64,
     /// Disk bytes sent (chunks of zeros count as none).
     pub disk_bytes_sent: u64,
     /// Bytes of the page messages (encoded pages and their framing).
     pub page_bytes: u64,
+    /// How long the guest was paused for the final round.
     pub paused_for: Duration,
+    /// How long the whole transfer took.
     pub took: Duration,
+    /// The exit ordinal of the state sent: the backup's log starts after it.
     pub ordinal: u64,
 }
 

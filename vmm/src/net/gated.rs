@@ -12,6 +12,8 @@ use crate::bus::lock;
 use crate::ft::announce::rarp_announcement;
 use crate::ft::frames::{FrameCounts, FrameGate};
 
+/// A pair member's transmit port: the guest's frames are held by the output rule's gate
+/// and written to the TAP once it releases them.
 pub struct GatedTx {
     gate: Mutex<FrameGate>,
     tap: Arc<TapTx>,
@@ -23,6 +25,8 @@ pub struct GatedTx {
 }
 
 impl GatedTx {
+    /// A port sending `gate`'s released frames to `tap`, tagging each with the exit in
+    /// progress (one past `exit_ordinal`); `mac` is the NIC's, announced when a backup goes live.
     pub fn new(
         gate: FrameGate,
         tap: Arc<TapTx>,
@@ -81,6 +85,7 @@ impl GatedTx {
         lock(&self.gate).die()
     }
 
+    /// The gate's frame counts so far, with the bytes it holds now.
     pub fn counts(&self) -> FrameCounts {
         let gate = lock(&self.gate);
         FrameCounts {

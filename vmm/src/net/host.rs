@@ -15,6 +15,7 @@ use crate::platform::NicSetup;
 
 /// The host side of a NIC on a TAP; receiving stops when it is dropped.
 pub struct NetHost {
+    /// The queue the receive thread fills and the vCPU takes frames from.
     pub rx: Arc<RxQueue>,
     tx: Arc<TapTx>,
     tap: Tap,
@@ -37,8 +38,11 @@ pub struct PairNic {
 /// What the host side of a NIC counted over a run.
 #[derive(Debug, Clone, Default)]
 pub struct NetCounters {
+    /// What the receive path counted.
     pub rx: RxCounters,
+    /// Frames written to the TAP.
     pub tx_sent: u64,
+    /// Frames dropped because the TAP could not take them (its queue full, or a write error).
     pub tx_dropped: u64,
 }
 
@@ -93,6 +97,7 @@ impl NetHost {
         Ok(())
     }
 
+    /// What the receive and transmit paths have counted so far.
     pub fn counters(&self) -> NetCounters {
         NetCounters {
             rx: self.rx.counters(),

@@ -22,30 +22,52 @@ pub mod tx;
 /// configuration (and its log) is the same on every run. Locally administered (0x52).
 pub const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 
+/// Why a NIC could not be set up: a bad `--net`, one that does not fit the saved machine,
+/// or a TAP that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
+    /// A `--net` argument that does not parse.
     #[error("bad --net '{spec}': {reason} (expected tap=NAME[,mac=52:54:00:12:34:56])")]
-    BadSpec { spec: String, reason: String },
+    BadSpec {
+        /// The argument as given.
+        spec: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The snapshot's machine has a NIC but no `--net` was given.
     #[error(
         "the snapshot's machine has a network card (MAC {mac}); give it a TAP with --net tap=NAME"
     )]
-    SnapshotNeedsNic { mac: String },
+    SnapshotNeedsNic {
+        /// The MAC of the snapshot's NIC.
+        mac: String,
+    },
+    /// `--net` was given to restore a snapshot whose machine has no NIC.
     #[error("the snapshot's machine has no network card, but --net was given")]
     SnapshotHasNoNic,
+    /// A `mac=` differs from the MAC saved in the snapshot or log.
     #[error("--net mac={given} differs from the MAC the {what} was made with ({saved})")]
     MacMismatch {
+        /// The MAC given on the command line.
         given: String,
+        /// The MAC the snapshot or log was made with.
         saved: String,
+        /// What holds the saved MAC: "snapshot" or "log".
         what: &'static str,
     },
+    /// `--net` was given to replay a log whose machine has no NIC.
     #[error("the log's machine has no network card, but --net was given")]
     LogHasNoNic,
+    /// The TAP's receive thread could not be spawned.
     #[error("cannot start the receive thread of TAP {tap}")]
     Thread {
+        /// The TAP's name.
         tap: String,
+        /// Why the spawn failed.
         #[source]
         source: std::io::Error,
     },
+    /// The TAP could not be opened or attached to.
     #[error(transparent)]
     Tap(#[from] tap::TapError),
 }
@@ -53,6 +75,7 @@ pub enum NetError {
 /// One `--net` argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetSpec {
+    /// Name of the host TAP device (`tap=`).
     pub tap: String,
     /// `None`: the default MAC on a fresh boot, the saved one on a restore.
     pub mac: Option<[u8; 6]>,
@@ -114,6 +137,7 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     Ok(mac)
 }
 
+/// A MAC as six lower-case hex bytes separated by ':'.
 pub fn format_mac(mac: &[u8; 6]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))

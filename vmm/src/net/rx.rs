@@ -29,15 +29,19 @@ const READ_BUF: usize = ftvm_devices::virtio::MAX_FRAME_LEN;
 /// How long the I/O thread waits for a frame before looking at its stop flag.
 const POLL: Duration = Duration::from_millis(100);
 
+/// Bounds of a receive queue; a frame that would pass either is dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RxLimits {
+    /// Most frames queued at once.
     pub frames: usize,
+    /// Most bytes queued at once, over all frames.
     pub bytes: usize,
 }
 
 /// Host-side counters of the receive path (not guest state).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RxCounters {
+    /// Frames read from the TAP and queued.
     pub received: u64,
     /// Dropped because the queue was full (in frames or bytes).
     pub dropped_full: u64,
@@ -50,11 +54,14 @@ pub struct RxCounters {
 pub enum Pushed {
     /// Queued; `wake`: the first deliverable frame, the vCPU should be told.
     Queued {
+        /// The queue held no deliverable frame before: the vCPU should be told of this one.
         wake: bool,
     },
+    /// Dropped: the queue was full.
     Dropped,
 }
 
+/// The receive queue's state and decisions, without I/O or locking (see the module docs).
 #[derive(Debug)]
 pub struct RxCore {
     frames: VecDeque<Vec<u8>>,
@@ -65,10 +72,12 @@ pub struct RxCore {
     waiting_since: Option<u64>,
     /// The front frame found no receive buffer at its last offer.
     blocked: bool,
+    /// What the queue has counted.
     pub counters: RxCounters,
 }
 
 impl RxCore {
+    /// An empty queue bounded by `limits`.
     pub fn new(limits: RxLimits) -> Self {
         Self {
             frames: VecDeque::new(),
@@ -80,6 +89,7 @@ impl RxCore {
         }
     }
 
+    /// Queue a frame read at `now_ns` (the kicker's clock), or drop it when it does not fit.
     pub fn push(&mut self, frame: Vec<u8>, now_ns: u64) -> Pushed {
         let fits = self.frames.len() < self.limits.frames
             && self
@@ -125,6 +135,7 @@ impl RxCore {
         self.waiting_since = None;
     }
 
+    /// No frame is queued.
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }
@@ -145,6 +156,7 @@ pub struct RxQueue {
 }
 
 impl RxQueue {
+    /// An empty queue bounded by `limits`, with no kicker yet.
     pub fn new(limits: RxLimits) -> Arc<Self> {
         let (doorbell_tx, doorbell_rx) = crossbeam_channel::bounded(1);
         Arc::new(Self {
@@ -155,6 +167,7 @@ impl RxQueue {
         })
     }
 
+    /// The queue's state, locked (the vCPU takes and offers frames through it).
     pub fn core(&self) -> std::sync::MutexGuard<'_, RxCore> {
         crate::bus::lock(&self.core)
     }
@@ -169,6 +182,7 @@ impl RxQueue {
         let _ = self.kick.set((kick, bound_ns));
     }
 
+    /// A copy of the queue's counters.
     pub fn counters(&self) -> RxCounters {
         self.core().counters.clone()
     }
@@ -196,6 +210,7 @@ pub struct RxThread {
 }
 
 impl RxThread {
+    /// Start a thread (`net-rx`) that reads `tap` into `queue` until this is dropped.
     pub fn spawn(tap: Tap, queue: Arc<RxQueue>) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();

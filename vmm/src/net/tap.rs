@@ -14,27 +14,39 @@ const MAX_NAME: usize = 15;
 /// `struct ifreq`: the name, then a union whose first member is the flags (short).
 const IFREQ_LEN: usize = 40;
 
+/// Why a TAP name is refused or the TAP cannot be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {
+    /// The name is empty.
     #[error("TAP name is empty")]
     EmptyName,
+    /// The name is longer than an interface name can be (15 bytes).
     #[error("TAP name '{0}' is longer than 15 bytes")]
     LongName(String),
+    /// The name has '/', whitespace or a control character, or is "." or "..".
     #[error("TAP name '{0}' contains '/', whitespace or a control character")]
     BadName(String),
+    /// No network interface has this name.
     #[error("TAP device {0} does not exist (create it first, e.g. 'ip tuntap add {0} mode tap')")]
     Missing(String),
+    /// The interface exists but is not a TUN/TAP device.
     #[error("network interface {0} is not a TUN/TAP device")]
     NotTunTap(String),
+    /// `/dev/net/tun` could not be opened.
     #[error("cannot open /dev/net/tun for TAP {name}")]
     OpenTun {
+        /// The TAP's name.
         name: String,
+        /// Why the open failed.
         #[source]
         source: std::io::Error,
     },
+    /// TUNSETIFF refused the name: a TUN rather than a TAP, or a TAP already in use.
     #[error("cannot attach to TAP {name} (is it a TAP, not a TUN, and free?)")]
     Attach {
+        /// The TAP's name.
         name: String,
+        /// The error TUNSETIFF returned.
         #[source]
         source: std::io::Error,
     },
@@ -107,6 +119,7 @@ impl Tap {
         })
     }
 
+    /// The interface name of the TAP.
     pub fn name(&self) -> &str {
         &self.name
     }

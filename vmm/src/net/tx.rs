@@ -13,6 +13,7 @@ use super::tap::Tap;
 /// Where transmitted frames go. Called on the vCPU thread at the exit of the guest's
 /// notify: must never block.
 pub trait TxPort: Send + Sync {
+    /// Send one Ethernet frame, or drop it; never blocks.
     fn transmit(&self, frame: &[u8]);
 }
 
@@ -20,11 +21,14 @@ pub trait TxPort: Send + Sync {
 /// frame, as a full NIC ring would.
 pub struct TapTx {
     tap: Tap,
+    /// Frames written to the TAP.
     pub sent: AtomicU64,
+    /// Frames dropped: the TAP's queue was full or the write failed.
     pub dropped: AtomicU64,
 }
 
 impl TapTx {
+    /// A port writing to `tap`, with zeroed counters.
     pub fn new(tap: Tap) -> Self {
         Self {
             tap,
@@ -66,6 +70,7 @@ pub struct NicSink {
 }
 
 impl NicSink {
+    /// A sink passing frames to `port`, its CRC starting at 0.
     pub fn new(port: Arc<dyn TxPort>) -> Self {
         Self {
             port,
@@ -73,10 +78,12 @@ impl NicSink {
         }
     }
 
+    /// The running CRC32 of the frames sent so far.
     pub fn tx_crc(&self) -> u32 {
         self.crc.load(Ordering::SeqCst)
     }
 
+    /// Set the running CRC (a NIC restored from its saved state).
     pub fn set_tx_crc(&self, crc: u32) {
         self.crc.store(crc, Ordering::SeqCst);
     }

@@ -24,11 +24,15 @@ pub const WRITE_LIMIT: Duration = Duration::from_secs(2);
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// Why the metrics server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
+    /// The `--metrics` address could not be listened on.
     #[error("cannot serve metrics on {addr}")]
     Bind {
+        /// The address as given.
         addr: String,
+        /// Why binding it failed.
         #[source]
         source: std::io::Error,
     },

@@ -8,20 +8,33 @@ use std::fmt;
 pub enum Notice {
     /// A primary lost its backup, won the next epoch and runs on unprotected.
     WentOnAlone {
+        /// The epoch the primary won.
         epoch: u64,
+        /// Why the backup counts as lost.
         why: String,
+        /// Nanoseconds from the loss of the backup to the won claim.
         took_ns: u64,
     },
     /// A backup went live as the primary of `epoch`.
     Live {
+        /// The epoch the backup won.
         epoch: u64,
+        /// The exit at which it went live.
         ordinal: u64,
+        /// Nanoseconds from the loss of the primary to going live.
         took_ns: u64,
+        /// Exits the replay verified against the log.
         exits_verified: u64,
+        /// Divergences the replay found between the log and its own run.
         divergences: u64,
     },
     /// A backup could not join; the primary stays alone.
-    JoinFailed { from: String, why: String },
+    JoinFailed {
+        /// The backup's address.
+        from: String,
+        /// Why it could not join.
+        why: String,
+    },
 }
 
 impl Notice {
@@ -65,17 +78,25 @@ impl fmt::Display for Notice {
 /// Why a VMM halted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HaltReason {
+    /// Another VMM won the test-and-set of the next epoch.
     LostClaim {
+        /// Why the peer counts as lost.
         why: String,
+        /// The epoch claimed.
         epoch: u64,
+        /// Who owns it, as its owner file says.
         holder: String,
     },
+    /// The shared directory did not answer the claim (or failed), so the claim is not won.
     Unreachable {
+        /// Why the peer counts as lost.
         why: String,
+        /// The shared directory's error.
         error: String,
     },
     /// The epoch is u64::MAX: there is no next one to claim.
     NoEpochLeft {
+        /// Why the peer counts as lost.
         why: String,
     },
 }

@@ -13,10 +13,15 @@ use crate::ft::secure::SecureStream;
 
 /// What a backup received: the machine to build, and the channel's hello.
 pub struct Received {
+    /// The guest memory, filled with the transferred pages.
     pub memory: GuestMemoryMmap,
+    /// The machine state the primary sent.
     pub machine: MachineState,
+    /// The primary's epoch, from its hello.
     pub epoch: u64,
+    /// Where the console stream stood at the primary's hello.
     pub console_offset: u64,
+    /// Pages received.
     pub pages: u64,
     /// Disk bytes received (zero chunks not counted).
     pub disk_bytes: u64,
