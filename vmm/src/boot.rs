@@ -10,38 +10,67 @@ use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, Gu
 
 use crate::layout;
 
+/// Why the kernel, initrd, command line or zero page could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
+    /// The kernel image could not be opened, or the path is a directory.
     #[error("cannot open kernel {path}")]
     OpenKernel {
+        /// Path given for the kernel.
         path: PathBuf,
+        /// The I/O error from opening it.
         #[source]
         source: std::io::Error,
     },
+    /// The file is neither an ELF vmlinux nor a bzImage, or is malformed.
     #[error("{path} is not a kernel: {reason}")]
-    NotAKernel { path: PathBuf, reason: String },
-    #[error("cannot load kernel {path} into {mem_mib} MiB of guest memory: {reason}")]
-    KernelDoesNotFit {
+    NotAKernel {
+        /// Path given for the kernel.
         path: PathBuf,
-        mem_mib: u64,
+        /// The loader's explanation.
         reason: String,
     },
+    /// The kernel image is valid but cannot be placed in the guest's memory.
+    #[error("cannot load kernel {path} into {mem_mib} MiB of guest memory: {reason}")]
+    KernelDoesNotFit {
+        /// Path given for the kernel.
+        path: PathBuf,
+        /// Guest memory size, in MiB.
+        mem_mib: u64,
+        /// The loader's explanation.
+        reason: String,
+    },
+    /// The initrd file could not be read.
     #[error("cannot read initrd {path}")]
     ReadInitrd {
+        /// Path given for the initrd.
         path: PathBuf,
+        /// The I/O error from reading it.
         #[source]
         source: std::io::Error,
     },
+    /// No page-aligned place above the kernel and below the limit is large enough for the initrd.
     #[error("initrd {path} ({size} bytes) does not fit in guest memory below {limit:#x} above the kernel")]
     InitrdDoesNotFit {
+        /// Path given for the initrd.
         path: PathBuf,
+        /// Size of the initrd, in bytes.
         size: u64,
+        /// Guest physical address the initrd must end below.
         limit: u64,
     },
+    /// The command line, without its NUL terminator, does not fit in the space reserved for it.
     #[error("kernel command line is {len} bytes; the limit is {max}")]
-    CmdlineTooLong { len: usize, max: usize },
+    CmdlineTooLong {
+        /// Length of the given command line, in bytes.
+        len: usize,
+        /// Longest command line accepted, in bytes.
+        max: usize,
+    },
+    /// The command line contains a NUL byte, which would end it early.
     #[error("kernel command line contains a NUL byte")]
     CmdlineNul,
+    /// Writing the kernel, initrd, command line or zero page to guest memory failed.
     #[error("cannot write boot structures to guest memory")]
     GuestMemory(#[from] vm_memory::GuestMemoryError),
 }
@@ -51,12 +80,16 @@ pub enum BootError {
 pub struct BootInfo {
     /// 64-bit entry point.
     pub entry: GuestAddress,
+    /// Which image format the kernel was loaded from.
     pub kind: KernelKind,
 }
 
+/// The format of a kernel image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelKind {
+    /// An uncompressed ELF `vmlinux`.
     Elf,
+    /// A compressed bzImage with a setup header.
     BzImage,
 }
 
@@ -87,8 +120,11 @@ pub fn read_initrd(path: &Path) -> Result<Vec<u8>, BootError> {
 /// What the loader found: entry point, the kernel's own setup header (bzImage) and where
 /// the loaded image ends.
 pub struct LoadedKernel {
+    /// Entry point and image format.
     pub info: BootInfo,
+    /// The setup header from the image, copied into the zero page; `None` if it has none.
     pub header: Option<linux_loader::loader::bootparam::setup_header>,
+    /// Guest physical address just past the loaded kernel.
     pub end: u64,
 }
 

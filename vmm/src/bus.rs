@@ -12,12 +12,27 @@ use ftvm_devices::BusDevice;
 /// typed handle to poll timers or take reset requests).
 pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
 
+/// Why a device could not be added to a bus.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BusError {
+    /// The range has zero length or runs past the end of the address space.
     #[error("range {base:#x}+{len:#x} is empty or wraps around")]
-    BadRange { base: u64, len: u64 },
+    BadRange {
+        /// First address of the requested range.
+        base: u64,
+        /// Length of the requested range, in bytes (or ports).
+        len: u64,
+    },
+    /// The range overlaps one already on the bus.
     #[error("range {base:#x}+{len:#x} overlaps the device at {other:#x}")]
-    Overlap { base: u64, len: u64, other: u64 },
+    Overlap {
+        /// First address of the requested range.
+        base: u64,
+        /// Length of the requested range, in bytes (or ports).
+        len: u64,
+        /// First address of the existing range it overlaps.
+        other: u64,
+    },
 }
 
 struct Entry {
@@ -32,10 +47,13 @@ pub struct Bus {
 }
 
 impl Bus {
+    /// An empty bus, with no devices.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Route the `len` addresses starting at `base` to `device`; the range must be non-empty
+    /// and overlap no range already on the bus.
     pub fn insert(&mut self, device: SharedDevice, base: u64, len: u64) -> Result<(), BusError> {
         let end = base
             .checked_add(len)

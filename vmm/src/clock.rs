@@ -18,7 +18,10 @@ pub enum ClockMode {
     /// Each synchronous exit advances time by this many nanoseconds and a halted vCPU
     /// jumps straight to the next timer deadline. The run is then a pure function of the
     /// guest and its inputs: used to test determinism without a log.
-    Exits { ns_per_exit: u64 },
+    Exits {
+        /// Nanoseconds of guest time each synchronous exit adds.
+        ns_per_exit: u64,
+    },
 }
 
 impl std::str::FromStr for ClockMode {
@@ -57,6 +60,7 @@ pub struct VmClock {
 const NOT_FROZEN: u64 = u64::MAX;
 
 impl VmClock {
+    /// A clock in `mode` at `start_ns` nanoseconds of guest time, paused and not frozen.
     pub fn new(mode: ClockMode, start_ns: u64) -> Self {
         Self {
             mode,
@@ -85,6 +89,7 @@ impl VmClock {
         now
     }
 
+    /// How this clock advances.
     pub fn mode(&self) -> ClockMode {
         self.mode
     }

@@ -20,6 +20,8 @@ pub struct WatchedConsole<W: Write> {
 }
 
 impl<W: Write> WatchedConsole<W> {
+    /// Wrap `inner`, watching for `pattern` (an empty pattern watches for nothing); on a
+    /// match, set `pause` and send once on `notify`.
     pub fn new(inner: W, pattern: &str, notify: Sender<()>, pause: Arc<AtomicBool>) -> Self {
         Self {
             inner,

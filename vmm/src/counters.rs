@@ -15,6 +15,7 @@ pub struct LiveCounters {
     pub verified: AtomicU64,
     /// Checkpoint deltas logged (record) or applied (replay).
     pub deltas: AtomicU64,
+    /// Replay: divergences found between the log and the replayed run. Record: unused.
     pub divergences: AtomicU64,
     /// Replay: diverged and waiting for a delta (a backup asks its primary for one).
     pub recovering: AtomicBool,

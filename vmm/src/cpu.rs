@@ -6,13 +6,18 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::layout;
 
+/// Why the vCPU could not be set up to enter the kernel.
 #[derive(Debug, thiserror::Error)]
 pub enum CpuError {
+    /// The boot GDT or page tables could not be written to guest memory.
     #[error("cannot write the GDT or page tables to guest memory")]
     GuestMemory(#[from] vm_memory::GuestMemoryError),
+    /// KVM rejected (or could not report) part of the vCPU's state or its CPUID.
     #[error("KVM refused the vCPU's {what}")]
     Kvm {
+        /// Which state ("special registers", "MSRs", ...).
         what: &'static str,
+        /// The ioctl's error.
         #[source]
         source: kvm_ioctls::Error,
     },

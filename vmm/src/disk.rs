@@ -23,29 +23,68 @@ pub use dirty::{DirtyChunks, CHUNK};
 
 const SECTOR: u64 = 512;
 
+/// Why a disk could not be parsed, opened or matched to a snapshot.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
+    /// A `--disk` argument has an empty path or an unknown or repeated option.
     #[error("bad --disk '{spec}': {reason} (expected PATH or PATH,readonly)")]
-    BadSpec { spec: String, reason: &'static str },
+    BadSpec {
+        /// The argument as given.
+        spec: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The image could not be examined or opened.
     #[error("disk image {path}: {source}")]
     Open {
+        /// Path of the image.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The path names a directory, device or other non-regular file.
     #[error("disk image {path} is not a regular file")]
-    NotAFile { path: PathBuf },
+    NotAFile {
+        /// Path of the image.
+        path: PathBuf,
+    },
+    /// The image's size is not a whole number of 512-byte sectors.
     #[error("disk image {path} is {len} bytes, not a multiple of 512")]
-    Unaligned { path: PathBuf, len: u64 },
+    Unaligned {
+        /// Path of the image.
+        path: PathBuf,
+        /// Size of the image, in bytes.
+        len: u64,
+    },
+    /// A writable disk was asked for but the image cannot be opened for writing.
     #[error("disk image {path} is read-only; add ',readonly' to attach it read-only")]
-    ReadOnlyFile { path: PathBuf },
+    ReadOnlyFile {
+        /// Path of the image.
+        path: PathBuf,
+    },
+    /// A disk given to restore a snapshot differs in size or CRC32 from the one it recorded.
     #[error("disk {path} is not the image the snapshot was taken with ({what})")]
-    Mismatch { path: PathBuf, what: String },
+    Mismatch {
+        /// Path of the given image.
+        path: PathBuf,
+        /// How it differs (size or CRC32, given and recorded).
+        what: String,
+    },
+    /// The number of disks given to restore a snapshot is not the number it recorded.
     #[error("the snapshot was taken with {recorded} disks but --disk names {given}")]
-    Count { recorded: usize, given: usize },
+    Count {
+        /// Disks the snapshot recorded.
+        recorded: usize,
+        /// Disks given with `--disk`.
+        given: usize,
+    },
+    /// Reading the whole image to compute its size and CRC32 failed.
     #[error("cannot read disk image {path} to check it: {source}")]
     Digest {
+        /// Path of the image.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -54,7 +93,9 @@ pub enum DiskError {
 /// One `--disk` argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSpec {
+    /// Path of the raw image file.
     pub path: PathBuf,
+    /// Attach the disk read-only (`,readonly` or `,ro`).
     pub read_only: bool,
 }
 
@@ -102,7 +143,9 @@ pub struct FileBackend {
 /// CRCs of all I/O at a checkpoint) and how often not.
 #[derive(Debug, Default)]
 pub struct CrcChecks {
+    /// Checkpoints at which the two running CRCs were equal.
     pub matched: AtomicU64,
+    /// Checkpoints at which they differed.
     pub differed: AtomicU64,
 }
 
@@ -189,10 +232,12 @@ impl FileBackend {
         self.file.sync_data()
     }
 
+    /// The running CRC32 of the guest's reads and writes so far.
     pub fn io_crc(&self) -> u32 {
         self.io_crc.load(Ordering::SeqCst)
     }
 
+    /// Set the running CRC32 (restoring device state).
     pub fn set_io_crc(&self, crc: u32) {
         self.io_crc.store(crc, Ordering::SeqCst);
     }
@@ -245,9 +290,13 @@ impl BlockBackend for FileBackend {
 /// What a snapshot records of a disk, to refuse restoring over another image.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DiskRecord {
+    /// Path of the image when the snapshot was taken.
     pub path: PathBuf,
+    /// Whether it was attached read-only.
     pub read_only: bool,
+    /// Size of the image, in bytes.
     pub bytes: u64,
+    /// CRC32 of the whole image.
     pub crc32: u32,
 }
 

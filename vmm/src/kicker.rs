@@ -29,6 +29,8 @@ struct Shared {
     stop: AtomicBool,
 }
 
+/// The kicker thread and its controls, owned by the vCPU thread's side: armed with a
+/// deadline before each run, disarmed at each exit.
 pub struct Kicker {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
@@ -66,6 +68,8 @@ fn arm_shared(shared: &Shared, thread: &std::thread::Thread, at_ns: u64) {
 }
 
 impl Kicker {
+    /// Start the kicker thread; it kicks by sending `signal` to the registered vCPU thread
+    /// when virtual time on `clock` reaches the armed deadline.
     pub fn spawn(clock: Arc<VmClock>, signal: i32) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             kick_at_ns: AtomicU64::new(DISARMED),
@@ -135,6 +139,7 @@ impl Kicker {
         })
     }
 
+    /// Cancel any pending kick (the vCPU exited on its own).
     pub fn disarm(&self) {
         self.shared.kick_at_ns.store(DISARMED, Ordering::SeqCst);
     }

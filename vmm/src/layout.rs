@@ -13,10 +13,13 @@ pub const ZERO_PAGE_START: u64 = 0x7000;
 pub const BOOT_STACK_TOP: u64 = 0x8ff0;
 /// Identity page tables: PML4, one PDPT, four page directories (4 GiB of 2 MiB pages).
 pub const PML4_START: u64 = 0x9000;
+/// The page-directory-pointer table, whose first four entries cover 4 GiB.
 pub const PDPT_START: u64 = 0xa000;
+/// The first of the four page directories, one page each, back to back.
 pub const PD_START: u64 = 0xb000;
 /// Kernel command line.
 pub const CMDLINE_START: u64 = 0x20000;
+/// Bytes reserved for the command line, its NUL terminator included.
 pub const CMDLINE_MAX: usize = 4096;
 /// Low RAM ends here; the EBDA and BIOS area above are not RAM.
 pub const EBDA_START: u64 = 0x9fc00;
@@ -24,4 +27,5 @@ pub const EBDA_START: u64 = 0x9fc00;
 pub const HIMEM_START: u64 = 0x10_0000;
 /// The ftvm system controller (MMIO) at the start of the hole.
 pub const SYSCTL_START: u64 = 0xd000_0000;
+/// Length of the system controller's MMIO range, in bytes.
 pub const SYSCTL_LEN: u64 = 0x1000;

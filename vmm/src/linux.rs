@@ -18,6 +18,8 @@
 //!   `norandmaps` (user-space layouts at exec) and `randomize_kstack_offset=off` (the
 //!   kernel stack offset of every system call).
 
+/// ftvm's default kernel command line (see the module documentation) for a machine without
+/// PCI; [`build_cmdline`] turns its `pci=off` into `pci=conf1` for one with PCI.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 8250.nr_uarts=1 reboot=k panic=-1 nokaslr \
 acpi=off pci=off nolapic noapic no_timer_check mitigations=off cryptomgr.notests lpj=5000 \
 io_delay=none norandmaps randomize_kstack_offset=off no-kvmclock no-kvmapf no-steal-acc \

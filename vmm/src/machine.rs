@@ -29,13 +29,20 @@ mod start;
 /// Wall-clock time (Unix seconds) that deterministic runs start at: 2026-01-01T00:00:00Z.
 pub const DETERMINISTIC_EPOCH: u64 = 1_767_225_600;
 
+/// What to boot a VM from a kernel with.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
+    /// Path of the kernel image (ELF vmlinux or bzImage).
     pub kernel: PathBuf,
+    /// Path of the initrd, if any.
     pub initrd: Option<PathBuf>,
+    /// The complete kernel command line, as the guest gets it.
     pub cmdline: String,
+    /// Guest memory size, in MiB.
     pub mem_mib: u64,
+    /// How guest time advances.
     pub clock: ClockMode,
+    /// File to write a line per synchronous exit and injected interrupt to, if any.
     pub trace_exits: Option<PathBuf>,
     /// Disk images, each a virtio-blk function on a PCI bus (no disks and no NIC: no PCI
     /// bus at all).
@@ -44,41 +51,61 @@ pub struct VmConfig {
     pub net: Option<NetSpec>,
 }
 
+/// Why a VM could not be built, started or saved.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
+    /// /dev/kvm could not be opened.
     #[error("cannot open /dev/kvm")]
     OpenKvm(#[source] kvm_ioctls::Error),
+    /// A KVM ioctl on the VM or its vCPU failed.
     #[error("KVM refused to {what}")]
     Kvm {
+        /// What was being done, as a verb phrase ("create a VM").
         what: &'static str,
+        /// The ioctl's error.
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// Guest memory could not be sized, created or registered.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// The kernel, initrd, command line or zero page could not be loaded.
     #[error(transparent)]
     Boot(#[from] BootError),
+    /// The vCPU could not be set up to enter the kernel.
     #[error(transparent)]
     Cpu(#[from] CpuError),
+    /// The platform devices could not be built or restored.
     #[error(transparent)]
     Platform(#[from] PlatformError),
+    /// The vCPU thread failed to start, pause, or save or load its state.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// A host-compatibility probe or repair failed.
     #[error(transparent)]
     Compat(#[from] CompatError),
+    /// A snapshot could not be saved or loaded.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// The recording log could not be started or written.
     #[error(transparent)]
     Record(RecordError),
+    /// The log to replay could not be opened or does not begin as a log must.
     #[error("cannot replay: {0}")]
     Replay(String),
+    /// A disk image could not be opened or does not match the snapshot's.
     #[error(transparent)]
     Disk(#[from] DiskError),
+    /// The NIC could not be set up: a bad `--net`, a MAC that differs from the saved one,
+    /// or an unusable TAP.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// The `--trace-exits` file could not be created.
     #[error("cannot create exit trace file {path}")]
     Trace {
+        /// Path of the trace file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -93,9 +120,11 @@ fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 /// [`LogMode`] (a recorder or a replayer) once the VM exists: a recorder needs the VM for
 /// its dirty-page log.
 pub enum LogStream {
+    /// No log: the VM neither records nor replays.
     Off,
     /// Record, encoding delta pages as said.
     Record(Box<dyn std::io::Write + Send>, ft_log::pages::PageEncoding),
+    /// Replay the log read from this stream.
     Replay(Box<dyn std::io::Read + Send>),
     /// A backup following its primary's live log, publishing what it has verified.
     LiveReplay(
@@ -125,17 +154,25 @@ pub struct FtHooks {
 /// Which side of a pair a NIC is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PairNicRole {
+    /// The primary: it reads its TAP from the start.
     Primary,
+    /// The backup: it reads its TAP only once it goes live.
     Backup,
 }
 
 /// What a VM is connected to, however it starts (a kernel, a snapshot, a transferred
 /// state): its console, serial input, pause flag, log and fault-tolerance hooks.
 pub struct VmIo {
+    /// Where the guest's serial output goes.
     pub console: ConsoleOut,
+    /// Bytes for the guest's serial input, if it has any (a replayer takes its input from
+    /// the log instead).
     pub input_rx: Option<crossbeam_channel::Receiver<Vec<u8>>>,
+    /// Setting this pauses the vCPU at its next synchronous exit.
     pub pause_request: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether the VM records, replays or neither.
     pub log: LogStream,
+    /// What a fault-tolerant role adds (nothing by default).
     pub hooks: FtHooks,
 }
 
@@ -151,16 +188,19 @@ impl VmIo {
         }
     }
 
+    /// With this serial input.
     pub fn input(mut self, input_rx: Option<crossbeam_channel::Receiver<Vec<u8>>>) -> Self {
         self.input_rx = input_rx;
         self
     }
 
+    /// With this log.
     pub fn log(mut self, log: LogStream) -> Self {
         self.log = log;
         self
     }
 
+    /// With these fault-tolerance hooks.
     pub fn hooks(mut self, hooks: FtHooks) -> Self {
         self.hooks = hooks;
         self
@@ -169,6 +209,7 @@ impl VmIo {
 
 /// The host resources of a VM continued from a saved state.
 pub struct Resources<'a> {
+    /// File to write a line per synchronous exit and injected interrupt to, if any.
     pub trace_exits: Option<&'a Path>,
     /// The disk images for the saved machine's virtio-blk functions, in order (for a
     /// snapshot: copies to use instead of the recorded images, or none).
@@ -179,11 +220,15 @@ pub struct Resources<'a> {
 
 /// A running (or paused) VM.
 pub struct Vm {
+    /// Control of the vCPU thread.
     pub vcpu: VcpuHandle,
     /// Setting this pauses the vCPU at its next synchronous exit.
     pub pause_request: Arc<std::sync::atomic::AtomicBool>,
+    /// Guest memory, as mapped in this process.
     pub memory: GuestMemoryMmap,
+    /// The guest's virtual time.
     pub clock: Arc<VmClock>,
+    /// Guest memory size, in MiB.
     pub mem_mib: u64,
     /// Whether this host needed the SYSCALL-from-user repair.
     pub syscall_probe: SyscallProbe,

@@ -14,25 +14,47 @@ pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
 /// Smallest guest that can hold the boot structures, a kernel at 1 MiB and a stack.
 pub const MIN_MEM_MIB: u64 = 8;
 
+/// Why guest memory could not be sized, mapped or registered with KVM.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
+    /// The requested size is below [`MIN_MEM_MIB`].
     #[error("--mem {mib} MiB is too small: ftvm needs at least {MIN_MEM_MIB} MiB")]
-    TooSmall { mib: u64 },
+    TooSmall {
+        /// Requested guest memory, in MiB.
+        mib: u64,
+    },
+    /// The requested size is more than the host's total RAM.
     #[error("--mem {mib} MiB is more than this host's {host_mib} MiB of RAM")]
-    TooLarge { mib: u64, host_mib: u64 },
+    TooLarge {
+        /// Requested guest memory, in MiB.
+        mib: u64,
+        /// The host's total RAM, in MiB.
+        host_mib: u64,
+    },
+    /// /proc/meminfo could not be read or has no MemTotal line.
     #[error("cannot read the host's memory size from /proc/meminfo")]
     HostSize(#[source] std::io::Error),
+    /// The host refused to map the guest's RAM.
     #[error("cannot map {mib} MiB of guest memory")]
     Map {
+        /// Requested guest memory, in MiB.
         mib: u64,
+        /// The mapping error.
         #[source]
         source: vm_memory::mmap::FromRangesError,
     },
+    /// A region of guest memory has no host address to give KVM.
     #[error("guest memory region {slot} has no host mapping")]
-    Unmapped { slot: u32 },
+    Unmapped {
+        /// Index of the region (and of its memory slot).
+        slot: u32,
+    },
+    /// KVM rejected a region as a memory slot.
     #[error("KVM refused guest memory region {slot} as a memory slot")]
     Register {
+        /// Index of the region (and of its memory slot).
         slot: u32,
+        /// The ioctl's error.
         #[source]
         source: kvm_ioctls::Error,
     },
@@ -62,6 +84,7 @@ pub fn page_addresses(mem: &GuestMemoryMmap) -> impl Iterator<Item = u64> + '_ {
 
 /// A VM's memory slots: slot i is region i of its guest memory.
 pub struct MemorySlots {
+    /// The VM the slots belong to.
     pub vm: Arc<VmFd>,
     /// Whether KVM logs the pages the guest dirties (recording and primary VMs).
     pub dirty_log: bool,

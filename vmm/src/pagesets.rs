@@ -13,10 +13,13 @@ use vm_memory::{
 
 use crate::memory::PAGE_SIZE;
 
+/// Why pages could not be read from guest memory or passed through the page codec.
 #[derive(Debug, thiserror::Error)]
 pub enum PageSetError {
+    /// A page could not be read from guest memory.
     #[error("cannot read guest memory")]
     Memory(#[from] vm_memory::GuestMemoryError),
+    /// The page codec rejected a page (seeding an encoder or shadow, or encoding a set).
     #[error("cannot encode the pages")]
     Codec(#[from] PageCodecError),
 }

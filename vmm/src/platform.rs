@@ -52,24 +52,43 @@ impl Write for SharedConsole {
 
 /// ISA line of the first serial port.
 pub const SERIAL_IRQ: u8 = 4;
+/// First I/O port of the first serial port (COM1).
 pub const COM1_BASE: u64 = 0x3f8;
 
+/// Why the platform could not be built or restored from a saved state.
 #[derive(Debug, thiserror::Error)]
 pub enum PlatformError {
+    /// Two devices' address ranges overlap, or one is empty.
     #[error("cannot place a device on the bus")]
     Bus(#[from] BusError),
+    /// A device refused its saved state.
     #[error("cannot restore the devices")]
     State(#[from] StateError),
+    /// The saved state has two entries for one device.
     #[error("invalid platform state: it lists the {0:?} device more than once")]
     Duplicate(DeviceKind),
+    /// The saved state has no entry for a device.
     #[error("invalid platform state: the {0:?} device is missing")]
     Missing(DeviceKind),
+    /// The PCI part could not be built or restored.
     #[error(transparent)]
     Pci(#[from] PciSetupError),
+    /// The saved machine has another number of disks than this one is given.
     #[error("the saved machine has {saved} disks but {given} were given")]
-    DiskCount { saved: usize, given: usize },
+    DiskCount {
+        /// Disks in the saved machine.
+        saved: usize,
+        /// Disks given to this one.
+        given: usize,
+    },
+    /// One of the saved machine and this one has a NIC and the other does not.
     #[error("the saved machine has {} but this one {}", nic_words(*.saved), nic_words(*.given))]
-    NicPresence { saved: bool, given: bool },
+    NicPresence {
+        /// Whether the saved machine has a NIC.
+        saved: bool,
+        /// Whether this one has.
+        given: bool,
+    },
 }
 
 fn nic_words(has: bool) -> &'static str {
@@ -102,7 +121,9 @@ fn check_pci_match(saved: Option<&PciState>, disks: usize, nic: bool) -> Result<
 
 /// The machine's devices (see [`devices`] for the table of them) on their buses.
 pub struct Platform {
+    /// The port-I/O bus.
     pub pio: Bus,
+    /// The MMIO bus.
     pub mmio: Bus,
     devices: Devices,
     wiring: Wiring,
@@ -195,6 +216,7 @@ impl Platform {
         })
     }
 
+    /// Every device's state and the console position, to save.
     pub fn state(&self) -> PlatformState {
         self.devices.state(
             self.wiring.console.position.load(Ordering::SeqCst),
@@ -306,6 +328,7 @@ impl Platform {
         }
     }
 
+    /// Whether the PIC has an interrupt for the CPU to acknowledge.
     pub fn interrupt_pending(&self) -> bool {
         lock(&self.devices.pic).has_pending_interrupt()
     }

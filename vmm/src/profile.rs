@@ -25,17 +25,24 @@ const MAX_ADDRESSES: usize = 200_000;
 /// Symbols file lines read at most (a System.map has about 150,000).
 const MAX_SYMBOLS: usize = 2_000_000;
 
+/// Why a profile could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
+    /// The `--profile-symbols` file could not be read.
     #[error("cannot read the symbols file {path}")]
     Symbols {
+        /// Path of the symbols file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The report could not be written to the `--profile` file.
     #[error("cannot write the profile to {path}")]
     Write {
+        /// Path of the profile file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -60,7 +67,9 @@ pub fn requested() -> Option<Profiler> {
 /// Where a sample found the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Spot {
+    /// The guest's instruction pointer.
     pub rip: u64,
+    /// The guest's privilege level (0 kernel, 3 user).
     pub cpl: u8,
 }
 
@@ -78,6 +87,8 @@ pub struct Profiler {
 }
 
 impl Profiler {
+    /// A profiler with no samples yet that writes its report to `output`, naming kernel
+    /// addresses from the `symbols` file if given.
     pub fn new(output: PathBuf, symbols: Option<PathBuf>) -> Self {
         Self {
             output,
@@ -133,8 +144,7 @@ impl Profiler {
 
     /// The report: totals, the share by CPL, then the top functions (or addresses).
     pub fn report(&self, symbols: Option<&Symbols>) -> String {
-        let total: Duration =
-            self.weights.values().sum::<Duration>() + self.other + self.halted;
+        let total: Duration = self.weights.values().sum::<Duration>() + self.other + self.halted;
         let secs = total.as_secs_f64().max(1e-9);
         let mut by_cpl = [Duration::ZERO; 4];
         let mut by_name: HashMap<String, (Duration, u8)> = HashMap::new();
@@ -198,6 +208,7 @@ pub struct Symbols {
 }
 
 impl Symbols {
+    /// Read and parse a symbols file (see [`Symbols::parse`]).
     pub fn load(path: &Path) -> Result<Self, ProfileError> {
         let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Symbols {
             path: path.to_owned(),

@@ -14,22 +14,31 @@ use crate::memory::PAGE_SIZE;
 use crate::platform::Platform;
 use crate::state::VcpuState;
 
+/// Why the recorder could not write the log or take a checkpoint delta.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
+    /// Writing or flushing the log stream failed.
     #[error("cannot write the log")]
     Write(#[source] std::io::Error),
+    /// KVM could not report the pages dirtied in a memory slot.
     #[error("cannot read the dirty page log of memory slot {slot}")]
     DirtyLog {
+        /// The memory slot (the index of its guest memory region).
         slot: u32,
+        /// The ioctl's error.
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// A page of guest memory could not be read for a delta.
     #[error("cannot read guest memory for a delta")]
     Memory(#[from] vm_memory::GuestMemoryError),
+    /// The vCPU's state could not be read for a delta.
     #[error("cannot save the vCPU for a delta")]
     Vcpu(#[from] crate::vcpu::VcpuError),
+    /// The vCPU or device state could not be serialised.
     #[error("cannot encode machine state: {0}")]
     Encode(String),
+    /// The page codec could not encode the delta's pages.
     #[error("cannot encode the delta's pages")]
     Pages(#[from] crate::pagesets::PageSetError),
 }
@@ -40,6 +49,7 @@ pub fn encode_state<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, RecordErr
         .map_err(|e| RecordError::Encode(e.to_string()))
 }
 
+/// Writes a log of the guest's non-determinism, with checkpoint deltas, to a byte stream.
 pub struct Recorder {
     out: Box<dyn Write + Send>,
     vm: Arc<VmFd>,
@@ -48,6 +58,7 @@ pub struct Recorder {
     /// With the page codec, delta states go as differences from the previous delta's.
     vcpu_state: StateCodec,
     device_state: StateCodec,
+    /// Entries and bytes written so far, by kind.
     pub stats: LogStats,
     /// Shared with a primary's controller (status).
     counters: Option<Arc<crate::counters::LiveCounters>>,
@@ -85,6 +96,7 @@ impl Recorder {
         self
     }
 
+    /// Write one entry to the log and count it.
     pub fn log(&mut self, entry: &Entry) -> Result<(), RecordError> {
         let frame = ft_log::encode_entry(entry);
         self.out.write_all(&frame).map_err(RecordError::Write)?;
@@ -95,6 +107,7 @@ impl Recorder {
         Ok(())
     }
 
+    /// Flush the log stream.
     pub fn flush(&mut self) -> Result<(), RecordError> {
         self.out.flush().map_err(RecordError::Write)
     }

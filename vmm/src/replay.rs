@@ -11,15 +11,22 @@ use ft_log::{CodecError, Decoder, Entry, LogStats};
 
 use crate::counters::LiveCounters;
 
+/// Why the replayer could not take the next entry off its log.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
+    /// Reading the log stream failed.
     #[error("cannot read the log")]
     Read(#[source] std::io::Error),
+    /// The log is malformed or cut short inside an entry.
     #[error("corrupt log: {0}")]
     Codec(#[from] CodecError),
+    /// A checkpoint delta's pages could not be decoded against the replayer's copy of
+    /// memory (and no later delta can be trusted).
     #[error("checkpoint delta at exit {ordinal}")]
     Pages {
+        /// Exit ordinal of the delta.
         ordinal: u64,
+        /// The page codec's error.
         #[source]
         source: ft_log::pages::PageCodecError,
     },
@@ -28,9 +35,13 @@ pub enum ReplayError {
 /// Counters of a replay.
 #[derive(Debug, Default, Clone)]
 pub struct ReplayStats {
+    /// Synchronous exits that matched their logged record.
     pub exits_verified: u64,
+    /// Checkpoint deltas loaded into the machine.
     pub deltas_applied: u64,
+    /// Pages those deltas listed.
     pub delta_pages_applied: u64,
+    /// Divergences from the log found.
     pub divergences: u64,
     /// Exits the recorder made while the replayer, recovering from a divergence, skipped.
     pub exits_skipped: u64,
@@ -38,12 +49,15 @@ pub struct ReplayStats {
     pub frames_verified: u64,
 }
 
+/// Reads a log from a byte stream ahead of the replaying vCPU and keeps its counts.
 pub struct Replayer {
     source: Box<dyn Read + Send>,
     decoder: Decoder,
     ahead: VecDeque<(Entry, usize)>,
     eof: bool,
+    /// Entries and bytes taken off the log so far, by kind.
     pub log_stats: LogStats,
+    /// What the replay verified, applied and found diverged.
     pub stats: ReplayStats,
     /// A divergence was found: skip to the next delta.
     pub recovering: bool,
@@ -65,6 +79,8 @@ pub struct Replayer {
 }
 
 impl Replayer {
+    /// A replayer of the log file read from `source` (stream header first), without a copy
+    /// of memory: deltas are passed on as logged.
     pub fn new(source: Box<dyn Read + Send>) -> Self {
         crate::pagecheck::start(false);
         Self {
@@ -101,6 +117,7 @@ impl Replayer {
         }
     }
 
+    /// Whether the log is a primary's live log rather than a file.
     pub fn is_live(&self) -> bool {
         self.live
     }
@@ -116,6 +133,8 @@ impl Replayer {
         self.set_recovering(false);
     }
 
+    /// Start (`on`) or stop skipping to the next delta after a divergence; published to
+    /// the controller.
     pub fn set_recovering(&mut self, on: bool) {
         self.recovering = on;
         self.counters.recovering.store(on, Ordering::SeqCst);
@@ -184,6 +203,8 @@ impl Replayer {
         self.popped
     }
 
+    /// Take the next entry off the log (`None` at its end), decoding a delta's pages and
+    /// states.
     pub fn pop(&mut self) -> Result<Option<Entry>, ReplayError> {
         self.fill(1)?;
         let Some((mut e, size)) = self.ahead.pop_front() else {

@@ -21,51 +21,98 @@ use crate::clock::ClockMode;
 use crate::memory;
 use crate::state::VmState;
 
+/// The format name every manifest carries.
 pub const FORMAT: &str = "ftvm-snapshot";
+/// The snapshot format version this ftvm writes and reads.
 pub const VERSION: u32 = 1;
 const CHUNK: usize = 1 << 20;
 
+/// Why a snapshot could not be saved or loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
+    /// A file or directory operation failed.
     #[error("cannot {what} {path}")]
     Io {
+        /// The operation, as a verb ("create", "write", ...).
         what: &'static str,
+        /// The file or directory.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The manifest does not parse, is of another format, or describes a machine that
+    /// cannot be built here.
     #[error("{path} is not an ftvm snapshot manifest: {reason}")]
-    BadManifest { path: PathBuf, reason: String },
+    BadManifest {
+        /// Path of the manifest.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The snapshot has a format version this ftvm does not read.
     #[error("snapshot {path} has format version {found}; this ftvm reads version {VERSION}")]
-    Version { path: PathBuf, found: u32 },
+    Version {
+        /// Path of the manifest.
+        path: PathBuf,
+        /// The version it gives.
+        found: u32,
+    },
+    /// A file's length or CRC32 is not what the manifest says.
     #[error("{path} is corrupt: {what} (expected {expected:#x}, found {found:#x})")]
     Corrupt {
+        /// Path of the file.
         path: PathBuf,
+        /// Which check failed ("state length", "memory checksum", ...).
         what: &'static str,
+        /// The value the manifest gives.
         expected: u64,
+        /// The value the file has.
         found: u64,
     },
+    /// The state file does not parse or holds a state that fails validation (or, saving,
+    /// the state could not be serialised).
     #[error("{path} holds an invalid VM state: {reason}")]
-    BadState { path: PathBuf, reason: String },
+    BadState {
+        /// Path of the state file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Guest memory could not be read to save it.
     #[error("cannot read guest memory for the snapshot")]
     GuestMemory(#[from] vm_memory::GuestMemoryError),
+    /// The snapshot directory to save to already exists.
     #[error("{path} already exists; choose a new snapshot directory")]
-    Exists { path: PathBuf },
+    Exists {
+        /// The directory.
+        path: PathBuf,
+    },
 }
 
+/// Length and CRC32 of one of a snapshot's files.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FileSum {
+    /// Length of the file, in bytes.
     pub bytes: u64,
+    /// CRC32 of its contents.
     pub crc32: u32,
 }
 
+/// A snapshot's `manifest.json`: what the snapshot holds and how to check its files.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
+    /// Always [`FORMAT`].
     pub format: String,
+    /// The format version it was written with.
     pub version: u32,
+    /// Guest memory size, in MiB.
     pub mem_mib: u64,
+    /// How guest time advanced in the saved VM.
     pub clock: ClockMode,
+    /// Length and CRC32 of `state.json`.
     pub state: FileSum,
+    /// Length and CRC32 of `memory.bin`.
     pub memory: FileSum,
     /// The disk images attached when the snapshot was taken (path, mode, size, CRC32):
     /// a restore refuses any other image.
@@ -178,8 +225,11 @@ fn write_memory(
 
 /// A snapshot read back and checked, ready to be turned into a VM.
 pub struct Loaded {
+    /// The snapshot's manifest.
     pub manifest: Manifest,
+    /// The vCPU, device and clock state, validated.
     pub state: VmState,
+    /// Guest memory, filled from `memory.bin`.
     pub memory: GuestMemoryMmap,
 }
 

@@ -30,13 +30,20 @@ const XSAVE_WORDS: usize = 1024;
 /// XCR slots in `kvm_xcrs`.
 const MAX_XCRS: usize = 16;
 
+/// The saved state of the vCPU, as KVM reports it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VcpuState {
+    /// General-purpose registers, RIP and RFLAGS.
     pub regs: kvm_regs,
+    /// Segment, control and descriptor-table registers, EFER and APIC base.
     pub sregs: kvm_sregs,
+    /// x87 and SSE state.
     pub fpu: FpuState,
+    /// The [`SAVED_MSRS`] KVM returned: (index, value).
     pub msrs: Vec<(u32, u64)>,
+    /// Pending and injected exceptions and interrupts, NMI and interrupt-shadow state.
     pub events: kvm_vcpu_events,
+    /// Debug registers DR0-DR3, DR6 and DR7.
     pub debugregs: kvm_debugregs,
     /// The whole XSAVE area (KVM_GET_XSAVE), where KVM has it. KVM_GET_FPU holds only
     /// x87 and SSE, but a guest can use more than its kernel enabled: on hosts that run
@@ -51,6 +58,7 @@ pub struct VcpuState {
     pub xcrs: Option<Vec<(u32, u64)>>,
     /// Synchronous exits before this point.
     pub ordinal: u64,
+    /// Whether the vCPU was halted (HLT), waiting for an interrupt.
     pub halted: bool,
 }
 
@@ -63,6 +71,8 @@ fn set(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
 }
 
 impl VcpuState {
+    /// Read the state of the vCPU `fd`, which has made `ordinal` synchronous exits and is
+    /// `halted` or not.
     pub fn save(fd: &VcpuFd, ordinal: u64, halted: bool) -> Result<Self, VcpuError> {
         let entries: Vec<kvm_msr_entry> = SAVED_MSRS
             .iter()
@@ -181,14 +191,23 @@ impl VcpuState {
 /// The x87/SSE state (kvm_fpu has no serde support of its own).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FpuState {
+    /// The x87 registers ST0-ST7, 80 bits each in a 16-byte slot.
     pub fpr: [[u8; 16]; 8],
+    /// x87 control word.
     pub fcw: u16,
+    /// x87 status word.
     pub fsw: u16,
+    /// Abridged x87 tag word (one bit per register: in use or empty).
     pub ftwx: u8,
+    /// Opcode of the last x87 instruction.
     pub last_opcode: u16,
+    /// Address of the last x87 instruction.
     pub last_ip: u64,
+    /// Address of the last x87 instruction's memory operand.
     pub last_dp: u64,
+    /// The SSE registers XMM0-XMM15.
     pub xmm: [[u8; 16]; 16],
+    /// SSE control and status register.
     pub mxcsr: u32,
 }
 
@@ -228,8 +247,11 @@ impl From<&FpuState> for kvm_fpu {
 /// A whole paused VM apart from its memory.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmState {
+    /// The vCPU's registers and events.
     pub vcpu: VcpuState,
+    /// Every device's state and the console position.
     pub platform: crate::platform::PlatformState,
+    /// Guest virtual time, in nanoseconds.
     pub clock_ns: u64,
 }
 

@@ -2,10 +2,12 @@
 
 use std::fmt;
 
+/// Why the vCPU stopped for good.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum StopReason {
     /// The guest wrote to the system controller's power-off register.
     PowerOff {
+        /// The exit status the guest wrote.
         status: u32,
     },
     /// The guest asked the keyboard controller for a CPU reset (how Linux reboots with
@@ -13,34 +15,47 @@ pub enum StopReason {
     Reset,
     /// Three nested faults: the CPU shut down.
     TripleFault {
+        /// The guest's RIP at the shutdown.
         rip: u64,
     },
     /// HLT with interrupts disabled, or with nothing left that could ever wake it.
     HaltedForever {
+        /// The guest's RIP at the halt.
         rip: u64,
     },
     /// A port or address with no device behind it.
     UnknownIo {
+        /// The access: read or write, size, value written, port or address.
         what: String,
+        /// The guest's RIP at the access.
         rip: u64,
+        /// Ordinal the access would have had as a synchronous exit.
         ordinal: u64,
     },
     /// KVM could not emulate an instruction.
     EmulationFailure {
+        /// KVM's internal-error suberror (1: the emulator gave up).
         suberror: u32,
+        /// The guest's RIP at the instruction.
         rip: u64,
+        /// The extra data KVM reported with the error.
         data: Vec<u64>,
     },
+    /// KVM_RUN could not enter the guest (an invalid guest state, for example).
     EntryFailure {
+        /// The hardware's entry-failure reason.
         reason: u64,
     },
+    /// KVM returned an exit ftvm does not handle (described).
     UnexpectedExit(String),
+    /// A KVM ioctl failed while the vCPU ran (the error, described).
     Kvm(String),
     /// The VMM was told to stop (signal, Finish command), or a replay reached the end of
     /// its log.
     Finished,
     /// A log could not be written, or a replayed log is corrupt or ends early.
     Log(String),
+    /// ftvm itself failed (the vCPU thread panicked, for example).
     VmmBug(String),
 }
 

@@ -19,14 +19,19 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 /// KVM_INTERNAL_ERROR_EMULATION: the instruction emulator gave up.
 pub const SUBERROR_EMULATION: u32 = 1;
 
+/// Why a host-compatibility repair could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum CompatError {
+    /// A KVM ioctl the repair needed failed.
     #[error("cannot {what} (host-compatibility repair)")]
     Kvm {
+        /// What the repair was doing, as a verb phrase ("read registers").
         what: &'static str,
+        /// The ioctl's error.
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// Guest memory could not be registered with KVM again after its slots were removed.
     #[error("cannot register guest memory again (host-compatibility repair)")]
     Slots(#[from] crate::memory::MemoryError),
 }
@@ -38,15 +43,20 @@ pub(crate) fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Compa
 /// How often each repair ran.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CompatCounts {
+    /// INT3 instructions stepped over with #BP injected in their place.
     pub int3: u64,
+    /// INT n instructions (n other than 3) stepped over with their vector injected.
     pub int_n: u64,
+    /// FWAIT instructions skipped.
     pub fwait: u64,
+    /// SYSCALLs from CPL3 completed by hand ([`syscall`]).
     pub syscall: u64,
     /// Memory slots reloaded after the VMM rewrote guest memory ([`shadow_mmu`]).
     pub slot_reloads: u64,
 }
 
 impl CompatCounts {
+    /// Repairs of failed instructions (all but the slot reloads).
     pub fn total(&self) -> u64 {
         self.int3 + self.int_n + self.fwait + self.syscall
     }

@@ -201,6 +201,7 @@ impl Default for SyscallRepair {
 }
 
 impl SyscallRepair {
+    /// A repair that is idle until it first finds the guest's #PF handler.
     pub fn new() -> Self {
         Self {
             phase: Phase::Idle,

@@ -13,6 +13,8 @@ use std::sync::Mutex;
 /// Bytes per tracked chunk (and per chunk message of the transfer).
 pub const CHUNK: u64 = 64 * 1024;
 
+/// The set of [`CHUNK`]-sized chunks of an image written since tracking started or since
+/// they were last taken.
 #[derive(Debug, Default)]
 pub struct DirtyChunks {
     /// One bit per chunk while tracking; `None` while not.
@@ -27,6 +29,7 @@ impl DirtyChunks {
         *self.lock() = Some(vec![0; words]);
     }
 
+    /// Stop tracking and forget the marks.
     pub fn stop(&self) {
         *self.lock() = None;
     }

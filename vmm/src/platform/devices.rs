@@ -22,12 +22,17 @@ use crate::layout;
 
 /// What a device gets from the machine, whether it powers on or is restored.
 pub struct Wiring {
+    /// The guest's virtual time.
     pub clock: Arc<dyn Clock>,
+    /// The ISA interrupt lines devices raise and the PIC reads.
     pub irq_lines: Arc<IrqLines>,
+    /// Where the serial port writes, counting the bytes.
     pub console: SharedConsole,
 }
 
 impl Wiring {
+    /// Wiring around `clock` and the `console` writer, whose byte count is `position`;
+    /// every interrupt line low.
     pub fn new(clock: Arc<dyn Clock>, console: ConsoleOut, position: Arc<AtomicU64>) -> Self {
         Self {
             clock,
@@ -47,7 +52,9 @@ impl Wiring {
 
 /// What a freshly powered-on machine tells its devices.
 pub struct PowerOn {
+    /// Guest memory size, in MiB (the CMOS and the system controller report it).
     pub mem_mib: u64,
+    /// Wall-clock time the guest starts at, in Unix seconds (the CMOS clock's start).
     pub wall_clock_unix_secs: u64,
 }
 
@@ -66,6 +73,7 @@ pub trait PlatformDevice: BusDevice + Sized + 'static {
     fn power_on(wiring: &Wiring, power: &PowerOn) -> Self;
     /// The device from a saved state, which may come from a file or the network.
     fn restore(state: Self::State, wiring: &Wiring) -> Result<Self, StateError>;
+    /// The device's current state, to save.
     fn save(&self) -> Self::State;
 }
 
@@ -189,7 +197,8 @@ pub(crate) struct SavedPlatform {
     pci: Option<PciState>,
 }
 
-/// Generates, from one line per device (`field: Model => Kind`):
+/// Generates, from one line per device (`field: Model => Kind`, after doc comments that
+/// describe the device and document its [`DeviceKind`] variant):
 /// - [`DeviceKind`], naming each device, and [`DeviceState`], one device's saved state;
 /// - [`PlatformState`], every device's state, typed per device for the code that reads one
 ///   (the CMOS's wall-clock base, the PIC's pending vector), encoded as a [`SavedPlatform`]
@@ -197,13 +206,14 @@ pub(crate) struct SavedPlatform {
 /// - `Devices`, the platform's handles on the devices (shared with the buses), and
 ///   `Staged`, devices built and validated but not yet in place (all-or-nothing restore).
 macro_rules! device_table {
-    ($($field:ident: $model:ty => $kind:ident,)+) => {
+    ($($(#[doc = $doc:literal])* $field:ident: $model:ty => $kind:ident,)+) => {
         /// A device of the machine.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
         #[serde(rename_all = "snake_case")]
-        pub enum DeviceKind { $($kind,)+ }
+        pub enum DeviceKind { $($(#[doc = $doc])* $kind,)+ }
 
         impl DeviceKind {
+            /// Every device, in table order.
             pub const ALL: &'static [DeviceKind] = &[$(DeviceKind::$kind,)+];
         }
 
@@ -213,9 +223,15 @@ macro_rules! device_table {
         #[allow(clippy::large_enum_variant)]
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
         #[serde(rename_all = "snake_case")]
-        pub enum DeviceState { $($kind(<$model as PlatformDevice>::State),)+ }
+        pub enum DeviceState {
+            $(
+                #[doc = concat!("The state of the [`DeviceKind::", stringify!($kind), "`] device.")]
+                $kind(<$model as PlatformDevice>::State),
+            )+
+        }
 
         impl DeviceState {
+            /// The device this state belongs to.
             pub fn kind(&self) -> DeviceKind {
                 match self { $(DeviceState::$kind(_) => DeviceKind::$kind,)+ }
             }
@@ -225,7 +241,10 @@ macro_rules! device_table {
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
         #[serde(try_from = "SavedPlatform", into = "SavedPlatform")]
         pub struct PlatformState {
-            $(pub $field: <$model as PlatformDevice>::State,)+
+            $(
+                #[doc = concat!("The state of the [`DeviceKind::", stringify!($kind), "`] device.")]
+                pub $field: <$model as PlatformDevice>::State,
+            )+
             /// Bytes the guest has written to its console so far.
             pub console_bytes: u64,
             /// The PCI part, present exactly when the machine has disks.
@@ -324,11 +343,18 @@ macro_rules! device_table {
 }
 
 device_table! {
+    /// The 8259A interrupt controller pair (master and slave) and its ELCR registers.
     pic: Pic => Pic,
+    /// The 8254 interval timer (IRQ 0) and port 0x61.
     pit: Pit => Pit,
+    /// The real-time clock and CMOS RAM.
     cmos: Cmos => Cmos,
+    /// The 16550 UART at COM1 (IRQ 4): the guest's console.
     serial: Serial<SharedConsole> => Serial,
+    /// The 8042 keyboard controller (its reset line ends the VM on reboot).
     i8042: I8042 => I8042,
+    /// ftvm's system controller (MMIO): machine identification and power-off.
     sysctl: SysCtl => SysCtl,
+    /// The legacy port ranges with nothing behind them: read all ones, ignore writes.
     absent: AbsentPorts => AbsentPorts,
 }

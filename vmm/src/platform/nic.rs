@@ -18,7 +18,9 @@ pub(super) type NetFunction = VirtioPci<Net<NicSink>>;
 /// A NIC as the machine's configuration gives it.
 #[derive(Clone)]
 pub struct NicSetup {
+    /// The NIC's MAC address.
     pub mac: [u8; 6],
+    /// Where the frames the guest transmits go.
     pub sink: NicSink,
 }
 
@@ -26,7 +28,9 @@ pub struct NicSetup {
 /// running CRC32 of the frames the guest transmitted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NicDeviceState {
+    /// The virtio-pci function with its virtio-net device.
     pub function: VirtioPciState<NetState>,
+    /// Running CRC32 of the frames the guest transmitted.
     pub tx_crc: u32,
 }
 

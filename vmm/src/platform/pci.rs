@@ -35,20 +35,28 @@ pub const PCI_IRQ: u8 = 10;
 
 type BlockFunction = VirtioPci<Block<FileBackend>>;
 
+/// Why the PCI part of the platform could not be built or restored.
 #[derive(Debug, thiserror::Error)]
 pub enum PciSetupError {
+    /// The bus could not be created or refused a function.
     #[error("cannot set up the PCI bus: {0}")]
     Pci(#[from] ftvm_devices::pci::PciError),
+    /// The virtio-net function could not be created.
     #[error("cannot create the virtio-net function: {0}")]
     Net(#[source] VirtioError),
+    /// A virtio-blk function could not be created.
     #[error("cannot create virtio-blk function {index}: {source}")]
     Virtio {
+        /// Index of the disk (its order among `--disk`s).
         index: usize,
+        /// The device's error.
         #[source]
         source: ftvm_devices::virtio::VirtioError,
     },
+    /// No interrupt source was left on the PCI line for the function with this index.
     #[error("no free interrupt source for PCI function {0}")]
     NoIrqSource(usize),
+    /// The second view of guest memory that devices write through could not be made.
     #[error("cannot map guest memory for device writes: {0}")]
     Dma(String),
 }
@@ -56,28 +64,37 @@ pub enum PciSetupError {
 /// A disk as the machine's configuration gives it.
 #[derive(Clone)]
 pub struct DiskBackend {
+    /// The opened image file.
     pub backend: FileBackend,
+    /// Whether the guest sees the disk as read-only.
     pub read_only: bool,
 }
 
 /// What the platform needs to build its PCI part.
 pub struct PciSetup {
+    /// One virtio-blk function per disk, in this order.
     pub disks: Vec<DiskBackend>,
+    /// The virtio-net function, if the machine has a NIC.
     pub nic: Option<NicSetup>,
+    /// Guest memory, which the devices read and write.
     pub memory: GuestMemoryMmap,
 }
 
 /// One disk's saved device: the virtio-pci function and the backend's running CRC.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DiskDeviceState {
+    /// The virtio-pci function with its virtio-blk device.
     pub function: VirtioPciState<BlockState>,
+    /// The backend's running CRC32 of the guest's disk I/O.
     pub io_crc: u32,
 }
 
 /// The saved PCI part: the bus's registers and each function, in device-number order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PciState {
+    /// The bus's own registers (configuration address, host bridge).
     pub bus: PciBusState,
+    /// Each disk's function, in device order.
     pub disks: Vec<DiskDeviceState>,
     /// The NIC, on a machine with one (absent from states saved before NICs existed).
     #[serde(default)]
@@ -106,6 +123,8 @@ impl Disk {
     }
 }
 
+/// The live PCI part: the bus, its disk and NIC functions, and the view of guest memory
+/// they write through.
 pub struct Pci {
     bus: Arc<Mutex<PciBus>>,
     disks: Vec<Disk>,
@@ -165,6 +184,7 @@ impl Pci {
         })
     }
 
+    /// How many virtio-blk functions the bus has.
     pub fn disk_count(&self) -> usize {
         self.disks.len()
     }
@@ -187,6 +207,7 @@ impl Pci {
         Some(self.nic.as_ref()?.deliver(&self.dma, frame))
     }
 
+    /// The bus's and every function's state, to save.
     pub fn state(&self) -> PciState {
         PciState {
             bus: lock(&self.bus).state(),

@@ -107,6 +107,7 @@ impl VcpuHandle {
         }
     }
 
+    /// Tell the thread to run the guest; does not wait for it to confirm.
     pub fn resume(&self) {
         self.send(VcpuCommand::Resume);
     }

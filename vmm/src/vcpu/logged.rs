@@ -28,16 +28,22 @@ use crate::stop::StopReason;
 /// What the vCPU does with its log: records into it, replays from it, or neither (opened
 /// from a [`crate::machine::LogStream`]; the controller can switch it while paused).
 pub enum LogMode {
+    /// No log.
     Off,
+    /// Record into this recorder's log.
     Record(Box<Recorder>),
+    /// Replay from this replayer's log.
     Replay(Box<Replayer>),
 }
 
 /// What a run that logged or replayed reports at the end.
 #[derive(Debug, Clone)]
 pub struct LogReport {
+    /// Whether the run recorded (rather than replayed).
     pub recording: bool,
+    /// Entries and bytes written or read, by kind.
     pub stats: LogStats,
+    /// What the replay verified and applied (replay only).
     pub replay: Option<ReplayStats>,
     /// Digest of our final state.
     pub digest: Option<Digest>,
@@ -45,6 +51,8 @@ pub struct LogReport {
     pub recorded_digest: Option<Digest>,
     /// Guest time the run covered.
     pub guest_ns: u64,
+    /// What went wrong finishing the log (writing its end, reading the rest of it, or a
+    /// mismatch at its end), if anything.
     pub problem: Option<String>,
 }
 

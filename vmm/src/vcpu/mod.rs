@@ -36,7 +36,9 @@ pub use logged::{LogMode, LogReport};
 
 /// Commands the controller sends to the vCPU thread.
 pub enum VcpuCommand {
+    /// Run the guest (if paused).
     Resume,
+    /// Pause at the next exit (if running).
     Pause,
     /// Save the vCPU and device state; answered only while paused.
     SaveState(Sender<Result<crate::state::VmState, VcpuError>>),
@@ -50,45 +52,66 @@ pub enum VcpuCommand {
 /// What the vCPU thread reports back.
 #[derive(Debug)]
 pub enum VcpuEvent {
+    /// The thread started running the guest.
     Resumed,
+    /// The thread paused and takes commands only.
     Paused,
     /// The thread has ended; the report follows from `join`.
     Stopped(StopReason),
     /// A live backup replayed all of its primary's log and now runs the guest live.
     WentLive {
+        /// Exit ordinal at which the guest went live.
         ordinal: u64,
+        /// What the replay of the primary's log verified and applied.
         replay: crate::replay::ReplayStats,
     },
 }
 
+/// Why the vCPU thread could not start, or could not carry out a command.
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
+    /// A command that needs a paused vCPU came while it was running.
     #[error("the vCPU must be paused to save its state")]
     NotPaused,
+    /// The thread has already stopped, for this reason.
     #[error("the vCPU thread has stopped: {0}")]
     Stopped(StopReason),
+    /// The thread did not confirm a pause within this time.
     #[error("the vCPU did not pause within {0:?}")]
     PauseTimeout(Duration),
+    /// KVM could not report part of the vCPU's state.
     #[error("cannot read the vCPU's {what}")]
     Get {
+        /// Which state ("registers", "MSRs", ...).
         what: &'static str,
+        /// The ioctl's error.
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// KVM refused part of a vCPU state being loaded.
     #[error("cannot load the vCPU's {what}")]
     Set {
+        /// Which state ("registers", "MSRs", ...).
         what: &'static str,
+        /// The ioctl's error.
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// The run that completes the last exit's I/O inside KVM failed.
     #[error("cannot complete the vCPU's last exit")]
     Settle(#[source] kvm_ioctls::Error),
+    /// KVM's MSR list could not be built for this many MSRs.
     #[error("cannot build KVM's list of {0} MSRs")]
     MsrList(usize),
+    /// The devices could not be loaded from a state, or the vCPU made another exit while
+    /// its last I/O completed.
     #[error("cannot reload the devices: {0}")]
     Restore(String),
+    /// The vCPU or kicker thread could not be started.
     #[error("cannot start the vCPU thread")]
     Spawn(#[source] std::io::Error),
+    /// The handler for the signal that kicks the vCPU out of KVM_RUN could not be
+    /// installed.
     #[error("cannot install the vCPU kick signal handler")]
     Signal(#[source] vmm_sys_util::errno::Error),
 }
@@ -96,11 +119,17 @@ pub enum VcpuError {
 /// Counters the vCPU keeps over a run.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct VcpuMetrics {
+    /// Port reads handled.
     pub pio_in: u64,
+    /// Port writes handled.
     pub pio_out: u64,
+    /// MMIO reads handled.
     pub mmio_read: u64,
+    /// MMIO writes handled.
     pub mmio_write: u64,
+    /// HLT exits.
     pub hlt: u64,
+    /// Interrupts injected into the guest.
     pub interrupts_injected: u64,
     /// Emulation failures repaired by the host-compatibility module (synchronous exits).
     pub compat: crate::compat::CompatCounts,
@@ -113,10 +142,13 @@ pub struct VcpuMetrics {
 /// What a finished vCPU thread hands back.
 #[derive(Debug)]
 pub struct VcpuReport {
+    /// Why the vCPU stopped.
     pub stop: StopReason,
     /// Record/replay results, when the run logged or replayed.
     pub log: Option<LogReport>,
+    /// Synchronous exits at the stop, counted from the machine's start.
     pub ordinal: u64,
+    /// The run's counters.
     pub metrics: VcpuMetrics,
 }
 
@@ -188,6 +220,7 @@ fn value_of(data: &[u8]) -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// Everything a vCPU thread is started with (see [`VcpuHandle::spawn`]).
 pub struct VcpuParts {
     /// See `Vcpu::live_input`.
     pub live_input: Option<Receiver<Vec<u8>>>,
@@ -195,6 +228,7 @@ pub struct VcpuParts {
     pub delta_request: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// See `Vcpu::exit_ordinal`.
     pub exit_ordinal: Arc<std::sync::atomic::AtomicU64>,
+    /// Whether the vCPU records, replays or neither.
     pub log: LogMode,
     /// How long an event may wait for a synchronous exit before the vCPU is kicked
     /// (None: never kick, as in the deterministic `exits` clock).
@@ -204,16 +238,23 @@ pub struct VcpuParts {
     pub pause_request: Arc<std::sync::atomic::AtomicBool>,
     /// Present when this host needs the SYSCALL-from-user repair.
     pub syscall_repair: Option<crate::compat::syscall::SyscallRepair>,
+    /// The KVM vCPU.
     pub fd: VcpuFd,
     /// To make KVM forget translations after guest memory was rewritten.
     pub memory_slots: crate::memory::MemorySlots,
+    /// Guest memory.
     pub memory: vm_memory::GuestMemoryMmap,
+    /// The devices and buses exits are routed to.
     pub platform: Platform,
+    /// The guest's virtual time.
     pub clock: Arc<VmClock>,
+    /// Bytes for the guest's serial input, if any.
     pub input_rx: Option<Receiver<Vec<u8>>>,
+    /// Where to write a line per synchronous exit and injected interrupt (`--trace-exits`).
     pub trace: Option<Box<dyn Write + Send>>,
     /// Where a restored VM continues from (0 and not halted for a fresh boot).
     pub ordinal: u64,
+    /// Whether the vCPU starts halted (see `ordinal`).
     pub halted: bool,
     /// Received frames (run and record with a NIC on a TAP).
     pub net_rx: Option<Arc<crate::net::rx::RxQueue>>,
