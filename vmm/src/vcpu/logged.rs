@@ -18,6 +18,7 @@ use std::collections::VecDeque;
 use ft_log::{Digest, Entry, ExitKind, ExitRecord, LogStats};
 use ftvm_devices::Clock;
 
+use super::record_core::{self, Point, Record};
 use super::replay_core::{self, ExitCheck};
 use super::{SyncExit, Vcpu};
 use crate::clock::VmClock;
@@ -103,12 +104,22 @@ impl Vcpu {
         matches!(self.log, LogMode::Replay(_))
     }
 
-    /// Log an entry when recording; a failure stops the VM at the next step.
-    fn record_entry(&mut self, entry: impl FnOnce(u64) -> Entry) {
-        if let LogMode::Record(rec) = &mut self.log {
-            if let Err(e) = rec.log(&entry(self.ordinal)) {
-                self.log_failure = Some(log_failed(e));
+    /// When recording, carry out the recorder core's decision for `point` (built only
+    /// then): write its entry or take its delta. A failure stops the VM at the next step.
+    fn record(&mut self, point: impl FnOnce(&Self) -> Point) {
+        if !matches!(self.log, LogMode::Record(_)) {
+            return;
+        }
+        match record_core::decide(point(self)) {
+            Record::Nothing => {}
+            Record::Log(entry) => {
+                if let LogMode::Record(rec) = &mut self.log {
+                    if let Err(e) = rec.log(&entry) {
+                        self.log_failure = Some(log_failed(e));
+                    }
+                }
             }
+            Record::Delta { full } => self.record_delta(full),
         }
     }
 
@@ -120,7 +131,10 @@ impl Vcpu {
         let mine = exit.record(self.ordinal, self.clock.now_ns(), self.rip());
         match &mut self.log {
             LogMode::Off => None,
-            LogMode::Record(rec) => rec.log(&Entry::Exit(mine)).err().map(log_failed),
+            LogMode::Record(_) => {
+                self.record(|_| Point::Exit(mine));
+                self.log_failure.take()
+            }
             LogMode::Replay(r) => {
                 match replay_core::check_exit(r.as_mut(), &mine) {
                     Err(e) => return Some(log_failed(e)),
@@ -160,17 +174,19 @@ impl Vcpu {
                 self.input.extend(bytes);
             }
         }
-        let moved = self.platform.feed_serial(&mut self.input);
-        if !moved.is_empty() {
-            self.record_entry(|ordinal| Entry::SerialInput {
-                ordinal,
-                bytes: moved,
-            });
-        }
+        let bytes = self.platform.feed_serial(&mut self.input);
+        self.record(|v| Point::SerialMoved {
+            ordinal: v.ordinal,
+            bytes,
+        });
     }
 
+    /// Interrupt `vector` was injected at this point.
     pub(super) fn log_interrupt(&mut self, vector: u8) {
-        self.record_entry(|ordinal| Entry::Interrupt { ordinal, vector });
+        self.record(|v| Point::Injected {
+            ordinal: v.ordinal,
+            vector,
+        });
     }
 
     /// Recording, halted vCPU woke up: freeze and log the new time.
@@ -179,13 +195,12 @@ impl Vcpu {
             return;
         }
         let t = self.clock.freeze_now();
-        if t != self.last_logged_time {
-            self.last_logged_time = t;
-            self.record_entry(|ordinal| Entry::TimeSample {
-                ordinal,
-                time_ns: t,
-            });
-        }
+        self.record(|v| Point::Woke {
+            ordinal: v.ordinal,
+            now_ns: t,
+            last_logged_ns: v.last_logged_time,
+        });
+        self.last_logged_time = t;
     }
 
     /// Recording, asked (by a backup that diverged) for a checkpoint delta: take one at
@@ -196,24 +211,21 @@ impl Vcpu {
             .as_ref()
             .is_some_and(|r| r.swap(false, std::sync::atomic::Ordering::SeqCst));
         if asked && matches!(self.log, LogMode::Record(_)) {
-            // Full: the backup also needs back the pages it wrote while diverged.
             tracing::info!(
                 ordinal = self.ordinal,
                 "the backup diverged: full checkpoint"
             );
-            self.record_delta(true);
+            self.record(|_| Point::CheckpointAsked);
         }
     }
 
     /// Recording, kicked vCPU about to get an event: log a checkpoint delta first.
     pub(super) fn record_kick_delta(&mut self) {
-        self.record_delta(false);
+        self.record(|_| Point::Kicked);
     }
 
+    /// Take a checkpoint delta at this point and log it (the recorder core decided so).
     fn record_delta(&mut self, full: bool) {
-        if !matches!(self.log, LogMode::Record(_)) {
-            return;
-        }
         if let Err(e) = self.settle() {
             self.log_failure = Some(log_failed(e));
             return;

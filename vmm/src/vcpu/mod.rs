@@ -25,6 +25,7 @@ mod guest_context;
 mod handle;
 mod logged;
 mod net_input;
+mod record_core;
 mod replay_core;
 mod replaying;
 mod thread;
