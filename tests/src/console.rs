@@ -9,6 +9,7 @@ use std::process::{ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// A VMM with its guest console on pipes: a test types lines in and reads the output.
 pub struct ConsoleVmm {
     vmm: Vmm,
     stdin: Option<ChildStdin>,
@@ -64,6 +65,7 @@ impl ConsoleVmm {
             .replace("\r\n", "\n")
     }
 
+    /// What the VMM itself has written to stderr so far.
     pub fn stderr(&self) -> String {
         self.vmm.stderr()
     }

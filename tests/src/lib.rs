@@ -7,6 +7,9 @@
 //! parallel; the hosts are removed when the [`Hosts`] value is dropped, even on failure.
 //! Needs root (namespaces) and /dev/kvm; without them the tests fail loudly.
 
+// The public API is documented, and CI's clippy (-D warnings) keeps it so.
+#![warn(missing_docs)]
+
 pub mod capture;
 pub mod console;
 pub mod stock;
@@ -41,6 +44,7 @@ pub fn ftvm_command() -> Command {
     Command::new(ftvm_binary())
 }
 
+/// The ELF of the tiny test guest called `name` (`ftvm-test-guests`); panics if none.
 pub fn guest(name: &str) -> &'static str {
     ftvm_test_guests::guest(name).unwrap_or_else(|| panic!("no tiny guest called {name}"))
 }
@@ -64,10 +68,13 @@ pub const PAIR_PEER_TIMEOUT_MS: &str = "300";
 
 /// One set of simulated hosts (`scripts/hosts.sh up NAME`), removed on drop.
 pub struct Hosts {
+    /// The set's name, `e2e<pid>-<tag>`: its namespaces are `<name>-<host>`, its files
+    /// in `/tmp/<name>`.
     pub name: String,
 }
 
 impl Hosts {
+    /// Makes a new set named after this process and `tag`; panics if that fails.
     pub fn up(tag: &str) -> Self {
         let name = format!("e2e{}-{tag}", std::process::id());
         let hosts = Self { name };
@@ -106,6 +113,7 @@ impl Hosts {
         self.script_host("cut", host);
     }
 
+    /// Plug a host's cable back in.
     pub fn heal(&self, host: &str) {
         self.script_host("heal", host);
     }
@@ -234,6 +242,7 @@ fn run_with_deadline(mut cmd: Command, limit: Duration) -> (bool, String) {
 
 /// A VMM process on a simulated host.
 pub struct Vmm {
+    /// The VMM's process.
     pub child: Child,
     stderr: Arc<Mutex<String>>,
 }
@@ -264,6 +273,7 @@ impl Vmm {
         Some(status.code().unwrap_or(-1))
     }
 
+    /// What it has written to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr
             .lock()
@@ -323,7 +333,9 @@ impl Watched for Vmm {
 
 /// A process a test waits on: whether it has ended, and what it said so far.
 pub trait Watched {
+    /// Its exit status once it has ended (-1 for a signal), without waiting.
     fn ended(&mut self) -> Option<i32>;
+    /// What it has said so far, shown when a wait fails.
     fn said(&self) -> String;
 }
 

@@ -26,7 +26,9 @@ pub const SEED_TEXT: &str = "seeded-by-mkfs";
 /// `/dev/vdb` (ext4 holding `seed.txt`, attached read-only).
 #[derive(Clone, Debug)]
 pub struct StockDisks {
+    /// The writable ext4 data disk, `/dev/vda` in the guest.
     pub data: PathBuf,
+    /// The disk holding `seed.txt`, attached read-only as `/dev/vdb`.
     pub read_only: PathBuf,
 }
 

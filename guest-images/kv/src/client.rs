@@ -14,12 +14,23 @@ use crate::protocol::{ClientOp, ErrorCode, Op, Request, Response, View, ViewRepl
 /// Errors of client operations.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// No primary answered within [`ClerkConfig::op_timeout`] (the duration carried).
     #[error("gave up after {0:?}: no primary answered")]
     Timeout(Duration),
+    /// The server called refused the operation for good (too large, malformed, or no room for a
+    /// new writer): retrying would not help.
     #[error("the server refused the request ({code:?}): {detail}")]
-    Refused { code: ErrorCode, detail: String },
+    Refused {
+        /// Why it was refused.
+        code: ErrorCode,
+        /// The server's explanation.
+        detail: String,
+    },
+    /// An answer of the wrong kind for the request (shown in debug form).
     #[error("unexpected answer: {0}")]
     Unexpected(String),
+    /// A call to the view service failed ([`get_view`], [`Clerk::view`]; operations retry
+    /// instead).
     #[error(transparent)]
     Net(#[from] NetError),
 }
@@ -27,6 +38,7 @@ pub enum ClientError {
 /// Client settings.
 #[derive(Clone, Debug)]
 pub struct ClerkConfig {
+    /// The view service's address (`IP:PORT`).
     pub vs: String,
     /// Timeout of one call.
     pub rpc_timeout: Duration,
@@ -34,10 +46,13 @@ pub struct ClerkConfig {
     pub retry_interval: Duration,
     /// Give up an operation after this long (`None`: retry forever).
     pub op_timeout: Option<Duration>,
+    /// Faults injected into this client's calls (for tests).
     pub faults: Arc<Faults>,
 }
 
 impl ClerkConfig {
+    /// Settings for the view service at `vs`: 1 s call timeout, 20 ms between attempts,
+    /// giving up after 10 s, no faults.
     pub fn new(vs: impl Into<String>) -> ClerkConfig {
         ClerkConfig {
             vs: vs.into(),
@@ -80,6 +95,7 @@ pub struct Clerk {
 }
 
 impl Clerk {
+    /// A clerk with a random client id.
     pub fn new(config: ClerkConfig) -> Clerk {
         Clerk::with_id(config, random_u64())
     }
@@ -96,6 +112,7 @@ impl Clerk {
         }
     }
 
+    /// This client's id, the first half of its operations' unique ids.
     pub fn id(&self) -> u64 {
         self.id
     }
@@ -105,6 +122,7 @@ impl Clerk {
         Ok(get_view(&self.caller, &self.config.vs)?.view)
     }
 
+    /// The value of `key` ("" if missing), retrying until a primary answers.
     pub fn get(&mut self, key: &str) -> Result<String, ClientError> {
         match self.run(Op::Get {
             key: key.to_string(),
@@ -114,6 +132,7 @@ impl Clerk {
         }
     }
 
+    /// Sets `key` to `value`, retrying until a primary answers; applied at most once.
     pub fn put(&mut self, key: &str, value: &str) -> Result<(), ClientError> {
         self.write(Op::Put {
             key: key.to_string(),
@@ -121,6 +140,8 @@ impl Clerk {
         })
     }
 
+    /// Adds `value` to the end of `key`'s value (missing: ""), retrying until a primary
+    /// answers; applied at most once.
     pub fn append(&mut self, key: &str, value: &str) -> Result<(), ClientError> {
         self.write(Op::Append {
             key: key.to_string(),

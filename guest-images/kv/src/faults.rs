@@ -15,8 +15,11 @@ use std::sync::{Mutex, MutexGuard};
 /// What happens to one incoming request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fate {
+    /// Handle it and send the reply.
     Serve,
+    /// Close the connection without handling it.
     DropRequest,
+    /// Handle it, then close the connection instead of replying.
     DropReply,
 }
 
@@ -83,6 +86,7 @@ impl Faults {
         self.config().blocked.insert(addr.to_string());
     }
 
+    /// Lets outgoing calls to `addr` through again.
     pub fn unblock(&self, addr: &str) {
         self.config().blocked.remove(addr);
     }
@@ -93,10 +97,12 @@ impl Faults {
         self.set_unreachable(false);
     }
 
+    /// Whether this node is unreachable ([`Faults::set_unreachable`]).
     pub fn is_unreachable(&self) -> bool {
         self.unreachable.load(Ordering::SeqCst)
     }
 
+    /// Whether outgoing calls to `addr` are blocked.
     pub fn is_blocked(&self, addr: &str) -> bool {
         self.config().blocked.contains(addr)
     }

@@ -21,16 +21,23 @@ pub const MAX_FRAME: usize = 16 << 20;
 /// Errors of the framing and encoding layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
+    /// The peer closed the connection cleanly before a frame began.
     #[error("connection closed")]
     Closed,
+    /// A payload, announced or to be sent, is over [`MAX_FRAME`] (its length in bytes).
     #[error("frame of {0} bytes exceeds the maximum of {MAX_FRAME}")]
     TooLarge(usize),
+    /// Reading or writing failed: a connection closed mid-frame, a timeout before a frame
+    /// began, a reset.
     #[error("i/o error")]
     Io(#[from] io::Error),
+    /// A payload is not exactly one valid message (the decoder's explanation).
     #[error("cannot decode message: {0}")]
     Decode(String),
+    /// A message could not be encoded (the encoder's explanation).
     #[error("cannot encode message: {0}")]
     Encode(String),
+    /// A frame begun in [`read_frame_within`] did not complete within its limit (carried).
     #[error("frame not complete within {0:?} of its first byte")]
     Deadline(Duration),
 }

@@ -96,9 +96,19 @@ pub enum Step {
     Reply(Response),
     /// Send this state transfer to the backup, report the answer with
     /// [`KvCore::transfer_done`], then start the request again.
-    Transfer { to: String, request: Request },
+    Transfer {
+        /// The backup's name (address).
+        to: String,
+        /// The `Request::Transfer` to send it.
+        request: Request,
+    },
     /// Send this forward to the backup and report the answer with [`KvCore::finish_client`].
-    Forward { to: String, request: Request },
+    Forward {
+        /// The backup's name (address).
+        to: String,
+        /// The `Request::Forward` to send it.
+        request: Request,
+    },
 }
 
 /// One key/value server's state.
@@ -124,6 +134,7 @@ pub struct KvCore {
 }
 
 impl KvCore {
+    /// A server named `me` (its address in views), knowing no view and holding no state.
     pub fn new(me: impl Into<String>) -> KvCore {
         KvCore {
             me: me.into(),
@@ -139,18 +150,22 @@ impl KvCore {
         }
     }
 
+    /// This server's name in views.
     pub fn me(&self) -> &str {
         &self.me
     }
 
+    /// The latest view learned from the view service.
     pub fn view(&self) -> &View {
         &self.view
     }
 
+    /// The store; valid only in the view that [`ServerStatus::state_view`] names.
     pub fn store(&self) -> &Store {
         &self.store
     }
 
+    /// What this server says about itself, the answer to `Request::Status`.
     pub fn status(&self) -> ServerStatus {
         ServerStatus {
             me: self.me.clone(),

@@ -10,6 +10,9 @@
 //! - [`linearizability`]: a checker for recorded client histories, and [`workload`]: the
 //!   concurrent Get/Put/Append clients whose histories it checks.
 
+// The public API is documented, and CI's clippy (-D warnings) keeps it so.
+#![warn(missing_docs)]
+
 pub mod client;
 pub mod faults;
 pub mod frame;

@@ -14,16 +14,22 @@ use std::collections::{BTreeMap, HashSet};
 /// What an operation did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
+    /// A read (its result is [`Operation::output`]).
     Get,
+    /// A Put of this value.
     Put(String),
+    /// An Append of this text.
     Append(String),
 }
 
 /// One operation of a history.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Operation {
+    /// The client that ran it.
     pub client: u64,
+    /// The key it worked on.
     pub key: String,
+    /// What it did.
     pub input: Input,
     /// The value a completed Get returned.
     pub output: Option<String>,
@@ -37,10 +43,22 @@ pub struct Operation {
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CheckError {
     #[error("history of key {key:?} is not linearizable ({ops} operations)")]
-    NotLinearizable { key: String, ops: usize },
+    /// No order of one key's operations fits both real time and the register's semantics.
+    NotLinearizable {
+        /// The key whose history fails.
+        key: String,
+        /// How many operations that key's history has.
+        ops: usize,
+    },
     #[error("history of key {key:?} is too hard to check within the search budget")]
-    Budget { key: String },
+    /// Checking one key's history took more than [`STEP_BUDGET`] search steps.
+    Budget {
+        /// The key given up on.
+        key: String,
+    },
     #[error("malformed history: {0}")]
+    /// An operation returns before it is invoked, or a completed Get has no output (what
+    /// is wrong, with the operation).
     Malformed(String),
 }
 

@@ -30,13 +30,19 @@ pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Errors of a call.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
+    /// The address is not a numeric `IP:PORT` (the address given).
     #[error("bad address {0:?} (expected a numeric IP:PORT)")]
     BadAddress(String),
+    /// Injected faults block calls to this address, or make the caller unreachable.
     #[error("{0} is unreachable (injected partition)")]
     Blocked(String),
+    /// Connecting, sending or receiving the answer failed: the request may or may not have
+    /// been handled.
     #[error("call to {addr} failed")]
     Call {
+        /// The address called.
         addr: String,
+        /// What failed.
         #[source]
         source: ProtocolError,
     },
@@ -57,6 +63,8 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Calls under `faults`, each step of a call (connect, send, answer begins, rest of
+    /// the answer) limited to `timeout`.
     pub fn new(faults: Arc<Faults>, timeout: Duration) -> Caller {
         Caller {
             faults,
@@ -65,10 +73,12 @@ impl Caller {
         }
     }
 
+    /// The faults applied to this caller's calls.
     pub fn faults(&self) -> &Arc<Faults> {
         &self.faults
     }
 
+    /// The limit on each step of a call.
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
@@ -210,6 +220,7 @@ impl Server {
         })
     }
 
+    /// The address listened on (with the actual port when 0 was asked).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -239,6 +250,7 @@ impl Server {
         }
     }
 
+    /// Whether [`Server::stop`] has been called.
     pub fn is_stopped(&self) -> bool {
         self.shared.stopped.load(Ordering::SeqCst)
     }
@@ -368,11 +380,13 @@ pub struct StopSignal {
 }
 
 impl StopSignal {
+    /// Sets the flag and wakes every sleeper.
     pub fn stop(&self) {
         *self.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.cv.notify_all();
     }
 
+    /// Whether [`StopSignal::stop`] has been called.
     pub fn is_stopped(&self) -> bool {
         *self.stopped.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -35,16 +35,21 @@ pub const MAX_CLIENTS: usize = 10_000;
 /// view 0 is "no view yet".
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct View {
+    /// View number, counting from 1; 0 means no view yet.
     pub num: u64,
+    /// The primary's name (its `IP:PORT` address), if any.
     pub primary: Option<String>,
+    /// The backup's name (its `IP:PORT` address), if any.
     pub backup: Option<String>,
 }
 
 impl View {
+    /// Whether `server` is this view's primary.
     pub fn is_primary(&self, server: &str) -> bool {
         self.primary.as_deref() == Some(server)
     }
 
+    /// Whether `server` is this view's backup.
     pub fn is_backup(&self, server: &str) -> bool {
         self.backup.as_deref() == Some(server)
     }
@@ -65,6 +70,7 @@ impl std::fmt::Display for View {
 /// The view service's answer to a ping or a view query.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ViewReply {
+    /// The view service's current view.
     pub view: View,
     /// Whether the primary of `view` has acknowledged it.
     pub acked: bool,
@@ -73,18 +79,36 @@ pub struct ViewReply {
 /// A key/value operation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    Get { key: String },
-    Put { key: String, value: String },
-    Append { key: String, value: String },
+    /// Read a key's value ("" for a missing key).
+    Get {
+        /// The key to read.
+        key: String,
+    },
+    /// Set a key's value.
+    Put {
+        /// The key to set.
+        key: String,
+        /// Its new value.
+        value: String,
+    },
+    /// Add to the end of a key's value (a missing key counts as "").
+    Append {
+        /// The key whose value grows.
+        key: String,
+        /// The text added at its end.
+        value: String,
+    },
 }
 
 impl Op {
+    /// The key the operation works on.
     pub fn key(&self) -> &str {
         match self {
             Op::Get { key } | Op::Put { key, .. } | Op::Append { key, .. } => key,
         }
     }
 
+    /// Whether it changes the store (a Put or an Append).
     pub fn is_write(&self) -> bool {
         !matches!(self, Op::Get { .. })
     }
@@ -95,8 +119,11 @@ impl Op {
 /// client's last write.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientOp {
+    /// The client's id (random, one per clerk).
     pub client: u64,
+    /// The client's number for this operation, counting from 1.
     pub seq: u64,
+    /// The operation itself.
     pub op: Op,
 }
 
@@ -112,7 +139,9 @@ pub enum OpResult {
 /// A client's last applied write and its result (the at-most-once table).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastWrite {
+    /// The client's number for that write ([`ClientOp::seq`]).
     pub seq: u64,
+    /// What it returned, answered again to a retry.
     pub result: OpResult,
 }
 
@@ -122,8 +151,10 @@ pub struct LastWrite {
 /// accepted - see [`unique_keys`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
+    /// Every key with its value.
     #[serde(deserialize_with = "unique_keys::deserialize")]
     pub data: BTreeMap<String, String>,
+    /// The at-most-once table: each client id's last applied write.
     #[serde(deserialize_with = "unique_keys::deserialize")]
     pub last: BTreeMap<u64, LastWrite>,
 }
@@ -162,6 +193,7 @@ pub mod unique_keys {
         }
     }
 
+    /// Deserializes a map, failing if a key appears twice (for `#[serde(deserialize_with)]`).
     pub fn deserialize<'de, D, K, V>(d: D) -> Result<BTreeMap<K, V>, D::Error>
     where
         D: Deserializer<'de>,
@@ -175,12 +207,17 @@ pub mod unique_keys {
 /// What a key/value server says about itself (for tests and humans).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerStatus {
+    /// The server's name in views (its advertised address).
     pub me: String,
+    /// The latest view the server has learned from the view service.
     pub view: View,
+    /// Whether the view service reported that view acknowledged by its primary.
     pub view_acked: bool,
     /// The view in which this server's store is valid, if any.
     pub state_view: Option<u64>,
+    /// As primary: whether the backup of the view holds this server's state.
     pub backup_synced: bool,
+    /// Number of keys in the server's store.
     pub keys: u64,
 }
 
@@ -188,7 +225,12 @@ pub struct ServerStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Server -> view service: "I am alive and have completed view `viewnum`" (0: I restarted).
-    Ping { server: String, viewnum: u64 },
+    Ping {
+        /// The pinging server's name (its `IP:PORT` address).
+        server: String,
+        /// The view it has completed (0: it restarted).
+        viewnum: u64,
+    },
     /// Anyone -> view service: what is the current view?
     GetView,
     /// Client -> primary.
@@ -196,16 +238,24 @@ pub enum Request {
     /// Primary -> backup: apply (or, for a Get, confirm) this operation in view `view`.
     /// `msg_seq` orders the primary's messages within a view.
     Forward {
+        /// The view the primary is serving in.
         view: u64,
+        /// The primary's name.
         from: String,
+        /// The primary's number for this message; it numbers its messages one by one.
         msg_seq: u64,
+        /// The client's operation.
         op: ClientOp,
     },
     /// Primary -> backup: replace your whole state by this snapshot (view `view`).
     Transfer {
+        /// The view the primary is serving in.
         view: u64,
+        /// The primary's name.
         from: String,
+        /// The primary's number for this message to its backup (see `Forward`).
         msg_seq: u64,
+        /// The primary's whole state.
         snapshot: Snapshot,
     },
     /// Anyone -> key/value server: describe yourself.
@@ -215,18 +265,25 @@ pub enum Request {
 /// Every response of the system.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
+    /// The view service's answer to `Ping` or `GetView`.
     View(ViewReply),
     /// A write took effect, or a forward/transfer was accepted.
     Ok,
+    /// The value a Get read ("" for a missing key).
     Value(String),
+    /// A key/value server's answer to `Status`.
     Status(ServerStatus),
+    /// The request was refused.
     Err {
+        /// Why, for the caller to act on.
         code: ErrorCode,
+        /// The explanation, for humans.
         detail: String,
     },
 }
 
 impl Response {
+    /// A refusal with `code` and a human-readable `detail`.
     pub fn err(code: ErrorCode, detail: impl Into<String>) -> Response {
         Response::Err {
             code,

@@ -18,12 +18,16 @@ use crate::protocol::{
 /// Errors of the server's startup.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The listening address could not be bound, even after retrying for `bind_retry`.
     #[error("cannot listen on {addr}")]
     Bind {
+        /// The address asked for.
         addr: SocketAddr,
+        /// Why binding failed.
         #[source]
         source: io::Error,
     },
+    /// Reading the bound address or starting a thread failed.
     #[error("cannot start the key/value server")]
     Start(#[from] io::Error),
 }
@@ -38,6 +42,7 @@ pub struct ServerConfig {
     /// The address others use to reach this server, which is also its name in views
     /// (default: the address actually listened on).
     pub advertise: Option<String>,
+    /// Time between pings to the view service.
     pub ping_interval: Duration,
     /// Timeout of calls to the view service and to the backup.
     pub rpc_timeout: Duration,
@@ -45,10 +50,13 @@ pub struct ServerConfig {
     pub bind_retry: Duration,
     /// Print view changes on stderr.
     pub verbose: bool,
+    /// Faults injected into this server's incoming requests and outgoing calls (for tests).
     pub faults: Arc<Faults>,
 }
 
 impl ServerConfig {
+    /// Settings for a server of the view service at `vs` listening on `listen`: 100 ms
+    /// pings, 1 s call timeout, 5 s bind retry, quiet, no faults.
     pub fn new(vs: impl Into<String>, listen: SocketAddr) -> ServerConfig {
         ServerConfig {
             vs: vs.into(),
@@ -245,6 +253,7 @@ pub struct KvServer {
 }
 
 impl KvServer {
+    /// Binds, starts answering requests and starts pinging the view service.
     pub fn start(config: ServerConfig) -> Result<KvServer, ServerError> {
         let listener = bind_with_retry(config.listen, config.bind_retry).map_err(|source| {
             ServerError::Bind {
@@ -286,14 +295,17 @@ impl KvServer {
         &self.me
     }
 
+    /// The address listened on (with the actual port when 0 was asked).
     pub fn addr(&self) -> SocketAddr {
         self.server.addr()
     }
 
+    /// This server's injected faults, to change while it runs.
     pub fn faults(&self) -> &Arc<Faults> {
         &self.faults
     }
 
+    /// What this server says about itself, as it answers `Request::Status`.
     pub fn status(&self) -> ServerStatus {
         self.node.lock().status()
     }

@@ -34,16 +34,28 @@ pub use crate::protocol::{MAX_CLIENTS, MAX_STORE_BYTES};
 /// Why an operation or a snapshot does not fit the store's limits.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
+    /// An operation's key or value is over its maximum size (the explanation).
     #[error("{0}")]
     OpTooLarge(String),
+    /// An Append would make a value longer than [`MAX_VALUE`].
     #[error("value of key {key:?} would grow to {len} bytes, over the maximum of {MAX_VALUE}")]
-    ValueTooLarge { key: String, len: usize },
+    ValueTooLarge {
+        /// The key appended to.
+        key: String,
+        /// The value's length after the Append, in bytes.
+        len: usize,
+    },
+    /// The keys and values would total more than [`MAX_STORE_BYTES`].
     #[error("store full (maximum {MAX_STORE_BYTES} bytes)")]
     Full,
+    /// A write from a new client while the at-most-once table holds [`MAX_CLIENTS`], or a
+    /// snapshot with more.
     #[error("at-most-once table full ({MAX_CLIENTS} clients): no new writers accepted")]
     TooManyClients,
+    /// A snapshot holds a key over [`MAX_KEY`] (its length in bytes).
     #[error("snapshot key of {0} bytes exceeds the maximum of {MAX_KEY}")]
     SnapshotKey(usize),
+    /// A snapshot holds a value over [`MAX_VALUE`] (its length in bytes).
     #[error("snapshot value of {0} bytes exceeds the maximum of {MAX_VALUE}")]
     SnapshotValue(usize),
 }
@@ -93,6 +105,7 @@ impl Store {
         })
     }
 
+    /// The whole state, as a primary sends it to a new backup.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             data: self.data.clone(),
@@ -100,14 +113,17 @@ impl Store {
         }
     }
 
+    /// The value of `key`, if it has one.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.data.get(key).map(String::as_str)
     }
 
+    /// Number of keys.
     pub fn len(&self) -> usize {
         self.data.len()
     }
 
+    /// Whether there is no key.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }

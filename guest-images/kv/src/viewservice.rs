@@ -50,8 +50,16 @@ pub const MAX_SERVERS: usize = 64;
 /// Why a ping was refused (it had no effect).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PingError {
+    /// The ping claims a view above the current one, which no server can have completed.
     #[error("ping claims view {claimed}, but the current view is {current}")]
-    FutureView { claimed: u64, current: u64 },
+    FutureView {
+        /// The view number the ping carried.
+        claimed: u64,
+        /// The service's current view number.
+        current: u64,
+    },
+    /// A server not yet tracked pinged while [`MAX_SERVERS`] are, after forgetting the
+    /// long-dead ones.
     #[error("already tracking {MAX_SERVERS} live servers")]
     TooManyServers,
 }
@@ -91,10 +99,12 @@ impl ViewCore {
         }
     }
 
+    /// The current view.
     pub fn view(&self) -> &View {
         &self.view
     }
 
+    /// Whether the current view's primary has acknowledged it.
     pub fn acked(&self) -> bool {
         self.acked
     }

@@ -36,12 +36,16 @@ fn check_name(server: &str) -> Result<(), String> {
 /// Errors of the view service's startup.
 #[derive(Debug, thiserror::Error)]
 pub enum VsError {
+    /// The listening address could not be bound, even after retrying for 5 s.
     #[error("cannot listen on {addr}")]
     Bind {
+        /// The address asked for.
         addr: SocketAddr,
+        /// Why binding failed.
         #[source]
         source: io::Error,
     },
+    /// Reading the bound address or starting a thread failed.
     #[error("cannot start the view service")]
     Start(#[from] io::Error),
 }
@@ -49,14 +53,18 @@ pub enum VsError {
 /// View service settings.
 #[derive(Clone, Debug)]
 pub struct VsConfig {
+    /// Where to listen (port 0: any free port).
     pub listen: SocketAddr,
+    /// Time between ticks: the servers' ping interval.
     pub ping_interval: Duration,
+    /// Ticks without a ping after which a server is dead.
     pub dead_pings: u64,
     /// Print view changes on stderr.
     pub verbose: bool,
 }
 
 impl VsConfig {
+    /// Settings to listen on `listen`: 100 ms ticks, dead after 5 silent ticks, quiet.
     pub fn new(listen: SocketAddr) -> VsConfig {
         VsConfig {
             listen,
@@ -160,10 +168,12 @@ impl ViewService {
         })
     }
 
+    /// The address listened on (with the actual port when 0 was asked).
     pub fn addr(&self) -> SocketAddr {
         self.server.addr()
     }
 
+    /// The faults injected into the service's incoming requests, to change while it runs.
     pub fn faults(&self) -> &Arc<Faults> {
         &self.faults
     }

@@ -30,16 +30,20 @@ impl Lcg {
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Mixed {
+    /// Number of concurrent clients, one thread and one clerk each.
     pub clients: u64,
+    /// Operations each client runs (fewer if stopped or after an error).
     pub ops_per_client: u64,
     /// The keys are `k0` .. `k<keys-1>`.
     pub keys: u64,
+    /// Seed of the clients' choices of key and operation.
     pub seed: u64,
 }
 
 /// What happened: every operation with its times, and how many of each kind.
 #[derive(Clone, Debug, Default)]
 pub struct History {
+    /// The completed operations with their times, for [`crate::linearizability::check`].
     pub ops: Vec<Operation>,
 }
 
