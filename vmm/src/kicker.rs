@@ -21,6 +21,37 @@ pub const DEFAULT_EVENT_BOUND_NS: u64 = 5_000_000;
 pub const REPLAY_STALL_NS: u64 = 10_000_000_000;
 const DISARMED: u64 = u64::MAX;
 
+/// Why the vCPU's kicker interrupts KVM_RUN. One timer thread and one signal serve two
+/// purposes, set by the vCPU's mode: a live guest's late events, and a replaying guest's
+/// stall watch (a replayer delivers nothing late). A backup switches from the second to
+/// the first when it goes live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KickPurpose {
+    /// Live: an event that waited `bound_ns` of guest time for a synchronous exit is
+    /// delivered at a kick.
+    EventBound {
+        /// Longest wait, in nanoseconds.
+        bound_ns: u64,
+    },
+    /// Replaying: a guest that runs `limit_ns` without making the exit its log has next
+    /// has diverged (it might never make it).
+    StallWatch {
+        /// Longest run without the expected exit, in nanoseconds.
+        limit_ns: u64,
+    },
+}
+
+impl KickPurpose {
+    /// The event bound now, or the one the guest will have once live (the receive queue
+    /// of a NIC only takes frames from a live guest's TAP).
+    pub fn event_bound_once_live(self) -> u64 {
+        match self {
+            Self::EventBound { bound_ns } => bound_ns,
+            Self::StallWatch { .. } => DEFAULT_EVENT_BOUND_NS,
+        }
+    }
+}
+
 struct Shared {
     /// Virtual time at which to kick the vCPU (DISARMED: never).
     kick_at_ns: AtomicU64,

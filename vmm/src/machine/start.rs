@@ -9,6 +9,7 @@ use super::{FtHooks, Vm, VmError};
 use crate::clock::{ClockMode, VmClock};
 use crate::compat::syscall::SyscallProbe;
 use crate::disk::DiskSpec;
+use crate::kicker::KickPurpose;
 use crate::memory::MemorySlots;
 use crate::net::host::NetHost;
 use crate::platform::Platform;
@@ -42,9 +43,13 @@ impl Vm {
         }
         // Host time flows on its own, so events get a bounded delay; under the `exits`
         // clock time only moves with exits and nothing is ever late.
-        let event_bound_ns = match clock.mode() {
-            _ if replaying => Some(crate::kicker::REPLAY_STALL_NS),
-            ClockMode::Host => Some(crate::kicker::DEFAULT_EVENT_BOUND_NS),
+        let kick = match clock.mode() {
+            _ if replaying => Some(KickPurpose::StallWatch {
+                limit_ns: crate::kicker::REPLAY_STALL_NS,
+            }),
+            ClockMode::Host => Some(KickPurpose::EventBound {
+                bound_ns: crate::kicker::DEFAULT_EVENT_BOUND_NS,
+            }),
             ClockMode::Exits { .. } => None,
         };
         let exit_ordinal = hooks.exit_ordinal.unwrap_or_default();
@@ -55,7 +60,7 @@ impl Vm {
             delta_request: hooks.delta_request,
             exit_ordinal: exit_ordinal.clone(),
             log,
-            event_bound_ns,
+            kick,
             pause_request: pause_request.clone(),
             syscall_repair: (syscall_probe == SyscallProbe::Broken)
                 .then(crate::compat::syscall::SyscallRepair::new),

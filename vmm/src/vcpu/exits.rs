@@ -7,40 +7,42 @@ use std::time::Duration;
 use kvm_ioctls::VcpuExit;
 
 use super::{value_of, Mode, SyncExit, Vcpu};
+use crate::kicker::KickPurpose;
 use crate::stop::StopReason;
 
 impl Vcpu {
     /// Arm the kicker for the earliest moment an event will have waited too long.
     pub(super) fn arm_kicker(&mut self) {
-        let Some((kicker, bound)) = &self.kicker else {
+        let Some((kicker, purpose)) = &self.kicker else {
             return;
         };
-        if self.replaying() {
-            // A replayer delivers nothing late; it only guards against a guest that,
-            // diverged, never makes the exit the log has next.
-            self.stall_deadline = self.clock.live_ns().saturating_add(*bound);
-            kicker.arm(self.stall_deadline);
-            return;
-        }
+        let bound = match *purpose {
+            KickPurpose::StallWatch { limit_ns } => {
+                self.stall_deadline = self.clock.live_ns().saturating_add(limit_ns);
+                kicker.arm(self.stall_deadline);
+                return;
+            }
+            KickPurpose::EventBound { bound_ns } => bound_ns,
+        };
         // After a kicked delivery the guest gets at least one more bound of run time
         // before the next kick: on hosts where its tick handler takes about a tick period,
         // kicking at every overdue edge would leave it nothing but timer interrupts, and
         // the PIC's fixed priority would starve every other line (the UART first).
-        let earliest = self.last_kick_delivery_ns.saturating_add(*bound);
+        let earliest = self.last_kick_delivery_ns.saturating_add(bound);
         let timer = self
             .platform
             .next_deadline_ns()
-            .map(|d| d.max(earliest).saturating_add(*bound));
+            .map(|d| d.max(earliest).saturating_add(bound));
         // While an interrupt window is requested KVM itself will exit for the pending one.
         let window = self.fd.get_kvm_run().request_interrupt_window != 0;
         let pending = self
             .pending_since
             .filter(|_| !window)
-            .map(|t| t.max(earliest).saturating_add(*bound));
+            .map(|t| t.max(earliest).saturating_add(bound));
         // Frames waiting in the receive queue, from when the first of them arrived.
         let frames = self.net_rx.as_ref().and_then(|rx| {
-            let at = rx.core().kick_at(*bound)?;
-            Some(at.max(earliest.saturating_add(*bound)))
+            let at = rx.core().kick_at(bound)?;
+            Some(at.max(earliest.saturating_add(bound)))
         });
         match timer.into_iter().chain(pending).chain(frames).min() {
             Some(at) => kicker.arm(at),
@@ -53,16 +55,17 @@ impl Vcpu {
     /// (IF=0, interrupt shadow), ask KVM to exit as soon as it can instead of kicking
     /// again and again.
     pub(super) fn on_kick(&mut self) {
-        if self.kicker.is_none() {
-            return;
-        }
-        if self.replaying() {
-            // Kicks also come from pause requests: only a passed deadline is a stall.
-            if self.clock.live_ns() >= self.stall_deadline {
-                self.replay_stalled();
+        let bound = match self.kicker.as_ref().map(|(_, p)| *p) {
+            None => return,
+            Some(KickPurpose::StallWatch { .. }) => {
+                // Kicks also come from pause requests: only a passed deadline is a stall.
+                if self.clock.live_ns() >= self.stall_deadline {
+                    self.replay_stalled();
+                }
+                return;
             }
-            return;
-        }
+            Some(KickPurpose::EventBound { bound_ns }) => bound_ns,
+        };
         let run = self.fd.get_kvm_run();
         run.request_interrupt_window = 0;
         self.if_flag = run.if_flag != 0;
@@ -70,7 +73,6 @@ impl Vcpu {
         if !ready {
             // Nothing may change at a point that is not logged: wait for the window.
             let now = self.clock.live_ns();
-            let bound = self.kicker.as_ref().map_or(0, |(_, b)| *b);
             let due = self.pending_since.is_some()
                 || self.platform.next_deadline_ns().is_some_and(|d| d <= now)
                 || self

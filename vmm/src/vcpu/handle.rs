@@ -36,17 +36,17 @@ impl VcpuHandle {
         let (evt_tx, evt_rx) = crossbeam_channel::unbounded();
         // A restored vCPU may be halted; whether it can be woken is in its RFLAGS.
         let if_flag = parts.fd.get_regs().is_ok_and(|r| r.rflags & 0x200 != 0);
-        let kicker = match parts.event_bound_ns {
-            Some(bound) => Some((
+        let kicker = match parts.kick {
+            Some(purpose) => Some((
                 crate::kicker::Kicker::spawn(parts.clock.clone(), kick_signal())
                     .map_err(VcpuError::Spawn)?,
-                bound,
+                purpose,
             )),
             None => None,
         };
-        if let (Some((k, bound)), Some(rx)) = (&kicker, &parts.net_rx) {
+        if let (Some((k, purpose)), Some(rx)) = (&kicker, &parts.net_rx) {
             if let Some(handle) = k.handle() {
-                rx.set_kicker(handle, *bound);
+                rx.set_kicker(handle, purpose.event_bound_once_live());
             }
         }
         parts

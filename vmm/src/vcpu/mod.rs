@@ -173,7 +173,7 @@ pub struct Vcpu {
     log_failure: Option<StopReason>,
     /// Last guest time a recording logged (no duplicate time samples).
     last_logged_time: u64,
-    kicker: Option<(crate::kicker::Kicker, u64)>,
+    kicker: Option<(crate::kicker::Kicker, crate::kicker::KickPurpose)>,
     /// Since when (virtual ns) an interrupt has been pending without a chance to inject.
     pending_since: Option<u64>,
     pause_request: Arc<std::sync::atomic::AtomicBool>,
@@ -231,9 +231,9 @@ pub struct VcpuParts {
     pub exit_ordinal: Arc<std::sync::atomic::AtomicU64>,
     /// Whether the vCPU records, replays or neither.
     pub log: LogMode,
-    /// How long an event may wait for a synchronous exit before the vCPU is kicked
-    /// (None: never kick, as in the deterministic `exits` clock).
-    pub event_bound_ns: Option<u64>,
+    /// Why and when the vCPU is kicked out of KVM_RUN (None: never, as under the
+    /// deterministic `exits` clock).
+    pub kick: Option<crate::kicker::KickPurpose>,
     /// Set by anyone (e.g. the console watcher) to make the vCPU pause itself at the next
     /// synchronous exit, before the guest runs on.
     pub pause_request: Arc<std::sync::atomic::AtomicBool>,

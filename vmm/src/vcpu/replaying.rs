@@ -64,9 +64,12 @@ impl Vcpu {
 
     /// Replay: the guest ran for the stall bound without the exit the log has next.
     pub(super) fn replay_stalled(&mut self) {
-        let bound = self.kicker.as_ref().map_or(0, |(_, b)| *b);
+        let limit = match self.kicker.as_ref().map(|(_, p)| *p) {
+            Some(crate::kicker::KickPurpose::StallWatch { limit_ns }) => limit_ns,
+            _ => 0,
+        };
         if let LogMode::Replay(r) = &mut self.log {
-            let d = replay_core::stalled(r.as_mut(), self.ordinal, bound);
+            let d = replay_core::stalled(r.as_mut(), self.ordinal, limit);
             self.diverged(d);
         }
     }
@@ -171,8 +174,10 @@ impl Vcpu {
         };
         self.clock.go_live();
         self.input_rx = self.live_input.take();
-        if let Some((_, bound)) = self.kicker.as_mut() {
-            *bound = crate::kicker::DEFAULT_EVENT_BOUND_NS;
+        if let Some((_, purpose)) = self.kicker.as_mut() {
+            *purpose = crate::kicker::KickPurpose::EventBound {
+                bound_ns: purpose.event_bound_once_live(),
+            };
         }
         self.stall_deadline = u64::MAX;
         self.pending_since = None;
