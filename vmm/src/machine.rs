@@ -117,7 +117,7 @@ fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 
 /// Whether the VM records its non-determinism to a log, replays one, or neither, as the
 /// byte stream the log goes to or comes from. The VM's builders open it into the vCPU's
-/// [`LogMode`] (a recorder or a replayer) once the VM exists: a recorder needs the VM for
+/// [`crate::vcpu::LogMode`] (a recorder or a replayer) once the VM exists: a recorder needs the VM for
 /// its dirty-page log.
 pub enum LogStream {
     /// No log: the VM neither records nor replays.

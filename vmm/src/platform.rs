@@ -119,7 +119,7 @@ fn check_pci_match(saved: Option<&PciState>, disks: usize, nic: bool) -> Result<
     Ok(())
 }
 
-/// The machine's devices (see [`devices`] for the table of them) on their buses.
+/// The machine's devices (see the private `devices` module for the table of them) on their buses.
 pub struct Platform {
     /// The port-I/O bus.
     pub pio: Bus,

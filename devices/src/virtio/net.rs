@@ -179,7 +179,7 @@ impl<S: FrameSink> VirtioDevice for Net<S> {
         1 << VIRTIO_NET_F_MAC | 1 << VIRTIO_NET_F_STATUS
     }
 
-    /// `struct virtio_net_config`: mac[6], then status (le16, link up); the rest is not
+    /// `struct virtio_net_config`: `mac[6]`, then status (le16, link up); the rest is not
     /// offered and reads zero.
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let mut config = [0u8; 8];

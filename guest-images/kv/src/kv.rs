@@ -63,7 +63,7 @@
 //!
 //! The backup's checks (view number, its primary's name, sequence numbers, the source
 //! address of the view's transfer) and what they do and do not authenticate are in
-//! [`backup`]. Each check only *narrows* what the backup accepts, so the argument above
+//! the private `backup` module. Each check only *narrows* what the backup accepts, so the argument above
 //! holds unchanged: anything refused leaves the backup's state as it was, and the primary
 //! treats a refusal like a lost answer (no reply to the client, resync before the next
 //! operation). Forwarded operations and transferred snapshots obey the same limits as

@@ -1,6 +1,6 @@
 //! A mixed workload for tests and `kvclient mixed`: concurrent clients doing Get, Put and
 //! Append on a few shared keys, each operation recorded with its invocation and completion
-//! time on one clock, so the history can go to the [`linearizability`] checker.
+//! time on one clock, so the history can go to the [`crate::linearizability`] checker.
 //!
 //! Every value a client writes is unique (`p<client>.<op>` for a Put, `a<client>.<op>;` for
 //! an Append), so a lost, duplicated or reordered effect shows in what a Get returns.

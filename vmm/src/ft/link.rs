@@ -75,7 +75,7 @@ fn nanos(d: Duration) -> u64 {
 const RECV_SLICE: Duration = Duration::from_millis(200);
 
 /// Read the next message, waiting as the stream's read timeout allows (and at most about
-/// [`RECV_SLICE`] while bytes trickle in). `Ok(None)`: no whole message yet.
+/// `RECV_SLICE` while bytes trickle in). `Ok(None)`: no whole message yet.
 pub fn recv<M: serde::de::DeserializeOwned>(
     stream: &mut impl Read,
     dec: &mut MessageDecoder<M>,

@@ -199,7 +199,7 @@ impl StatusReport {
         std::fs::rename(&tmp, path)
     }
 
-    /// Read a report (at most [`MAX_REPORT`] bytes, not through a link).
+    /// Read a report (at most `MAX_REPORT` bytes, not through a link).
     pub fn read(path: &Path) -> Result<Self, String> {
         let mut text = Vec::new();
         super::shared::open_no_follow(path)
