@@ -86,7 +86,10 @@ mod tests {
 
     #[test]
     fn every_exit_is_logged_as_it_was_seen() {
-        assert_eq!(decide(Point::Exit(exit(7))), Record::Log(Entry::Exit(exit(7))));
+        assert_eq!(
+            decide(Point::Exit(exit(7))),
+            Record::Log(Entry::Exit(exit(7)))
+        );
     }
 
     #[test]
