@@ -179,7 +179,6 @@ impl Vcpu {
                 bound_ns: purpose.event_bound_once_live(),
             };
         }
-        self.stall_deadline = u64::MAX;
         self.pending_since = None;
         tracing::info!(
             ordinal = self.ordinal,
