@@ -70,7 +70,12 @@ fn the_counter_survives_killing_the_primary_at_twenty_moments() {
     require_kvm();
     let mut failover_ms = Vec::new();
     let mut delays = Vec::new();
-    for round in 0..20u64 {
+    // Rounds in which the primary had lost its backup before the kill (the backup starved
+    // past the 300 ms peer timeout on a loaded machine): the pair was no longer protected,
+    // so the kill tests nothing but the split rule; such a round is checked and redone.
+    let mut split_before_kill = 0;
+    let mut round = 0u64;
+    while round < 20 {
         let dir = shared_dir(&format!("kill{round}"));
         let port = free_port();
         let mut p = primary(&dir, port);
@@ -110,6 +115,21 @@ fn the_counter_survives_killing_the_primary_at_twenty_moments() {
         }
         let status = b.wait(Duration::from_secs(60));
         let err = b.stderr();
+        if p.stderr().contains("went on alone") {
+            // The primary took the next epoch alone before it died: the backup must have
+            // lost the test-and-set to it and halted (exit 5), never gone live.
+            assert_eq!(status, 5, "backup of a primary gone alone:\n{err}");
+            assert!(!err.contains("live at exit"), "{err}");
+            split_before_kill += 1;
+            assert!(
+                split_before_kill <= 10,
+                "the pair split before the kill in {split_before_kill} rounds; last:\n{}",
+                p.stderr()
+            );
+            eprintln!("round {round}: the primary went on alone before the kill; redone");
+            let _ = std::fs::remove_dir_all(&dir);
+            continue;
+        }
         assert_eq!(status, 0, "backup after the kill at {delay} ms:\n{err}");
         let text = console(&dir);
         check_counter(&text);
@@ -122,6 +142,7 @@ fn the_counter_survives_killing_the_primary_at_twenty_moments() {
             ));
         }
         let _ = std::fs::remove_dir_all(&dir);
+        round += 1;
     }
     assert!(
         failover_ms.len() >= 15,
