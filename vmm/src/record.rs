@@ -12,7 +12,7 @@ use vm_memory::{
 
 use crate::memory::PAGE_SIZE;
 use crate::platform::Platform;
-use crate::state::VcpuState;
+use crate::state::{wire, VcpuState};
 
 /// Why the recorder could not write the log or take a checkpoint delta.
 #[derive(Debug, thiserror::Error)]
@@ -36,17 +36,11 @@ pub enum RecordError {
     #[error("cannot save the vCPU for a delta")]
     Vcpu(#[from] crate::vcpu::VcpuError),
     /// The vCPU or device state could not be serialised.
-    #[error("cannot encode machine state: {0}")]
-    Encode(String),
+    #[error(transparent)]
+    Encode(#[from] crate::state::wire::WireError),
     /// The page codec could not encode the delta's pages.
     #[error("cannot encode the delta's pages")]
     Pages(#[from] crate::pagesets::PageSetError),
-}
-
-/// Encode machine state for a delta (bincode, standard config).
-pub fn encode_state<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, RecordError> {
-    bincode::serde::encode_to_vec(value, bincode::config::standard())
-        .map_err(|e| RecordError::Encode(e.to_string()))
 }
 
 /// Writes a log of the guest's non-determinism, with checkpoint deltas, to a byte stream.
@@ -125,8 +119,8 @@ impl Recorder {
         halted: bool,
         full: bool,
     ) -> Result<Delta, RecordError> {
-        let vcpu = encode_state(&VcpuState::save(fd, ordinal, halted)?)?;
-        let devices = encode_state(&platform.state())?;
+        let vcpu = wire::encode("vCPU state", &VcpuState::save(fd, ordinal, halted)?)?;
+        let devices = wire::encode("device state", &platform.state())?;
         // Pages the VMM's devices wrote (disk reads): KVM's dirty log does not see them.
         let mut gpas = platform.take_device_pages();
         for (slot, region) in mem.iter().enumerate() {
@@ -199,8 +193,8 @@ pub fn digest(
         }
     }
     let state = VcpuState::save(fd, 0, false)?;
-    let vcpu = encode_state(&(&state.regs, &state.sregs))?;
-    let devices = encode_state(&platform.state())?;
+    let vcpu = wire::encode("vCPU state", &(&state.regs, &state.sregs))?;
+    let devices = wire::encode("device state", &platform.state())?;
     tracing::debug!(devices = ?platform.state(), "device state at the digest");
     Ok(Digest {
         memory_crc32: h.finalize(),

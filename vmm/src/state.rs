@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::vcpu::VcpuError;
 
+pub mod wire;
+
 /// MSRs saved with the vCPU (beyond those in the special registers).
 pub const SAVED_MSRS: [u32; 12] = [
     0x174,

@@ -55,8 +55,7 @@ pub enum TransferError {
     /// Primary: the recorder for the live log could not be started.
     #[error("cannot start logging")]
     Record(#[from] crate::record::RecordError),
-    /// A message of the transfer is malformed or out of place (or, primary, the machine
-    /// state did not encode).
+    /// A message of the transfer is malformed or out of place.
     #[error("the primary sent an invalid {what}: {reason}")]
     Invalid {
         /// What was invalid: "hello", "page", "machine state", "disk transfer", ...
@@ -64,6 +63,9 @@ pub enum TransferError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The machine state did not encode (primary) or decode (backup).
+    #[error(transparent)]
+    State(#[from] crate::state::wire::WireError),
     /// Backup: a batch of pages does not decode.
     #[error("the primary sent pages that do not decode")]
     Pages(#[from] PageCodecError),
@@ -93,7 +95,8 @@ pub enum TransferError {
     },
 }
 
-/// Everything about the machine that is not its memory, as a primary sends it.
+/// Everything about the machine that is not its memory, as a primary sends it (in the
+/// encoding of [`crate::state::wire`]).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MachineState {
     /// The paused VM apart from its memory (vCPU, devices, clock).
@@ -266,10 +269,7 @@ pub fn send_state(
                 console_offset: sink.offset(),
                 console_base: sink.base(),
             };
-            let bytes = serde_json::to_vec(&machine).map_err(|e| TransferError::Invalid {
-                what: "machine state (ours)",
-                reason: e.to_string(),
-            })?;
+            let bytes = crate::state::wire::encode("machine state", &machine)?;
             send(
                 &mut out,
                 &ToBackup::Machine {

@@ -7,18 +7,17 @@ use super::logged::LogMode;
 use super::{Vcpu, VcpuError};
 use crate::compat::CompatError;
 use crate::platform::PlatformError;
+use crate::state::wire;
 
 /// Why a delta could not be loaded (the replay stops).
 #[derive(Debug, thiserror::Error)]
 pub enum DeltaError {
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
-    #[error("delta vCPU: {0}")]
-    VcpuDecode(bincode::error::DecodeError),
+    #[error("cannot load the delta's machine state")]
+    Decode(#[from] wire::WireError),
     #[error("delta vCPU: {0}")]
     VcpuInvalid(String),
-    #[error("delta devices: {0}")]
-    DevicesDecode(bincode::error::DecodeError),
     #[error("delta pages not decoded")]
     PagesNotDecoded,
     #[error("page {gpa:#x}: {error}")]
@@ -74,9 +73,7 @@ impl Vcpu {
     pub(super) fn apply_delta(&mut self, d: Delta) -> Result<(), DeltaError> {
         // Our own last exit's I/O would otherwise complete on top of the loaded state.
         self.settle()?;
-        let cfg = bincode::config::standard();
-        let (vcpu, _): (crate::state::VcpuState, usize) =
-            bincode::serde::decode_from_slice(&d.vcpu, cfg).map_err(DeltaError::VcpuDecode)?;
+        let vcpu: crate::state::VcpuState = wire::decode("vCPU state", &d.vcpu)?;
         vcpu.validate().map_err(DeltaError::VcpuInvalid)?;
         tracing::trace!(
             ordinal = d.ordinal,
@@ -87,9 +84,7 @@ impl Vcpu {
             shadow = vcpu.events.interrupt.shadow,
             "loading a checkpoint"
         );
-        let (devices, _): (crate::platform::PlatformState, usize) =
-            bincode::serde::decode_from_slice(&d.devices, cfg)
-                .map_err(DeltaError::DevicesDecode)?;
+        let devices: crate::platform::PlatformState = wire::decode("device state", &d.devices)?;
         let pages = d.pages.decoded().ok_or(DeltaError::PagesNotDecoded)?;
         if d.full {
             zero_pages_not_in(&self.memory, pages)?;

@@ -121,11 +121,7 @@ pub fn receive_state(
             } => disk_rx.chunk(disk, offset, len, &data)?,
             ToBackup::Machine { ordinal, state } => {
                 disk_rx.finish()?;
-                let machine: MachineState =
-                    serde_json::from_slice(&state).map_err(|e| TransferError::Invalid {
-                        what: "machine state",
-                        reason: e.to_string(),
-                    })?;
+                let machine: MachineState = crate::state::wire::decode("machine state", &state)?;
                 machine
                     .vm
                     .validate()
