@@ -13,17 +13,18 @@
 //! second catches a peer that keeps sending heartbeats but has stopped reading: the
 //! primary's log buffer would fill and its guest stall for as long as that lasted.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ft_log::channel::{encode_message, MessageDecoder, ToBackup, ToPrimary};
+use ft_log::channel::{MessageDecoder, ToBackup, ToPrimary};
 use serde::de::DeserializeOwned;
 
 use health::{Health, Outgoing};
+pub use messages::{chain, recv, send};
 
 use super::console::ConsoleSink;
 use super::pipe::Pipe;
@@ -69,69 +70,6 @@ pub struct LinkLimits {
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// How long one [`recv`] keeps reading bytes that do not complete a message.
-const RECV_SLICE: Duration = Duration::from_millis(200);
-
-/// Read the next message, waiting as the stream's read timeout allows (and at most about
-/// `RECV_SLICE` while bytes trickle in). `Ok(None)`: no whole message yet.
-pub fn recv<M: serde::de::DeserializeOwned>(
-    stream: &mut impl Read,
-    dec: &mut MessageDecoder<M>,
-) -> Result<Option<M>, LinkError> {
-    let mut buf = vec![0u8; 64 * 1024];
-    let started = Instant::now();
-    loop {
-        if let Some(m) = dec.next_message()? {
-            return Ok(Some(m));
-        }
-        match stream.read(&mut buf) {
-            Ok(0) => {
-                dec.finish()?;
-                return Err(LinkError::Closed);
-            }
-            Ok(n) => {
-                dec.push(&buf[..n]);
-                if let Some(m) = dec.next_message()? {
-                    return Ok(Some(m));
-                }
-                // A peer trickling a frame that never completes must not keep the caller
-                // here past its own deadlines: give control back now and then.
-                if started.elapsed() >= RECV_SLICE {
-                    return Ok(None);
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Ok(None)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// An error with its sources, on one line (for the failure verdict and status).
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-/// Write one message to `stream`, encoded and framed.
-pub fn send<M: serde::Serialize>(stream: &mut impl Write, m: &M) -> Result<(), LinkError> {
-    stream.write_all(&encode_message(m))?;
-    Ok(())
 }
 
 /// What the primary's receiver updates from the backup's messages.
@@ -415,6 +353,7 @@ fn spawn_worker(
 }
 
 mod health;
+mod messages;
 mod resync;
 #[cfg(test)]
 mod tests;
