@@ -2,6 +2,7 @@
 //! secure connection.
 
 use super::*;
+use ft_log::channel::encode_message;
 
 #[test]
 fn recv_reports_a_closed_and_a_damaged_stream() {
