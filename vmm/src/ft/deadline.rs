@@ -2,9 +2,19 @@
 //! a dead network mount cannot be interrupted; it is run on its own thread, and the VMM
 //! stops waiting for it after a limit and acts on "no answer" (a claim not answered is a
 //! claim not won, DESIGN.md section 3: a VMM that cannot reach the shared storage does
-//! not go on). The stuck thread is left behind; it holds nothing the VMM needs.
+//! not go on). The stuck thread is left behind; it holds nothing the VMM needs. Also what
+//! a socket read whose timeout expired looks like ([`read_timed_out`]).
 
 use std::time::Duration;
+
+/// Whether a failed read on a socket is its read timeout expiring (`SO_RCVTIMEO`: Linux
+/// reports `EAGAIN`, other systems `ETIMEDOUT`), not a broken connection.
+pub fn read_timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
 
 /// How long the shared directory may take to answer one operation.
 pub const FILE_LIMIT: Duration = Duration::from_secs(10);

@@ -25,6 +25,7 @@ use snow::StatelessTransportState;
 
 pub use super::key::{ChannelKey, KeyError};
 use crate::bus::lock;
+use crate::ft::deadline::read_timed_out;
 
 const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
 /// Bound into the handshake: a peer speaking another protocol (or version) fails it.
@@ -140,13 +141,7 @@ fn read_exact_by(
         match tcp.read(&mut buf[have..]) {
             Ok(0) => return Err(SecureError::Closed),
             Ok(n) => have += n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if read_timed_out(&e) || e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),
         }
     }

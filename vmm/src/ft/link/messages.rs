@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use ft_log::channel::{encode_message, MessageDecoder};
 
 use super::LinkError;
+use crate::ft::deadline::read_timed_out;
 
 /// How long one [`recv`] keeps reading bytes that do not complete a message.
 const RECV_SLICE: Duration = Duration::from_millis(200);
@@ -39,14 +40,7 @@ pub fn recv<M: serde::de::DeserializeOwned>(
                     return Ok(None);
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Ok(None)
-            }
+            Err(e) if read_timed_out(&e) => return Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),
         }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::registry::Registry;
 
 use super::{render, Board};
+use crate::ft::deadline::read_timed_out;
 
 /// Largest request head read.
 pub const MAX_REQUEST: usize = 8 << 10;
@@ -98,14 +99,7 @@ fn read_head(conn: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
             Ok(0) => return Ok(None),
             Ok(n) => head.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Ok(None)
-            }
+            Err(e) if read_timed_out(&e) => return Ok(None),
             Err(e) => return Err(e),
         }
     }
