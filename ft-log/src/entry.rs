@@ -129,6 +129,30 @@ impl std::fmt::Display for PacketOutcome {
     }
 }
 
+/// A point between two synchronous exits where the recorder delivered an event (the vCPU
+/// was kicked in guest kernel mode), named so that the replayer can find it again: it runs
+/// with a hardware breakpoint on `rip` and stops at the pass whose registers are these.
+/// Replaces a checkpoint delta where the host's breakpoints are exact (see the VMM's
+/// `vcpu/points.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventPoint {
+    /// Exit ordinal of the last synchronous exit before the point.
+    pub ordinal: u64,
+    /// Guest time at the point, in nanoseconds.
+    pub time_ns: u64,
+    /// Guest instruction pointer: the instruction not yet executed.
+    pub rip: u64,
+    /// RFLAGS there.
+    pub rflags: u64,
+    /// The general registers there, in KVM's order (rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp,
+    /// r8..r15). RCX is the count of a `rep` string instruction stopped part way.
+    pub gprs: [u64; 16],
+    /// Guest branches retired since the last exit, on hosts whose PMU can count them (none
+    /// here: always `None`); with it a replayer could stop at the exact pass without
+    /// comparing registers (see the README's design note on hosts with a PMU).
+    pub branches: Option<u64>,
+}
+
 /// One record of the log: an input or event the replayer must reproduce, tied to the exit
 /// ordinal at which it happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,6 +223,10 @@ pub enum Entry {
         /// Digest of the final machine state, for the replayer to compare with its own.
         digest: Digest,
     },
+    /// An event delivered between exits at this point (instead of a delta, see
+    /// [`EventPoint`]); the entries that follow at the same ordinal are what was delivered.
+    /// Last, so that the older variants keep their encoding.
+    Point(Box<EventPoint>),
 }
 
 impl Entry {
@@ -208,6 +236,7 @@ impl Entry {
             Entry::Start { .. } | Entry::Nic { .. } => 0,
             Entry::Exit(e) => e.ordinal,
             Entry::Delta(d) => d.ordinal,
+            Entry::Point(p) => p.ordinal,
             Entry::TimeSample { ordinal, .. }
             | Entry::SerialInput { ordinal, .. }
             | Entry::Interrupt { ordinal, .. }
@@ -231,6 +260,7 @@ impl Entry {
             Entry::Shutdown { .. } => 8,
             Entry::Start { .. } => 9,
             Entry::Nic { .. } => 10,
+            Entry::Point(_) => 11,
         }
     }
 
@@ -248,6 +278,7 @@ impl Entry {
             8 => "shutdown",
             9 => "start",
             10 => "nic",
+            11 => "point",
             _ => "unknown",
         }
     }

@@ -28,7 +28,7 @@ pub use channel::{
     ChannelError, MessageDecoder, ToBackup, ToPrimary, CHANNEL_MAGIC, CHANNEL_VERSION, MAX_MESSAGE,
 };
 pub use codec::{encode_entry, encode_header, CodecError, Decoder, FORMAT_VERSION, MAGIC};
-pub use entry::{Delta, Digest, Entry, ExitKind, ExitRecord, PacketOutcome, Page};
+pub use entry::{Delta, Digest, Entry, EventPoint, ExitKind, ExitRecord, PacketOutcome, Page};
 pub use liveness::{Liveness, SendProgress};
 pub use output::{OutputGate, OutputStats, Released};
 pub use stats::LogStats;

@@ -47,8 +47,14 @@ fn main() {
     };
     let result = match cli.command {
         Command::Run(args) => cli::single::run(args, LogFile::Off),
-        Command::Record(a) => cli::single::run(a.run, LogFile::Record(a.log, a.page_encoding)),
-        Command::Replay(a) => cli::single::run(a.run, LogFile::Replay(a.log)),
+        Command::Record(a) => {
+            a.placement.request();
+            cli::single::run(a.run, LogFile::Record(a.log, a.page_encoding))
+        }
+        Command::Replay(a) => {
+            a.placement.request();
+            cli::single::run(a.run, LogFile::Replay(a.log))
+        }
         Command::Primary(a) => cli::pair::primary(a),
         Command::Backup(a) => cli::pair::backup(a),
         Command::Keygen(a) => cli::pair::keygen(a),

@@ -17,6 +17,8 @@
 //! | `disk-writer` | 500 disk records paced by the PIT, read back at the end, for failover with disks |
 //! | `virtio-net` | a minimal virtio-net driver: finds the NIC on bus 0, posts receive buffers, echoes 8 frames with the MACs swapped |
 //! | `virtio-net-spin` | the same, waiting for frames in a loop without exits (frames come at kicks) |
+//! | `kernel-loops` | CPL0 loops without exits while the timer runs (ticks land at kicks: event points): registers changing, registers still, `rep movsb`, nested |
+//! | `point-ambiguous` | a CPL0 loop whose registers repeat while its memory moves: an event point that names the wrong pass |
 //! | `bad-port`, `bad-mmio`, `triple-fault` | guests that misbehave; the VMM must stop cleanly |
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));

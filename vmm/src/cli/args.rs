@@ -116,6 +116,33 @@ pub(crate) struct PairArgs {
     /// or `raw` (see `record --page-encoding`).
     #[arg(long, value_name = "ENCODING", default_value = "xor-lz4", value_parser = parse_page_encoding)]
     pub(crate) page_encoding: ft_log::pages::PageEncoding,
+    #[command(flatten)]
+    pub(crate) placement: PlacementArgs,
+}
+
+/// How events the recorder delivers between exits (at kicks) reach the replayer.
+#[derive(clap::Args)]
+pub(crate) struct PlacementArgs {
+    /// `breakpoint`: a kick in guest kernel mode is logged as a point (RIP and registers)
+    /// that the replayer finds again with a hardware breakpoint, where this host's
+    /// breakpoints are exact (probed at start); other kicks as checkpoint deltas.
+    /// `delta`: every kick as a checkpoint delta (the format before points).
+    #[arg(long, value_name = "HOW", default_value = "breakpoint", value_parser = ["breakpoint", "delta"])]
+    pub(crate) place_events: String,
+    /// Breakpoint hits a replay steps over looking for one point before it counts as a
+    /// divergence.
+    #[arg(long, value_name = "HITS", default_value_t = ftvm::vcpu::points::DEFAULT_SEARCH_BUDGET, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) point_search_budget: u64,
+}
+
+impl PlacementArgs {
+    /// Make this the process's placement (see `ftvm::vcpu::points`).
+    pub(crate) fn request(&self) {
+        ftvm::vcpu::points::request(ftvm::vcpu::points::PlacementRequest {
+            by_breakpoint: self.place_events == "breakpoint",
+            search_budget: self.point_search_budget,
+        });
+    }
 }
 
 pub(crate) fn parse_page_encoding(name: &str) -> Result<ft_log::pages::PageEncoding, String> {
@@ -167,6 +194,8 @@ pub(crate) struct LogArgs {
     /// reads any.
     #[arg(long, value_name = "ENCODING", default_value = "xor-lz4", value_parser = parse_page_encoding)]
     pub(crate) page_encoding: ft_log::pages::PageEncoding,
+    #[command(flatten)]
+    pub(crate) placement: PlacementArgs,
     #[command(flatten)]
     pub(crate) run: RunArgs,
 }

@@ -14,6 +14,7 @@ pub(crate) fn ft_options(
     pair: PairArgs,
     listen: Option<String>,
 ) -> anyhow::Result<ftvm::ft::FtOptions> {
+    pair.placement.request();
     Ok(ftvm::ft::FtOptions {
         shared: ftvm::ft::shared::SharedDir::new(&pair.vm.shared_dir, &pair.vm.name)?,
         listen,

@@ -10,7 +10,7 @@ pub(crate) fn summarise(
 ) -> i32 {
     let m = &report.metrics;
     eprintln!(
-        "ftvm: {} after {} exits in {:.3} s (pio in/out {}/{}, mmio r/w {}/{}, hlt {}, interrupts {} ({} after a kick), host exits {}; host repairs: {}; SYSCALL from user {})",
+        "ftvm: {} after {} exits in {:.3} s (pio in/out {}/{}, mmio r/w {}/{}, hlt {}, interrupts {} ({} after a kick), host exits {}; host repairs: {}; SYSCALL from user {}; event points: {})",
         report.stop,
         report.ordinal,
         started.elapsed().as_secs_f64(),
@@ -23,7 +23,8 @@ pub(crate) fn summarise(
         m.kicked_injections,
         m.host_exits,
         m.compat,
-        syscall_probe.map_or_else(|| "(see the role's log)".to_string(), |p| format!("{p:?}"))
+        syscall_probe.map_or_else(|| "(see the role's log)".to_string(), |p| format!("{p:?}")),
+        m.points
     );
     match &report.log {
         Some(log) => report_log(log, report.stop.exit_code()),

@@ -10,6 +10,8 @@
 //! - A shadow MMU does not see guest memory the VMM rewrote: see [`shadow_mmu`] (done on
 //!   every host, since none can be told apart cheaply; harmless with EPT/NPT).
 
+pub mod breakpoints;
+pub mod probe_vm;
 pub mod shadow_mmu;
 pub mod syscall;
 

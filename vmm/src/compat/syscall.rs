@@ -9,13 +9,11 @@
 //! stepped over (breakpoint off, one single-step, breakpoint on). This costs two debug
 //! exits per guest page fault, so it is armed only on hosts where a probe VM shows the bug.
 
-use kvm_bindings::{
-    kvm_guest_debug, kvm_guest_debug_arch, kvm_segment, KVM_GUESTDBG_ENABLE,
-    KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
-};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::breakpoints::{Breakpoints, Slot};
+use super::probe_vm;
 use super::{kvm, CompatError};
 
 const MSR_STAR: u32 = 0xc000_0081;
@@ -37,67 +35,13 @@ pub enum SyscallProbe {
 /// exit means the CPU reached the kernel entry at CPL0; on the broken hosts the `hlt` runs
 /// at CPL3, faults with no IDT and the VM shuts down.
 pub fn probe(kvm_sys: &Kvm) -> Result<SyscallProbe, CompatError> {
-    const MEM: usize = 0x10_0000;
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]).map_err(|_| {
-        CompatError::Kvm {
-            what: "map probe memory",
-            source: kvm_ioctls::Error::new(libc::ENOMEM),
-        }
-    })?;
-    // Declared after `mem`, so the probe VM is dropped before the memory it maps.
-    let slots = crate::memory::MemorySlots {
-        vm: std::sync::Arc::new(kvm_sys.create_vm().map_err(kvm("create the probe VM"))?),
-        dirty_log: false,
-    };
-    slots.register(&mem)?;
-    // Identity map of the first 2 MiB, user-accessible. PML4 0x1000, PDPT 0x2000, PD 0x3000.
-    let w = |v: u64, a: u64| mem.write_obj(v, GuestAddress(a));
-    let wrote = w(0x2007, 0x1000)
-        .and(w(0x3007, 0x2000))
-        .and(w(0x87, 0x3000))
-        .and(mem.write_slice(&[0x0f, 0x05], GuestAddress(0x5000))) // syscall
-        .and(mem.write_slice(&[0xf4], GuestAddress(0x6000))); // hlt
-    wrote.map_err(|_| CompatError::Kvm {
-        what: "write the probe program",
-        source: kvm_ioctls::Error::new(libc::EFAULT),
-    })?;
-    let mut vcpu = slots
-        .vm
-        .create_vcpu(0)
-        .map_err(kvm("create the probe vCPU"))?;
-    let mut sregs = vcpu.get_sregs().map_err(kvm("read probe registers"))?;
-    let seg = |selector: u16, type_: u8, dpl: u8, l: u8, db: u8| kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_,
-        present: 1,
-        dpl,
-        db,
-        s: 1,
-        l,
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    };
-    sregs.cs = seg(0x33, 0xb, 3, 1, 0);
-    sregs.ss = seg(0x2b, 0x3, 3, 0, 1);
-    sregs.ds = sregs.ss;
-    sregs.es = sregs.ss;
-    sregs.cr0 = 0x8000_0031;
-    sregs.cr3 = 0x1000;
-    sregs.cr4 = 0x20;
-    sregs.efer = 0x501; // SCE | LME | LMA
-    sregs.idt.limit = 0;
-    vcpu.set_sregs(&sregs).map_err(kvm("set probe registers"))?;
-    let regs = kvm_bindings::kvm_regs {
-        rip: 0x5000,
-        rsp: 0x8000,
-        rflags: 0x2,
-        ..Default::default()
-    };
-    vcpu.set_regs(&regs).map_err(kvm("set probe registers"))?;
+    let mut probe = probe_vm::build(
+        kvm_sys,
+        &[0x0f, 0x05], // syscall
+        &[0xf4],       // hlt
+        3,
+    )?;
+    let vcpu = &mut probe.vcpu;
     let msrs = kvm_bindings::Msrs::from_entries(&[
         kvm_bindings::kvm_msr_entry {
             index: MSR_STAR,
@@ -106,7 +50,7 @@ pub fn probe(kvm_sys: &Kvm) -> Result<SyscallProbe, CompatError> {
         },
         kvm_bindings::kvm_msr_entry {
             index: MSR_LSTAR,
-            data: 0x6000,
+            data: probe_vm::CODE2,
             ..Default::default()
         },
     ])
@@ -180,20 +124,6 @@ fn read_msr(fd: &VcpuFd, index: u32) -> Result<u64, CompatError> {
     Ok(msrs.as_slice()[0].data)
 }
 
-fn set_debug(fd: &VcpuFd, control: u32, dr0: u64) -> Result<(), CompatError> {
-    let mut debugreg = [0u64; 8];
-    if control & KVM_GUESTDBG_USE_HW_BP != 0 {
-        debugreg[0] = dr0;
-        debugreg[7] = 0x1; // DR0 enabled, execute, length 1
-    }
-    let dbg = kvm_guest_debug {
-        control,
-        pad: 0,
-        arch: kvm_guest_debug_arch { debugreg },
-    };
-    fd.set_guest_debug(&dbg).map_err(kvm("set guest debugging"))
-}
-
 impl Default for SyscallRepair {
     fn default() -> Self {
         Self::new()
@@ -231,6 +161,7 @@ impl SyscallRepair {
         fd: &VcpuFd,
         mem: &GuestMemoryMmap,
         ordinal: u64,
+        bps: &mut Breakpoints,
     ) -> Result<(), CompatError> {
         if ordinal < self.next_idt_check || matches!(self.phase, Phase::Stepping(_)) {
             return Ok(());
@@ -240,11 +171,11 @@ impl SyscallRepair {
         match (handler, self.phase) {
             (Some(h), Phase::Armed(a)) if h == a => {}
             (Some(h), _) => {
-                set_debug(fd, KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP, h)?;
+                bps.set(fd, Slot::PageFault, Some(h))?;
                 self.phase = Phase::Armed(h);
             }
             (None, Phase::Armed(_)) => {
-                set_debug(fd, 0, 0)?;
+                bps.set(fd, Slot::PageFault, None)?;
                 self.phase = Phase::Idle;
             }
             (None, _) => {}
@@ -252,16 +183,18 @@ impl SyscallRepair {
         Ok(())
     }
 
-    /// A debug exit. Returns true when it completed a broken SYSCALL.
+    /// A debug exit of the repair's (its breakpoint, or the step over it). Returns true
+    /// when it completed a broken SYSCALL.
     pub fn on_debug_exit(
         &mut self,
         fd: &VcpuFd,
         mem: &GuestMemoryMmap,
         pc: u64,
+        bps: &mut Breakpoints,
     ) -> Result<bool, CompatError> {
         match self.phase {
             Phase::Stepping(h) => {
-                set_debug(fd, KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP, h)?;
+                bps.end_step(fd)?;
                 self.phase = Phase::Armed(h);
                 Ok(false)
             }
@@ -276,7 +209,7 @@ impl SyscallRepair {
                         Ok(true)
                     }
                     _ => {
-                        set_debug(fd, KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP, 0)?;
+                        bps.step(fd, Slot::PageFault)?;
                         self.phase = Phase::Stepping(h);
                         Ok(false)
                     }
@@ -302,23 +235,8 @@ impl SyscallRepair {
         regs.rflags = rflags;
         fd.set_regs(&regs).map_err(kvm("complete SYSCALL"))?;
         let mut sregs = fd.get_sregs().map_err(kvm("read special registers"))?;
-        let flat = |selector: u16, type_: u8, l: u8, db: u8| kvm_segment {
-            base: 0,
-            limit: 0xffff_ffff,
-            selector,
-            type_,
-            present: 1,
-            dpl: 0,
-            db,
-            s: 1,
-            l,
-            g: 1,
-            avl: 0,
-            unusable: 0,
-            padding: 0,
-        };
-        sregs.cs = flat(kernel_cs, 0xb, 1, 0);
-        sregs.ss = flat(kernel_cs + 8, 0x3, 0, 1);
+        sregs.cs = probe_vm::flat_segment(kernel_cs, 0xb, 0, 1, 0);
+        sregs.ss = probe_vm::flat_segment(kernel_cs + 8, 0x3, 0, 0, 1);
         fd.set_sregs(&sregs).map_err(kvm("complete SYSCALL"))?;
         Ok(())
     }

@@ -7,6 +7,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::{FtHooks, Vm, VmError};
 use crate::clock::{ClockMode, VmClock};
+use crate::compat::breakpoints::BreakpointProbe;
 use crate::compat::syscall::SyscallProbe;
 use crate::disk::DiskSpec;
 use crate::kicker::KickPurpose;
@@ -41,6 +42,16 @@ impl Vm {
         if syscall_probe == SyscallProbe::Broken {
             tracing::info!("this host's KVM leaves SYSCALL from user mode at CPL3; repair armed");
         }
+        let breakpoint_probe = crate::compat::breakpoints::probe(&kvm_sys)?;
+        let exact_breakpoints = breakpoint_probe == BreakpointProbe::Exact;
+        tracing::info!(
+            "hardware breakpoints in guest kernel mode: {breakpoint_probe:?}{}",
+            if exact_breakpoints {
+                "; events at kicks in kernel mode are placed by breakpoint"
+            } else {
+                "; events at kicks are shipped as checkpoint deltas"
+            }
+        );
         // Host time flows on its own, so events get a bounded delay; under the `exits`
         // clock time only moves with exits and nothing is ever late.
         let kick = match clock.mode() {
@@ -64,6 +75,7 @@ impl Vm {
             pause_request: pause_request.clone(),
             syscall_repair: (syscall_probe == SyscallProbe::Broken)
                 .then(crate::compat::syscall::SyscallRepair::new),
+            exact_breakpoints,
             fd: vcpu_fd,
             memory_slots: slots,
             memory: mem.clone(),

@@ -16,6 +16,10 @@ impl Vcpu {
         let Some((kicker, purpose)) = &self.kicker else {
             return;
         };
+        // Still armed from before a debug exit (see run_once): its deadline stands.
+        if std::mem::take(&mut self.kick_kept_armed) {
+            return;
+        }
         let bound = match *purpose {
             KickPurpose::StallWatch { limit_ns } => {
                 self.stall_deadline = self.clock.live_ns().saturating_add(limit_ns);
@@ -84,9 +88,9 @@ impl Vcpu {
             }
             return;
         }
-        // A recording VMM delivers at this unrecordable point only after logging the
-        // whole state here as a checkpoint delta.
-        self.record_kick_delta();
+        // A recording VMM delivers at this point only after naming it in the log (or,
+        // where a breakpoint cannot find it again, logging the whole state here).
+        self.record_kick();
         if self.deliver() {
             self.metrics.kicked_injections += 1;
             self.last_kick_delivery_ns = self.clock.live_ns();
@@ -101,7 +105,11 @@ impl Vcpu {
         self.sample_for_profile();
         self.arm_kicker();
         let result = self.fd.run();
-        if let Some((k, _)) = &self.kicker {
+        // A debug exit (breakpoints of the SYSCALL repair or of a point search, many per
+        // millisecond) is a host artefact: the kick stays armed for the same deadline,
+        // without waking the kicker thread to re-arm it.
+        self.kick_kept_armed = matches!(result, Ok(VcpuExit::Debug(_)));
+        if let Some((k, _)) = self.kicker.as_ref().filter(|_| !self.kick_kept_armed) {
             k.disarm();
         }
         super::logged::freeze_for_exit(&mut self.log, &self.clock, self.ordinal + 1);
@@ -191,17 +199,7 @@ impl Vcpu {
                 });
             }
             Ok(VcpuExit::FailEntry(reason, _)) => return Some(StopReason::EntryFailure { reason }),
-            Ok(VcpuExit::Debug(arch)) if self.syscall_repair.is_some() => {
-                // The repair's own breakpoints: host artefacts, never ordinals.
-                let pc = arch.pc;
-                let repair = self.syscall_repair.as_mut()?;
-                match repair.on_debug_exit(&self.fd, &self.memory, pc) {
-                    Ok(true) => self.metrics.compat.syscall += 1,
-                    Ok(false) => {}
-                    Err(e) => return Some(StopReason::Kvm(e.to_string())),
-                }
-                return None;
-            }
+            Ok(VcpuExit::Debug(arch)) => return self.on_debug_exit(arch.pc),
             Ok(VcpuExit::Intr) | Ok(VcpuExit::IrqWindowOpen) => {
                 self.metrics.host_exits += 1;
                 self.on_kick();
@@ -282,7 +280,8 @@ impl Vcpu {
             return Some(stop);
         }
         if let Some(repair) = self.syscall_repair.as_mut() {
-            if let Err(e) = repair.on_sync_exit(&self.fd, &self.memory, self.ordinal) {
+            let bps = &mut self.breakpoints;
+            if let Err(e) = repair.on_sync_exit(&self.fd, &self.memory, self.ordinal, bps) {
                 return Some(StopReason::Kvm(e.to_string()));
             }
         }

@@ -4,7 +4,8 @@
 //! device read during the exit sees one logged value), with the exit's reason, RIP,
 //! port/address and value; the serial bytes moved into the UART and the interrupts
 //! injected follow at the same ordinal. When an event waited too long and the vCPU was
-//! kicked, a checkpoint delta is logged before the event is delivered there.
+//! kicked, the point is named (`points.rs`) or a checkpoint delta is logged before the
+//! event is delivered there.
 //!
 //! Replaying: the same points, fed from the log instead of the host: time from the exit
 //! records, input and interrupts from their entries, deltas applied instead of executing
@@ -106,7 +107,7 @@ impl Vcpu {
 
     /// When recording, carry out the recorder core's decision for `point` (built only
     /// then): write its entry or take its delta. A failure stops the VM at the next step.
-    fn record(&mut self, point: impl FnOnce(&Self) -> Point) {
+    pub(super) fn record(&mut self, point: impl FnOnce(&Self) -> Point) {
         if !matches!(self.log, LogMode::Record(_)) {
             return;
         }
@@ -217,11 +218,6 @@ impl Vcpu {
             );
             self.record(|_| Point::CheckpointAsked);
         }
-    }
-
-    /// Recording, kicked vCPU about to get an event: log a checkpoint delta first.
-    pub(super) fn record_kick_delta(&mut self) {
-        self.record(|_| Point::Kicked);
     }
 
     /// Take a checkpoint delta at this point and log it (the recorder core decided so).

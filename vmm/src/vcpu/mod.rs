@@ -25,6 +25,7 @@ mod guest_context;
 mod handle;
 mod logged;
 mod net_input;
+pub mod points;
 mod record_core;
 mod replay_core;
 mod replaying;
@@ -138,6 +139,8 @@ pub struct VcpuMetrics {
     pub host_exits: u64,
     /// Interrupts delivered at a kick because they waited longer than the event bound.
     pub kicked_injections: u64,
+    /// How kicks were shipped (points or deltas) and points found.
+    pub points: points::PointCounts,
 }
 
 /// What a finished vCPU thread hands back.
@@ -174,10 +177,16 @@ pub struct Vcpu {
     /// Last guest time a recording logged (no duplicate time samples).
     last_logged_time: u64,
     kicker: Option<(crate::kicker::Kicker, crate::kicker::KickPurpose)>,
+    /// The last KVM_RUN ended in a debug exit and left the kicker armed.
+    kick_kept_armed: bool,
     /// Since when (virtual ns) an interrupt has been pending without a chance to inject.
     pending_since: Option<u64>,
     pause_request: Arc<std::sync::atomic::AtomicBool>,
     syscall_repair: Option<crate::compat::syscall::SyscallRepair>,
+    /// The debug registers, shared by the SYSCALL repair and the point search.
+    breakpoints: crate::compat::breakpoints::Breakpoints,
+    /// How events at kicks are placed, and the point being searched for.
+    placement: points::Placement,
     fd: VcpuFd,
     memory_slots: crate::memory::MemorySlots,
     memory: vm_memory::GuestMemoryMmap,
@@ -239,6 +248,9 @@ pub struct VcpuParts {
     pub pause_request: Arc<std::sync::atomic::AtomicBool>,
     /// Present when this host needs the SYSCALL-from-user repair.
     pub syscall_repair: Option<crate::compat::syscall::SyscallRepair>,
+    /// Whether this host's hardware breakpoints are exact in guest kernel mode (probed),
+    /// so that events at kicks can be placed by breakpoint (see [`points`]).
+    pub exact_breakpoints: bool,
     /// The KVM vCPU.
     pub fd: VcpuFd,
     /// To make KVM forget translations after guest memory was rewritten.

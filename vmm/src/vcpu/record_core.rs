@@ -3,7 +3,7 @@
 //! entry, or takes a checkpoint delta, which reads KVM and guest memory. The replayer's
 //! counterpart is `replay_core`.
 
-use ft_log::{Entry, ExitRecord};
+use ft_log::{Entry, EventPoint, ExitRecord};
 
 /// What happened at a point of the exit loop while recording.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,9 +23,46 @@ pub(crate) enum Point {
     Injected { ordinal: u64, vector: u8 },
     /// An event that waited past its bound is about to be delivered at a kick: a point
     /// the host chose, which the replayer cannot find by counting exits.
-    Kicked,
+    Kicked(Kick),
     /// The backup diverged and asked for a checkpoint.
     CheckpointAsked,
+}
+
+/// Where a kick found the vCPU, and what the host allows there.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Kick {
+    /// The host's breakpoints are exact in guest kernel mode (probed) and placement by
+    /// breakpoint is not turned off.
+    pub by_breakpoint: bool,
+    /// The guest's privilege level there.
+    pub cpl: u8,
+    /// The instruction the SYSCALL repair's breakpoint watches, if armed.
+    pub watched_rip: Option<u64>,
+    /// The point (None when the registers could not be read).
+    pub point: Option<EventPoint>,
+}
+
+/// How the event at a kick reaches the replayer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KickChoice {
+    /// As an [`EventPoint`] the replayer finds again with a breakpoint.
+    Point,
+    /// As a checkpoint delta: in user mode, where breakpoints never fire here.
+    DeltaUserMode,
+    /// As a checkpoint delta: the host has no exact breakpoints, placement is off, or the
+    /// point could not be named (its registers unreadable, or on the SYSCALL repair's
+    /// own breakpoint).
+    DeltaOther,
+}
+
+/// How a kick's event is shipped.
+pub(crate) fn kick_choice(kick: &Kick) -> KickChoice {
+    match &kick.point {
+        _ if !kick.by_breakpoint => KickChoice::DeltaOther,
+        _ if kick.cpl != 0 => KickChoice::DeltaUserMode,
+        Some(p) if Some(p.rip) != kick.watched_rip => KickChoice::Point,
+        _ => KickChoice::DeltaOther,
+    }
 }
 
 /// What the recorder does about a [`Point`].
@@ -59,9 +96,13 @@ pub(crate) fn decide(point: Point) -> Record {
         Point::SerialMoved { bytes, .. } if bytes.is_empty() => Record::Nothing,
         Point::SerialMoved { ordinal, bytes } => Record::Log(Entry::SerialInput { ordinal, bytes }),
         Point::Injected { ordinal, vector } => Record::Log(Entry::Interrupt { ordinal, vector }),
-        // The state at a kick is shipped: the pages dirtied since the last delta suffice,
-        // as the backup holds everything before them.
-        Point::Kicked => Record::Delta { full: false },
+        // Where the replayer can find the point again, it is named; elsewhere the state
+        // there is shipped: the pages dirtied since the last delta suffice, as the backup
+        // holds everything before them.
+        Point::Kicked(kick) => match (kick_choice(&kick), kick.point) {
+            (KickChoice::Point, Some(p)) => Record::Log(Entry::Point(Box::new(p))),
+            _ => Record::Delta { full: false },
+        },
         // A diverged backup wrote pages of its own: it needs every page back.
         Point::CheckpointAsked => Record::Delta { full: true },
     }
@@ -139,9 +180,54 @@ mod tests {
         );
     }
 
+    fn kick(cpl: u8, rip: u64) -> Kick {
+        Kick {
+            by_breakpoint: true,
+            cpl,
+            watched_rip: Some(0xffff_ffff_8100_0f00),
+            point: Some(EventPoint {
+                ordinal: 12,
+                time_ns: 5_000_000,
+                rip,
+                rflags: 0x246,
+                gprs: [3; 16],
+                branches: None,
+            }),
+        }
+    }
+
     #[test]
-    fn a_kick_ships_the_dirty_pages_and_a_divergence_every_page() {
-        assert_eq!(decide(Point::Kicked), Record::Delta { full: false });
+    fn a_kick_in_kernel_mode_names_its_point() {
+        let k = kick(0, 0xffff_ffff_8100_1000);
+        assert_eq!(kick_choice(&k), KickChoice::Point);
+        assert_eq!(
+            decide(Point::Kicked(k.clone())),
+            Record::Log(Entry::Point(Box::new(k.point.unwrap())))
+        );
+    }
+
+    #[test]
+    fn a_kick_ships_the_dirty_pages_where_no_breakpoint_can_find_it() {
+        let user = kick(3, 0x40_1000);
+        assert_eq!(kick_choice(&user), KickChoice::DeltaUserMode);
+        assert_eq!(decide(Point::Kicked(user)), Record::Delta { full: false });
+        let watched = kick(0, 0xffff_ffff_8100_0f00);
+        assert_eq!(kick_choice(&watched), KickChoice::DeltaOther);
+        let off = Kick {
+            by_breakpoint: false,
+            ..kick(0, 0xffff_ffff_8100_1000)
+        };
+        assert_eq!(kick_choice(&off), KickChoice::DeltaOther);
+        assert_eq!(decide(Point::Kicked(off)), Record::Delta { full: false });
+        let unread = Kick {
+            point: None,
+            ..kick(0, 0xffff_ffff_8100_1000)
+        };
+        assert_eq!(decide(Point::Kicked(unread)), Record::Delta { full: false });
+    }
+
+    #[test]
+    fn a_diverged_backup_gets_every_page() {
         assert_eq!(decide(Point::CheckpointAsked), Record::Delta { full: true });
     }
 }

@@ -93,6 +93,10 @@ pub enum BeforeRun {
     /// The recorder ran the next stretch without exits: load its delta instead (taken
     /// off the log).
     ApplyDelta(Box<Delta>),
+    /// The recorder delivered events at this point before the next exit: run with a
+    /// breakpoint on its RIP until the pass with its registers (the entry stays on the
+    /// log until then, see [`points`]).
+    SeekPoint(Box<ft_log::EventPoint>),
     /// The recording ended here.
     Finished,
     /// A live log with nothing more (yet): do not run; the loop checks whether the log
@@ -152,6 +156,11 @@ pub(crate) fn check_exit(
                 )))
             }
         }
+        Some(Entry::Point(p)) => Ok(ExitCheck::Unexpected(points::passed(
+            p,
+            mine.ordinal,
+            describe(mine),
+        ))),
         other => Ok(ExitCheck::Unexpected(Divergence::new(
             mine.ordinal,
             "unexpected exit",
@@ -280,6 +289,7 @@ pub(crate) fn before_run(
         // The recording ended here (stopped from outside, not by the guest).
         Some(Entry::Delta(d)) if d.ordinal == ordinal => Ok(BeforeRun::Finished),
         Some(Entry::Shutdown { ordinal: at, .. }) if *at == ordinal => Ok(BeforeRun::Finished),
+        Some(Entry::Point(p)) if p.ordinal == ordinal => Ok(BeforeRun::SeekPoint(p.clone())),
         // A live log that ends here: the guest goes live (see Vcpu::go_live).
         None if live => Ok(BeforeRun::AwaitLog),
         None => Err(ReplayCoreError::NoShutdown),
@@ -354,6 +364,7 @@ pub(crate) fn stalled(log: &mut impl LogAhead, ordinal: u64, bound_ns: u64) -> D
     )
 }
 
+pub(crate) mod points;
 mod recovery;
 pub(crate) use recovery::{
     check_end, check_final_state, finish_step, recover_step, FinishStep, RecoverStep,

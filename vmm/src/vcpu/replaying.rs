@@ -11,6 +11,7 @@ use crate::stop::StopReason;
 impl Vcpu {
     /// Report a divergence to the replayer, which recovers from the next delta.
     pub(super) fn diverged(&mut self, d: Divergence) {
+        self.point_missed();
         if let LogMode::Replay(r) = &mut self.log {
             r.diverged(d.ordinal, d.what, d.recorded, d.replayed);
         }
@@ -56,6 +57,10 @@ impl Vcpu {
                 self.deliver();
                 ControlFlow::Break(None)
             }
+            Ok(BeforeRun::SeekPoint(p)) => match self.seek_point(*p) {
+                Some(stop) => ControlFlow::Break(Some(stop)),
+                None => ControlFlow::Continue(()),
+            },
             Ok(BeforeRun::Finished) => ControlFlow::Break(Some(StopReason::Finished)),
             // The state machine sees the end of the live log and goes live.
             Ok(BeforeRun::AwaitLog) => ControlFlow::Break(None),
@@ -172,6 +177,7 @@ impl Vcpu {
                 return;
             }
         };
+        self.end_point_search();
         self.clock.go_live();
         self.input_rx = self.live_input.take();
         if let Some((_, purpose)) = self.kicker.as_mut() {

@@ -7,14 +7,14 @@ use ft_log::{Delta, Digest, Entry, ExitKind, ExitRecord, PacketOutcome};
 use super::*;
 
 /// A log given as a list (what the replayer would have decoded).
-struct Script {
+pub(super) struct Script {
     entries: VecDeque<Entry>,
     popped: u64,
     live: bool,
 }
 
 impl Script {
-    fn file(entries: impl IntoIterator<Item = Entry>) -> Self {
+    pub(super) fn file(entries: impl IntoIterator<Item = Entry>) -> Self {
         Self {
             entries: entries.into_iter().collect(),
             popped: 0,
