@@ -209,9 +209,7 @@ impl Vcpu {
 
     /// The point's breakpoint was hit: deliver there, step over, or diverge.
     fn at_point_hit(&mut self) -> Option<StopReason> {
-        let Some((point, hits)) = self.placement.search.as_ref() else {
-            return None;
-        };
+        let (point, hits) = self.placement.search.as_ref()?;
         let regs = match self.fd.get_regs() {
             Ok(r) => r,
             Err(e) => return Some(StopReason::Kvm(format!("cannot read registers: {e}"))),
