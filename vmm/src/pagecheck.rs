@@ -1,8 +1,11 @@
 //! Debugging aid for replay divergence: `FTVM_CHECK_PAGES=FILE` makes a recorder write a
-//! CRC of every guest page at each checkpoint delta to FILE, and a replayer compare its
-//! own pages with them right after loading the same delta. A page that differs there was
-//! written differently by the replay and not since by the recorder: a divergence that no
-//! exit showed. Costs a pass over all of RAM per delta; off unless the variable is set.
+//! CRC of every guest page at each checkpoint delta and each event point to FILE, and a
+//! replayer compare its own pages with them right after loading the same delta or reaching
+//! the same point. A page that differs after a delta was written differently by the replay
+//! and not since by the recorder; after a point, the replay ran the stretch before it
+//! differently (an event point that named the wrong pass shows here first): divergences
+//! that no exit showed. Costs a pass over all of RAM each time; off unless the variable is
+//! set.
 
 use std::io::{Read, Write};
 use std::sync::Mutex;
@@ -43,7 +46,8 @@ fn page_crcs(mem: &GuestMemoryMmap) -> Vec<(u64, u32)> {
         .collect()
 }
 
-/// At a delta (recorder: when taken; replayer: right after loading it).
+/// At a delta (recorder: when taken; replayer: right after loading it) or an event point
+/// (recorder: when logged; replayer: when reached).
 pub fn at_delta(mem: &GuestMemoryMmap, ordinal: u64) {
     let mut guard = crate::bus::lock(&CHECK);
     let Some(side) = guard.as_mut() else {
@@ -89,7 +93,7 @@ pub fn at_delta(mem: &GuestMemoryMmap, ordinal: u64) {
                     ordinal,
                     rec_ordinal,
                     differing = differ.len(),
-                    "page check after a delta: {}",
+                    "page check after a delta or event point: {}",
                     list.join(" ")
                 );
             }

@@ -174,3 +174,42 @@ fn a_point_not_found_within_the_budget_is_a_divergence() {
     assert!(err.contains("matches the recording"), "{err}");
     assert_eq!(rep.status.code(), Some(0), "{err}");
 }
+
+#[test]
+fn the_page_check_names_the_page_an_ambiguous_point_left_different() {
+    // FTVM_CHECK_PAGES compares every page at each point: the wrong pass shows there, at
+    // the first point, before any exit does.
+    require_kvm();
+    let log = log_path("pagecheck");
+    let check = log_path("pagecheck-crcs");
+    let kernel = guest("point-ambiguous");
+    let common = [
+        "--log",
+        log.to_str().unwrap(),
+        "--kernel",
+        kernel,
+        "--mem",
+        "16",
+    ];
+    let run = |verb: &str| {
+        ftvm()
+            .arg(verb)
+            .args(common)
+            .env("FTVM_CHECK_PAGES", &check)
+            .env("FTVM_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run ftvm")
+    };
+    let rec = run("record");
+    assert_eq!(rec.status.code(), Some(0), "{}", stderr(&rec));
+    let rep = run("replay");
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&check);
+    let err = stderr(&rep);
+    let first_check = err.find("page check after a delta or event point");
+    let first_exit = err.find("divergence at exit");
+    assert!(first_check.is_some(), "{err}");
+    assert!(first_exit.is_some(), "the exit shows it later: {err}");
+    assert!(first_check < first_exit, "{err}");
+}

@@ -142,12 +142,16 @@ impl Vcpu {
             }),
         };
         let counts = &mut self.metrics.points;
-        match record_core::kick_choice(&kick) {
+        let choice = record_core::kick_choice(&kick);
+        match choice {
             KickChoice::Point => counts.placed += 1,
             KickChoice::DeltaUserMode => counts.delta_user_mode += 1,
             KickChoice::DeltaOther => counts.delta_other += 1,
         }
         self.record(|_| Point::Kicked(kick));
+        if choice == KickChoice::Point {
+            crate::pagecheck::at_delta(&self.memory, self.ordinal);
+        }
     }
 
     /// Replay: `point` is due before the next exit: put the breakpoint on its RIP (once)
@@ -235,6 +239,7 @@ impl Vcpu {
                         self.clock.advance_to(t);
                     }
                 }
+                crate::pagecheck::at_delta(&self.memory, self.ordinal);
                 self.if_flag = regs.rflags & 0x200 != 0;
                 self.deliver();
                 None
