@@ -97,6 +97,14 @@ fn log_seeds(dir: &Path) {
             request: 9,
             status: 0,
         },
+        Entry::Point(Box::new(ft_log::EventPoint {
+            ordinal: 4,
+            time_ns: 7_000_000,
+            rip: 0xffff_ffff_8100_1000,
+            rflags: 0x246,
+            gprs: [5; 16],
+            branches: None,
+        })),
         Entry::Shutdown {
             ordinal: 5,
             reason: "power off".into(),
