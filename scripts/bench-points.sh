@@ -80,24 +80,31 @@ done
 
 num() { sed -n "$2" "$1" | head -n1; }
 echo "machine: $(uname -n), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); $(date -u +%Y-%m-%d)"
-printf '%-5s %-10s %11s %7s %7s %7s %6s %6s %6s %6s %6s %9s %7s %9s %7s %5s %5s\n' \
-    work mode log_bytes guest_s rec_s rep_s rep/rec points d_user d_other reached stepped missed verified skipped diverg equal
+printf '%-5s %-10s %11s %7s %7s %7s %6s %6s %6s %6s %6s %6s %9s %7s %9s %7s %5s %5s\n' \
+    work mode log_bytes guest_s rec_s rep_s rep/rec points d_user d_per d_other reached stepped missed verified skipped diverg equal
 for w in $workloads; do
     for m in "${modes[@]}"; do
         d=$work/$w-$m
         [ -f "$d/rec.err" ] || continue
         bytes=$(num "$d/rec.err" 's/^ftvm record: log \([0-9]*\) bytes;.*/\1/p')
         secs=$(num "$d/rec.err" 's/^ftvm record: log .* over \([0-9.]*\) s of guest time.*/\1/p')
-        read -r placed duser dother <<<"$(num "$d/rec.err" 's/.*event points: placed \([0-9]*\), as deltas \([0-9]*\) in user mode and \([0-9]*\) other.*/\1 \2 \3/p')"
+        read -r placed duser dper dother <<<"$(num "$d/rec.err" 's/.*event points: placed \([0-9]*\), as deltas \([0-9]*\) in user mode, \([0-9]*\) periodic and \([0-9]*\) other.*/\1 \2 \3 \4/p')"
         read -r reached stepped missed <<<"$(num "$d/rep.err" 's/.*reached \([0-9]*\), hits stepped over \([0-9]*\), missed \([0-9]*\)).*/\1 \2 \3/p')"
         read -r verified skipped divs <<<"$(num "$d/rep.err" 's/^ftvm replay: \([0-9]*\) exits verified.* \([0-9]*\) divergences, \([0-9]*\) exits skipped.*/\1 \3 \2/p')"
         equal=$(grep -q 'matches the recording' "$d/rep.err" && echo yes || echo NO)
         rec_ms=$(cat "$d/rec.ms"); rep_ms=$(cat "$d/rep.ms")
-        printf '%-5s %-10s %11s %7s %7.1f %7.1f %6.2f %6s %6s %6s %6s %9s %7s %9s %7s %5s %5s\n' \
+        printf '%-5s %-10s %11s %7s %7.1f %7.1f %6.2f %6s %6s %6s %6s %6s %9s %7s %9s %7s %5s %5s\n' \
             "$w" "$m" "${bytes:-?}" "${secs:-?}" "$(echo "$rec_ms / 1000" | bc -l)" "$(echo "$rep_ms / 1000" | bc -l)" \
-            "$(echo "$rep_ms / $rec_ms" | bc -l)" "${placed:-?}" "${duser:-?}" "${dother:-?}" \
+            "$(echo "$rep_ms / $rec_ms" | bc -l)" "${placed:-?}" "${duser:-?}" "${dper:-?}" "${dother:-?}" \
             "${reached:-?}" "${stepped:-?}" "${missed:-?}" "${verified:-?}" "${skipped:-?}" "${divs:-?}" "$equal"
     done
 done
-echo "points: kicks logged as event points; d_user/d_other: kicks shipped as deltas (user mode /"
-echo "other reasons); reached/stepped/missed: the replay's search (breakpoint hits stepped over)."
+for w in $workloads; do
+    for m in "${modes[@]}"; do
+        d=$work/$w-$m
+        [ -f "$d/rep.err" ] || continue
+        grep -o 'divergence at exit [0-9]*: [^;]*' "$d/rep.err" | head -n 3 | sed "s/^/$w $m: /" || true
+    done
+done
+echo "points: kicks logged as event points; d_user/d_per/d_other: kicks shipped as deltas (user"
+echo "mode / the delta interval / other reasons); reached/stepped/missed: the replay's search."

@@ -133,6 +133,11 @@ pub(crate) struct PlacementArgs {
     /// divergence.
     #[arg(long, value_name = "HITS", default_value_t = ftvm::vcpu::points::DEFAULT_SEARCH_BUDGET, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) point_search_budget: u64,
+    /// Milliseconds of guest time after which a kick is logged as a checkpoint delta even
+    /// where it could be a point (0: never), so that a replay that diverges recovers
+    /// within that much of the guest's run.
+    #[arg(long, value_name = "MS", default_value_t = ftvm::vcpu::points::DEFAULT_DELTA_INTERVAL_MS)]
+    pub(crate) delta_interval: u64,
 }
 
 impl PlacementArgs {
@@ -141,6 +146,7 @@ impl PlacementArgs {
         ftvm::vcpu::points::request(ftvm::vcpu::points::PlacementRequest {
             by_breakpoint: self.place_events == "breakpoint",
             search_budget: self.point_search_budget,
+            delta_interval_ns: self.delta_interval.saturating_mul(1_000_000),
         });
     }
 }

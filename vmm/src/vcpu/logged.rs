@@ -230,6 +230,7 @@ impl Vcpu {
             return;
         };
         let t = self.clock.freeze_now();
+        self.placement.last_delta_ns = t;
         match rec.take_delta(
             &self.fd,
             &self.memory,

@@ -32,13 +32,21 @@ pub struct PlacementRequest {
     pub by_breakpoint: bool,
     /// See [`DEFAULT_SEARCH_BUDGET`].
     pub search_budget: u64,
+    /// Guest time after which a kick is a delta even where it could be a point (0:
+    /// never): a replay that diverges recovers from the next delta, so this bounds what
+    /// it skips.
+    pub delta_interval_ns: u64,
 }
+
+/// See [`PlacementRequest::delta_interval_ns`].
+pub const DEFAULT_DELTA_INTERVAL_MS: u64 = 1000;
 
 impl Default for PlacementRequest {
     fn default() -> Self {
         Self {
             by_breakpoint: true,
             search_budget: DEFAULT_SEARCH_BUDGET,
+            delta_interval_ns: DEFAULT_DELTA_INTERVAL_MS * 1_000_000,
         }
     }
 }
@@ -57,6 +65,9 @@ pub struct PointCounts {
     pub placed: u64,
     /// Recording: kicks shipped as deltas because the guest was in user mode.
     pub delta_user_mode: u64,
+    /// Recording: kicks shipped as deltas because the last delta was older than the
+    /// delta interval.
+    pub delta_periodic: u64,
     /// Recording: kicks shipped as deltas for another reason (no exact breakpoints on
     /// this host, placement turned off, on the SYSCALL repair's breakpoint).
     pub delta_other: u64,
@@ -72,9 +83,10 @@ impl std::fmt::Display for PointCounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "placed {}, as deltas {} in user mode and {} other; reached {}, hits stepped over {}, missed {}",
+            "placed {}, as deltas {} in user mode, {} periodic and {} other; reached {}, hits stepped over {}, missed {}",
             self.placed,
             self.delta_user_mode,
+            self.delta_periodic,
             self.delta_other,
             self.reached,
             self.hits_stepped,
@@ -89,6 +101,9 @@ pub(crate) struct Placement {
     /// Kicks in kernel mode become points (requested, and the host's breakpoints exact).
     by_breakpoint: bool,
     search_budget: u64,
+    delta_interval_ns: u64,
+    /// Recording: guest time of the last checkpoint delta logged.
+    pub(super) last_delta_ns: u64,
     /// The point being searched for, and the hits stepped over so far.
     search: Option<(EventPoint, u64)>,
 }
@@ -99,6 +114,8 @@ impl Placement {
         Self {
             by_breakpoint: r.by_breakpoint && exact_breakpoints,
             search_budget: r.search_budget.max(1),
+            delta_interval_ns: r.delta_interval_ns,
+            last_delta_ns: 0,
             search: None,
         }
     }
@@ -129,6 +146,8 @@ impl Vcpu {
             by_breakpoint: self.placement.by_breakpoint,
             cpl,
             watched_rip: self.breakpoints.get(Slot::PageFault),
+            since_delta_ns: time_ns.saturating_sub(self.placement.last_delta_ns),
+            delta_interval_ns: self.placement.delta_interval_ns,
             point: regs.map(|r| {
                 let at = registers(&r);
                 EventPoint {
@@ -146,6 +165,7 @@ impl Vcpu {
         match choice {
             KickChoice::Point => counts.placed += 1,
             KickChoice::DeltaUserMode => counts.delta_user_mode += 1,
+            KickChoice::DeltaPeriodic => counts.delta_periodic += 1,
             KickChoice::DeltaOther => counts.delta_other += 1,
         }
         self.record(|_| Point::Kicked(kick));

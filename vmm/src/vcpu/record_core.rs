@@ -38,6 +38,11 @@ pub(crate) struct Kick {
     pub cpl: u8,
     /// The instruction the SYSCALL repair's breakpoint watches, if armed.
     pub watched_rip: Option<u64>,
+    /// Guest time since the last checkpoint delta was logged.
+    pub since_delta_ns: u64,
+    /// A delta at least this often (guest time; 0: never for this reason), so that a
+    /// replay that diverges recovers within it.
+    pub delta_interval_ns: u64,
     /// The point (None when the registers could not be read).
     pub point: Option<EventPoint>,
 }
@@ -49,6 +54,8 @@ pub(crate) enum KickChoice {
     Point,
     /// As a checkpoint delta: in user mode, where breakpoints never fire here.
     DeltaUserMode,
+    /// As a checkpoint delta: the last one is older than the delta interval.
+    DeltaPeriodic,
     /// As a checkpoint delta: the host has no exact breakpoints, placement is off, or the
     /// point could not be named (its registers unreadable, or on the SYSCALL repair's
     /// own breakpoint).
@@ -60,6 +67,9 @@ pub(crate) fn kick_choice(kick: &Kick) -> KickChoice {
     match &kick.point {
         _ if !kick.by_breakpoint => KickChoice::DeltaOther,
         _ if kick.cpl != 0 => KickChoice::DeltaUserMode,
+        Some(_) if kick.delta_interval_ns > 0 && kick.since_delta_ns >= kick.delta_interval_ns => {
+            KickChoice::DeltaPeriodic
+        }
         Some(p) if Some(p.rip) != kick.watched_rip => KickChoice::Point,
         _ => KickChoice::DeltaOther,
     }
@@ -185,6 +195,8 @@ mod tests {
             by_breakpoint: true,
             cpl,
             watched_rip: Some(0xffff_ffff_8100_0f00),
+            since_delta_ns: 400_000_000,
+            delta_interval_ns: 1_000_000_000,
             point: Some(EventPoint {
                 ordinal: 12,
                 time_ns: 5_000_000,
@@ -224,6 +236,24 @@ mod tests {
             ..kick(0, 0xffff_ffff_8100_1000)
         };
         assert_eq!(decide(Point::Kicked(unread)), Record::Delta { full: false });
+    }
+
+    #[test]
+    fn a_kick_long_after_the_last_delta_is_a_delta_so_that_replays_recover() {
+        let due = Kick {
+            since_delta_ns: 1_000_000_000,
+            ..kick(0, 0xffff_ffff_8100_1000)
+        };
+        assert_eq!(kick_choice(&due), KickChoice::DeltaPeriodic);
+        assert_eq!(
+            decide(Point::Kicked(due.clone())),
+            Record::Delta { full: false }
+        );
+        let never = Kick {
+            delta_interval_ns: 0,
+            ..due
+        };
+        assert_eq!(kick_choice(&never), KickChoice::Point);
     }
 
     #[test]
