@@ -225,6 +225,12 @@ impl Replayer {
         Ok(Some(e))
     }
 
+    /// The recorder's whole memory as of the last delta read (every non-zero page of this
+    /// side's copy), if this replayer keeps a copy.
+    pub fn whole_memory(&self) -> Option<Vec<ft_log::Page>> {
+        self.shadow.as_ref().map(|s| s.whole_pages())
+    }
+
     /// Decode a delta's states and pages against this side's copies (with a shadow only:
     /// a reader without one passes deltas on as logged).
     fn decode_delta(&mut self, d: &mut ft_log::Delta) -> Result<(), PageCodecError> {

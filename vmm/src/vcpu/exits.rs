@@ -13,20 +13,26 @@ use crate::stop::StopReason;
 impl Vcpu {
     /// Arm the kicker for the earliest moment an event will have waited too long.
     pub(super) fn arm_kicker(&mut self) {
-        let Some((kicker, purpose)) = &self.kicker else {
+        let Some(purpose) = self.kicker.as_ref().map(|(_, p)| *p) else {
             return;
         };
         // Still armed from before a debug exit (see run_once): its deadline stands.
         if std::mem::take(&mut self.kick_kept_armed) {
             return;
         }
-        let bound = match *purpose {
+        let bound = match purpose {
             KickPurpose::StallWatch { limit_ns } => {
+                let limit_ns = self.replay_stall_limit(limit_ns);
                 self.stall_deadline = self.clock.live_ns().saturating_add(limit_ns);
-                kicker.arm(self.stall_deadline);
+                if let Some((kicker, _)) = &self.kicker {
+                    kicker.arm(self.stall_deadline);
+                }
                 return;
             }
             KickPurpose::EventBound { bound_ns } => bound_ns,
+        };
+        let Some((kicker, _)) = &self.kicker else {
+            return;
         };
         // After a kicked delivery the guest gets at least one more bound of run time
         // before the next kick: on hosts where its tick handler takes about a tick period,

@@ -349,6 +349,19 @@ pub(crate) fn untaken_input(
     ))
 }
 
+/// How long the replayed guest may run from guest time `now_ns` before the exit or point
+/// the log has next counts as never coming: `base_ns`, or three times as long as the
+/// recorder took to get there (guest time runs with host time while a recorder runs, and
+/// an early boot's stretches without exits take longer than `base_ns` here).
+pub(crate) fn stall_limit(log: &mut impl LogAhead, now_ns: u64, base_ns: u64) -> u64 {
+    let next = match log.peek(0) {
+        Ok(Some(Entry::Exit(e))) => e.time_ns,
+        Ok(Some(Entry::Point(p))) => p.time_ns,
+        _ => return base_ns,
+    };
+    base_ns.max(next.saturating_sub(now_ns).saturating_mul(3))
+}
+
 /// The replayed guest ran for `bound_ns` without making the exit the log has next.
 pub(crate) fn stalled(log: &mut impl LogAhead, ordinal: u64, bound_ns: u64) -> Divergence {
     let next = match log.peek(0) {

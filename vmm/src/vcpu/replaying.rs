@@ -67,10 +67,22 @@ impl Vcpu {
         }
     }
 
+    /// Replay: how long the vCPU may run for the log's next exit or point (see
+    /// [`replay_core::stall_limit`]).
+    pub(super) fn replay_stall_limit(&mut self, base_ns: u64) -> u64 {
+        let now = ftvm_devices::Clock::now_ns(&*self.clock);
+        match &mut self.log {
+            LogMode::Replay(r) => replay_core::stall_limit(r.as_mut(), now, base_ns),
+            _ => base_ns,
+        }
+    }
+
     /// Replay: the guest ran for the stall bound without the exit the log has next.
     pub(super) fn replay_stalled(&mut self) {
         let limit = match self.kicker.as_ref().map(|(_, p)| *p) {
-            Some(crate::kicker::KickPurpose::StallWatch { limit_ns }) => limit_ns,
+            Some(crate::kicker::KickPurpose::StallWatch { limit_ns }) => {
+                self.replay_stall_limit(limit_ns)
+            }
             _ => 0,
         };
         if let LogMode::Replay(r) = &mut self.log {
@@ -132,8 +144,21 @@ impl Vcpu {
                 }
                 // The primary died before the checkpoint came: the guest goes live.
                 Ok(RecoverStep::GoLive) => return None,
-                Ok(RecoverStep::Apply { delta, is_final }) => {
+                Ok(RecoverStep::Apply {
+                    mut delta,
+                    is_final,
+                }) => {
                     r.set_recovering(false);
+                    // A dirty-page delta repairs only the pages the recorder wrote since
+                    // the one before; the diverged guest may have written others. The
+                    // replayer's copy of the pages is the recorder's whole memory at this
+                    // delta: load all of it.
+                    if !delta.full {
+                        if let Some(pages) = r.whole_memory() {
+                            delta.pages = ft_log::pages::PageSet::Raw(pages);
+                            delta.full = true;
+                        }
+                    }
                     tracing::info!(
                         ordinal = delta.ordinal,
                         full = delta.full,

@@ -365,3 +365,20 @@ fn a_stalled_replay_names_what_the_log_has_next() {
     let d = stalled(&mut Script::file([]), 2, 0);
     assert_eq!(d.recorded, "next: end of log");
 }
+
+#[test]
+fn the_stall_limit_grows_with_the_stretch_the_recorder_ran() {
+    let base = 10_000_000_000;
+    // The next exit came 30 s of guest time after the last one: allow three times that.
+    let mut log = Script::file([Entry::Exit(ExitRecord {
+        time_ns: 32_000_000_000,
+        ..pio_in(1, 0)
+    })]);
+    assert_eq!(stall_limit(&mut log, 2_000_000_000, base), 90_000_000_000);
+    // A short stretch keeps the base; so does a log with nothing timed next.
+    assert_eq!(stall_limit(&mut log, 31_000_000_000, base), base);
+    let mut empty = Script::file([]);
+    assert_eq!(stall_limit(&mut empty, 0, base), base);
+    // A time before now (a damaged log) cannot underflow.
+    assert_eq!(stall_limit(&mut log, u64::MAX, base), base);
+}
