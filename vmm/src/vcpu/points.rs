@@ -106,6 +106,8 @@ pub(crate) struct Placement {
     pub(super) last_delta_ns: u64,
     /// The point being searched for, and the hits stepped over so far.
     search: Option<(EventPoint, u64)>,
+    /// The registers at the last hit stepped over (for the report of a point missed).
+    last_hit: Option<Registers>,
 }
 
 impl Placement {
@@ -116,6 +118,7 @@ impl Placement {
             search_budget: r.search_budget.max(1),
             delta_interval_ns: r.delta_interval_ns,
             last_delta_ns: 0,
+            last_hit: None,
             search: None,
         }
     }
@@ -192,6 +195,7 @@ impl Vcpu {
             return Some(StopReason::Kvm(e.to_string()));
         }
         self.placement.search = Some((point, 0));
+        self.placement.last_hit = None;
         None
     }
 
@@ -207,7 +211,16 @@ impl Vcpu {
 
     /// Replay diverged: a search under way has missed its point.
     pub(super) fn point_missed(&mut self) {
-        if self.placement.search.is_some() {
+        if let Some((point, hits)) = &self.placement.search {
+            let last = match &self.placement.last_hit {
+                Some(r) => points::differences(point, r),
+                None => "never hit".into(),
+            };
+            tracing::warn!(
+                ordinal = point.ordinal,
+                "searching for the {}: {hits} hits stepped over; {last}",
+                points::describe(point)
+            );
             self.metrics.points.missed += 1;
             self.end_point_search();
         }
@@ -238,12 +251,8 @@ impl Vcpu {
             Ok(r) => r,
             Err(e) => return Some(StopReason::Kvm(format!("cannot read registers: {e}"))),
         };
-        match points::at_hit(
-            point,
-            &registers(&regs),
-            *hits,
-            self.placement.search_budget,
-        ) {
+        let at = registers(&regs);
+        match points::at_hit(point, &at, *hits, self.placement.search_budget) {
             PointHit::Reached => {
                 tracing::debug!(
                     ordinal = point.ordinal,
@@ -268,6 +277,7 @@ impl Vcpu {
                 if let Some((_, hits)) = self.placement.search.as_mut() {
                     *hits += 1;
                 }
+                self.placement.last_hit = Some(at);
                 self.metrics.points.hits_stepped += 1;
                 let stepped = self.breakpoints.step(&self.fd, Slot::EventPoint);
                 stepped.err().map(|e| StopReason::Kvm(e.to_string()))
