@@ -179,6 +179,26 @@ mod tests {
     }
 
     #[test]
+    fn the_exit_check_reports_an_exit_made_before_the_point() {
+        use super::super::{check_exit, ExitCheck};
+        let mut log = super::super::tests::Script::file([Entry::Point(Box::new(point()))]);
+        let mine = ft_log::ExitRecord {
+            ordinal: 41,
+            time_ns: 0,
+            kind: ft_log::ExitKind::PioOut,
+            rip: 0x10,
+            addr: 0x3f8,
+            size: 1,
+            value: 0x41,
+        };
+        let Ok(ExitCheck::Unexpected(d)) = check_exit(&mut log, &mine) else {
+            panic!("an exit where the log has a point is a divergence");
+        };
+        assert_eq!(d.what, "exit before the recorded event point");
+        assert!(d.replayed.contains("PioOut rip 0x10"), "{}", d.replayed);
+    }
+
+    #[test]
     fn an_exit_before_the_point_is_a_divergence_naming_both() {
         let d = passed(&point(), 41, "PioOut rip 0x10".into());
         assert_eq!(d.ordinal, 41);
