@@ -9,12 +9,16 @@
 # a shell loop printing n-0..n-59 on the guest's console, SIGKILL to the primary at a
 # random point of the loop, and the backup going live. Each trial checks the console
 # stream an observer sees (every number once, in order, the live guest finishing the loop)
-# and prints one line of figures; the last line sums up. Exit status 1 if any trial failed.
+# and prints one line of figures (with the primary's output delay and the backup's lag,
+# from `ftvm status` just before the kill); the last line sums up. Exit status 1 if any
+# trial failed. PLACE_EVENTS=delta runs the primaries with `--place-events delta` (every
+# kick a checkpoint delta, as before event points).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 trials=${1:-1}
+place_events=${PLACE_EVENTS:-breakpoint}
 case $trials in '' | *[!0-9]*) log "TRIALS must be a number, not '$trials'"; exit 2 ;; esac
 
 ensure_base_tools
@@ -43,7 +47,7 @@ for ((trial = 1; trial <= trials; trial++)); do
     kill_at=$((4 + RANDOM % 40))
     mkfifo "$dir/stdin"
     "$ftvm" primary --shared-dir "$dir/shared" --name stock --key-file "$dir/pair.key" --listen "127.0.0.1:$port" \
-        --restore "$snap" <"$dir/stdin" >/dev/null 2>"$dir/primary.err" &
+        --place-events "$place_events" --restore "$snap" <"$dir/stdin" >/dev/null 2>"$dir/primary.err" &
     primary=$!
     pids+=("$primary")
     exec 7>"$dir/stdin"
@@ -59,7 +63,10 @@ for ((trial = 1; trial <= trials; trial++)); do
         log "trial $trial: the guest never printed n-$kill_at"
         exit 1
     fi
-    "$ftvm" status --shared-dir "$dir/shared" --name stock | sed 's/^/    /' >&2
+    "$ftvm" status --shared-dir "$dir/shared" --name stock >"$dir/status" 2>&1 || true
+    sed 's/^/    /' "$dir/status" >&2
+    figures=$(grep -o 'lag [0-9]* exits' "$dir/status" | head -n1)
+    figures="$figures, output $(grep -o 'delay avg [0-9.]* ms max [0-9.]* ms' "$dir/status" | head -n1)"
     log "trial $trial: SIGKILL to the primary after n-$kill_at"
     kill -9 "$primary"
     if timeout 600 tail --pid="$backup" -f /dev/null; then
@@ -83,8 +90,9 @@ for ((trial = 1; trial <= trials; trial++)); do
         verdict=FAILED
         failed=$((failed + 1))
     fi
-    printf 'trial %d: %s: killed after n-%d; %s; console n-0..n-%d in order: %s; backup status %s\n' \
-        "$trial" "$verdict" "$kill_at" "$live" $((seen - 1)) "$in_order" "$status"
+    points=$(grep -o 'event points: [^)]*' "$dir/backup.err" | head -n1)
+    printf 'trial %d: %s: killed after n-%d; %s; console n-0..n-%d in order: %s; backup status %s; before the kill: %s; backup %s\n' \
+        "$trial" "$verdict" "$kill_at" "$live" $((seen - 1)) "$in_order" "$status" "$figures" "${points:-(no event points line)}"
     [ "$verdict" = ok ] || tail -n 5 "$dir/backup.err" >&2
     grep -h 'divergence at' "$dir/backup.err" | sed 's/^/    backup: /' >&2 || true
 done
