@@ -11,14 +11,15 @@
 # stream an observer sees (every number once, in order, the live guest finishing the loop)
 # and prints one line of figures (with the primary's output delay and the backup's lag,
 # from `ftvm status` just before the kill); the last line sums up. Exit status 1 if any
-# trial failed. PLACE_EVENTS=delta runs the primaries with `--place-events delta` (every
-# kick a checkpoint delta, as before event points).
+# trial failed. PLACE_EVENTS=breakpoint runs the primaries with `--place-events breakpoint`
+# (kicks in kernel mode as event points; the default, `delta`, ships every kick as a
+# checkpoint delta).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 trials=${1:-1}
-place_events=${PLACE_EVENTS:-breakpoint}
+place_events=${PLACE_EVENTS:-delta}
 case $trials in '' | *[!0-9]*) log "TRIALS must be a number, not '$trials'"; exit 2 ;; esac
 
 ensure_base_tools

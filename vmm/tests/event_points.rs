@@ -29,6 +29,9 @@ fn record_and_replay(guest_name: &str, extra: &[&str]) -> (String, String, Optio
     ];
     let mut args = vec!["record"];
     args.extend(common);
+    if extra.is_empty() {
+        args.extend(["--place-events", "breakpoint"]);
+    }
     args.extend(extra);
     let rec = run_ftvm(&args, b"");
     assert_eq!(rec.status.code(), Some(0), "record: {}", stderr(&rec));
@@ -156,7 +159,8 @@ fn a_point_not_found_within_the_budget_is_a_divergence() {
         "--mem",
         "16",
     ];
-    let rec = run_ftvm(&[&["record"][..], &common[..]].concat(), b"");
+    let placed = ["--place-events", "breakpoint"];
+    let rec = run_ftvm(&[&["record"][..], &common[..], &placed[..]].concat(), b"");
     assert_eq!(rec.status.code(), Some(0), "{}", stderr(&rec));
     let rep = run_ftvm(
         &[
@@ -196,9 +200,15 @@ fn the_page_check_names_the_page_an_ambiguous_point_left_different() {
         "16",
     ];
     let run = |verb: &str| {
+        let placed: &[&str] = if verb == "record" {
+            &["--place-events", "breakpoint"]
+        } else {
+            &[]
+        };
         ftvm()
             .arg(verb)
             .args(common)
+            .args(placed)
             .env("FTVM_CHECK_PAGES", &check)
             .env("FTVM_LOG", "warn")
             .stdin(std::process::Stdio::null())

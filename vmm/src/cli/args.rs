@@ -123,11 +123,12 @@ pub(crate) struct PairArgs {
 /// How events the recorder delivers between exits (at kicks) reach the replayer.
 #[derive(clap::Args)]
 pub(crate) struct PlacementArgs {
-    /// `breakpoint`: a kick in guest kernel mode is logged as a point (RIP and registers)
-    /// that the replayer finds again with a hardware breakpoint, where this host's
-    /// breakpoints are exact (probed at start); other kicks as checkpoint deltas.
-    /// `delta`: every kick as a checkpoint delta (the format before points).
-    #[arg(long, value_name = "HOW", default_value = "breakpoint", value_parser = ["breakpoint", "delta"])]
+    /// `delta`: every kick as a checkpoint delta. `breakpoint`: a kick in guest kernel
+    /// mode is logged as a point (RIP and registers) that the replayer finds again with a
+    /// hardware breakpoint, where this host's breakpoints are exact (probed at start);
+    /// other kicks as deltas. A smaller log, but a point in code whose registers come
+    /// from the guest's own RDTSC reads cannot be found again (see the README).
+    #[arg(long, value_name = "HOW", default_value = "delta", value_parser = ["breakpoint", "delta"])]
     pub(crate) place_events: String,
     /// Breakpoint hits a replay steps over looking for one point before it counts as a
     /// divergence.

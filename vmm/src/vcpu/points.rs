@@ -44,7 +44,7 @@ pub const DEFAULT_DELTA_INTERVAL_MS: u64 = 1000;
 impl Default for PlacementRequest {
     fn default() -> Self {
         Self {
-            by_breakpoint: true,
+            by_breakpoint: false,
             search_budget: DEFAULT_SEARCH_BUDGET,
             delta_interval_ns: DEFAULT_DELTA_INTERVAL_MS * 1_000_000,
         }
