@@ -40,6 +40,10 @@ pub(crate) fn collect(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>
 impl ConsoleVmm {
     /// Start `cmd` (an ftvm command line) with its console on pipes.
     pub fn spawn(mut cmd: Command) -> Self {
+        // The vCPU's line at a stop says where the guest was when a test gives up on it.
+        if std::env::var_os("FTVM_LOG").is_none() {
+            cmd.env("FTVM_LOG", "warn,ftvm::stop=info");
+        }
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -121,9 +125,8 @@ impl ConsoleVmm {
             let want = format!("settled-{}", tries * 1000);
             let asked = std::time::Instant::now();
             while asked.elapsed() < Duration::from_secs(20) {
-                let out = self.stdout();
-                if let Some(i) = out.find(&format!("\n{want}")) {
-                    self.prompt_from = i + want.len() + 1;
+                if let Some(end) = answer_end(&self.stdout(), &want) {
+                    self.prompt_from = end;
                     return;
                 }
                 if let Some(s) = self.vmm.try_wait() {
@@ -134,11 +137,12 @@ impl ConsoleVmm {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            assert!(
-                t.elapsed() < limit,
-                "the shell did not answer within {limit:?} ({tries} tries):\n{}",
-                self.both()
-            );
+            if t.elapsed() >= limit {
+                panic!(
+                    "the shell did not answer within {limit:?} ({tries} tries):\n{}",
+                    crate::Watched::last_words(self)
+                );
+            }
         }
     }
 
@@ -197,5 +201,42 @@ impl crate::Watched for ConsoleVmm {
 
     fn said(&self) -> String {
         self.both()
+    }
+
+    fn last_words(&mut self) -> String {
+        self.vmm.stop_and_tell(crate::LAST_WORDS_GRACE);
+        self.both()
+    }
+}
+
+/// Where the line the shell printed as `want` ends in `out`: a line that is `want`, maybe
+/// after the prompt (a line typed before the shell printed its prompt was echoed by the
+/// tty then, so the answer follows the prompt on its line). The typed line itself never
+/// matches: it says `$((N*1000))`, not the number.
+fn answer_end(out: &str, want: &str) -> Option<usize> {
+    let mut at = 0;
+    for line in out.split_inclusive('\n') {
+        at += line.len();
+        if line.trim_end().trim_start_matches("# ") == want {
+            return Some(at);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::answer_end;
+
+    #[test]
+    fn the_answer_is_found_after_the_prompt_or_alone_never_in_the_typed_line() {
+        let seen = "status Necho settled-$((1*1000))\n\n# settled-1000\n# ";
+        assert_eq!(answer_end(seen, "settled-1000"), Some(seen.len() - 2));
+        assert_eq!(answer_end("x\nsettled-2000\n# ", "settled-2000"), Some(15));
+        assert_eq!(
+            answer_end("# echo settled-$((3*1000))\n", "settled-3000"),
+            None
+        );
+        assert_eq!(answer_end("# settled-30000\n", "settled-3000"), None);
     }
 }

@@ -308,6 +308,22 @@ impl Vmm {
         }
     }
 
+    /// Ask it to stop (SIGTERM) and give it `grace` to say where its guest was (with
+    /// `FTVM_LOG=ftvm::stop=info`, the vCPU's stop line); then SIGKILL. What it said.
+    pub fn stop_and_tell(&mut self, grace: Duration) -> String {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let t = Instant::now();
+            while t.elapsed() < grace && self.try_wait().is_none() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            self.kill();
+        }
+        self.stderr()
+    }
+
     /// SIGKILL, as a power loss would end it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -329,7 +345,14 @@ impl Watched for Vmm {
     fn said(&self) -> String {
         self.stderr()
     }
+
+    fn last_words(&mut self) -> String {
+        self.stop_and_tell(LAST_WORDS_GRACE)
+    }
 }
+
+/// How long a VMM that a test gives up on has to report where its guest was.
+pub const LAST_WORDS_GRACE: Duration = Duration::from_secs(30);
 
 /// A process a test waits on: whether it has ended, and what it said so far.
 pub trait Watched {
@@ -337,6 +360,10 @@ pub trait Watched {
     fn ended(&mut self) -> Option<i32>;
     /// What it has said so far, shown when a wait fails.
     fn said(&self) -> String;
+    /// When a test gives up on it: what it says once asked to stop.
+    fn last_words(&mut self) -> String {
+        self.said()
+    }
 }
 
 /// Until `done(process)`, polled every few milliseconds; panics with what the process said
@@ -347,11 +374,9 @@ pub fn wait_until<W: Watched>(w: &mut W, what: &str, limit: Duration, done: impl
         if let Some(s) = w.ended() {
             panic!("exited with {s} before {what}:\n{}", w.said());
         }
-        assert!(
-            t.elapsed() < limit,
-            "no {what} within {limit:?}:\n{}",
-            w.said()
-        );
+        if t.elapsed() >= limit {
+            panic!("no {what} within {limit:?}:\n{}", w.last_words());
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
 }

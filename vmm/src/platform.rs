@@ -338,6 +338,27 @@ impl Platform {
         lock(&self.devices.pic).acknowledge()
     }
 
+    /// The interrupt path as it stands, for a report when a guest stops answering: the
+    /// PIC's request, mask and in-service bits and the UART's registers.
+    pub fn interrupt_view(&self) -> String {
+        let pic = lock(&self.devices.pic).state();
+        let serial = lock(&self.devices.serial).state();
+        format!(
+            "PIC master irr {:#04x} imr {:#04x} isr {:#04x}, slave irr {:#04x} imr {:#04x} isr {:#04x}; \
+             UART ier {:#04x} iir {:#04x} lsr {:#04x}, {} bytes unread",
+            pic.master.irr,
+            pic.master.imr,
+            pic.master.isr,
+            pic.slave.irr,
+            pic.slave.imr,
+            pic.slave.isr,
+            serial.interrupt_enable,
+            serial.interrupt_identification,
+            serial.line_status,
+            serial.in_buffer.len()
+        )
+    }
+
     /// When the next timer interrupt is due (virtual ns).
     pub fn next_deadline_ns(&self) -> Option<u64> {
         lock(&self.devices.pit).next_irq0_deadline_ns()

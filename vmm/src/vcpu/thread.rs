@@ -19,6 +19,18 @@ impl Vcpu {
             k.register_current_thread();
         }
         let stop = self.state_machine();
+        // Where the guest was, for whoever asks (`FTVM_LOG=ftvm::stop=info`): a test whose
+        // guest stopped answering stops the VMM and shows this line.
+        tracing::info!(
+            target: "ftvm::stop",
+            "vCPU at stop after {} exits: {}, IF {}, rip {:#x}, {} input bytes waiting; {}",
+            self.ordinal,
+            if self.halted { "halted" } else { "running" },
+            self.if_flag,
+            self.fd.get_regs().map_or(0, |r| r.rip),
+            self.input.len(),
+            self.platform.interrupt_view()
+        );
         // Stop the kicker before this thread ends: it holds our pthread id.
         self.kicker = None;
         let log = self.finish_log(&stop);
