@@ -58,6 +58,12 @@ bin=$CARGO_TARGET_DIR/$host/release
 # Seeds: real frames, messages and states from ftvm's own encoders (same files each time).
 "$bin/gen_seeds" fuzz/corpus
 
+# The targets' scratch files (the snapshot loader's directories) go to a directory of
+# this run's own, removed however the run ends: libFuzzer exits without destructors.
+scratch=$(mktemp -d -t ftvm-fuzz.XXXXXX)
+trap 'rm -rf "$scratch"' EXIT
+export TMPDIR=$scratch
+
 results=()
 failed=0
 for t in "${targets[@]}"; do

@@ -170,6 +170,11 @@ impl Kicker {
         })
     }
 
+    /// Whether a kick is armed and has not fired yet.
+    pub fn is_armed(&self) -> bool {
+        self.shared.kick_at_ns.load(Ordering::SeqCst) != DISARMED
+    }
+
     /// Cancel any pending kick (the vCPU exited on its own).
     pub fn disarm(&self) {
         self.shared.kick_at_ns.store(DISARMED, Ordering::SeqCst);

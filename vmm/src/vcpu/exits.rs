@@ -16,8 +16,11 @@ impl Vcpu {
         let Some(purpose) = self.kicker.as_ref().map(|(_, p)| *p) else {
             return;
         };
-        // Still armed from before a debug exit (see run_once): its deadline stands.
-        if std::mem::take(&mut self.kick_kept_armed) {
+        // Still armed from before a debug exit (see run_once): its deadline stands, unless
+        // it has fired since (then a past deadline is armed again below).
+        if std::mem::take(&mut self.kick_kept_armed)
+            && self.kicker.as_ref().is_some_and(|(k, _)| k.is_armed())
+        {
             return;
         }
         let bound = match purpose {
@@ -208,11 +211,14 @@ impl Vcpu {
             Ok(VcpuExit::Debug(arch)) => return self.on_debug_exit(arch.pc),
             Ok(VcpuExit::Intr) | Ok(VcpuExit::IrqWindowOpen) => {
                 self.metrics.host_exits += 1;
+                self.fd.set_kvm_immediate_exit(0);
                 self.on_kick();
                 return None;
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 self.metrics.host_exits += 1;
+                // The kick is taken here (see handle::on_kick).
+                self.fd.set_kvm_immediate_exit(0);
                 self.on_kick();
                 return None;
             }

@@ -18,6 +18,7 @@ impl Vcpu {
         if let Some((k, _)) = &self.kicker {
             k.register_current_thread();
         }
+        super::handle::register_kick_target(&mut self.fd);
         let stop = self.state_machine();
         // Where the guest was, for whoever asks (`FTVM_LOG=ftvm::stop=info`): a test whose
         // guest stopped answering stops the VMM and shows this line.
@@ -45,6 +46,7 @@ impl Vcpu {
             }
         }
         let _ = self.events.send(VcpuEvent::Stopped(stop.clone()));
+        super::handle::unregister_kick_target();
         VcpuReport {
             stop,
             log,
