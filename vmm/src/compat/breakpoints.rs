@@ -93,6 +93,15 @@ impl Breakpoints {
             .find(|s| self.addrs[*s as usize] == Some(pc))
     }
 
+    /// Tell KVM again even if nothing changed here (after a vCPU state load, which may
+    /// have replaced what the host had); nothing is sent while no breakpoint was ever set.
+    pub fn reapply(&mut self, fd: &VcpuFd) -> Result<(), CompatError> {
+        if self.applied.take().is_none() {
+            return Ok(());
+        }
+        self.apply(fd)
+    }
+
     fn apply(&mut self, fd: &VcpuFd) -> Result<(), CompatError> {
         let state = debug_state(self.addrs, self.stepping.is_some());
         if self.applied == Some(state) {
@@ -179,6 +188,35 @@ mod tests {
         assert_eq!((regs[0], regs[1], regs[7]), (0x1000, 0x2000, 0b101));
         let (_, regs) = debug_state([None, Some(0x2000)], false);
         assert_eq!((regs[0], regs[1], regs[7]), (0, 0x2000, 0b100));
+    }
+
+    /// After a state load replaced what KVM had (here: guest debugging switched off
+    /// behind the owner's back), `reapply` sets the breakpoints again.
+    #[test]
+    fn reapply_restores_what_the_host_lost() {
+        let kvm_sys = Kvm::new().expect("/dev/kvm is needed");
+        let mut vm = probe_vm::build(&kvm_sys, &[0x90, 0xf4], &[0xf4], 0).expect("probe VM");
+        let fd = &mut vm.vcpu;
+        let mut bps = Breakpoints::default();
+        bps.set(fd, Slot::PageFault, Some(probe_vm::CODE + 1))
+            .expect("set");
+        let off = kvm_guest_debug {
+            control: 0,
+            pad: 0,
+            arch: kvm_guest_debug_arch { debugreg: [0; 8] },
+        };
+        fd.set_guest_debug(&off).expect("switch off");
+        bps.reapply(fd).expect("reapply");
+        let stopped = loop {
+            match fd.run() {
+                Ok(VcpuExit::Debug(arch)) => break Some(arch.pc),
+                Ok(VcpuExit::Hlt) => break None,
+                Ok(VcpuExit::Intr) => continue,
+                Err(e) if e.errno() == libc::EINTR => continue,
+                other => panic!("probe VM: {other:?}"),
+            }
+        };
+        assert_eq!(stopped, Some(probe_vm::CODE + 1));
     }
 
     #[test]

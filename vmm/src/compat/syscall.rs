@@ -183,6 +183,34 @@ impl SyscallRepair {
         Ok(())
     }
 
+    /// The vCPU's whole state was just loaded (a restore or state transfer before the
+    /// thread's first run, a checkpoint): the breakpoint goes on the loaded guest's #PF
+    /// handler before it runs another instruction. Waiting for the next synchronous exit
+    /// left a window in which a SYSCALL from user mode faulted unrepaired (a replayed
+    /// shell killed with a segfault at the kernel's entry). A step over a fault of the old
+    /// state means nothing in the new one, and the debug registers just loaded may have
+    /// replaced the host's breakpoint, so both are set again. A guest whose IDT is not set
+    /// up yet (a boot) is looked at again at its first synchronous exit, as before.
+    pub fn after_state_load(
+        &mut self,
+        fd: &VcpuFd,
+        mem: &GuestMemoryMmap,
+        ordinal: u64,
+        bps: &mut Breakpoints,
+    ) -> Result<(), CompatError> {
+        if let Phase::Stepping(h) = self.phase {
+            self.phase = Phase::Armed(h);
+            bps.end_step(fd)?;
+        }
+        bps.reapply(fd)?;
+        self.next_idt_check = 0;
+        self.on_sync_exit(fd, mem, ordinal, bps)?;
+        if matches!(self.phase, Phase::Idle) {
+            self.next_idt_check = 0;
+        }
+        Ok(())
+    }
+
     /// A debug exit of the repair's (its breakpoint, or the step over it). Returns true
     /// when it completed a broken SYSCALL.
     pub fn on_debug_exit(

@@ -25,7 +25,7 @@ pub enum DeltaError {
     #[error("delta page {gpa:#x}: {error}")]
     Page { gpa: u64, error: GuestMemoryError },
     #[error(transparent)]
-    Slots(#[from] CompatError),
+    Compat(#[from] CompatError),
     #[error(transparent)]
     Devices(#[from] PlatformError),
 }
@@ -106,6 +106,9 @@ impl Vcpu {
         self.clock.advance_to(d.time_ns);
         self.platform.load_state(devices)?;
         vcpu.restore(&self.fd)?;
+        if let Some(repair) = self.syscall_repair.as_mut() {
+            repair.after_state_load(&self.fd, &self.memory, d.ordinal, &mut self.breakpoints)?;
+        }
         crate::pagecheck::at_delta(&self.memory, d.ordinal);
         self.ordinal = d.ordinal;
         self.halted = vcpu.halted;

@@ -19,7 +19,10 @@ impl Vcpu {
             k.register_current_thread();
         }
         super::handle::register_kick_target(&mut self.fd);
-        let stop = self.state_machine();
+        let stop = match self.repair_after_state_load() {
+            Some(stop) => stop,
+            None => self.state_machine(),
+        };
         // Where the guest was, for whoever asks (`FTVM_LOG=ftvm::stop=info`): a test whose
         // guest stopped answering stops the VMM and shows this line.
         tracing::info!(
@@ -150,6 +153,15 @@ impl Vcpu {
             VcpuCommand::Finish => return Some(StopReason::Finished),
         }
         None
+    }
+
+    /// The vCPU state was just loaded (booted, restored, transferred, a checkpoint): the
+    /// SYSCALL repair watches the loaded guest from its next instruction.
+    pub(super) fn repair_after_state_load(&mut self) -> Option<StopReason> {
+        let repair = self.syscall_repair.as_mut()?;
+        let bps = &mut self.breakpoints;
+        let armed = repair.after_state_load(&self.fd, &self.memory, self.ordinal, bps);
+        armed.err().map(|e| StopReason::Kvm(e.to_string()))
     }
 
     /// Tell the output rule which exit the guest is at.
