@@ -211,14 +211,11 @@ impl Vcpu {
             Ok(VcpuExit::Debug(arch)) => return self.on_debug_exit(arch.pc),
             Ok(VcpuExit::Intr) | Ok(VcpuExit::IrqWindowOpen) => {
                 self.metrics.host_exits += 1;
-                self.fd.set_kvm_immediate_exit(0);
                 self.on_kick();
                 return None;
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 self.metrics.host_exits += 1;
-                // The kick is taken here (see handle::on_kick).
-                self.fd.set_kvm_immediate_exit(0);
                 self.on_kick();
                 return None;
             }

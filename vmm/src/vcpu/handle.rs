@@ -1,13 +1,11 @@
 //! The controller's side of the vCPU thread: start it, pause and resume it, save its
 //! state, switch its log, and collect its report.
 
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use kvm_ioctls::VcpuFd;
 use vmm_sys_util::signal::Killable;
 
 use super::{LogMode, Vcpu, VcpuCommand, VcpuError, VcpuEvent, VcpuMetrics, VcpuParts, VcpuReport};
@@ -25,37 +23,8 @@ fn kick_signal() -> i32 {
     vmm_sys_util::signal::SIGRTMIN()
 }
 
-thread_local! {
-    /// This thread's vCPU `kvm_run` area while it runs one (null on every other thread).
-    static KICK_TARGET: Cell<*mut kvm_bindings::kvm_run> = const { Cell::new(std::ptr::null_mut()) };
-}
-
-/// From the vCPU thread, before its first KVM_RUN: kicks set `immediate_exit` in `fd`'s
-/// run area. Until [`unregister_kick_target`], `fd` must stay alive and in place.
-pub(super) fn register_kick_target(fd: &mut VcpuFd) {
-    let run: *mut kvm_bindings::kvm_run = fd.get_kvm_run();
-    KICK_TARGET.with(|t| t.set(run));
-}
-
-/// From the vCPU thread, before its `VcpuFd` goes: later kicks touch nothing.
-pub(super) fn unregister_kick_target() {
-    KICK_TARGET.with(|t| t.set(std::ptr::null_mut()));
-}
-
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // Inside KVM_RUN the signal itself makes it return EINTR. A kick that lands while the
-    // thread handles an exit (a debug exit, say) would be lost, and the guest could then
-    // run without exits and never get its overdue interrupt: KVM checks immediate_exit
-    // on entry and returns EINTR at once, so the kick waits there (cleared at the EINTR).
-    KICK_TARGET.with(|t| {
-        let run = t.get();
-        if !run.is_null() {
-            // SAFETY: `run` is this thread's own vCPU run area, registered by this thread
-            // and unregistered before its VcpuFd (the mapping) is dropped; the handler
-            // runs on this thread, and a one-byte volatile store cannot tear.
-            unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
-        }
-    });
+    // Nothing to do: being interrupted is the point (KVM_RUN returns EINTR).
 }
 
 impl VcpuHandle {
@@ -206,42 +175,5 @@ impl VcpuHandle {
                 metrics: VcpuMetrics::default(),
             },
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Instant;
-
-    /// A kick that lands while the vCPU thread is outside KVM_RUN (handling an exit) is
-    /// not lost: the next KVM_RUN returns at once. The guest spins without exits (`jmp $`),
-    /// so a lost kick would leave it running until the watchdog's kick, seconds later.
-    #[test]
-    fn a_kick_outside_kvm_run_stops_the_next_one_at_once() {
-        vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick).expect("handler");
-        let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm is needed");
-        let mut vm = crate::compat::probe_vm::build(&kvm, &[0xeb, 0xfe], &[0xf4], 0).expect("VM");
-        register_kick_target(&mut vm.vcpu);
-        // SAFETY: pthread_self has no preconditions.
-        let me = unsafe { libc::pthread_self() };
-        let watchdog = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs(5));
-            // SAFETY: `me` is the test thread, which outlives this thread (joined below).
-            unsafe { libc::pthread_kill(me, kick_signal()) };
-        });
-        // SAFETY: as above; the handler only writes this thread's registered run area.
-        unsafe { libc::pthread_kill(me, kick_signal()) };
-        let t = Instant::now();
-        let ran = vm.vcpu.run().map(|_| ());
-        let took = t.elapsed();
-        vm.vcpu.set_kvm_immediate_exit(0);
-        unregister_kick_target();
-        watchdog.join().expect("watchdog");
-        assert!(
-            matches!(&ran, Err(e) if e.errno() == libc::EINTR),
-            "KVM_RUN ended with {ran:?}"
-        );
-        assert!(took < Duration::from_secs(2), "the kick waited {took:?}");
     }
 }

@@ -18,7 +18,6 @@ impl Vcpu {
         if let Some((k, _)) = &self.kicker {
             k.register_current_thread();
         }
-        super::handle::register_kick_target(&mut self.fd);
         let stop = match self.repair_after_state_load() {
             Some(stop) => stop,
             None => self.state_machine(),
@@ -49,7 +48,6 @@ impl Vcpu {
             }
         }
         let _ = self.events.send(VcpuEvent::Stopped(stop.clone()));
-        super::handle::unregister_kick_target();
         VcpuReport {
             stop,
             log,
