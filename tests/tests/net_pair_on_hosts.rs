@@ -106,7 +106,19 @@ fn echoes_come_back_across_a_power_loss_of_the_primary_host() {
     std::thread::sleep(Duration::from_secs(3));
     hosts.cut("a");
     primary.kill();
-    backup.wait_for("live at exit", Duration::from_secs(30));
+    // A backup that halts here lost the test-and-set: its primary went on alone before
+    // the kill (a starved backup counted lost, say); what the primary said tells why.
+    let live = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        backup.wait_for("live at exit", Duration::from_secs(30))
+    }));
+    if let Err(e) = live {
+        panic!(
+            "{}\n--- the primary said:\n{}",
+            e.downcast_ref::<String>()
+                .map_or("the backup did not go live", |s| s),
+            primary.stderr()
+        );
+    }
     let text = client_line(client);
     let (sent, echoed, twice, gap_ms, last_s) = figures(&text);
     // Echoes came before the cut (from A) and after it (from B, live), and the client saw

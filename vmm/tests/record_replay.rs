@@ -272,7 +272,8 @@ fn a_logged_interrupt_a_halted_guest_cannot_take_is_a_divergence_not_a_hang() {
 }
 
 /// `--profile` while recording: the profile names where the guest ran (the usermode guest
-/// spends nearly all its time at CPL3), and the recording still replays exactly.
+/// loops at CPL3 on its user page; its setup and printing run in this host's emulated
+/// kernel mode), and the recording still replays exactly.
 #[test]
 fn a_profiled_recording_still_replays_exactly() {
     require_kvm();
@@ -300,7 +301,13 @@ fn a_profiled_recording_still_replays_exactly() {
         .and_then(|t| t.split('%').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no CPL3 share in:\n{text}"));
-    assert!(cpl3 > 50.0, "the usermode guest loops at CPL3:\n{text}");
+    // About two thirds at CPL3 on an idle machine here, 48-62% with other jobs running
+    // (emulated kernel mode slows more): a profile that missed user mode shows ~0%.
+    assert!(cpl3 > 25.0, "the usermode guest loops at CPL3:\n{text}");
+    assert!(
+        text.contains("user 0x101000"),
+        "the loop's page is named:\n{text}"
+    );
     let mut args = vec!["replay", "--log", log.to_str().unwrap()];
     args.extend(base);
     let rep = run_ftvm(&args, b"");
