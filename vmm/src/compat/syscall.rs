@@ -167,6 +167,17 @@ impl SyscallRepair {
             return Ok(());
         }
         self.next_idt_check = ordinal + IDT_CHECK_INTERVAL;
+        self.follow_handler(fd, mem, bps)
+    }
+
+    /// Put the breakpoint on the guest's #PF handler as its IDT says now (or take it off
+    /// if the guest has none).
+    fn follow_handler(
+        &mut self,
+        fd: &VcpuFd,
+        mem: &GuestMemoryMmap,
+        bps: &mut Breakpoints,
+    ) -> Result<(), CompatError> {
         let handler = Self::pf_handler(fd, mem)?;
         match (handler, self.phase) {
             (Some(h), Phase::Armed(a)) if h == a => {}
@@ -199,15 +210,17 @@ impl SyscallRepair {
         bps: &mut Breakpoints,
     ) -> Result<(), CompatError> {
         if let Phase::Stepping(h) = self.phase {
+            // Ending the step sends the breakpoints to KVM as well.
             self.phase = Phase::Armed(h);
             bps.end_step(fd)?;
+        } else {
+            bps.reapply(fd)?;
         }
-        bps.reapply(fd)?;
-        self.next_idt_check = 0;
-        self.on_sync_exit(fd, mem, ordinal, bps)?;
-        if matches!(self.phase, Phase::Idle) {
-            self.next_idt_check = 0;
-        }
+        self.follow_handler(fd, mem, bps)?;
+        self.next_idt_check = match self.phase {
+            Phase::Idle => 0,
+            _ => ordinal + IDT_CHECK_INTERVAL,
+        };
         Ok(())
     }
 

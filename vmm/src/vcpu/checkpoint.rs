@@ -106,11 +106,9 @@ impl Vcpu {
         self.clock.advance_to(d.time_ns);
         self.platform.load_state(devices)?;
         vcpu.restore(&self.fd)?;
-        if let Some(repair) = self.syscall_repair.as_mut() {
-            repair.after_state_load(&self.fd, &self.memory, d.ordinal, &mut self.breakpoints)?;
-        }
         crate::pagecheck::at_delta(&self.memory, d.ordinal);
         self.ordinal = d.ordinal;
+        self.repair_after_state_load()?;
         self.halted = vcpu.halted;
         self.if_flag = vcpu.regs.rflags & 0x200 != 0;
         if let LogMode::Replay(r) = &mut self.log {

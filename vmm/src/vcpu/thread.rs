@@ -19,8 +19,8 @@ impl Vcpu {
             k.register_current_thread();
         }
         let stop = match self.repair_after_state_load() {
-            Some(stop) => stop,
-            None => self.state_machine(),
+            Ok(()) => self.state_machine(),
+            Err(e) => StopReason::Kvm(e.to_string()),
         };
         // Where the guest was, for whoever asks (`FTVM_LOG=ftvm::stop=info`): a test whose
         // guest stopped answering stops the VMM and shows this line.
@@ -155,11 +155,13 @@ impl Vcpu {
 
     /// The vCPU state was just loaded (booted, restored, transferred, a checkpoint): the
     /// SYSCALL repair watches the loaded guest from its next instruction.
-    pub(super) fn repair_after_state_load(&mut self) -> Option<StopReason> {
-        let repair = self.syscall_repair.as_mut()?;
-        let bps = &mut self.breakpoints;
-        let armed = repair.after_state_load(&self.fd, &self.memory, self.ordinal, bps);
-        armed.err().map(|e| StopReason::Kvm(e.to_string()))
+    pub(super) fn repair_after_state_load(&mut self) -> Result<(), crate::compat::CompatError> {
+        match self.syscall_repair.as_mut() {
+            Some(repair) => {
+                repair.after_state_load(&self.fd, &self.memory, self.ordinal, &mut self.breakpoints)
+            }
+            None => Ok(()),
+        }
     }
 
     /// Tell the output rule which exit the guest is at.
