@@ -19,6 +19,12 @@ pub const DEFAULT_EVENT_BOUND_NS: u64 = 5_000_000;
 /// How long a replaying guest may run without the exit its log has next before that is
 /// called a divergence (a diverged guest spinning forever would otherwise hang the replay).
 pub const REPLAY_STALL_NS: u64 = 10_000_000_000;
+/// How long after a kick the kicker kicks again if the vCPU has not disarmed it since. A
+/// signal that arrives while the vCPU thread is between KVM_RUNs (handling an exit, or
+/// just about to enter) is lost; a guest spinning with IF=1 and no exits would then wait
+/// forever for its tick. A kick that landed is not repeated: the vCPU disarms the kicker
+/// as soon as KVM_RUN returns, microseconds after the signal.
+pub const KICK_RETRY_NS: u64 = 1_000_000;
 const DISARMED: u64 = u64::MAX;
 
 /// Why the vCPU's kicker interrupts KVM_RUN. One timer thread and one signal serve two
@@ -58,6 +64,8 @@ struct Shared {
     /// pthread_t of the vCPU thread (0 until it registers).
     target: AtomicU64,
     stop: AtomicBool,
+    /// Signals sent, retries included.
+    kicks_sent: AtomicU64,
 }
 
 /// The kicker thread and its controls, owned by the vCPU thread's side: armed with a
@@ -106,6 +114,7 @@ impl Kicker {
             kick_at_ns: AtomicU64::new(DISARMED),
             target: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            kicks_sent: AtomicU64::new(0),
         });
         let s = shared.clone();
         let c = clock.clone();
@@ -132,12 +141,15 @@ impl Kicker {
                 continue;
             }
             let target = s.target.load(Ordering::SeqCst);
-            // Only kick if the vCPU is still in the same run (it disarms on every exit).
+            // Only kick if the vCPU is still in the same run (it disarms on every exit);
+            // stay armed for a retry in case this signal is lost.
+            let retry_at = now.saturating_add(KICK_RETRY_NS);
             if target != 0
                 && s.kick_at_ns
-                    .compare_exchange(at, DISARMED, Ordering::SeqCst, Ordering::SeqCst)
+                    .compare_exchange(at, retry_at, Ordering::SeqCst, Ordering::SeqCst)
                     .is_ok()
             {
+                s.kicks_sent.fetch_add(1, Ordering::Relaxed);
                 // SAFETY: `target` is the pthread_t the vCPU thread registered for itself;
                 // the vCPU thread outlives the kicker (the kicker is dropped first), and
                 // the signal has a handler that does nothing.
@@ -170,9 +182,14 @@ impl Kicker {
         })
     }
 
-    /// Whether a kick is armed and has not fired yet.
+    /// Whether a kick (or, after one fired, its retry) is armed.
     pub fn is_armed(&self) -> bool {
         self.shared.kick_at_ns.load(Ordering::SeqCst) != DISARMED
+    }
+
+    /// Signals sent so far, retries included.
+    pub fn kicks_sent(&self) -> u64 {
+        self.shared.kicks_sent.load(Ordering::Relaxed)
     }
 
     /// Cancel any pending kick (the vCPU exited on its own).
@@ -188,5 +205,58 @@ impl Drop for Kicker {
             t.thread().unpark();
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ClockMode;
+    use std::sync::atomic::AtomicUsize;
+
+    static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+
+    extern "C" fn count(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+        SIGNALS.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn wait_for(what: impl Fn() -> bool) -> bool {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < until {
+            if what() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
+    /// A kick whose signal is lost (here: every one, the thread is never in KVM_RUN) is
+    /// sent again until the vCPU disarms the kicker, and not after that.
+    #[test]
+    fn a_kick_is_sent_again_until_disarmed() {
+        let signal = vmm_sys_util::signal::SIGRTMIN() + 1;
+        vmm_sys_util::signal::register_signal_handler(signal, count).expect("handler");
+        let clock = Arc::new(VmClock::new(ClockMode::Host, 0));
+        clock.resume();
+        let kicker = Kicker::spawn(clock.clone(), signal).expect("kicker");
+        kicker.register_current_thread();
+        kicker.arm(clock.live_ns());
+        assert!(
+            wait_for(|| kicker.kicks_sent() >= 3),
+            "kicks: {}",
+            kicker.kicks_sent()
+        );
+        assert!(kicker.is_armed(), "a retry stays armed");
+        kicker.disarm();
+        // A kick already being sent when disarmed may still arrive; then nothing more.
+        std::thread::sleep(Duration::from_millis(5));
+        let sent = kicker.kicks_sent();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(kicker.kicks_sent(), sent, "no kick after disarm");
+        assert!(
+            wait_for(|| SIGNALS.load(Ordering::SeqCst) >= 3),
+            "signals arrive"
+        );
     }
 }

@@ -78,7 +78,15 @@ fn kernel_loops_replay_with_every_tick_placed_by_breakpoint() {
         placed + periodic,
         "each kick's event at a point, or a delta at most once a second: {rec}"
     );
-    assert!(periodic <= 4, "{rec}");
+    // One periodic delta per --delta-interval (1 s) of guest time, which a loaded host
+    // stretches (the loops run emulated: 0.9 s idle, 7 s beside two busy loops).
+    let guest_s: f64 = rec
+        .split(" s of guest time")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no guest time in: {rec}"));
+    assert!(periodic as f64 <= guest_s.ceil() + 1.0, "{rec}");
     assert_eq!(count(&rec, "as deltas"), 0, "no kick in user mode: {rec}");
     assert!(rec.contains(&format!("point {placed}")), "{rec}");
     assert_eq!(count(&rep, "reached"), placed, "{rep}");

@@ -16,8 +16,8 @@ impl Vcpu {
         let Some(purpose) = self.kicker.as_ref().map(|(_, p)| *p) else {
             return;
         };
-        // Still armed from before a debug exit (see run_once): its deadline stands, unless
-        // it has fired since (then a past deadline is armed again below).
+        // Still armed from before a debug exit (see run_once): its deadline stands (or, if
+        // it fired since, the kicker's retry). Disarmed, it is worked out again below.
         if std::mem::take(&mut self.kick_kept_armed)
             && self.kicker.as_ref().is_some_and(|(k, _)| k.is_armed())
         {
@@ -42,18 +42,21 @@ impl Vcpu {
         // kicking at every overdue edge would leave it nothing but timer interrupts, and
         // the PIC's fixed priority would starve every other line (the UART first).
         let earliest = self.last_kick_delivery_ns.saturating_add(bound);
+        // While an interrupt window is requested KVM itself will exit as soon as the guest
+        // can take an interrupt, and whatever is due is delivered there: kicking a guest
+        // with IF=0 only makes it ask for the same window again, over and over.
+        let window = self.fd.get_kvm_run().request_interrupt_window != 0;
         let timer = self
             .platform
             .next_deadline_ns()
+            .filter(|_| !window)
             .map(|d| d.max(earliest).saturating_add(bound));
-        // While an interrupt window is requested KVM itself will exit for the pending one.
-        let window = self.fd.get_kvm_run().request_interrupt_window != 0;
         let pending = self
             .pending_since
             .filter(|_| !window)
             .map(|t| t.max(earliest).saturating_add(bound));
         // Frames waiting in the receive queue, from when the first of them arrived.
-        let frames = self.net_rx.as_ref().and_then(|rx| {
+        let frames = self.net_rx.as_ref().filter(|_| !window).and_then(|rx| {
             let at = rx.core().kick_at(bound)?;
             Some(at.max(earliest.saturating_add(bound)))
         });

@@ -139,6 +139,8 @@ pub struct VcpuMetrics {
     pub host_exits: u64,
     /// Interrupts delivered at a kick because they waited longer than the event bound.
     pub kicked_injections: u64,
+    /// Kick signals the kicker sent, retries of lost ones included.
+    pub kicks_sent: u64,
     /// How kicks were shipped (points or deltas) and points found.
     pub points: points::PointCounts,
 }

@@ -48,6 +48,7 @@ impl Vcpu {
             }
         }
         let _ = self.events.send(VcpuEvent::Stopped(stop.clone()));
+        self.metrics.kicks_sent = self.kicker.as_ref().map_or(0, |(k, _)| k.kicks_sent());
         VcpuReport {
             stop,
             log,
