@@ -287,6 +287,11 @@ mod tests {
                 ],
                 branches: None,
             })),
+            Entry::HeldOutput {
+                ordinal: 3,
+                position: 1234,
+                bytes: b"held\n".to_vec(),
+            },
             Entry::Shutdown {
                 ordinal: 3,
                 reason: "power off".into(),

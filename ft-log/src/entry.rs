@@ -227,6 +227,20 @@ pub enum Entry {
     /// [`EventPoint`]); the entries that follow at the same ordinal are what was delivered.
     /// Last, so that the older variants keep their encoding.
     Point(Box<EventPoint>),
+    /// Console output the primary held, not yet acknowledged, when it took the full
+    /// checkpoint that follows (at the same ordinal) for a backup that had diverged: the
+    /// backup's own replay never produced these bytes, and the acknowledgement of the
+    /// checkpoint releases them on both sides, so the backup must hold them too (they
+    /// reach the console stream even if the primary dies right after that ack).
+    HeldOutput {
+        /// The checkpoint's exit ordinal: the bytes were all written at or before it.
+        ordinal: u64,
+        /// The guest's console position (its count of bytes written) of the first byte.
+        position: u64,
+        /// The bytes, in order.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
 }
 
 impl Entry {
@@ -242,6 +256,7 @@ impl Entry {
             | Entry::Interrupt { ordinal, .. }
             | Entry::Packet { ordinal, .. }
             | Entry::DiskCompletion { ordinal, .. }
+            | Entry::HeldOutput { ordinal, .. }
             | Entry::Shutdown { ordinal, .. } => *ordinal,
         }
     }
@@ -261,6 +276,7 @@ impl Entry {
             Entry::Start { .. } => 9,
             Entry::Nic { .. } => 10,
             Entry::Point(_) => 11,
+            Entry::HeldOutput { .. } => 12,
         }
     }
 
@@ -279,6 +295,7 @@ impl Entry {
             9 => "start",
             10 => "nic",
             11 => "point",
+            12 => "held output",
             _ => "unknown",
         }
     }

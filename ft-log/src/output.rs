@@ -263,6 +263,12 @@ impl OutputGate {
         self.next
     }
 
+    /// A copy of the held bytes, oldest first (the first at
+    /// [`OutputGate::released_offset`]).
+    pub fn held(&self) -> Vec<u8> {
+        self.bytes.iter().copied().collect()
+    }
+
     /// Bytes held, waiting for an ack.
     pub fn held_bytes(&self) -> u64 {
         self.bytes.len() as u64

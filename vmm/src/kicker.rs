@@ -23,8 +23,10 @@ pub const REPLAY_STALL_NS: u64 = 10_000_000_000;
 /// signal that arrives while the vCPU thread is between KVM_RUNs (handling an exit, or
 /// just about to enter) is lost; a guest spinning with IF=1 and no exits would then wait
 /// forever for its tick. A kick that landed is not repeated: the vCPU disarms the kicker
-/// as soon as KVM_RUN returns, microseconds after the signal.
-pub const KICK_RETRY_NS: u64 = 1_000_000;
+/// as soon as KVM_RUN returns, microseconds after the signal. One event bound: the retry
+/// is there for liveness; on the stock boot every kicked tick costs (its handler runs
+/// emulated), and boots that delivered more ticks took longer.
+pub const KICK_RETRY_NS: u64 = DEFAULT_EVENT_BOUND_NS;
 const DISARMED: u64 = u64::MAX;
 
 /// Why the vCPU's kicker interrupts KVM_RUN. One timer thread and one signal serve two

@@ -142,6 +142,8 @@ pub struct FtHooks {
     pub live_input: Option<crossbeam_channel::Receiver<Vec<u8>>>,
     /// Set to ask the recording vCPU for a checkpoint delta at its next exit.
     pub delta_request: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// The console under the output rule, for the output held at a full checkpoint.
+    pub held_output: Option<Arc<crate::ft::console::ConsoleSink>>,
     /// Where the vCPU publishes its exit ordinal (for the output rule).
     pub exit_ordinal: Option<Arc<AtomicU64>>,
     /// Where the platform keeps the guest's console position (for the output rule).

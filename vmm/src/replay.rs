@@ -76,7 +76,13 @@ pub struct Replayer {
     /// A delta whose pages could not be decoded: the copy no longer matches the
     /// recorder's, so no later delta can be trusted either (every read fails with it).
     pages_failed: Option<(u64, ft_log::pages::PageCodecError)>,
+    /// Where a diverged backup puts the output its primary held at the checkpoint it
+    /// asked for (see `Entry::HeldOutput`); taken off the log as it is read.
+    held_output: Option<HeldOutputSink>,
 }
+
+/// Takes a primary's held console output: (checkpoint ordinal, console position, bytes).
+pub type HeldOutputSink = Box<dyn FnMut(u64, u64, &[u8]) + Send>;
 
 impl Replayer {
     /// A replayer of the log file read from `source` (stream header first), without a copy
@@ -97,7 +103,14 @@ impl Replayer {
             shadow: None,
             states: Default::default(),
             pages_failed: None,
+            held_output: None,
         }
+    }
+
+    /// Hand the primary's held output to `sink` while recovering from a divergence (an
+    /// in-step replay produces those bytes itself); without a sink it is dropped.
+    pub fn on_held_output(&mut self, sink: HeldOutputSink) {
+        self.held_output = Some(sink);
     }
 
     /// Decode delta pages against `shadow`, the machine's memory at the log's start. Every
@@ -159,6 +172,20 @@ impl Replayer {
             let before = self.decoder.consumed();
             if let Some(e) = self.decoder.next_entry()? {
                 let size = (self.decoder.consumed() - before) as usize;
+                if let Entry::HeldOutput {
+                    ordinal,
+                    position,
+                    bytes,
+                } = &e
+                {
+                    // Not an event to replay: the console's business, taken as read (the
+                    // checkpoint after it is what the recovering replay waits for).
+                    self.log_stats.count(&e, size);
+                    if let Some(sink) = self.held_output.as_mut().filter(|_| self.recovering) {
+                        sink(*ordinal, *position, bytes);
+                    }
+                    continue;
+                }
                 self.ahead.push_back((e, size));
                 continue;
             }
@@ -408,5 +435,38 @@ mod tests {
         assert_eq!(logged_nic(&without[..]).unwrap(), None);
         assert_eq!(logged_nic(&b""[..]).unwrap(), None);
         assert!(logged_nic(&b"not a log at all, not at all"[..]).is_err());
+    }
+
+    /// Held output is taken off the log as it is read: handed to the console while the
+    /// replay recovers from a divergence, dropped while it is in step (it replays those
+    /// bytes itself); never an entry the replay core sees.
+    #[test]
+    fn held_output_goes_to_the_console_only_while_recovering() {
+        let held = |ordinal, position: u64| Entry::HeldOutput {
+            ordinal,
+            position,
+            bytes: b"held".to_vec(),
+        };
+        let interrupt = |ordinal| Entry::Interrupt {
+            ordinal,
+            vector: 0x20,
+        };
+        let log = log_of(&[held(2, 0), interrupt(2), held(5, 4), interrupt(5)]);
+        let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let into = got.clone();
+        let mut r = Replayer::new(Box::new(std::io::Cursor::new(log)));
+        r.on_held_output(Box::new(move |ordinal, position, bytes| {
+            into.lock()
+                .unwrap()
+                .push((ordinal, position, bytes.to_vec()))
+        }));
+        assert_eq!(r.pop().unwrap(), Some(interrupt(2)));
+        assert!(got.lock().unwrap().is_empty(), "in step: dropped");
+        r.set_recovering(true);
+        assert_eq!(r.peek(0).unwrap(), Some(&interrupt(5)));
+        assert_eq!(*got.lock().unwrap(), [(5, 4, b"held".to_vec())]);
+        assert_eq!(r.pop().unwrap(), Some(interrupt(5)));
+        assert_eq!(r.pop().unwrap(), None);
+        assert_eq!(r.popped(), 2);
     }
 }

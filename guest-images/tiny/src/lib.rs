@@ -10,6 +10,7 @@
 //! | `rdtsc` | native RDTSC, which no VMM can record on this host |
 //! | `syscall` | SYSCALL from CPL3 into a supervisor-only entry page, SYSRET back |
 //! | `counter` | a console counter paced by the PIT, for failover tests (every number exactly once) |
+//! | `tsc-counter` | the counter with an RDTSC value printed every 125 counts: a backup diverges there and is resynchronised |
 //! | `virtio-blk` | PCI configuration mechanism #1, a virtio-blk queue, one write and one read |
 //! | `net-echo-server` | the `virtio-net` echo guest without an end (the pair tests on simulated hosts) |
 //! | `spin` | the `usermode` loop, 50 times longer (the benchmark's CPU-bound guest) |

@@ -149,6 +149,46 @@ impl ConsoleSink {
         }
     }
 
+    /// What this VMM holds, in pieces of at most `piece` bytes: (the guest's console
+    /// position of the first byte, the bytes). A primary logs it before the full
+    /// checkpoint a diverged backup asked for (see [`ConsoleSink::adopt`]).
+    pub fn held_pieces(&self, piece: usize) -> Vec<(u64, Vec<u8>)> {
+        let gate = self.gate();
+        let mut position = gate.released_offset().saturating_add(self.base());
+        let held = gate.held();
+        drop(gate);
+        held.chunks(piece.max(1))
+            .map(|bytes| {
+                let at = position;
+                position = position.saturating_add(bytes.len() as u64);
+                (at, bytes.to_vec())
+            })
+            .collect()
+    }
+
+    /// A backup is given what its primary held at checkpoint `ordinal` (bytes from the
+    /// guest's console position `position` on), which its own diverged replay never
+    /// produced: it holds them in place of what that replay held, so that its own ack of
+    /// the checkpoint releases them, as the primary's does. Pieces follow each other; a
+    /// piece that starts elsewhere than where the last one ended replaces what is held.
+    pub fn adopt(&self, ordinal: u64, position: u64, bytes: &[u8]) {
+        let now = self.now_ns();
+        let offset = position.saturating_sub(self.base());
+        let mut gate = self.gate();
+        if offset != gate.offset() {
+            let dropped = gate.rebase(offset);
+            tracing::info!(
+                offset,
+                dropped,
+                "console stream rebased on the primary's held output"
+            );
+        }
+        if let Some(r) = gate.hold(ordinal, bytes, now) {
+            self.emit(std::slice::from_ref(&r));
+        }
+        self.room.notify_all();
+    }
+
     /// Wait (the gate unlocked meanwhile) until `len` more bytes fit under the cap, the
     /// sink stops waiting for a peer, or the stall limit passes (reported as a stall).
     fn wait_for_room<'a>(

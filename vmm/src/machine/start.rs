@@ -69,6 +69,7 @@ impl Vm {
         let vcpu = VcpuHandle::spawn(VcpuParts {
             live_input: hooks.live_input,
             delta_request: hooks.delta_request,
+            held_output: hooks.held_output,
             exit_ordinal: exit_ordinal.clone(),
             log,
             kick,

@@ -64,10 +64,14 @@ impl Vcpu {
                     reason: stop.to_string(),
                     digest: *dg,
                 };
-                let r = rec
-                    .log(&Entry::Delta(Box::new(d)))
-                    .and_then(|_| rec.log(&shutdown))
-                    .and_then(|_| rec.flush());
+                let r = super::logged::log_held_output(
+                    self.held_output.as_ref(),
+                    self.ordinal,
+                    &mut rec,
+                )
+                .and_then(|_| rec.log(&Entry::Delta(Box::new(d))))
+                .and_then(|_| rec.log(&shutdown))
+                .and_then(|_| rec.flush());
                 if let Err(e) = r {
                     problem = Some(e.to_string());
                 }

@@ -52,14 +52,22 @@ impl VcpuHandle {
         parts
             .exit_ordinal
             .store(parts.ordinal, std::sync::atomic::Ordering::SeqCst);
+        let mut log = parts.log;
+        if let (LogMode::Replay(replayer), Some(sink)) = (&mut log, &parts.held_output) {
+            let sink = sink.clone();
+            replayer.on_held_output(Box::new(move |ordinal, position, bytes| {
+                sink.adopt(ordinal, position, bytes)
+            }));
+        }
         let vcpu = Vcpu {
             live_input: parts.live_input,
             delta_request: parts.delta_request,
+            held_output: parts.held_output,
             exit_ordinal: parts.exit_ordinal,
             last_kick_delivery_ns: 0,
             stall_deadline: u64::MAX,
             start_ns: parts.clock.live_ns(),
-            log: parts.log,
+            log,
             log_failure: None,
             last_logged_time: u64::MAX,
             kicker,

@@ -27,6 +27,9 @@ use crate::record::Recorder;
 use crate::replay::{ReplayStats, Replayer};
 use crate::stop::StopReason;
 
+/// Held console output is logged in entries of at most this many bytes.
+const HELD_OUTPUT_PIECE: usize = 1 << 20;
+
 /// What the vCPU does with its log: records into it, replays from it, or neither (opened
 /// from a [`crate::machine::LogStream`]; the controller can switch it while paused).
 pub enum LogMode {
@@ -60,6 +63,27 @@ pub struct LogReport {
 
 pub(super) fn log_failed(e: impl std::fmt::Display) -> StopReason {
     StopReason::Log(e.to_string())
+}
+
+/// Before a full checkpoint at `ordinal` (the one a diverged backup asked for, or the
+/// final one): the output `sink` holds for the backup, which a diverged backup's replay
+/// never produced (see `Entry::HeldOutput`).
+pub(super) fn log_held_output(
+    sink: Option<&std::sync::Arc<crate::ft::console::ConsoleSink>>,
+    ordinal: u64,
+    rec: &mut Recorder,
+) -> Result<(), crate::record::RecordError> {
+    let Some(sink) = sink else {
+        return Ok(());
+    };
+    for (position, bytes) in sink.held_pieces(HELD_OUTPUT_PIECE) {
+        rec.log(&Entry::HeldOutput {
+            ordinal,
+            position,
+            bytes,
+        })?;
+    }
+    Ok(())
 }
 
 /// Before handling an exit: freeze guest time at the value this exit is logged with.
@@ -229,6 +253,12 @@ impl Vcpu {
         let LogMode::Record(rec) = &mut self.log else {
             return;
         };
+        if full {
+            if let Err(e) = log_held_output(self.held_output.as_ref(), self.ordinal, rec) {
+                self.log_failure = Some(log_failed(e));
+                return;
+            }
+        }
         let t = self.clock.freeze_now();
         self.placement.last_delta_ns = t;
         match rec.take_delta(

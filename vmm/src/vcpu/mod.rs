@@ -165,6 +165,9 @@ pub struct Vcpu {
     live_input: Option<Receiver<Vec<u8>>>,
     /// Set by a primary whose backup asked for a checkpoint delta (it diverged).
     delta_request: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// A pair member's console under the output rule: a primary logs what it holds
+    /// before a full checkpoint, a diverged backup's replay takes that in.
+    held_output: Option<Arc<crate::ft::console::ConsoleSink>>,
     /// The ordinal of the last synchronous exit, for whoever tags output with the exit
     /// that produced it (the output rule).
     exit_ordinal: Arc<std::sync::atomic::AtomicU64>,
@@ -238,6 +241,8 @@ pub struct VcpuParts {
     pub live_input: Option<Receiver<Vec<u8>>>,
     /// See `Vcpu::delta_request`.
     pub delta_request: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// See `Vcpu::held_output`.
+    pub held_output: Option<Arc<crate::ft::console::ConsoleSink>>,
     /// See `Vcpu::exit_ordinal`.
     pub exit_ordinal: Arc<std::sync::atomic::AtomicU64>,
     /// Whether the vCPU records, replays or neither.

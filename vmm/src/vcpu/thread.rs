@@ -35,6 +35,7 @@ impl Vcpu {
             self.platform.interrupt_view()
         );
         // Stop the kicker before this thread ends: it holds our pthread id.
+        self.metrics.kicks_sent = self.kicker.as_ref().map_or(0, |(k, _)| k.kicks_sent());
         self.kicker = None;
         let log = self.finish_log(&stop);
         self.clock.pause();
@@ -48,7 +49,6 @@ impl Vcpu {
             }
         }
         let _ = self.events.send(VcpuEvent::Stopped(stop.clone()));
-        self.metrics.kicks_sent = self.kicker.as_ref().map_or(0, |(k, _)| k.kicks_sent());
         VcpuReport {
             stop,
             log,

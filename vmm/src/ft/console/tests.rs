@@ -157,3 +157,54 @@ fn a_backup_never_waits_for_room() {
     assert_eq!(sink.held_bytes(), 10);
     assert!(!sink.take_stall());
 }
+
+#[test]
+fn a_diverged_backup_releases_what_its_primary_held_at_the_checkpoint() {
+    let path = temp("adopt");
+    // The primary: "ok\n" acknowledged, then "ab" and "cd\n" held for the backup.
+    let primary = ConsoleSink::new(0, None, false);
+    primary.produce(1, b"ok\n", Some(0));
+    primary.ack(1);
+    primary.produce(2, b"ab", Some(3));
+    primary.produce(4, b"cd\n", Some(5));
+    let pieces = primary.held_pieces(2);
+    assert_eq!(
+        pieces,
+        [
+            (3, b"ab".to_vec()),
+            (5, b"cd".to_vec()),
+            (7, b"\n".to_vec())
+        ]
+    );
+    // The backup released "ok\n" and holds what its diverged replay wrote instead.
+    let backup = ConsoleSink::new(0, Some(File::create(&path).unwrap()), false);
+    backup.produce(1, b"ok\n", Some(0));
+    backup.ack(1);
+    backup.produce(2, b"XY", Some(3));
+    for (position, bytes) in &pieces {
+        backup.adopt(5, *position, bytes);
+    }
+    assert_eq!(backup.held_bytes(), 5, "the diverged bytes replaced");
+    // Its replay continues at the checkpoint's console position: nothing is rebased.
+    backup.produce(6, b"e", Some(8));
+    backup.ack(5);
+    assert_eq!(std::fs::read(&path).unwrap(), b"ok\nabcd\n");
+    backup.ack(6);
+    assert_eq!(std::fs::read(&path).unwrap(), b"ok\nabcd\ne");
+    assert_eq!(backup.stats().bytes_discarded, 2);
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn held_output_that_starts_before_what_was_released_is_written_again_in_place() {
+    let path = temp("adopt-early");
+    let backup = ConsoleSink::new(0, Some(File::create(&path).unwrap()), false);
+    backup.produce(1, b"ok\n", Some(0));
+    backup.ack(1);
+    // The primary had not had the ack for "ok\n" yet when it took the checkpoint.
+    backup.adopt(3, 0, b"ok\nz");
+    backup.ack(3);
+    assert_eq!(std::fs::read(&path).unwrap(), b"ok\nz");
+    assert_eq!(backup.offset(), 4);
+    let _ = std::fs::remove_file(&path);
+}

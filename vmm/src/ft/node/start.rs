@@ -74,6 +74,7 @@ impl Wiring {
             dirty_log: true,
             live_input,
             delta_request: Some(delta_request.clone()),
+            held_output: Some(sink.clone()),
             exit_ordinal: Some(exit_ordinal.clone()),
             console_position: Some(position.clone()),
             pair_nic: Some(pair_nic),
@@ -217,13 +218,14 @@ pub fn run_backup(
         });
     }
     eprintln!(
-        "ftvm: state transfer: {} pages ({} MiB), {} MiB of disks in {:.2} s; replaying from exit {} in epoch {}",
+        "ftvm: state transfer: {} pages ({} MiB), {} MiB of disks in {:.2} s; replaying from exit {} in epoch {}, console from byte {}",
         got.pages,
         (got.pages * 4096) >> 20,
         got.disk_bytes >> 20,
         transfer_took.as_secs_f64(),
         got.machine.vm.vcpu.ordinal,
-        got.epoch
+        got.epoch,
+        got.machine.console_offset
     );
     let sink = ConsoleSink::with_limits(
         got.machine.console_offset,
