@@ -1,6 +1,7 @@
 # A counter on the serial console: "count N" once every 4 PIT ticks (1 kHz), from 0 to
 # LAST, then power off with status 0. The fault-tolerance tests watch it across a failover:
-# every number must appear exactly once, in order.
+# every number must appear exactly once, in order. With TSC_EVERY set (tsc-counter.S), it
+# also prints a native RDTSC value every TSC_EVERY counts.
 .include "lib.S"
 .set LAST, 1000
 .set EVERY, 4
@@ -18,6 +19,23 @@ next_count:
     mov rdi, qword ptr [rip + count]
     call putdec
     call putnl
+.ifdef TSC_EVERY
+    mov rax, qword ptr [rip + count]
+    xor edx, edx
+    mov ecx, TSC_EVERY
+    div rcx
+    test rdx, rdx
+    jnz 1f
+    lea rdi, [rip + msg_tsc]
+    call puts
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    mov rdi, rax
+    call puthex
+    call putnl
+1:
+.endif
     mov rax, qword ptr [rip + count]
     inc rax
     mov qword ptr [rip + count], rax
@@ -36,9 +54,18 @@ on_timer:
     iretq
 
 .section .rodata
+.ifdef TSC_EVERY
+msg_start: .asciz "tsc-counter: start\n"
+.else
 msg_start: .asciz "counter: start\n"
+.endif
 msg_count: .asciz "count "
+.ifdef TSC_EVERY
+msg_tsc: .asciz "tsc "
+msg_done: .asciz "tsc-counter: done\n"
+.else
 msg_done: .asciz "counter: done\n"
+.endif
 
 .section .data
 ticks: .quad 0
