@@ -4,6 +4,12 @@
 //! the peer. A peer silent for longer than the timeout is presumed dead, and the VMM goes
 //! to the test-and-set (DESIGN.md section 3). No clocks here: callers pass `now_ns` from
 //! one monotonic clock, which keeps this testable and the VMM's choice of clock its own.
+//!
+//! A clock says how long it has been since the peer was heard, not whether the peer was
+//! silent all that time: a receiver that was itself not scheduled (a loaded host) has word
+//! from the peer waiting unread. [`Liveness::silence_confirmed`] therefore counts only
+//! silence the receiver saw: it must have looked at the connection and found nothing at a
+//! moment more than the timeout after the peer was last heard.
 
 /// When the peer was last heard from, and how long it may stay silent before it is
 /// presumed dead. Times are nanoseconds of the caller's monotonic clock.
@@ -11,6 +17,8 @@
 pub struct Liveness {
     timeout_ns: u64,
     last_ns: u64,
+    /// The latest moment the receiver found nothing from the peer on the connection.
+    looked_ns: u64,
 }
 
 impl Liveness {
@@ -20,7 +28,23 @@ impl Liveness {
         Self {
             timeout_ns,
             last_ns: now_ns,
+            looked_ns: now_ns,
         }
+    }
+
+    /// The receiver looked for word from the peer, starting at `since_ns`, and found none
+    /// (the connection was empty at some moment after `since_ns`, so the peer was silent
+    /// at least until then). Never moves back.
+    pub fn looked(&mut self, since_ns: u64) {
+        self.looked_ns = self.looked_ns.max(since_ns);
+    }
+
+    /// True once the receiver has seen the peer silent for longer than the timeout: it
+    /// found nothing at a moment more than the timeout after the peer was last heard. A
+    /// receiver kept from running sees nothing, so its delay is never taken for the
+    /// peer's silence.
+    pub fn silence_confirmed(&self) -> bool {
+        self.looked_ns.saturating_sub(self.last_ns) > self.timeout_ns
     }
 
     /// Something arrived from the peer. A time before the last one heard (clocks read on
@@ -29,7 +53,9 @@ impl Liveness {
         self.last_ns = self.last_ns.max(now_ns);
     }
 
-    /// True once the peer has been silent for longer than the timeout.
+    /// True once `now_ns` is more than the timeout after the peer was last heard (by the
+    /// clock alone; see [`Liveness::silence_confirmed`] for the verdict a receiver that
+    /// may be starved should act on).
     pub fn expired(&self, now_ns: u64) -> bool {
         self.silent_for_ns(now_ns) > self.timeout_ns
     }
@@ -145,6 +171,32 @@ mod tests {
         assert!(l.expired(1191));
         assert_eq!(l.last_heard_ns(), 1090);
         assert_eq!(l.timeout_ns(), 100);
+    }
+
+    #[test]
+    fn silence_counts_only_once_the_receiver_has_seen_it() {
+        let mut l = Liveness::new(100, 1000);
+        // However late the clock, nothing is confirmed until the receiver looks.
+        assert!(l.expired(5000));
+        assert!(!l.silence_confirmed());
+        l.looked(1100);
+        assert!(!l.silence_confirmed(), "exactly the timeout is not past it");
+        l.looked(1101);
+        assert!(l.silence_confirmed());
+        // Word from the peer (read late, after a starved receiver woke) undoes it.
+        l.heard(5000);
+        assert!(!l.silence_confirmed());
+        // A look that began before the word was heard confirms nothing, and looks never
+        // move back.
+        l.looked(4000);
+        l.looked(5050);
+        l.looked(10);
+        assert!(!l.silence_confirmed());
+        l.looked(5101);
+        assert!(l.silence_confirmed());
+        let mut l = Liveness::new(u64::MAX, 0);
+        l.looked(u64::MAX);
+        assert!(!l.silence_confirmed());
     }
 
     #[test]

@@ -71,7 +71,7 @@ fn the_counter_survives_killing_the_primary_at_twenty_moments() {
     let mut failover_ms = Vec::new();
     let mut delays = Vec::new();
     // Rounds in which the primary had lost its backup before the kill (the backup starved
-    // past the 300 ms peer timeout on a loaded machine): the pair was no longer protected,
+    // past the peer timeout on a loaded machine): the pair was no longer protected,
     // so the kill tests nothing but the split rule; such a round is checked and redone.
     let mut split_before_kill = 0;
     let mut round = 0u64;

@@ -120,9 +120,10 @@ impl Link {
             self.health.heard();
             return None;
         }
-        let now = self.health.now();
+        // Silence the receiver saw, not merely time passed: on a loaded host this thread
+        // may run while the receiver, with the peer's word waiting unread, does not.
         let l = lock(&self.health.liveness);
-        l.expired(now)
+        l.silence_confirmed()
             .then(|| LinkError::Timeout(self.limits.peer_timeout).to_string())
     }
 
@@ -303,7 +304,11 @@ impl Link {
             health: health.clone(),
         };
         let mut rx = stream.try_clone()?;
-        rx.set_read_timeout(Some(beat.max(Duration::from_millis(10))))?;
+        // The receiver looks often (a twentieth of the timeout, 5 to 50 ms): a silence is
+        // confirmed only by a look, so this is how late past the timeout a real loss shows.
+        let look =
+            (limits.peer_timeout / 20).clamp(Duration::from_millis(5), Duration::from_millis(50));
+        rx.set_read_timeout(Some(look))?;
         let sender = spawn_worker("ft-send", &health, move |h| {
             while !h.stop.load(Ordering::SeqCst) {
                 if !send_step(&mut tx, beat)? {
@@ -314,7 +319,11 @@ impl Link {
         })?;
         let receiver = spawn_worker("ft-recv", &health, move |h| {
             while !h.stop.load(Ordering::SeqCst) {
+                // The clock is read first: no message found means the connection was
+                // empty at some moment after this one.
+                let looking_from = h.now();
                 let Some(m) = recv(&mut rx, &mut decoder)? else {
+                    h.looked(looking_from);
                     continue;
                 };
                 h.heard();

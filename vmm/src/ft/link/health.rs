@@ -40,6 +40,11 @@ impl Health {
         lock(&self.liveness).heard(now);
     }
 
+    /// The receiver found nothing from the peer, having started looking at `since_ns`.
+    pub(super) fn looked(&self, since_ns: u64) {
+        lock(&self.liveness).looked(since_ns);
+    }
+
     pub(super) fn fail(&self, why: String) {
         let mut f = lock(&self.failure);
         if f.is_none() && !self.stop.load(Ordering::SeqCst) {

@@ -23,12 +23,8 @@ fn recv_reports_a_closed_and_a_damaged_stream() {
     assert!(matches!(e, LinkError::Damaged(_)), "{e}");
 }
 
-/// A primary's link to a "backup" that completed the handshake and keeps sending
-/// heartbeats, but never reads: the log buffer fills, the sender's write sticks, and after
-/// the stall limit (not the peer timeout, which the heartbeats keep at bay) the backup
-/// counts as failed; shutting the link down frees the stuck sender.
-#[test]
-fn a_peer_that_stops_reading_fails_after_the_stall_limit() {
+/// Both ends of a secure loopback connection (primary's, backup's).
+fn secure_pair() -> (SecureStream, SecureStream) {
     use crate::ft::key::ChannelKey;
     use std::net::{TcpListener, TcpStream};
 
@@ -42,7 +38,67 @@ fn a_peer_that_stops_reading_fails_after_the_stall_limit() {
     });
     let (tcp, _) = listener.accept().unwrap();
     let primary_end = SecureStream::accept(tcp, &key, Duration::from_secs(10)).unwrap();
-    let mut backup_end = backup.join().unwrap();
+    (primary_end, backup.join().unwrap())
+}
+
+fn quiet_acks() -> PrimaryAcks {
+    PrimaryAcks {
+        sink: ConsoleSink::new(0, None, false),
+        delta_request: Arc::default(),
+        acked: Arc::default(),
+        guest_ordinal: Arc::default(),
+    }
+}
+
+/// A backup that sends its header and one heartbeat and then nothing, its connection
+/// open (a partition): the primary's link fails with the timeout, soon after it (the
+/// receiver confirms the silence by looking, every 5 to 50 ms), and not before.
+#[test]
+fn a_silent_peer_fails_after_the_timeout() {
+    let (primary_end, mut backup_end) = secure_pair();
+    let mut first = ft_log::channel::encode_channel_header();
+    first.extend(encode_message(&ToPrimary::Heartbeat));
+    backup_end.write_all(&first).unwrap();
+    let limits = LinkLimits {
+        peer_timeout: Duration::from_millis(200),
+        stall_limit: Duration::from_secs(10),
+    };
+    let started = std::time::Instant::now();
+    let link = Link::primary(
+        primary_end,
+        MessageDecoder::new(),
+        Pipe::new(1 << 20),
+        quiet_acks(),
+        limits,
+    )
+    .unwrap();
+    let why = loop {
+        if let Some(why) = link.failure() {
+            break why;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the silence was never detected"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    assert!(why.contains("no word from the peer for 200ms"), "{why}");
+    assert!(
+        started.elapsed() > limits.peer_timeout,
+        "{:?}",
+        started.elapsed()
+    );
+    link.shutdown();
+    drop(backup_end);
+}
+
+/// A primary's link to a "backup" that completed the handshake and keeps sending
+/// heartbeats, but never reads: the log buffer fills, the sender's write sticks, and after
+/// the stall limit (not the peer timeout, which the heartbeats keep at bay) the backup
+/// counts as failed; shutting the link down frees the stuck sender.
+#[test]
+fn a_peer_that_stops_reading_fails_after_the_stall_limit() {
+    let (primary_end, mut backup_end) = secure_pair();
 
     // The backup's side: header, then a heartbeat every 20 ms, and never a read.
     let beating = Arc::new(AtomicBool::new(true));
@@ -65,12 +121,7 @@ fn a_peer_that_stops_reading_fails_after_the_stall_limit() {
         peer_timeout: Duration::from_millis(500),
         stall_limit: Duration::from_millis(400),
     };
-    let acks = PrimaryAcks {
-        sink: ConsoleSink::new(0, None, false),
-        delta_request: Arc::default(),
-        acked: Arc::default(),
-        guest_ordinal: Arc::default(),
-    };
+    let acks = quiet_acks();
     let link = Link::primary(
         primary_end,
         MessageDecoder::new(),
