@@ -18,6 +18,12 @@ pub struct LogStats {
     pub delta_bytes: u64,
     /// Pages listed in those deltas (see [`crate::pages::PageSet::len`]).
     pub delta_pages: u64,
+    /// Of those deltas, the full checkpoints (a diverged backup's resync, a log's last).
+    pub full_checkpoints: u64,
+    /// Stream bytes taken by the full checkpoints' frames.
+    pub full_checkpoint_bytes: u64,
+    /// Pages listed in the full checkpoints (with the page codec: those that changed).
+    pub full_checkpoint_pages: u64,
 }
 
 impl LogStats {
@@ -32,6 +38,11 @@ impl LogStats {
             self.deltas += 1;
             self.delta_bytes += frame_bytes as u64;
             self.delta_pages += d.pages.len() as u64;
+            if d.full {
+                self.full_checkpoints += 1;
+                self.full_checkpoint_bytes += frame_bytes as u64;
+                self.full_checkpoint_pages += d.pages.len() as u64;
+            }
         }
     }
 
@@ -55,6 +66,67 @@ impl std::fmt::Display for LogStats {
             f,
             " deltas {} ({} bytes, {} pages)",
             self.deltas, self.delta_bytes, self.delta_pages
-        )
+        )?;
+        if self.full_checkpoints > 0 {
+            write!(
+                f,
+                ", of them full checkpoints {} ({} bytes, {} pages)",
+                self.full_checkpoints, self.full_checkpoint_bytes, self.full_checkpoint_pages
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::{Delta, Page};
+    use crate::pages::PageSet;
+
+    fn delta(full: bool, pages: usize) -> Entry {
+        let page = |i: usize| Page {
+            gpa: i as u64 * 4096,
+            data: vec![1; 4096],
+        };
+        Entry::Delta(Box::new(Delta {
+            ordinal: 1,
+            time_ns: 0,
+            full,
+            state_encoding: Default::default(),
+            vcpu: Vec::new(),
+            devices: Vec::new(),
+            pages: PageSet::Raw((0..pages).map(page).collect()),
+        }))
+    }
+
+    #[test]
+    fn full_checkpoints_are_counted_among_the_deltas() {
+        let mut s = LogStats::default();
+        s.count(&delta(false, 3), 100);
+        assert!(!s.to_string().contains("full"), "{s}");
+        s.count(&delta(true, 2), 50);
+        s.count(
+            &Entry::Nic {
+                mac: [2, 0, 0, 0, 0, 1],
+            },
+            7,
+        );
+        assert_eq!((s.deltas, s.delta_bytes, s.delta_pages), (2, 150, 5));
+        assert_eq!(
+            (
+                s.full_checkpoints,
+                s.full_checkpoint_bytes,
+                s.full_checkpoint_pages
+            ),
+            (1, 50, 2)
+        );
+        assert_eq!(s.bytes, 157);
+        assert!(
+            s.to_string().ends_with(
+                "deltas 2 (150 bytes, 5 pages), of them full checkpoints 1 (50 bytes, 2 pages)"
+            ),
+            "{s}"
+        );
     }
 }

@@ -3,7 +3,8 @@
 //! console output the primary held at that checkpoint was never produced by the backup's
 //! replay, yet the acknowledgement of the checkpoint releases it on the primary: the
 //! backup must hold and release it too, or it would exist only on the primary (and be
-//! lost from the stream if the primary died right after that acknowledgement).
+//! lost from the stream if the primary died right after that acknowledgement). And a
+//! resync checkpoint sends only the pages that changed, not the guest's whole memory.
 
 mod common;
 use common::pair::*;
@@ -19,6 +20,21 @@ fn released(stderr: &str) -> u64 {
         .and_then(|s| s.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no output-rule report in: {stderr}"))
+}
+
+/// Full checkpoints and the pages they listed, from a recorder's log summary.
+fn full_checkpoints(stderr: &str) -> (u64, u64) {
+    let figures = stderr
+        .split("of them full checkpoints ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no full checkpoints counted in: {stderr}"));
+    let numbers: Vec<u64> = figures
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|n| !n.is_empty())
+        .take(3)
+        .map(|n| n.parse().unwrap())
+        .collect();
+    (numbers[0], numbers[2])
 }
 
 #[test]
@@ -64,6 +80,15 @@ fn a_resynchronised_backup_releases_what_its_primary_held_at_the_checkpoint() {
         released(&primary),
         joined_at
     );
+    // A resync checkpoint covers all of memory but sends only what changed since the
+    // last checkpoint both sides hold: a few of the guest's 4,096 pages, not all of them.
+    let (full, pages) = full_checkpoints(&primary);
+    assert!(full >= 2, "resyncs and the final checkpoint: {primary}");
+    assert!(
+        pages <= full * 64,
+        "{pages} pages in {full} full checkpoints of a 16 MiB guest: {primary}"
+    );
+    eprintln!("{full} full checkpoints, {pages} pages in all");
     let console = std::fs::read_to_string(dir.join("tsc.console")).unwrap_or_default();
     assert!(console.ends_with("tsc-counter: done\n"), "{console}");
     for (i, n) in console

@@ -134,6 +134,15 @@ impl PageSet {
         }
     }
 
+    /// The bytes of page content the set carries: whole pages, or the compressed XOR
+    /// blocks (addresses and flags not counted).
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            PageSet::Raw(p) => p.iter().map(|page| page.data.len()).sum(),
+            PageSet::Xor(x) => x.blocks.iter().map(|b| b.len()).sum(),
+        }
+    }
+
     /// No pages listed.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

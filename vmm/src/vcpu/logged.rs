@@ -236,10 +236,6 @@ impl Vcpu {
             .as_ref()
             .is_some_and(|r| r.swap(false, std::sync::atomic::Ordering::SeqCst));
         if asked && matches!(self.log, LogMode::Record(_)) {
-            tracing::info!(
-                ordinal = self.ordinal,
-                "the backup diverged: full checkpoint"
-            );
             self.record(|_| Point::CheckpointAsked);
         }
     }
@@ -271,6 +267,18 @@ impl Vcpu {
             full,
         ) {
             Ok(d) => {
+                if full {
+                    // What a resync costs: only the pages the primary changed since the
+                    // last checkpoint both sides hold travel; the backup undoes its own
+                    // writes since then from its copy of that checkpoint.
+                    tracing::info!(
+                        ordinal = self.ordinal,
+                        pages = d.pages.len(),
+                        guest_pages = crate::memory::page_addresses(&self.memory).count(),
+                        payload_bytes = d.pages.payload_bytes(),
+                        "the backup diverged: full checkpoint"
+                    );
+                }
                 if let Err(e) = rec.log(&Entry::Delta(Box::new(d))) {
                     self.log_failure = Some(log_failed(e));
                 }

@@ -159,15 +159,19 @@ impl Vcpu {
                             delta.full = true;
                         }
                     }
-                    tracing::info!(
-                        ordinal = delta.ordinal,
-                        full = delta.full,
-                        pages = delta.pages.len(),
-                        "recovered from a checkpoint"
-                    );
+                    let (ordinal, full, pages) = (delta.ordinal, delta.full, delta.pages.len());
+                    let loading = std::time::Instant::now();
                     if let Err(e) = self.apply_delta(*delta) {
                         return Some(log_failed(e));
                     }
+                    // The load is a pass over all of RAM: how long it held the replay.
+                    tracing::info!(
+                        ordinal,
+                        full,
+                        pages,
+                        load_ms = loading.elapsed().as_secs_f64() * 1e3,
+                        "recovered from a checkpoint"
+                    );
                     if is_final {
                         // Recovered to the recorder's final state: the replay is complete.
                         return Some(StopReason::Finished);
