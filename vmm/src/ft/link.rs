@@ -304,10 +304,11 @@ impl Link {
             health: health.clone(),
         };
         let mut rx = stream.try_clone()?;
-        // The receiver looks often (a twentieth of the timeout, 5 to 50 ms): a silence is
-        // confirmed only by a look, so this is how late past the timeout a real loss shows.
+        // The receiver looks often (a hundredth of the timeout, 2 to 10 ms): a silence is
+        // confirmed only by a look, so this is how late past the timeout a real loss shows
+        // (with 50 ms looks the stock failover test's go-live came 50 ms later).
         let look =
-            (limits.peer_timeout / 20).clamp(Duration::from_millis(5), Duration::from_millis(50));
+            (limits.peer_timeout / 100).clamp(Duration::from_millis(2), Duration::from_millis(10));
         rx.set_read_timeout(Some(look))?;
         let sender = spawn_worker("ft-send", &health, move |h| {
             while !h.stop.load(Ordering::SeqCst) {
