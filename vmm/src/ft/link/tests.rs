@@ -41,6 +41,21 @@ fn secure_pair() -> (SecureStream, SecureStream) {
     (primary_end, backup.join().unwrap())
 }
 
+/// The link's failure verdict, polled every 2 ms; `what` (the failure the test expects)
+/// never being detected within 30 s of `started` fails the test.
+fn wait_for_failure(link: &Link, started: std::time::Instant, what: &str) -> String {
+    loop {
+        if let Some(why) = link.failure() {
+            return why;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the {what} was never detected"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 fn quiet_acks() -> PrimaryAcks {
     PrimaryAcks {
         sink: ConsoleSink::new(0, None, false),
@@ -72,16 +87,7 @@ fn a_silent_peer_fails_after_the_timeout() {
         limits,
     )
     .unwrap();
-    let why = loop {
-        if let Some(why) = link.failure() {
-            break why;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the silence was never detected"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    };
+    let why = wait_for_failure(&link, started, "silence");
     assert!(why.contains("no word from the peer for 200ms"), "{why}");
     assert!(
         started.elapsed() > limits.peer_timeout,
@@ -144,16 +150,7 @@ fn a_peer_that_stops_reading_fails_after_the_stall_limit() {
         written
     });
     let t = std::time::Instant::now();
-    let why = loop {
-        if let Some(why) = link.failure() {
-            break why;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "the stall was never detected"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let why = wait_for_failure(&link, t, "stall");
     assert!(why.contains("stopped reading"), "{why}");
     assert!(t.elapsed() >= limits.stall_limit);
     assert!(pipe.fill() > 0, "the log had to be waiting");
