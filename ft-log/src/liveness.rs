@@ -7,18 +7,28 @@
 //!
 //! A clock says how long it has been since the peer was heard, not whether the peer was
 //! silent all that time: a receiver that was itself not scheduled (a loaded host) has word
-//! from the peer waiting unread. [`Liveness::silence_confirmed`] therefore counts only
-//! silence the receiver saw: it must have looked at the connection and found nothing at a
-//! moment more than the timeout after the peer was last heard.
+//! from the peer waiting unread, and a peer starved alongside it had no chance to speak.
+//! [`Liveness::silence_confirmed`] therefore counts only silence the receiver saw while it
+//! was running: the time it spent looking at the connection and finding nothing, each look
+//! counted for at most [`LOOK_SHARE`] of the timeout. A receiver that slept through half a
+//! second of a host's overload counts that look as a short one, so a pause of both VMMs is
+//! never taken for the peer's death; a peer that is really gone is found once the receiver
+//! has looked for a whole timeout.
 
-/// When the peer was last heard from, and how long it may stay silent before it is
-/// presumed dead. Times are nanoseconds of the caller's monotonic clock.
+/// The most one look counts for, as a fraction of the timeout (1/LOOK_SHARE of it): a
+/// receiver looks far more often than that, so only a look it overslept is cut short.
+pub const LOOK_SHARE: u64 = 20;
+
+/// When the peer was last heard from, how long the receiver has since seen it silent, and
+/// how long it may stay silent before it is presumed dead. Times are nanoseconds of the
+/// caller's monotonic clock.
 #[derive(Debug, Clone)]
 pub struct Liveness {
     timeout_ns: u64,
     last_ns: u64,
-    /// The latest moment the receiver found nothing from the peer on the connection.
-    looked_ns: u64,
+    /// The time the receiver spent looking for word from the peer, and finding none,
+    /// since the peer was last heard (each look capped, see [`LOOK_SHARE`]).
+    seen_silent_ns: u64,
 }
 
 impl Liveness {
@@ -28,29 +38,45 @@ impl Liveness {
         Self {
             timeout_ns,
             last_ns: now_ns,
-            looked_ns: now_ns,
+            seen_silent_ns: 0,
         }
     }
 
-    /// The receiver looked for word from the peer, starting at `since_ns`, and found none
-    /// (the connection was empty at some moment after `since_ns`, so the peer was silent
-    /// at least until then). Never moves back.
-    pub fn looked(&mut self, since_ns: u64) {
-        self.looked_ns = self.looked_ns.max(since_ns);
+    /// The receiver looked for word from the peer from `start_ns` until `end_ns` and found
+    /// none. The part of the look after the peer was last heard counts as seen silence, up
+    /// to a twentieth of the timeout: a look that lasted longer was overslept (the
+    /// receiver was not scheduled), and the peer may have been kept from running as long.
+    pub fn looked(&mut self, start_ns: u64, end_ns: u64) {
+        let counted = end_ns
+            .saturating_sub(start_ns.max(self.last_ns))
+            .min(self.look_cap_ns());
+        self.seen_silent_ns = self.seen_silent_ns.saturating_add(counted);
     }
 
-    /// True once the receiver has seen the peer silent for longer than the timeout: it
-    /// found nothing at a moment more than the timeout after the peer was last heard. A
-    /// receiver kept from running sees nothing, so its delay is never taken for the
-    /// peer's silence.
+    /// True once the receiver has seen the peer silent for longer than the timeout, adding
+    /// up its looks since the peer was last heard. A receiver kept from running sees
+    /// little, so its host's overload is not taken for the peer's silence.
     pub fn silence_confirmed(&self) -> bool {
-        self.looked_ns.saturating_sub(self.last_ns) > self.timeout_ns
+        self.seen_silent_ns > self.timeout_ns
     }
 
-    /// Something arrived from the peer. A time before the last one heard (clocks read on
-    /// different threads) never moves the last-heard time back.
+    /// How long the receiver has seen the peer silent since it was last heard.
+    pub fn seen_silent_ns(&self) -> u64 {
+        self.seen_silent_ns
+    }
+
+    /// Something arrived from the peer: the seen silence starts again. A time before the
+    /// last one heard (clocks read on different threads) never moves the last-heard time
+    /// back.
     pub fn heard(&mut self, now_ns: u64) {
         self.last_ns = self.last_ns.max(now_ns);
+        self.seen_silent_ns = 0;
+    }
+
+    /// The most one look counts for (at least a nanosecond, so a zero timeout still
+    /// needs a look).
+    fn look_cap_ns(&self) -> u64 {
+        (self.timeout_ns / LOOK_SHARE).max(1)
     }
 
     /// True once `now_ns` is more than the timeout after the peer was last heard (by the
@@ -60,7 +86,8 @@ impl Liveness {
         self.silent_for_ns(now_ns) > self.timeout_ns
     }
 
-    /// How long the peer has been silent (0 if `now_ns` is before the last time heard).
+    /// How long the peer has been silent by the clock (0 if `now_ns` is before the last
+    /// time heard).
     pub fn silent_for_ns(&self, now_ns: u64) -> u64 {
         now_ns.saturating_sub(self.last_ns)
     }
@@ -175,28 +202,57 @@ mod tests {
 
     #[test]
     fn silence_counts_only_once_the_receiver_has_seen_it() {
+        // Timeout 100: one look counts for at most 5.
         let mut l = Liveness::new(100, 1000);
         // However late the clock, nothing is confirmed until the receiver looks.
         assert!(l.expired(5000));
         assert!(!l.silence_confirmed());
-        l.looked(1100);
+        // Twenty short looks make exactly the timeout, which is not past it; one more is.
+        for i in 0..20 {
+            l.looked(1000 + i * 5, 1005 + i * 5);
+        }
+        assert_eq!(l.seen_silent_ns(), 100);
         assert!(!l.silence_confirmed(), "exactly the timeout is not past it");
-        l.looked(1101);
+        l.looked(1100, 1101);
         assert!(l.silence_confirmed());
         // Word from the peer (read late, after a starved receiver woke) undoes it.
         l.heard(5000);
         assert!(!l.silence_confirmed());
-        // A look that began before the word was heard confirms nothing, and looks never
-        // move back.
-        l.looked(4000);
-        l.looked(5050);
-        l.looked(10);
-        assert!(!l.silence_confirmed());
-        l.looked(5101);
-        assert!(l.silence_confirmed());
+        assert_eq!(l.seen_silent_ns(), 0);
+        // Only the part of a look after the peer was last heard counts, and a look that
+        // ends before it counts nothing.
+        l.looked(4990, 5003);
+        assert_eq!(l.seen_silent_ns(), 3);
+        l.looked(10, 20);
+        l.looked(5020, 10);
+        assert_eq!(l.seen_silent_ns(), 3);
         let mut l = Liveness::new(u64::MAX, 0);
-        l.looked(u64::MAX);
+        l.looked(0, u64::MAX);
+        l.looked(0, u64::MAX);
         assert!(!l.silence_confirmed());
+        let mut l = Liveness::new(0, 0);
+        assert!(!l.silence_confirmed());
+        l.looked(0, 1);
+        assert!(l.silence_confirmed());
+    }
+
+    #[test]
+    fn a_receiver_that_overslept_its_looks_does_not_confirm_silence() {
+        // A host so loaded that every look of the receiver lasts 80 (its read timeout
+        // is far shorter): by the clock the peer is long expired, but each look counts
+        // for 5, and the verdict waits until 21 of them have found nothing.
+        let mut l = Liveness::new(100, 0);
+        for i in 0..20 {
+            l.looked(i * 80, (i + 1) * 80);
+        }
+        assert!(l.expired(1600));
+        assert!(!l.silence_confirmed());
+        l.looked(1600, 1680);
+        assert!(l.silence_confirmed());
+        // One look that slept through the whole timeout counts as one.
+        let mut l = Liveness::new(100, 0);
+        l.looked(0, 1_000_000);
+        assert_eq!(l.seen_silent_ns(), 5);
     }
 
     #[test]

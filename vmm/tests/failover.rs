@@ -195,8 +195,14 @@ fn a_lost_backup_is_replaced_and_the_new_pair_fails_over_again() {
     // And it accepts a third backup in turn.
     let mut b3 = backup(&dir, port2, None);
     b2.wait_for("protected:", Duration::from_secs(30));
-    assert_eq!(b2.wait(Duration::from_secs(60)), 0, "{}", b2.stderr());
-    let _ = b3.wait(Duration::from_secs(30));
+    let status2 = b2.wait(Duration::from_secs(60));
+    let status3 = b3.wait(Duration::from_secs(30));
+    let (e2, e3) = (b2.stderr(), b3.stderr());
+    assert_eq!(
+        (status2, status3),
+        (0, 0),
+        "the second backup, primary since epoch 3:\n{e2}\nthe third backup:\n{e3}"
+    );
     check_counter(&console(&dir));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -304,9 +304,10 @@ impl Link {
             health: health.clone(),
         };
         let mut rx = stream.try_clone()?;
-        // The receiver looks often (a hundredth of the timeout, 2 to 10 ms): a silence is
-        // confirmed only by a look, so this is how late past the timeout a real loss shows
-        // (with 50 ms looks the stock failover test's go-live came 50 ms later).
+        // The receiver looks often (a hundredth of the timeout, 2 to 10 ms, well under
+        // the twentieth one look counts for): silence is confirmed only by looks adding
+        // up to the timeout, so this is how late past it a real loss shows (with 50 ms
+        // looks the stock failover test's go-live came 50 ms later).
         let look =
             (limits.peer_timeout / 100).clamp(Duration::from_millis(2), Duration::from_millis(10));
         rx.set_read_timeout(Some(look))?;
@@ -320,8 +321,8 @@ impl Link {
         })?;
         let receiver = spawn_worker("ft-recv", &health, move |h| {
             while !h.stop.load(Ordering::SeqCst) {
-                // The clock is read first: no message found means the connection was
-                // empty at some moment after this one.
+                // A look from this moment until recv gives up finding nothing is silence
+                // seen (Liveness counts an overslept look as a short one).
                 let looking_from = h.now();
                 let Some(m) = recv(&mut rx, &mut decoder)? else {
                     h.looked(looking_from);

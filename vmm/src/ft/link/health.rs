@@ -40,9 +40,11 @@ impl Health {
         lock(&self.liveness).heard(now);
     }
 
-    /// The receiver found nothing from the peer, having started looking at `since_ns`.
+    /// The receiver found nothing from the peer, having looked since `since_ns` (until
+    /// now).
     pub(super) fn looked(&self, since_ns: u64) {
-        lock(&self.liveness).looked(since_ns);
+        let now = self.now();
+        lock(&self.liveness).looked(since_ns, now);
     }
 
     pub(super) fn fail(&self, why: String) {
