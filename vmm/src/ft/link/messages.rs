@@ -18,7 +18,8 @@ pub fn recv<M: serde::de::DeserializeOwned>(
     stream: &mut impl Read,
     dec: &mut MessageDecoder<M>,
 ) -> Result<Option<M>, LinkError> {
-    let mut buf = vec![0u8; 64 * 1024];
+    // On the stack: the link's receiver calls this every few milliseconds when idle.
+    let mut buf = [0u8; 16 * 1024];
     let started = Instant::now();
     loop {
         if let Some(m) = dec.next_message()? {
