@@ -171,10 +171,21 @@ impl ConsoleSink {
     /// produced: it holds them in place of what that replay held, so that its own ack of
     /// the checkpoint releases them, as the primary's does. Pieces follow each other; a
     /// piece that starts elsewhere than where the last one ended replaces what is held.
+    /// Bytes before what this backup already released (verified before it diverged: the
+    /// primary had not had that ack yet) are the same bytes and are not written again.
     pub fn adopt(&self, ordinal: u64, position: u64, bytes: &[u8]) {
         let now = self.now_ns();
-        let offset = position.saturating_sub(self.base());
         let mut gate = self.gate();
+        let offset = position.saturating_sub(self.base());
+        let released = gate.released_offset();
+        let (offset, bytes) = if offset < released {
+            let skip = usize::try_from(released - offset)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            (released, &bytes[skip..])
+        } else {
+            (offset, bytes)
+        };
         if offset != gate.offset() {
             let dropped = gate.rebase(offset);
             tracing::info!(

@@ -196,15 +196,26 @@ fn a_diverged_backup_releases_what_its_primary_held_at_the_checkpoint() {
 }
 
 #[test]
-fn held_output_that_starts_before_what_was_released_is_written_again_in_place() {
+fn held_output_that_starts_before_what_was_released_is_not_written_again() {
     let path = temp("adopt-early");
     let backup = ConsoleSink::new(0, Some(File::create(&path).unwrap()), false);
     backup.produce(1, b"ok\n", Some(0));
     backup.ack(1);
-    // The primary had not had the ack for "ok\n" yet when it took the checkpoint.
-    backup.adopt(3, 0, b"ok\nz");
+    backup.produce(2, b"XY", Some(3));
+    // The primary had not had the ack for "ok\n" yet when it took the checkpoint: its
+    // held output, in two pieces, starts at 0.
+    backup.adopt(3, 0, b"ok");
+    backup.adopt(3, 2, b"\nz");
+    assert_eq!(
+        backup.held_bytes(),
+        1,
+        "only the byte after what was released"
+    );
     backup.ack(3);
     assert_eq!(std::fs::read(&path).unwrap(), b"ok\nz");
     assert_eq!(backup.offset(), 4);
+    let stats = backup.stats();
+    assert_eq!(stats.bytes_released, 4, "each byte released once");
+    assert_eq!(stats.bytes_discarded, 2, "the diverged replay's bytes");
     let _ = std::fs::remove_file(&path);
 }
