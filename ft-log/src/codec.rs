@@ -292,6 +292,7 @@ mod tests {
                 position: 1234,
                 bytes: b"held\n".to_vec(),
             },
+            Entry::BootSeed { seed: [0x5a; 32] },
             Entry::Shutdown {
                 ordinal: 3,
                 reason: "power off".into(),

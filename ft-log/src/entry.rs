@@ -241,13 +241,20 @@ pub enum Entry {
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
+    /// The random seed the guest kernel was booted with (Linux's `SETUP_RNG_SEED` boot
+    /// data, after `Start` and `Nic`): a host input like the wall clock, so a replay of
+    /// the boot gives its kernel the same one.
+    BootSeed {
+        /// The seed's bytes.
+        seed: [u8; 32],
+    },
 }
 
 impl Entry {
     /// The ordinal this entry belongs to.
     pub fn ordinal(&self) -> u64 {
         match self {
-            Entry::Start { .. } | Entry::Nic { .. } => 0,
+            Entry::Start { .. } | Entry::Nic { .. } | Entry::BootSeed { .. } => 0,
             Entry::Exit(e) => e.ordinal,
             Entry::Delta(d) => d.ordinal,
             Entry::Point(p) => p.ordinal,
@@ -277,6 +284,7 @@ impl Entry {
             Entry::Nic { .. } => 10,
             Entry::Point(_) => 11,
             Entry::HeldOutput { .. } => 12,
+            Entry::BootSeed { .. } => 13,
         }
     }
 
@@ -296,6 +304,7 @@ impl Entry {
             10 => "nic",
             11 => "point",
             12 => "held output",
+            13 => "boot seed",
             _ => "unknown",
         }
     }

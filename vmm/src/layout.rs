@@ -21,6 +21,8 @@ pub const PD_START: u64 = 0xb000;
 pub const CMDLINE_START: u64 = 0x20000;
 /// Bytes reserved for the command line, its NUL terminator included.
 pub const CMDLINE_MAX: usize = 4096;
+/// Boot data for the kernel (`setup_data`): the random seed, right after the command line.
+pub const SETUP_DATA_START: u64 = 0x21000;
 /// Low RAM ends here; the EBDA and BIOS area above are not RAM.
 pub const EBDA_START: u64 = 0x9fc00;
 /// Kernels load at 1 MiB or above.

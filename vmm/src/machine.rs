@@ -42,6 +42,12 @@ pub struct VmConfig {
     pub mem_mib: u64,
     /// How guest time advances.
     pub clock: ClockMode,
+    /// The event bound while the kernel boots (None: the live bound from the start; see
+    /// `vcpu::boot_phase`).
+    pub boot_event_bound_ns: Option<u64>,
+    /// Give the kernel a random seed at boot (`SETUP_RNG_SEED`, logged when recording;
+    /// never under the `exits` clock).
+    pub boot_seed: bool,
     /// File to write a line per synchronous exit and injected interrupt to, if any.
     pub trace_exits: Option<PathBuf>,
     /// Disk images, each a virtio-blk function on a PCI bus (no disks and no NIC: no PCI

@@ -92,6 +92,7 @@ fn log_seeds(dir: &Path) {
         Entry::Nic {
             mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
         },
+        Entry::BootSeed { seed: [7; 32] },
         Entry::DiskCompletion {
             ordinal: 4,
             request: 9,

@@ -250,6 +250,17 @@ pub(crate) struct RunArgs {
     /// nanoseconds per synchronous exit; halts skip to the next timer: fully deterministic).
     #[arg(long, default_value = "host")]
     pub(crate) clock: ClockMode,
+    /// Event bound in milliseconds while a kernel booted from --kernel has not yet been
+    /// kicked in user mode (the live bound is 5 ms): its ticks then come mostly at its own
+    /// exits, which on hosts that emulate kernel mode shortens the boot. 0: the live
+    /// bound from the start. Ignored by `replay`, which follows its log.
+    #[arg(long, value_name = "MS", default_value_t = ftvm::vcpu::DEFAULT_BOOT_EVENT_BOUND_NS / 1_000_000, conflicts_with = "restore")]
+    pub(crate) boot_event_bound_ms: u64,
+    /// Do not give a kernel booted from --kernel a random seed (by default it gets 32
+    /// bytes from the host as Linux's SETUP_RNG_SEED boot data, logged when recording, so
+    /// its random generator is ready from the start; never under the `exits` clock).
+    #[arg(long, conflicts_with = "restore")]
+    pub(crate) no_boot_seed: bool,
     /// Write every synchronous exit (ordinal, reason, RIP, port/address, value) and every
     /// injected interrupt to this file.
     #[arg(long, value_name = "FILE")]

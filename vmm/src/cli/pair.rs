@@ -64,6 +64,9 @@ pub(crate) fn primary(args: PrimaryArgs) -> anyhow::Result<i32> {
         cmdline: ftvm::linux::build_cmdline(&run.cmdline, !run.no_default_cmdline, pci),
         mem_mib: run.mem,
         clock: run.clock,
+        boot_seed: !run.no_boot_seed,
+        boot_event_bound_ns: (run.boot_event_bound_ms > 0)
+            .then(|| run.boot_event_bound_ms.saturating_mul(1_000_000)),
         trace_exits: None,
         disks: run.disk,
         net: run.net,

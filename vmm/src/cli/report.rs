@@ -10,7 +10,7 @@ pub(crate) fn summarise(
 ) -> i32 {
     let m = &report.metrics;
     eprintln!(
-        "ftvm: {} after {} exits in {:.3} s (pio in/out {}/{}, mmio r/w {}/{}, hlt {}, interrupts {} ({} after a kick), host exits {}, kicks sent {}; host repairs: {}; SYSCALL from user {}; event points: {})",
+        "ftvm: {} after {} exits in {:.3} s (pio in/out {}/{}, mmio r/w {}/{}, hlt {}, interrupts {} ({} after a kick), host exits {}, kicks sent {} ({} under the boot bound); host repairs: {}; SYSCALL from user {}; event points: {})",
         report.stop,
         report.ordinal,
         started.elapsed().as_secs_f64(),
@@ -23,6 +23,7 @@ pub(crate) fn summarise(
         m.kicked_injections,
         m.host_exits,
         m.kicks_sent,
+        m.boot_kicks,
         m.compat,
         syscall_probe.map_or_else(|| "(see the role's log)".to_string(), |p| format!("{p:?}")),
         m.points

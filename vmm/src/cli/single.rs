@@ -77,6 +77,9 @@ pub(crate) fn run(args: RunArgs, log_file: LogFile) -> anyhow::Result<i32> {
                 ),
                 mem_mib: args.mem,
                 clock: args.clock,
+                boot_seed: !args.no_boot_seed,
+                boot_event_bound_ns: (args.boot_event_bound_ms > 0)
+                    .then(|| args.boot_event_bound_ms.saturating_mul(1_000_000)),
                 trace_exits: args.trace_exits,
                 disks: args.disk,
                 net: args.net.clone(),

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use kvm_ioctls::Kvm;
 use vm_memory::Address;
 
-use super::setup::{attach_nic, is_replay, log_start, open_log, open_tap, open_trace, pci_setup};
+use super::setup::{
+    attach_nic, is_replay, log_start, open_log, open_tap, open_trace, pci_setup, StartInputs,
+};
 use super::{create_vm, LogStream, Vm, VmConfig, VmError, VmIo, DETERMINISTIC_EPOCH};
 use crate::boot;
 use crate::clock::{ClockMode, VmClock};
@@ -52,7 +54,6 @@ impl Vm {
             None => None,
         };
         boot::write_cmdline(&mem, &config.cmdline)?;
-        boot::write_zero_page(&mem, header, initrd, config.cmdline.len())?;
         cpu::write_boot_tables(&mem)?;
 
         let dirty_log = hooks.dirty_log || matches!(log, LogStream::Record(..));
@@ -70,7 +71,26 @@ impl Vm {
         };
         // The wall-clock time the guest starts from is an input like any other.
         let configured_nic = nic_host::boot_mac(config.net.as_ref());
-        let (wall, logged_nic) = log_start(&mut log, now, configured_nic)?;
+        // So are the kernel's random seed (a deterministic run has none: it would have to
+        // be fixed, and a fixed seed credited as random is worse than none).
+        let seed = match config.clock {
+            ClockMode::Host if config.boot_seed => Some(boot::random_seed()?),
+            _ => None,
+        };
+        let logged = log_start(
+            &mut log,
+            StartInputs {
+                wall_unix_secs: now,
+                nic: configured_nic,
+                boot_seed: seed,
+            },
+        )?;
+        let (wall, logged_nic) = (logged.wall_unix_secs, logged.nic);
+        let setup_data = match &logged.boot_seed {
+            Some(seed) => Some(boot::write_rng_seed(&mem, seed)?),
+            None => None,
+        };
+        boot::write_zero_page(&mem, header, initrd, config.cmdline.len(), setup_data)?;
         let nic_mac = if replaying {
             nic_host::replay_mac(config.net.as_ref(), logged_nic)?
         } else {
@@ -103,6 +123,7 @@ impl Vm {
             input_rx,
             trace,
             (0, false),
+            config.boot_event_bound_ns,
             pause_request,
             log,
             hooks,

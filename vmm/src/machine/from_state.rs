@@ -7,7 +7,9 @@ use std::sync::Arc;
 use kvm_ioctls::Kvm;
 use vm_memory::GuestMemoryMmap;
 
-use super::setup::{attach_nic, is_replay, log_start, open_log, open_tap, open_trace, pci_setup};
+use super::setup::{
+    attach_nic, is_replay, log_start, open_log, open_tap, open_trace, pci_setup, StartInputs,
+};
 use super::{create_vm, LogStream, PairNicRole, Resources, Vm, VmError, VmIo};
 use crate::clock::{ClockMode, VmClock};
 use crate::disk::{open_disks, snapshot_disks};
@@ -72,8 +74,15 @@ impl Vm {
         state.vcpu.restore(&vcpu_fd)?;
         let mut log = open_log(log, &slots.vm, &memory)?;
         // The CMOS base is in the state; logged anyway so every log starts alike.
-        let (_, logged_nic) =
-            log_start(&mut log, state.platform.cmos.base_unix_secs, restored_nic)?;
+        let logged = log_start(
+            &mut log,
+            StartInputs {
+                wall_unix_secs: state.platform.cmos.base_unix_secs,
+                nic: restored_nic,
+                boot_seed: None,
+            },
+        )?;
+        let logged_nic = logged.nic;
         let nic_mac = if replaying {
             nic_host::replay_mac(res.net.as_ref(), logged_nic)?
         } else {
@@ -100,6 +109,7 @@ impl Vm {
             input_rx,
             trace,
             (state.vcpu.ordinal, state.vcpu.halted),
+            None,
             pause_request,
             log,
             hooks,

@@ -68,45 +68,62 @@ pub(super) fn open_log(
     })
 }
 
-/// The first entries of a log: a recorder writes the machine's start inputs and its NIC
-/// (`nic`, its MAC), a replayer takes them from its log. Returns the wall-clock start and
-/// the NIC to use.
-pub(super) fn log_start(
-    log: &mut LogMode,
-    now_unix_secs: u64,
-    nic: Option<[u8; 6]>,
-) -> Result<(u64, Option<[u8; 6]>), VmError> {
+/// What a machine starts from besides its kernel or state: host inputs a recorder logs
+/// first and a replayer takes from its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct StartInputs {
+    /// The wall-clock start (CMOS), Unix seconds.
+    pub wall_unix_secs: u64,
+    /// The NIC's MAC, on a machine with one.
+    pub nic: Option<[u8; 6]>,
+    /// The random seed a booting kernel gets (never for a restored machine).
+    pub boot_seed: Option<[u8; 32]>,
+}
+
+/// The first entries of a log: a recorder writes the machine's start inputs (`Start`,
+/// then `Nic` and `BootSeed` where there are such), a replayer takes them from its log.
+/// Returns the inputs to use.
+pub(super) fn log_start(log: &mut LogMode, ours: StartInputs) -> Result<StartInputs, VmError> {
     match log {
-        LogMode::Off => Ok((now_unix_secs, nic)),
+        LogMode::Off => Ok(ours),
         LogMode::Record(rec) => {
             rec.log(&ft_log::Entry::Start {
-                wall_clock_unix_secs: now_unix_secs,
+                wall_clock_unix_secs: ours.wall_unix_secs,
             })
             .map_err(VmError::Record)?;
-            if let Some(mac) = nic {
+            if let Some(mac) = ours.nic {
                 rec.log(&ft_log::Entry::Nic { mac })
                     .map_err(VmError::Record)?;
             }
-            Ok((now_unix_secs, nic))
+            if let Some(seed) = ours.boot_seed {
+                rec.log(&ft_log::Entry::BootSeed { seed })
+                    .map_err(VmError::Record)?;
+            }
+            Ok(ours)
         }
         LogMode::Replay(r) => match r.pop() {
             Ok(Some(ft_log::Entry::Start {
                 wall_clock_unix_secs,
             })) => {
-                // A live log (a backup's) has no NIC yet, and looking ahead in it would
-                // wait for the primary's next entry, which may wait for this backup.
-                let logged = if r.is_live() {
-                    None
-                } else {
-                    match r.peek(0) {
-                        Ok(Some(ft_log::Entry::Nic { mac })) => Some(*mac),
-                        _ => None,
-                    }
+                let mut logged = StartInputs {
+                    wall_unix_secs: wall_clock_unix_secs,
+                    nic: None,
+                    boot_seed: None,
                 };
-                if logged.is_some() {
+                // A live log (a backup's) has no NIC or seed yet, and looking ahead in it
+                // would wait for the primary's next entry, which may wait for this backup.
+                if r.is_live() {
+                    return Ok(logged);
+                }
+                if let Ok(Some(ft_log::Entry::Nic { mac })) = r.peek(0) {
+                    logged.nic = Some(*mac);
                     let _ = r.pop();
                 }
-                Ok((wall_clock_unix_secs, logged))
+                if let Ok(Some(ft_log::Entry::BootSeed { seed })) = r.peek(0) {
+                    logged.boot_seed = Some(*seed);
+                    let _ = r.pop();
+                }
+                Ok(logged)
             }
             Ok(other) => Err(VmError::Replay(format!(
                 "the log does not begin with a start record (found {:?})",

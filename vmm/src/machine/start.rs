@@ -29,6 +29,7 @@ impl Vm {
         input_rx: Option<crossbeam_channel::Receiver<Vec<u8>>>,
         trace: Option<Box<dyn std::io::Write + Send>>,
         (ordinal, halted): (u64, bool),
+        boot_event_bound_ns: Option<u64>,
         pause_request: Arc<std::sync::atomic::AtomicBool>,
         log: LogMode,
         hooks: FtHooks,
@@ -73,6 +74,7 @@ impl Vm {
             exit_ordinal: exit_ordinal.clone(),
             log,
             kick,
+            boot_event_bound_ns,
             pause_request: pause_request.clone(),
             syscall_repair: (syscall_probe == SyscallProbe::Broken)
                 .then(crate::compat::syscall::SyscallRepair::new),

@@ -32,7 +32,7 @@ impl Vcpu {
                 }
                 return;
             }
-            KickPurpose::EventBound { bound_ns } => bound_ns,
+            KickPurpose::EventBound { bound_ns } => self.event_bound(bound_ns),
         };
         let Some((kicker, _)) = &self.kicker else {
             return;
@@ -80,7 +80,7 @@ impl Vcpu {
                 }
                 return;
             }
-            Some(KickPurpose::EventBound { bound_ns }) => bound_ns,
+            Some(KickPurpose::EventBound { bound_ns }) => self.event_bound(bound_ns),
         };
         let run = self.fd.get_kvm_run();
         run.request_interrupt_window = 0;
@@ -100,6 +100,7 @@ impl Vcpu {
             }
             return;
         }
+        self.boot_phase_at_kick();
         // A recording VMM delivers at this point only after naming it in the log (or,
         // where a breakpoint cannot find it again, logging the whole state here).
         self.record_kick();

@@ -76,6 +76,10 @@ impl VcpuHandle {
             syscall_repair: parts.syscall_repair,
             breakpoints: Default::default(),
             kick_kept_armed: false,
+            boot_phase: parts
+                .boot_event_bound_ns
+                .filter(|_| matches!(parts.kick, Some(crate::kicker::KickPurpose::EventBound { .. })))
+                .map(super::boot_phase::BootPhase::new),
             placement: super::points::Placement::new(parts.exact_breakpoints),
             fd: parts.fd,
             memory_slots: parts.memory_slots,

@@ -18,6 +18,7 @@ use crate::clock::VmClock;
 use crate::platform::Platform;
 use crate::stop::StopReason;
 
+mod boot_phase;
 mod checkpoint;
 mod exits;
 mod finish;
@@ -31,6 +32,7 @@ mod replay_core;
 mod replaying;
 mod thread;
 
+pub use boot_phase::DEFAULT_BOOT_EVENT_BOUND_NS;
 pub use handle::VcpuHandle;
 use thread::Mode;
 
@@ -141,6 +143,8 @@ pub struct VcpuMetrics {
     pub kicked_injections: u64,
     /// Kick signals the kicker sent, retries of lost ones included.
     pub kicks_sent: u64,
+    /// Kicks taken under the boot phase's longer event bound (see [`boot_phase`]).
+    pub boot_kicks: u64,
     /// How kicks were shipped (points or deltas) and points found.
     pub points: points::PointCounts,
 }
@@ -184,6 +188,8 @@ pub struct Vcpu {
     kicker: Option<(crate::kicker::Kicker, crate::kicker::KickPurpose)>,
     /// The last KVM_RUN ended in a debug exit and left the kicker armed.
     kick_kept_armed: bool,
+    /// A freshly loaded kernel's boot, while it lasts: a longer event bound.
+    boot_phase: Option<boot_phase::BootPhase>,
     /// Since when (virtual ns) an interrupt has been pending without a chance to inject.
     pending_since: Option<u64>,
     pause_request: Arc<std::sync::atomic::AtomicBool>,
@@ -250,6 +256,9 @@ pub struct VcpuParts {
     /// Why and when the vCPU is kicked out of KVM_RUN (None: never, as under the
     /// deterministic `exits` clock).
     pub kick: Option<crate::kicker::KickPurpose>,
+    /// A fresh boot's event bound until the guest is first kicked in user mode (None:
+    /// the live bound from the start; see [`boot_phase`]).
+    pub boot_event_bound_ns: Option<u64>,
     /// Set by anyone (e.g. the console watcher) to make the vCPU pause itself at the next
     /// synchronous exit, before the guest runs on.
     pub pause_request: Arc<std::sync::atomic::AtomicBool>,
