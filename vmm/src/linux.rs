@@ -16,7 +16,15 @@
 //!   and ends the VM cleanly; `io_delay=none` spares an exit per legacy port access;
 //! - no address randomisation that draws on RDTSC, which some hosts cannot record:
 //!   `norandmaps` (user-space layouts at exec) and `randomize_kstack_offset=off` (the
-//!   kernel stack offset of every system call).
+//!   kernel stack offset of every system call);
+//! - two pieces of the tracing subsystem's boot work skipped (`initcall_blacklist=`), which
+//!   on hosts that emulate kernel mode cost over a minute of a stock boot (profiled with
+//!   `--profile`, README "The stock boot"): `ftrace_check_for_weak_functions` and its
+//!   `ftrace_check_sync` (a symbol lookup for each of the tens of thousands of ftrace call sites, to
+//!   mark those in overridden weak functions; without it, enabling function tracing on
+//!   such a site fails ftrace's own check of the bytes it patches instead of being
+//!   refused earlier), and `trace_eval_init` (resolving enum names in every trace event's
+//!   format; without it the formats show the names). Nothing else depends on them.
 
 /// ftvm's default kernel command line (see the module documentation) for a machine without
 /// PCI; [`build_cmdline`] turns its `pci=off` into `pci=conf1` for one with PCI.
@@ -24,6 +32,7 @@ pub const DEFAULT_CMDLINE: &str = "console=ttyS0 8250.nr_uarts=1 reboot=k panic=
 acpi=off pci=off nolapic noapic no_timer_check mitigations=off cryptomgr.notests lpj=5000 \
 io_delay=none norandmaps randomize_kstack_offset=off no-kvmclock no-kvmapf no-steal-acc \
 tsc=unstable noxsave \
+initcall_blacklist=trace_eval_init,ftrace_check_for_weak_functions,ftrace_check_sync \
 clearcpuid=tsc,smap,smep,fsgsbase,pcid,invpcid,rdrand,rdseed,popcnt,rdtscp,serialize,clflushopt,rdpid,cx16,ssse3,sse4_1,sse4_2,pclmulqdq";
 
 /// The command line for a guest: ftvm's default followed by the user's additions, or

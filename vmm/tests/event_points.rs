@@ -26,6 +26,9 @@ fn record_and_replay(guest_name: &str, extra: &[&str]) -> (String, String, Optio
         kernel,
         "--mem",
         "16",
+        // These loops are about the live bound's kicks, not the boot phase's.
+        "--boot-event-bound-ms",
+        "0",
     ];
     let mut args = vec!["record"];
     args.extend(common);
@@ -166,6 +169,9 @@ fn a_point_not_found_within_the_budget_is_a_divergence() {
         kernel,
         "--mem",
         "16",
+        // These loops are about the live bound's kicks, not the boot phase's.
+        "--boot-event-bound-ms",
+        "0",
     ];
     let placed = ["--place-events", "breakpoint"];
     let rec = run_ftvm(&[&["record"][..], &common[..], &placed[..]].concat(), b"");
@@ -206,6 +212,9 @@ fn the_page_check_names_the_page_an_ambiguous_point_left_different() {
         kernel,
         "--mem",
         "16",
+        // These loops are about the live bound's kicks, not the boot phase's.
+        "--boot-event-bound-ms",
+        "0",
     ];
     let run = |verb: &str| {
         let placed: &[&str] = if verb == "record" {

@@ -42,6 +42,9 @@ fn record_and_replay(
         "{}",
         stderr(&rec)
     );
+    // The kernel's random seed is a host input in the log: the replay writes the same one
+    // into guest memory (or its final digest would differ).
+    assert!(stderr(&rec).contains(" boot seed 1,"), "{}", stderr(&rec));
     let rep = run_ftvm(
         &[
             "replay",

@@ -147,3 +147,28 @@ fn syscall_from_user_mode_reaches_the_kernel_at_cpl0() {
         );
     }
 }
+
+/// The boot phase (a longer event bound until the guest is first kicked in user mode):
+/// the CPU-bound user-mode guest ends it at its first kick in CPL3, and with
+/// `--boot-event-bound-ms 0` there is none.
+#[test]
+fn the_boot_phase_ends_at_the_first_kick_in_user_mode() {
+    require_kvm();
+    let run = |extra: &[&str]| {
+        let out = ftvm()
+            .args(["run", "--kernel", guest("spin"), "--mem", "16"])
+            .args(extra)
+            .env("FTVM_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run ftvm");
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        stderr(&out)
+    };
+    let phased = run(&[]);
+    assert!(phased.contains("boot phase over"), "{phased}");
+    assert!(!phased.contains("(0 under the boot bound)"), "{phased}");
+    let unphased = run(&["--boot-event-bound-ms", "0"]);
+    assert!(!unphased.contains("boot phase over"), "{unphased}");
+    assert!(unphased.contains("(0 under the boot bound)"), "{unphased}");
+}
