@@ -20,11 +20,12 @@
 //! - two pieces of the tracing subsystem's boot work skipped (`initcall_blacklist=`), which
 //!   on hosts that emulate kernel mode cost over a minute of a stock boot (profiled with
 //!   `--profile`, README "The stock boot"): `ftrace_check_for_weak_functions` and its
-//!   `ftrace_check_sync` (a symbol lookup for each of the tens of thousands of ftrace call sites, to
-//!   mark those in overridden weak functions; without it, enabling function tracing on
-//!   such a site fails ftrace's own check of the bytes it patches instead of being
-//!   refused earlier), and `trace_eval_init` (resolving enum names in every trace event's
-//!   format; without it the formats show the names). Nothing else depends on them.
+//!   `ftrace_check_sync` (a symbol lookup for each of the tens of thousands of ftrace
+//!   call sites, to mark those in overridden weak functions; without it, enabling
+//!   function tracing on such a site fails ftrace's own check of the bytes it patches
+//!   instead of being refused earlier), and `trace_eval_init` (resolving enum names in
+//!   every trace event's format; without it the formats show the names). Nothing else
+//!   depends on them.
 
 /// ftvm's default kernel command line (see the module documentation) for a machine without
 /// PCI; [`build_cmdline`] turns its `pci=off` into `pci=conf1` for one with PCI.
