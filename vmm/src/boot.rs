@@ -354,8 +354,16 @@ mod tests {
         assert_eq!(pointer, at);
         let mut blob = [0u8; 48];
         mem.read_slice(&mut blob, GuestAddress(at)).unwrap();
-        assert_eq!(u64::from_le_bytes(blob[0..8].try_into().unwrap()), 0, "last entry");
-        assert_eq!(u32::from_le_bytes(blob[8..12].try_into().unwrap()), 9, "SETUP_RNG_SEED");
+        assert_eq!(
+            u64::from_le_bytes(blob[0..8].try_into().unwrap()),
+            0,
+            "last entry"
+        );
+        assert_eq!(
+            u32::from_le_bytes(blob[8..12].try_into().unwrap()),
+            9,
+            "SETUP_RNG_SEED"
+        );
         assert_eq!(u32::from_le_bytes(blob[12..16].try_into().unwrap()), 32);
         assert_eq!(&blob[16..], &seed);
     }

@@ -78,7 +78,12 @@ impl VcpuHandle {
             kick_kept_armed: false,
             boot_phase: parts
                 .boot_event_bound_ns
-                .filter(|_| matches!(parts.kick, Some(crate::kicker::KickPurpose::EventBound { .. })))
+                .filter(|_| {
+                    matches!(
+                        parts.kick,
+                        Some(crate::kicker::KickPurpose::EventBound { .. })
+                    )
+                })
                 .map(super::boot_phase::BootPhase::new),
             placement: super::points::Placement::new(parts.exact_breakpoints),
             fd: parts.fd,
