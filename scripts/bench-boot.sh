@@ -28,13 +28,7 @@ BEFORE="--boot-event-bound-ms 0 --no-boot-seed --no-default-cmdline|$OLD_CMDLINE
 if [ $# -eq 0 ]; then
     set -- "before=$BEFORE" "after="
 fi
-if [ -n "${FTVM_BIN:-}" ]; then
-    ftvm=$FTVM_BIN
-else
-    log "building ftvm (release)"
-    cargo build --release --locked -q -p ftvm
-    ftvm=target/release/ftvm
-fi
+release_ftvm
 guest-images/stock/build.sh >&2
 trial_workspace ftvm-boot "the boots' outputs"
 [ -n "${FTVM_PROFILE:-}" ] && failed=keep

@@ -20,13 +20,7 @@ ensure_tools bc:bc
 require_kvm
 workloads=${1:-boot stock}
 snap=${2:-build/stock/snapshot}
-if [ -n "${FTVM_BIN:-}" ]; then
-    ftvm=$FTVM_BIN
-else
-    log "building ftvm (release)"
-    cargo build --release --locked -q -p ftvm
-    ftvm=target/release/ftvm
-fi
+release_ftvm
 guest-images/stock/build.sh >&2
 trial_workspace ftvm-points "the logs and outputs"
 modes=(delta breakpoint)

@@ -86,3 +86,14 @@ stock_net_hosts() {
     trap 'scripts/hosts.sh down "$hosts" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
     scripts/hosts.sh up "$hosts" >/dev/null
 }
+
+# release_ftvm: set $ftvm to FTVM_BIN if given, else build the release binary and use it.
+release_ftvm() {
+    if [ -n "${FTVM_BIN:-}" ]; then
+        ftvm=$FTVM_BIN
+    else
+        log "building ftvm (release)"
+        cargo build --release --locked -q -p ftvm
+        ftvm=target/release/ftvm
+    fi
+}
