@@ -14,22 +14,27 @@ fn log_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("ftvm-points-{}-{name}.log", std::process::id()))
 }
 
-/// Record `guest_name` with `extra` arguments, then replay it: (record, replay).
-fn record_and_replay(guest_name: &str, extra: &[&str]) -> (String, String, Option<i32>) {
-    require_kvm();
-    let log = log_path(&format!("{guest_name}{}", extra.join("")));
-    let kernel = guest(guest_name);
-    let common = [
+/// The arguments record and replay share: the log, the guest, its memory, and the live
+/// event bound from the start (these loops are about its kicks, not the boot phase's).
+fn common_args<'a>(log: &'a std::path::Path, kernel: &'a str) -> [&'a str; 8] {
+    [
         "--log",
         log.to_str().unwrap(),
         "--kernel",
         kernel,
         "--mem",
         "16",
-        // These loops are about the live bound's kicks, not the boot phase's.
         "--boot-event-bound-ms",
         "0",
-    ];
+    ]
+}
+
+/// Record `guest_name` with `extra` arguments, then replay it: (record, replay).
+fn record_and_replay(guest_name: &str, extra: &[&str]) -> (String, String, Option<i32>) {
+    require_kvm();
+    let log = log_path(&format!("{guest_name}{}", extra.join("")));
+    let kernel = guest(guest_name);
+    let common = common_args(&log, kernel);
     let mut args = vec!["record"];
     args.extend(common);
     if extra.is_empty() {
@@ -162,17 +167,7 @@ fn a_point_not_found_within_the_budget_is_a_divergence() {
     require_kvm();
     let log = log_path("budget");
     let kernel = guest("kernel-loops");
-    let common = [
-        "--log",
-        log.to_str().unwrap(),
-        "--kernel",
-        kernel,
-        "--mem",
-        "16",
-        // These loops are about the live bound's kicks, not the boot phase's.
-        "--boot-event-bound-ms",
-        "0",
-    ];
+    let common = common_args(&log, kernel);
     let placed = ["--place-events", "breakpoint"];
     let rec = run_ftvm(&[&["record"][..], &common[..], &placed[..]].concat(), b"");
     assert_eq!(rec.status.code(), Some(0), "{}", stderr(&rec));
@@ -205,17 +200,7 @@ fn the_page_check_names_the_page_an_ambiguous_point_left_different() {
     let log = log_path("pagecheck");
     let check = log_path("pagecheck-crcs");
     let kernel = guest("point-ambiguous");
-    let common = [
-        "--log",
-        log.to_str().unwrap(),
-        "--kernel",
-        kernel,
-        "--mem",
-        "16",
-        // These loops are about the live bound's kicks, not the boot phase's.
-        "--boot-event-bound-ms",
-        "0",
-    ];
+    let common = common_args(&log, kernel);
     let run = |verb: &str| {
         let placed: &[&str] = if verb == "record" {
             &["--place-events", "breakpoint"]

@@ -207,6 +207,13 @@ pub(crate) struct LogArgs {
     pub(crate) run: RunArgs,
 }
 
+impl RunArgs {
+    /// `--boot-event-bound-ms` in nanoseconds (None: 0, the live bound from the start).
+    pub(crate) fn boot_event_bound_ns(&self) -> Option<u64> {
+        (self.boot_event_bound_ms > 0).then(|| self.boot_event_bound_ms.saturating_mul(1_000_000))
+    }
+}
+
 /// What a single VMM (`run`, `record`, `replay`) does with a log file: none, write one,
 /// or follow one. (A pair member's role is `ftvm::ft::role::PairRole`.)
 pub(crate) enum LogFile {

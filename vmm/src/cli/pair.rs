@@ -58,6 +58,7 @@ pub(crate) fn primary(args: PrimaryArgs) -> anyhow::Result<i32> {
     opts.net = run.net.clone();
     let started = Instant::now();
     let pci = !run.disk.is_empty() || run.net.is_some();
+    let boot_event_bound_ns = run.boot_event_bound_ns();
     let config = run.kernel.map(|kernel| VmConfig {
         kernel,
         initrd: run.initrd,
@@ -65,8 +66,7 @@ pub(crate) fn primary(args: PrimaryArgs) -> anyhow::Result<i32> {
         mem_mib: run.mem,
         clock: run.clock,
         boot_seed: !run.no_boot_seed,
-        boot_event_bound_ns: (run.boot_event_bound_ms > 0)
-            .then(|| run.boot_event_bound_ms.saturating_mul(1_000_000)),
+        boot_event_bound_ns,
         trace_exits: None,
         disks: run.disk,
         net: run.net,

@@ -46,6 +46,7 @@ pub(crate) fn run(args: RunArgs, log_file: LogFile) -> anyhow::Result<i32> {
         _ => Some(spawn_stdin_reader()),
     };
     let io = VmIo::new(console, pause_request).input(input).log(log);
+    let boot_event_bound_ns = args.boot_event_bound_ns();
     let mut vm = match (&args.restore, args.kernel) {
         (Some(dir), _) => Vm::restore(
             dir,
@@ -78,8 +79,7 @@ pub(crate) fn run(args: RunArgs, log_file: LogFile) -> anyhow::Result<i32> {
                 mem_mib: args.mem,
                 clock: args.clock,
                 boot_seed: !args.no_boot_seed,
-                boot_event_bound_ns: (args.boot_event_bound_ms > 0)
-                    .then(|| args.boot_event_bound_ms.saturating_mul(1_000_000)),
+                boot_event_bound_ns,
                 trace_exits: args.trace_exits,
                 disks: args.disk,
                 net: args.net.clone(),

@@ -16,29 +16,16 @@
 /// loop without exits still sees time move.
 pub const DEFAULT_BOOT_EVENT_BOUND_NS: u64 = 100_000_000;
 
-/// A boot in progress and what it has cost so far.
+/// A boot in progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BootPhase {
     bound_ns: u64,
-    kicks: u64,
-}
-
-/// What a kick during the boot phase means for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AtKick {
-    /// Still booting: the kick landed in kernel mode.
-    Booting,
-    /// The guest runs user code: the boot phase is over, after this many kicks.
-    Over {
-        /// Kicks taken during the boot phase, this one included.
-        kicks: u64,
-    },
 }
 
 impl BootPhase {
     /// A boot phase with `bound_ns` as its event bound.
     pub fn new(bound_ns: u64) -> Self {
-        Self { bound_ns, kicks: 0 }
+        Self { bound_ns }
     }
 
     /// The event bound while booting, given the live one (never shorter than it).
@@ -46,14 +33,10 @@ impl BootPhase {
         self.bound_ns.max(live_bound_ns)
     }
 
-    /// A kick found the vCPU at privilege level `cpl`.
-    pub fn at_kick(&mut self, cpl: u8) -> AtKick {
-        self.kicks = self.kicks.saturating_add(1);
-        if cpl == 0 {
-            AtKick::Booting
-        } else {
-            AtKick::Over { kicks: self.kicks }
-        }
+    /// Whether a kick that found the vCPU at privilege level `cpl` ends the phase (the
+    /// guest runs user code).
+    pub fn ends_at_kick(&self, cpl: u8) -> bool {
+        cpl != 0
     }
 }
 
@@ -67,15 +50,15 @@ impl super::Vcpu {
 
     /// A kick during the boot phase: one found in user mode ends it.
     pub(super) fn boot_phase_at_kick(&mut self) {
-        let Some(phase) = self.boot_phase.as_mut() else {
+        let Some(phase) = self.boot_phase else {
             return;
         };
         self.metrics.boot_kicks += 1;
         // Unknown privilege (the ioctl failed): keep booting, the next kick asks again.
         let cpl = self.fd.get_sregs().map_or(0, |s| s.cs.dpl);
-        if let AtKick::Over { kicks } = phase.at_kick(cpl) {
+        if phase.ends_at_kick(cpl) {
             tracing::info!(
-                kicks,
+                kicks = self.metrics.boot_kicks,
                 guest_s = self.clock.live_ns().saturating_sub(self.start_ns) as f64 / 1e9,
                 "the guest runs in user mode: boot phase over, live event bound from now on"
             );
@@ -96,15 +79,14 @@ mod tests {
     }
 
     #[test]
-    fn kernel_mode_kicks_keep_booting_and_the_first_user_mode_kick_ends_it() {
-        let mut phase = BootPhase::new(100_000_000);
-        assert_eq!(phase.at_kick(0), AtKick::Booting);
-        assert_eq!(phase.at_kick(0), AtKick::Booting);
-        assert_eq!(phase.at_kick(3), AtKick::Over { kicks: 3 });
+    fn kernel_mode_kicks_keep_booting_and_a_user_mode_kick_ends_it() {
+        let phase = BootPhase::new(100_000_000);
+        assert!(!phase.ends_at_kick(0));
+        assert!(phase.ends_at_kick(3));
     }
 
     #[test]
     fn any_privilege_level_above_zero_counts_as_user_mode() {
-        assert_eq!(BootPhase::new(1).at_kick(1), AtKick::Over { kicks: 1 });
+        assert!(BootPhase::new(1).ends_at_kick(1));
     }
 }
