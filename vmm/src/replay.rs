@@ -30,6 +30,9 @@ pub enum ReplayError {
         #[source]
         source: ft_log::pages::PageCodecError,
     },
+    /// A primary's live log must begin with its start record.
+    #[error("the primary's log does not begin with a start record (found {0})")]
+    NoStart(&'static str),
 }
 
 /// Counters of a replay.
@@ -64,6 +67,10 @@ pub struct Replayer {
     /// A live log from a primary (not a file): its end is where the backup goes live, and
     /// a frame cut short by the primary's death is dropped, not an error.
     live: bool,
+    /// A live log whose start record has not been read yet: it is taken off here, by the
+    /// vCPU thread, and not before the backup's control loop runs (which alone can tell
+    /// a primary that died before sending it, see `machine::setup::log_start`).
+    start_pending: bool,
     /// Shared with the backup's controller.
     counters: Arc<LiveCounters>,
     /// Entries taken off the log so far (to tell whether a step made progress).
@@ -98,6 +105,7 @@ impl Replayer {
             stats: ReplayStats::default(),
             recovering: false,
             live: false,
+            start_pending: false,
             counters: Arc::default(),
             popped: 0,
             shadow: None,
@@ -125,6 +133,7 @@ impl Replayer {
     pub fn live(source: Box<dyn Read + Send>, counters: Arc<LiveCounters>) -> Self {
         Self {
             live: true,
+            start_pending: true,
             counters,
             ..Self::new(source)
         }
@@ -172,6 +181,15 @@ impl Replayer {
             let before = self.decoder.consumed();
             if let Some(e) = self.decoder.next_entry()? {
                 let size = (self.decoder.consumed() - before) as usize;
+                if std::mem::take(&mut self.start_pending) {
+                    // The machine was built from the transferred state, which holds what
+                    // the start record says (the CMOS base): taken as read.
+                    if !matches!(e, Entry::Start { .. }) {
+                        return Err(ReplayError::NoStart(Entry::kind_name(e.kind())));
+                    }
+                    self.log_stats.count(&e, size);
+                    continue;
+                }
                 if let Entry::HeldOutput {
                     ordinal,
                     position,

@@ -126,3 +126,45 @@ fn held_output_goes_to_the_console_only_while_recovering() {
     assert_eq!(r.pop().unwrap(), None);
     assert_eq!(r.popped(), 2);
 }
+
+#[test]
+fn a_live_log_takes_its_start_record_off_itself() {
+    let interrupt = Entry::Interrupt {
+        ordinal: 3,
+        vector: 0x20,
+    };
+    let log = log_of(&[
+        Entry::Start {
+            wall_clock_unix_secs: 7,
+        },
+        interrupt.clone(),
+    ]);
+    let mut r = Replayer::live(Box::new(std::io::Cursor::new(log)), Arc::default());
+    assert_eq!(r.pop().unwrap(), Some(interrupt));
+    assert_eq!(r.pop().unwrap(), None);
+    assert_eq!(r.popped(), 1);
+}
+
+#[test]
+fn a_live_log_that_ends_before_its_start_record_is_simply_over() {
+    // The primary died between the state transfer and its first log bytes: the backup
+    // has the whole state, and goes live from it.
+    let mut r = Replayer::live(
+        Box::new(std::io::Cursor::new(ft_log::encode_header())),
+        Arc::default(),
+    );
+    assert!(r.live_log_ended().unwrap());
+    assert_eq!(r.pop().unwrap(), None);
+}
+
+#[test]
+fn a_live_log_must_begin_with_its_start_record() {
+    let log = log_of(&[Entry::Interrupt {
+        ordinal: 3,
+        vector: 0x20,
+    }]);
+    let mut r = Replayer::live(Box::new(std::io::Cursor::new(log)), Arc::default());
+    let err = r.pop().unwrap_err();
+    assert!(matches!(err, ReplayError::NoStart(_)), "{err}");
+    assert!(err.to_string().contains("start record"), "{err}");
+}
