@@ -34,7 +34,7 @@ fn held_output_at_its_cap_makes_a_stuck_backup_lost() {
     let mut p = primary_with(&dir, port, &pair_key(&dir), &limits);
     p.wait_for("waiting for a backup", Duration::from_secs(30));
     let mut b = backup_with(&dir, port, None, &limits[..2]);
-    p.wait_for("protected:", Duration::from_secs(30));
+    wait_protected(&mut p, &mut b, 1, Duration::from_secs(30));
     // Stopped once it replays: that line comes after its epoch check (stopped before it,
     // it would find the epoch the primary takes when it goes alone, and refuse it: seen in CI).
     b.wait_for("replaying from exit", Duration::from_secs(30));

@@ -156,7 +156,7 @@ fn only_the_key_holder_joins_and_the_wire_shows_nothing_of_the_guest() {
     let via = free_port();
     let wire = recording_middlebox(via, port);
     let mut b = backup(&dir, via, None);
-    p.wait_for("protected:", Duration::from_secs(30));
+    wait_protected(&mut p, &mut b, 1, Duration::from_secs(30));
     assert_eq!(p.wait(Duration::from_secs(120)), 0, "{}", p.stderr());
     assert_eq!(b.wait(Duration::from_secs(60)), 0, "{}", b.stderr());
     let (to_primary, to_backup) = {

@@ -81,7 +81,7 @@ fn the_counter_survives_killing_the_primary_at_twenty_moments() {
         let mut p = primary(&dir, port);
         p.wait_for("waiting for a backup", Duration::from_secs(30));
         let mut b = backup(&dir, port, None);
-        p.wait_for("protected:", Duration::from_secs(30));
+        wait_protected(&mut p, &mut b, 1, Duration::from_secs(30));
         // Spread the kill moments over the run (and a little pseudo-randomness).
         let delay = (round * 97 + round * round * 13) % 1500;
         std::thread::sleep(Duration::from_millis(delay));
@@ -180,21 +180,21 @@ fn a_lost_backup_is_replaced_and_the_new_pair_fails_over_again() {
     let mut p = primary(&dir, port);
     p.wait_for("waiting for a backup", Duration::from_secs(30));
     let mut b1 = backup(&dir, port, None);
-    p.wait_for("protected:", Duration::from_secs(30));
+    wait_protected(&mut p, &mut b1, 1, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(200));
     b1.kill();
     p.wait_for("went on alone", Duration::from_secs(10));
     assert!(p.stderr().contains("epoch 2"), "{}", p.stderr());
     // A new backup joins the running primary, and takes over when it dies.
     let mut b2 = backup(&dir, port, Some(port2));
-    p.wait_for_nth("protected:", 2, Duration::from_secs(30));
+    wait_protected(&mut p, &mut b2, 2, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(300));
     p.kill();
     b2.wait_for("live at exit", Duration::from_secs(20));
     assert!(b2.stderr().contains("won epoch 3"), "{}", b2.stderr());
     // And it accepts a third backup in turn.
     let mut b3 = backup(&dir, port2, None);
-    b2.wait_for("protected:", Duration::from_secs(30));
+    wait_protected(&mut b2, &mut b3, 1, Duration::from_secs(30));
     let status2 = b2.wait(Duration::from_secs(60));
     let status3 = b3.wait(Duration::from_secs(30));
     let (e2, e3) = (b2.stderr(), b3.stderr());
@@ -246,7 +246,7 @@ fn cutting_the_channel_leaves_exactly_one_running() {
     let mut p = primary(&dir, port);
     p.wait_for("waiting for a backup", Duration::from_secs(30));
     let mut b = backup(&dir, proxy, None);
-    p.wait_for("protected:", Duration::from_secs(30));
+    wait_protected(&mut p, &mut b, 1, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(400));
     cut.store(true, std::sync::atomic::Ordering::SeqCst);
     let sp = p.wait(Duration::from_secs(60));

@@ -4,6 +4,7 @@
 use super::*;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The pair tests' peer timeout. The suite runs them niced, two at a time, beside the
 /// stock kernel's boot: with 300 ms, a VMM starved that long was once counted lost (CI,
@@ -136,4 +137,51 @@ pub fn backup_of(
     }
     with_extra(&mut args, extra);
     vmm(&args)
+}
+
+/// A primary and its joining backup, watched together: a wait that fails shows what both
+/// said (a backup that never joined says why only on its own stderr).
+struct Joining<'a> {
+    primary: &'a mut Vmm,
+    backup: &'a mut Vmm,
+    since: std::time::Instant,
+}
+
+impl ftvm_e2e::Watched for Joining<'_> {
+    fn ended(&mut self) -> Option<i32> {
+        self.primary.try_wait()
+    }
+
+    fn said(&self) -> String {
+        format!(
+            "{}\n--- the backup, started {:.1} s ago:\n{}",
+            self.primary.stderr(),
+            self.since.elapsed().as_secs_f64(),
+            self.backup.stderr()
+        )
+    }
+
+    fn last_words(&mut self) -> String {
+        let backup_ended = self.backup.child.try_wait().ok().flatten();
+        format!(
+            "{}\n--- the backup, started {:.1} s ago ({}):\n{}",
+            self.primary.last_words(),
+            self.since.elapsed().as_secs_f64(),
+            backup_ended.map_or("still running".to_owned(), |s| format!("ended: {s}")),
+            self.backup.stderr()
+        )
+    }
+}
+
+/// Until the primary says "protected:" for the `n`-th time, with `backup` joining it;
+/// panics after `limit` with what both VMMs said.
+pub fn wait_protected(primary: &mut Vmm, backup: &mut Vmm, n: usize, limit: Duration) {
+    let mut pair = Joining {
+        primary,
+        backup,
+        since: std::time::Instant::now(),
+    };
+    ftvm_e2e::wait_until(&mut pair, "'protected:'", limit, |p| {
+        p.primary.stderr().matches("protected:").count() >= n
+    });
 }
