@@ -71,6 +71,8 @@ pub struct Replayer {
     /// vCPU thread, and not before the backup's control loop runs (which alone can tell
     /// a primary that died before sending it, see `machine::setup::log_start`).
     start_pending: bool,
+    /// What a live log began with instead of its start record: every read fails with it.
+    no_start: Option<&'static str>,
     /// Shared with the backup's controller.
     counters: Arc<LiveCounters>,
     /// Entries taken off the log so far (to tell whether a step made progress).
@@ -106,6 +108,7 @@ impl Replayer {
             recovering: false,
             live: false,
             start_pending: false,
+            no_start: None,
             counters: Arc::default(),
             popped: 0,
             shadow: None,
@@ -176,6 +179,9 @@ impl Replayer {
                 source: source.clone(),
             });
         }
+        if let Some(kind) = self.no_start {
+            return Err(ReplayError::NoStart(kind));
+        }
         let mut buf = vec![0u8; 64 * 1024];
         while self.ahead.len() < n {
             let before = self.decoder.consumed();
@@ -185,7 +191,9 @@ impl Replayer {
                     // The machine was built from the transferred state, which holds what
                     // the start record says (the CMOS base): taken as read.
                     if !matches!(e, Entry::Start { .. }) {
-                        return Err(ReplayError::NoStart(Entry::kind_name(e.kind())));
+                        let kind = Entry::kind_name(e.kind());
+                        self.no_start = Some(kind);
+                        return Err(ReplayError::NoStart(kind));
                     }
                     self.log_stats.count(&e, size);
                     continue;

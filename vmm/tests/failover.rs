@@ -58,6 +58,24 @@ fn primary_output_delay(dir: &Path) -> Option<f64> {
     None
 }
 
+/// Whether the primary's guest ran to its end before a backup joined (it then says it
+/// could not transfer the state of a guest that has powered off); false once it is
+/// protected, or after `limit`.
+fn guest_ended_before_the_join(p: &mut Vmm, limit: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        let said = p.stderr();
+        if said.contains("protected:") {
+            return false;
+        }
+        if said.contains("could not join") && said.contains("guest powered off") {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
 /// Largest count in the stream so far.
 fn last_count(text: &str) -> Option<u64> {
     text.lines()
@@ -74,6 +92,11 @@ fn the_counter_survives_killing_the_primary_at_twenty_moments() {
     // past the peer timeout on a loaded machine): the pair was no longer protected,
     // so the kill tests nothing but the split rule; such a round is checked and redone.
     let mut split_before_kill = 0;
+    // Rounds in which the guest ran its whole course (about 30 s) before the backup had
+    // joined: seen once in CI beside the stock kernel's failovers, cause not known (the
+    // primary's side only was shown). Nothing to kill in such a round: redone, twice at
+    // most, with what both VMMs said.
+    let mut joined_too_late = 0;
     let mut round = 0u64;
     while round < 20 {
         let dir = shared_dir(&format!("kill{round}"));
@@ -81,6 +104,17 @@ fn the_counter_survives_killing_the_primary_at_twenty_moments() {
         let mut p = primary(&dir, port);
         p.wait_for("waiting for a backup", Duration::from_secs(30));
         let mut b = backup(&dir, port, None);
+        if guest_ended_before_the_join(&mut p, Duration::from_secs(30)) {
+            joined_too_late += 1;
+            let said = format!("{}\n--- the backup:\n{}", p.stderr(), b.stderr());
+            assert!(
+                joined_too_late <= 2,
+                "{joined_too_late} late joins; last:\n{said}"
+            );
+            eprintln!("round {round}: the guest ended before the backup joined; redone:\n{said}");
+            let _ = std::fs::remove_dir_all(&dir);
+            continue;
+        }
         wait_protected(&mut p, &mut b, 1, Duration::from_secs(30));
         // Spread the kill moments over the run (and a little pseudo-randomness).
         let delay = (round * 97 + round * round * 13) % 1500;

@@ -159,12 +159,15 @@ fn a_live_log_that_ends_before_its_start_record_is_simply_over() {
 
 #[test]
 fn a_live_log_must_begin_with_its_start_record() {
-    let log = log_of(&[Entry::Interrupt {
+    let interrupt = Entry::Interrupt {
         ordinal: 3,
         vector: 0x20,
-    }]);
+    };
+    let log = log_of(&[interrupt.clone(), interrupt]);
     let mut r = Replayer::live(Box::new(std::io::Cursor::new(log)), Arc::default());
     let err = r.pop().unwrap_err();
     assert!(matches!(err, ReplayError::NoStart(_)), "{err}");
     assert!(err.to_string().contains("start record"), "{err}");
+    // Sticky: the entries after it are not handed out either.
+    assert!(matches!(r.pop(), Err(ReplayError::NoStart(_))));
 }
