@@ -107,6 +107,12 @@ pub fn clients_disk_and_console_survive_power_losses(
     let moved_on = |since: [usize; 4]| done().iter().zip(since).all(|(n, then)| *n >= then + 3);
     let failovers = failovers();
     let (mut to_live, mut killed_at) = (Vec::new(), Vec::new());
+    // A backup the live VMM counted lost before the power loss (no word from it for the
+    // peer timeout on this loaded 2-core host; seen once, 2026-12-04): it lost the
+    // test-and-set and halted, as it must, and the power loss would find no standby.
+    // Such a backup is replaced and the round goes on, twice at most, said on stderr.
+    let mut lost_before_cut = 0;
+    let mut lost_told = live.vmm.stderr().matches("backup lost").count();
     for round in 1..=failovers {
         let since = done();
         wait_until(
@@ -115,6 +121,33 @@ pub fn clients_disk_and_console_survive_power_losses(
             &[&live, &backup],
             || moved_on(since),
         );
+        let said = live.vmm.stderr();
+        if said.matches("backup lost").count() > lost_told {
+            lost_before_cut += 1;
+            assert!(
+                lost_before_cut <= 2,
+                "the live VMM lost its backup before the power loss {lost_before_cut} times; last:\n--- host {}:\n{said}\n--- host {}:\n{}",
+                live.host,
+                backup.host,
+                backup.vmm.stderr()
+            );
+            eprintln!(
+                "stock failover {round}: host {} lost its backup before the power loss; replaced:\n{}",
+                live.host,
+                backup.vmm.stderr()
+            );
+            let host = backup.host;
+            backup.vmm.kill();
+            let nth = said.matches("protected:").count() + 1;
+            backup = pair.backup(host, &live, nth);
+            let since = done();
+            wait_until(
+                "client and console progress",
+                600,
+                &[&live, &backup],
+                || moved_on(since),
+            );
+        }
         let [appends, ops, records, replies] = done();
         eprintln!(
             "stock failover {round}: host {} loses power with {appends} appends, {ops} mixed operations, {records} records, {replies} sequence replies done",
@@ -139,6 +172,7 @@ pub fn clients_disk_and_console_survive_power_losses(
         // Re-protection: a new backup on the freed host joins the live VMM (its first
         // protection as a live VMM).
         backup = pair.backup(freed, &live, 1);
+        lost_told = live.vmm.stderr().matches("backup lost").count();
     }
 
     // Everything moves on with the re-protected pair; then the clients stop and finish.

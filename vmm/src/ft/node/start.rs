@@ -252,7 +252,6 @@ pub fn run_backup(
         stream,
         dec,
         pipe.clone(),
-        sink.clone(),
         counters.clone(),
         opts.link_limits(),
     )?;
