@@ -223,6 +223,7 @@ impl Link {
         stream: SecureStream,
         decoder: MessageDecoder<ToBackup>,
         log: Pipe,
+        sink: Arc<ConsoleSink>,
         counters: Arc<LiveCounters>,
         limits: LinkLimits,
     ) -> Result<Self, LinkError> {
@@ -254,10 +255,7 @@ impl Link {
         let send_step = move |tx: &mut Outgoing, beat: Duration| -> Result<bool, LinkError> {
             let v = counters.verified.load(Ordering::SeqCst);
             if v > last_ack {
-                // The verified output is released by the control loop (`Action::Release`),
-                // not here: console writes that block (a slow reader of this VMM's
-                // stdout) must not hold up the heartbeats, or the primary takes a live
-                // backup for lost.
+                sink.ack(v);
                 send(tx, &ToPrimary::Ack { ordinal: v })?;
                 last_ack = v;
                 last_sent = Instant::now();

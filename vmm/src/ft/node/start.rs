@@ -252,6 +252,7 @@ pub fn run_backup(
         stream,
         dec,
         pipe.clone(),
+        sink.clone(),
         counters.clone(),
         opts.link_limits(),
     )?;
