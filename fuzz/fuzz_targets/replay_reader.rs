@@ -7,8 +7,6 @@
 //! give `i` steps later, and it ends as the decoder does: with the decoder's error, or a
 //! cut-short last frame refused from a file and dropped from a live primary.
 //!
-//! A live log's first entry must be its start record, which the replayer takes as read.
-//!
 //! Input: the chunking prefix of `ftvm_fuzz::Chunking`; bit 7 of its first byte picks the
 //! live mode.
 
@@ -39,16 +37,7 @@ fn model(stream: &[u8]) -> (Vec<Entry>, Result<(), bool>) {
 fuzz_target!(|data: &[u8]| {
     let live = data.first().is_some_and(|b| b & 0x80 != 0);
     let input = Chunking::split(data);
-    let (mut entries, mut end) = model(input.stream);
-    if live && !entries.is_empty() {
-        // A live log's start record is taken as read; any other first entry is an error.
-        if matches!(entries[0], Entry::Start { .. }) {
-            entries.remove(0);
-        } else {
-            entries.clear();
-            end = Err(false);
-        }
-    }
+    let (entries, end) = model(input.stream);
     // No interrupted reads: the replayer's sources (a file, the channel's pipe) never
     // return them.
     let source = Box::new(PieceReader::new(input.chunks(), false));

@@ -30,9 +30,6 @@ pub enum ReplayError {
         #[source]
         source: ft_log::pages::PageCodecError,
     },
-    /// A primary's live log must begin with its start record.
-    #[error("the primary's log does not begin with a start record (found {0})")]
-    NoStart(&'static str),
 }
 
 /// Counters of a replay.
@@ -67,12 +64,6 @@ pub struct Replayer {
     /// A live log from a primary (not a file): its end is where the backup goes live, and
     /// a frame cut short by the primary's death is dropped, not an error.
     live: bool,
-    /// A live log whose start record has not been read yet: it is taken off here, by the
-    /// vCPU thread, and not before the backup's control loop runs (which alone can tell
-    /// a primary that died before sending it, see `machine::setup::log_start`).
-    start_pending: bool,
-    /// What a live log began with instead of its start record: every read fails with it.
-    no_start: Option<&'static str>,
     /// Shared with the backup's controller.
     counters: Arc<LiveCounters>,
     /// Entries taken off the log so far (to tell whether a step made progress).
@@ -107,8 +98,6 @@ impl Replayer {
             stats: ReplayStats::default(),
             recovering: false,
             live: false,
-            start_pending: false,
-            no_start: None,
             counters: Arc::default(),
             popped: 0,
             shadow: None,
@@ -136,7 +125,6 @@ impl Replayer {
     pub fn live(source: Box<dyn Read + Send>, counters: Arc<LiveCounters>) -> Self {
         Self {
             live: true,
-            start_pending: true,
             counters,
             ..Self::new(source)
         }
@@ -179,25 +167,11 @@ impl Replayer {
                 source: source.clone(),
             });
         }
-        if let Some(kind) = self.no_start {
-            return Err(ReplayError::NoStart(kind));
-        }
         let mut buf = vec![0u8; 64 * 1024];
         while self.ahead.len() < n {
             let before = self.decoder.consumed();
             if let Some(e) = self.decoder.next_entry()? {
                 let size = (self.decoder.consumed() - before) as usize;
-                if std::mem::take(&mut self.start_pending) {
-                    // The machine was built from the transferred state, which holds what
-                    // the start record says (the CMOS base): taken as read.
-                    if !matches!(e, Entry::Start { .. }) {
-                        let kind = Entry::kind_name(e.kind());
-                        self.no_start = Some(kind);
-                        return Err(ReplayError::NoStart(kind));
-                    }
-                    self.log_stats.count(&e, size);
-                    continue;
-                }
                 if let Entry::HeldOutput {
                     ordinal,
                     position,

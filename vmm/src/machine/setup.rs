@@ -101,16 +101,6 @@ pub(super) fn log_start(log: &mut LogMode, ours: StartInputs) -> Result<StartInp
             }
             Ok(ours)
         }
-        // A live log (a backup's) is read by the vCPU thread, which takes its start record
-        // off: waiting for it here, before the backup's control loop runs, would wait
-        // forever for a primary that died right after the state transfer. The machine's
-        // own inputs are the transferred state's, as the primary's start record says; a
-        // live log has no NIC or seed entries.
-        LogMode::Replay(r) if r.is_live() => Ok(StartInputs {
-            nic: None,
-            boot_seed: None,
-            ..ours
-        }),
         LogMode::Replay(r) => match r.pop() {
             Ok(Some(ft_log::Entry::Start {
                 wall_clock_unix_secs,
@@ -120,6 +110,11 @@ pub(super) fn log_start(log: &mut LogMode, ours: StartInputs) -> Result<StartInp
                     nic: None,
                     boot_seed: None,
                 };
+                // A live log (a backup's) has no NIC or seed yet, and looking ahead in it
+                // would wait for the primary's next entry, which may wait for this backup.
+                if r.is_live() {
+                    return Ok(logged);
+                }
                 if let Ok(Some(ft_log::Entry::Nic { mac })) = r.peek(0) {
                     logged.nic = Some(*mac);
                     let _ = r.pop();
