@@ -113,14 +113,15 @@ pub fn clients_disk_and_console_survive_power_losses(
     // Such a backup is replaced and the round goes on, twice at most, said on stderr.
     let mut lost_before_cut = 0;
     let mut lost_told = live.vmm.stderr().matches("backup lost").count();
-    for round in 1..=failovers {
+    // Until everything has moved on from now, with the pair `live`, `backup`.
+    let progress = |live: &Node, backup: &Node| {
         let since = done();
-        wait_until(
-            "client and console progress",
-            600,
-            &[&live, &backup],
-            || moved_on(since),
-        );
+        wait_until("client and console progress", 600, &[live, backup], || {
+            moved_on(since)
+        });
+    };
+    for round in 1..=failovers {
+        progress(&live, &backup);
         let said = live.vmm.stderr();
         if said.matches("backup lost").count() > lost_told {
             lost_before_cut += 1;
@@ -140,13 +141,7 @@ pub fn clients_disk_and_console_survive_power_losses(
             backup.vmm.kill();
             let nth = said.matches("protected:").count() + 1;
             backup = pair.backup(host, &live, nth);
-            let since = done();
-            wait_until(
-                "client and console progress",
-                600,
-                &[&live, &backup],
-                || moved_on(since),
-            );
+            progress(&live, &backup);
         }
         let [appends, ops, records, replies] = done();
         eprintln!(
